@@ -1,0 +1,2 @@
+//! The `opsd` binary.
+fn main() {}

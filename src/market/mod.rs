@@ -1,0 +1,3 @@
+//! Market data and the engines that use it: OHLCV loading, backtests.
+
+pub mod ohlcv;
