@@ -6,3 +6,7 @@
 pub mod control;
 pub mod market;
 pub mod model;
+pub mod aggregate;
+pub mod error;
+pub mod ids;
+pub mod store;

@@ -1,0 +1,112 @@
+//! The latest checkpoint of each operation (SPEC §4).
+//!
+//! The row is written only after any state files are durable on disk (the
+//! runtime fsyncs them first), so a committed row always points at files
+//! that exist.
+
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::CheckpointType;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A checkpoint row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// Why it was written.
+    pub checkpoint_type: CheckpointType,
+    /// When.
+    pub created_at: String,
+    /// The job's resumable state.
+    pub state: Value,
+    /// Directory or file with the state's files, if any.
+    pub artifacts_path: Option<String>,
+    /// Size of `state` as JSON text.
+    pub state_size_bytes: i64,
+    /// Size of the files.
+    pub artifacts_size_bytes: i64,
+    /// Progress when it was taken.
+    pub progress_percent: Option<f64>,
+    /// The metric `seq` reached when it was taken.
+    pub metrics_seq: i64,
+}
+
+const COLUMNS: &str = "operation_id, checkpoint_type, created_at, state, artifacts_path, \
+    state_size_bytes, artifacts_size_bytes, progress_percent, metrics_seq";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    let kind: String = r.get(1)?;
+    let state: String = r.get(3)?;
+    Ok(Checkpoint {
+        operation_id: OperationId(r.get(0)?),
+        checkpoint_type: kind.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+        })?,
+        created_at: r.get(2)?,
+        state: serde_json::from_str(&state).unwrap_or(Value::Null),
+        artifacts_path: r.get(4)?,
+        state_size_bytes: r.get(5)?,
+        artifacts_size_bytes: r.get(6)?,
+        progress_percent: r.get(7)?,
+        metrics_seq: r.get(8)?,
+    })
+}
+
+/// Insert or replace the operation's checkpoint.
+pub fn save(conn: &Connection, cp: &Checkpoint) -> Result<()> {
+    let state = cp.state.to_string();
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO operation_checkpoints ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"
+    ))?
+    .execute(params![
+        cp.operation_id.as_str(),
+        cp.checkpoint_type.as_str(),
+        cp.created_at,
+        state,
+        cp.artifacts_path,
+        state.len() as i64,
+        cp.artifacts_size_bytes,
+        cp.progress_percent,
+        cp.metrics_seq,
+    ])?;
+    Ok(())
+}
+
+/// Change the type of an existing checkpoint (a periodic one kept at
+/// shutdown becomes the shutdown checkpoint).
+pub fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("UPDATE operation_checkpoints SET checkpoint_type = ?2 WHERE operation_id = ?1")?
+        .execute(params![id.as_str(), kind.as_str()])?
+        == 1)
+}
+
+/// The checkpoint of one operation, if any.
+pub fn get(conn: &Connection, id: &OperationId) -> Result<Option<Checkpoint>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM operation_checkpoints WHERE operation_id = ?1"))?
+        .query_row([id.as_str()], from_row)
+        .optional()?)
+}
+
+/// Every checkpoint, newest first.
+pub fn list(conn: &Connection) -> Result<Vec<Checkpoint>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM operation_checkpoints ORDER BY created_at DESC"
+        ))?
+        .query_map([], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Delete the checkpoint of one operation; `not_found` when there is none.
+pub fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
+    let cp = get(conn, id)?
+        .ok_or_else(|| Error::NotFound(format!("operation {id} has no checkpoint")))?;
+    conn.prepare_cached("DELETE FROM operation_checkpoints WHERE operation_id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(cp)
+}

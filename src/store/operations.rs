@@ -1,0 +1,437 @@
+//! SQL over the `operations` table: insert, claim, transitions, reads.
+//!
+//! Every status change is one `UPDATE ... WHERE status IN (allowed sources)`,
+//! so the state machine of SPEC §2 holds even between concurrent requests;
+//! when it matches no row we look the row up to say why (not found, or an
+//! invalid transition from its current status).
+
+use super::records::{
+    ClaimedOperation, ListFilter, NewOperation, OperationRecord, Progress, OPERATION_COLUMNS,
+};
+use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::{OperationType, Status, StopReason};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde_json::Value;
+
+/// Insert an operation. With an idempotency key already used, return the
+/// existing operation's id and status and `false`.
+pub fn insert(conn: &Connection, op: &NewOperation, now: &str) -> Result<(OperationId, Status, bool)> {
+    if let Some(key) = &op.idempotency_key {
+        let existing = conn
+            .prepare_cached("SELECT operation_id, status FROM operations WHERE idempotency_key = ?1")?
+            .query_row([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        if let Some((id, status)) = existing {
+            let status = status.parse().map_err(Error::Internal)?;
+            return Ok((OperationId(id), status, false));
+        }
+    }
+    if let Some(parent) = &op.parent {
+        let exists: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM operations WHERE operation_id = ?1")?
+            .query_row([parent.as_str()], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Err(Error::NotFound(format!("parent operation {parent} does not exist")));
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
+         priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
+         fail_parent, gpus_requested, max_attempts, run_after) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        op.id.as_str(),
+        op.parent.as_ref().map(|p| p.as_str()),
+        op.kind.as_str(),
+        op.priority,
+        now,
+        op.metadata.to_string(),
+        op.idempotency_key,
+        op.phase.map(|p| p.0),
+        op.phase.map(|p| p.1),
+        op.fail_parent as i64,
+        op.gpus,
+        op.max_attempts,
+        op.run_after,
+    ])?;
+    Ok((op.id.clone(), Status::Pending, true))
+}
+
+/// One operation by id.
+pub fn get(conn: &Connection, id: &OperationId) -> Result<OperationRecord> {
+    conn.prepare_cached(&format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = ?1"
+    ))?
+    .query_row([id.as_str()], OperationRecord::from_row)
+    .optional()?
+    .ok_or_else(|| Error::NotFound(format!("no operation {id}; `opsd list` shows the ids")))
+}
+
+/// The status of one operation, or `not_found`.
+pub fn status(conn: &Connection, id: &OperationId) -> Result<Status> {
+    let s: Option<String> = conn
+        .prepare_cached("SELECT status FROM operations WHERE operation_id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?;
+    s.ok_or_else(|| Error::NotFound(format!("no operation {id}; `opsd list` shows the ids")))?
+        .parse()
+        .map_err(Error::Internal)
+}
+
+/// Operations matching `filter`, newest first, with the total matching and
+/// the number active overall.
+pub fn list(conn: &Connection, filter: &ListFilter) -> Result<(Vec<OperationRecord>, i64, i64)> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut statuses: Vec<Status> = filter.status.clone();
+    if filter.active {
+        statuses.extend([Status::Pending, Status::Resuming, Status::Running]);
+    }
+    if !statuses.is_empty() {
+        let marks: Vec<String> = statuses
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_string());
+                format!("?{}", args.len())
+            })
+            .collect();
+        clauses.push(format!("status IN ({})", marks.join(",")));
+    }
+    if let Some(kind) = filter.kind {
+        args.push(kind.as_str().to_string());
+        clauses.push(format!("operation_type = ?{}", args.len()));
+    }
+    if let Some(parent) = &filter.parent {
+        args.push(parent.0.clone());
+        clauses.push(format!("parent_operation_id = ?{}", args.len()));
+    }
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let limit = filter.limit.unwrap_or(50).clamp(0, 10_000);
+    let offset = filter.offset.unwrap_or(0).max(0);
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {OPERATION_COLUMNS} FROM operations {where_sql} \
+             ORDER BY created_at DESC, operation_id DESC LIMIT {limit} OFFSET {offset}"
+        ))?
+        .query_map(params_from_iter(args.iter()), OperationRecord::from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM operations {where_sql}"))?
+        .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
+    let active: i64 = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM operations WHERE status = 'pending') \
+                  + (SELECT count(*) FROM operations WHERE status = 'resuming') \
+                  + (SELECT count(*) FROM operations WHERE status = 'running')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok((rows, total, active))
+}
+
+/// Children of an operation, oldest first.
+pub fn children(conn: &Connection, id: &OperationId) -> Result<Vec<OperationRecord>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {OPERATION_COLUMNS} FROM operations WHERE parent_operation_id = ?1 \
+             ORDER BY created_at, operation_id"
+        ))?
+        .query_map([id.as_str()], OperationRecord::from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Counts of operations by status.
+pub fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> {
+    let mut out = Vec::new();
+    for s in Status::ALL {
+        let n: i64 = conn
+            .prepare_cached("SELECT count(*) FROM operations WHERE status = ?1")?
+            .query_row([s.as_str()], |r| r.get(0))?;
+        out.push((*s, n));
+    }
+    Ok(out)
+}
+
+/// What the scheduler may claim this round.
+#[derive(Debug, Clone)]
+pub struct ClaimLimits {
+    /// At most this many operations in all.
+    pub limit: usize,
+    /// Only these types (the ones with free slots).
+    pub kinds: Vec<OperationType>,
+    /// Only operations asking for at most this many GPUs.
+    pub max_gpus: i64,
+}
+
+/// Claim runnable operations: `resuming` ones first, then `pending` ones by
+/// priority then age, each set `running` with `attempt + 1`, in one
+/// statement per status (a single writer needs no `SKIP LOCKED`).
+pub fn claim(conn: &Connection, now: &str, limits: &ClaimLimits) -> Result<Vec<ClaimedOperation>> {
+    if limits.limit == 0 || limits.kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = limits.kinds.iter().map(|k| k.as_str()).collect();
+    let kind_list = kinds
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut claimed = Vec::new();
+    for (from, order) in [
+        ("resuming", "created_at"),
+        ("pending", "priority DESC, created_at, operation_id"),
+    ] {
+        let left = limits.limit - claimed.len();
+        if left == 0 {
+            break;
+        }
+        // `kind_list` holds only our own enum strings, never user text.
+        let sql = format!(
+            "UPDATE operations SET status = 'running', attempt = attempt + 1, \
+                 started_at = ?1, updated_at = ?1, stop_reason = NULL, error_message = NULL \
+             WHERE operation_id IN ( \
+                 SELECT operation_id FROM operations \
+                 WHERE status = '{from}' AND operation_type IN ({kind_list}) \
+                   AND gpus_requested <= ?2 AND (run_after IS NULL OR run_after <= ?1) \
+                 ORDER BY {order} LIMIT ?3) \
+             RETURNING operation_id, operation_type, metadata, attempt, parent_operation_id, \
+                 progress_percent, gpus_requested, max_attempts"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![now, limits.max_gpus, left as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, f64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, kind, meta, attempt, parent, pct, gpus, max_attempts) = row?;
+            claimed.push(ClaimedOperation {
+                id: OperationId(id),
+                kind: kind.parse().map_err(Error::Internal)?,
+                metadata: serde_json::from_str(&meta).unwrap_or(Value::Null),
+                attempt,
+                parent: parent.map(OperationId),
+                progress_percent: pct,
+                gpus_requested: gpus,
+                max_attempts,
+            });
+        }
+    }
+    Ok(claimed)
+}
+
+/// How a run ended, to record.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// `completed`, `failed` or `cancelled`.
+    pub status: Status,
+    /// Why it stopped (failed/cancelled).
+    pub stop_reason: Option<StopReason>,
+    /// The result summary (completed).
+    pub result: Option<Value>,
+    /// The error (failed).
+    pub error: Option<String>,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+}
+
+/// Record the end of a run: `running -> completed | failed | cancelled`.
+/// Returns false (and changes nothing) when the operation is not running.
+pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Result<bool> {
+    debug_assert!(Status::Running.can_transition_to(f.status));
+    if let Some(p) = &f.progress {
+        write_progress(conn, id, p)?;
+    }
+    let errors_append = f.error.as_ref().map(|e| {
+        serde_json::json!({"at": now, "message": e}).to_string()
+    });
+    let n = conn
+        .prepare_cached(
+            "UPDATE operations SET status = ?2, stop_reason = ?3, result_summary = ?4, \
+                 error_message = ?5, completed_at = ?6, updated_at = ?6, eta_seconds = NULL, \
+                 progress_percent = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_percent END, \
+                 errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?7)) END \
+             WHERE operation_id = ?1 AND status = 'running'",
+        )?
+        .execute(params![
+            id.as_str(),
+            f.status.as_str(),
+            f.stop_reason.map(|r| r.as_str()),
+            f.result.as_ref().map(|v| v.to_string()),
+            f.error,
+            now,
+            errors_append,
+        ])?;
+    Ok(n == 1)
+}
+
+/// Put a failed run with attempts left back in the queue, not before
+/// `run_after` (retries with backoff).
+pub fn requeue_for_retry(conn: &Connection, id: &OperationId, error: &str, run_after: &str, now: &str) -> Result<bool> {
+    let entry = serde_json::json!({"at": now, "message": error}).to_string();
+    let n = conn
+        .prepare_cached(
+            "UPDATE operations SET status = 'pending', run_after = ?2, updated_at = ?3, \
+                 error_message = ?4, errors = json_insert(errors, '$[#]', json(?5)) \
+             WHERE operation_id = ?1 AND status = 'running'",
+        )?
+        .execute(params![id.as_str(), run_after, now, error, entry])?;
+    Ok(n == 1)
+}
+
+/// Cancel an operation that is not running (pending or resuming) at once.
+/// Returns its status before, or an error when it cannot be cancelled.
+pub fn cancel_waiting(conn: &Connection, id: &OperationId, reason: StopReason, message: Option<&str>, now: &str) -> Result<Status> {
+    let before = status(conn, id)?;
+    match before {
+        Status::Pending | Status::Resuming => {
+            conn.prepare_cached(
+                "UPDATE operations SET status = 'cancelled', stop_reason = ?2, completed_at = ?3, \
+                     updated_at = ?3, eta_seconds = NULL, error_message = ?4 \
+                 WHERE operation_id = ?1 AND status IN ('pending','resuming')",
+            )?
+            .execute(params![id.as_str(), reason.as_str(), now, message])?;
+            Ok(before)
+        }
+        Status::Running => Ok(before),
+        other => Err(Error::InvalidTransition(format!(
+            "operation {id} is {other}; only pending, resuming or running operations can be cancelled"
+        ))),
+    }
+}
+
+/// Every descendant of `id` (children, grandchildren, ...) with its status.
+pub fn descendants(conn: &Connection, id: &OperationId) -> Result<Vec<(OperationId, Status)>> {
+    let rows = conn
+        .prepare_cached(
+            "WITH RECURSIVE tree(id) AS ( \
+                 SELECT operation_id FROM operations WHERE parent_operation_id = ?1 \
+                 UNION SELECT o.operation_id FROM operations o JOIN tree t ON o.parent_operation_id = t.id) \
+             SELECT o.operation_id, o.status FROM operations o JOIN tree t ON o.operation_id = t.id",
+        )?
+        .query_map([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(i, s)| Ok((OperationId(i), s.parse().map_err(Error::Internal)?)))
+        .collect()
+}
+
+/// try_resume (SPEC §2): one atomic `UPDATE ... RETURNING`; of concurrent
+/// resumes exactly one wins, the others get `not_resumable`.
+pub fn try_resume(conn: &Connection, id: &OperationId, now: &str) -> Result<()> {
+    let won: Option<String> = conn
+        .prepare_cached(
+            "UPDATE operations SET status = 'resuming', updated_at = ?2, completed_at = NULL, \
+                 run_after = NULL \
+             WHERE operation_id = ?1 AND status IN ('cancelled','failed') RETURNING operation_id",
+        )?
+        .query_row(params![id.as_str(), now], |r| r.get(0))
+        .optional()?;
+    match won {
+        Some(_) => Ok(()),
+        None => {
+            let s = status(conn, id)?;
+            Err(Error::NotResumable(format!(
+                "operation {id} is {s}; only cancelled or failed operations can be resumed"
+            )))
+        }
+    }
+}
+
+/// Write live progress of a running operation (the flusher). Rows no longer
+/// running are left alone, so a late flush never overwrites a final value.
+pub fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE operations SET progress_percent = ?2, progress_message = ?3, current_step = ?4, \
+             steps_completed = ?5, steps_total = ?6, items_processed = ?7, items_total = ?8, \
+             eta_seconds = ?9, progress_context = ?10 \
+         WHERE operation_id = ?1 AND status = 'running'",
+    )?
+    .execute(params![
+        id.as_str(),
+        p.percentage.clamp(0.0, 100.0),
+        p.message,
+        p.current_step,
+        p.steps_completed,
+        p.steps_total,
+        p.items_processed,
+        p.items_total,
+        p.eta_seconds,
+        p.context.as_ref().map(|c| c.to_string()),
+    ])?;
+    Ok(())
+}
+
+/// Recompute a running parent's stored percentage from its children. Once
+/// a parent has children its own part (setup) counts as done.
+pub fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Result<()> {
+    let kids = child_progress(conn, parent)?;
+    if kids.is_empty() {
+        return Ok(());
+    }
+    let pct = parent_percentage(100.0, &kids);
+    conn.prepare_cached(
+        "UPDATE operations SET progress_percent = ?2 WHERE operation_id = ?1 AND status = 'running'",
+    )?
+    .execute(params![parent.as_str(), pct])?;
+    Ok(())
+}
+
+/// Children's percentages and phase ranges, for aggregation.
+pub fn child_progress(conn: &Connection, parent: &OperationId) -> Result<Vec<ChildProgress>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT progress_percent, phase_start, phase_end, status FROM operations \
+             WHERE parent_operation_id = ?1",
+        )?
+        .query_map([parent.as_str()], |r| {
+            let status: String = r.get(3)?;
+            let pct: f64 = r.get(0)?;
+            let start: Option<f64> = r.get(1)?;
+            let end: Option<f64> = r.get(2)?;
+            Ok(ChildProgress {
+                percentage: if status == "completed" { 100.0 } else { pct },
+                phase: start.zip(end),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// After an unclean exit: every `running` or `resuming` operation becomes
+/// `failed` with `stop_reason = crash`. Returns their ids.
+pub fn fail_crashed(conn: &Connection, now: &str) -> Result<Vec<OperationId>> {
+    let ids = conn
+        .prepare_cached(
+            "UPDATE operations SET status = 'failed', stop_reason = 'crash', completed_at = ?1, \
+                 updated_at = ?1, eta_seconds = NULL, \
+                 error_message = 'the daemon stopped uncleanly while this operation was ' || status \
+             WHERE status IN ('running','resuming') RETURNING operation_id",
+        )?
+        .query_map([now], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids.into_iter().map(OperationId).collect())
+}
+
+/// Append a warning to an operation's `warnings` array.
+pub fn add_warning(conn: &Connection, id: &OperationId, message: &str, now: &str) -> Result<()> {
+    let entry = serde_json::json!({"at": now, "message": message}).to_string();
+    conn.prepare_cached(
+        "UPDATE operations SET warnings = json_insert(warnings, '$[#]', json(?2)) WHERE operation_id = ?1",
+    )?
+    .execute(params![id.as_str(), entry])?;
+    Ok(())
+}
