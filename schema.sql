@@ -50,10 +50,16 @@ CREATE TABLE IF NOT EXISTS operations (
 CREATE UNIQUE INDEX IF NOT EXISTS idx_operations_idempotency_key
     ON operations(idempotency_key) WHERE idempotency_key IS NOT NULL;
 
--- The claim query's index: exactly its ORDER BY over exactly its rows, so
--- claiming the next operations is an index walk with no sort.
+-- The claim query's index: each type has its own queue (its own concurrency
+-- limit), and the claim is `WHERE status = 'pending' AND operation_type = ?
+-- ORDER BY priority DESC, created_at, operation_id`: an index walk, no sort.
 CREATE INDEX IF NOT EXISTS idx_operations_runnable
-    ON operations(priority DESC, created_at, operation_id) WHERE status = 'pending';
+    ON operations(operation_type, priority DESC, created_at, operation_id)
+    WHERE status = 'pending';
+
+-- Start-up recovery looks for operations stopped by a shutdown or a crash.
+CREATE INDEX IF NOT EXISTS idx_operations_recoverable
+    ON operations(stop_reason) WHERE stop_reason IN ('shutdown','crash');
 
 -- Filters of `opsd list` and the children of a parent.
 CREATE INDEX IF NOT EXISTS idx_operations_status_created

@@ -10,3 +10,6 @@ pub mod aggregate;
 pub mod error;
 pub mod ids;
 pub mod store;
+pub mod config;
+pub mod jobs;
+pub mod runtime;

@@ -159,79 +159,79 @@ pub fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> {
     Ok(out)
 }
 
-/// What the scheduler may claim this round.
-#[derive(Debug, Clone)]
-pub struct ClaimLimits {
-    /// At most this many operations in all.
-    pub limit: usize,
-    /// Only these types (the ones with free slots).
-    pub kinds: Vec<OperationType>,
-    /// Only operations asking for at most this many GPUs.
-    pub max_gpus: i64,
-}
-
-/// Claim runnable operations: `resuming` ones first, then `pending` ones by
-/// priority then age, each set `running` with `attempt + 1`, in one
-/// statement per status (a single writer needs no `SKIP LOCKED`).
-pub fn claim(conn: &Connection, now: &str, limits: &ClaimLimits) -> Result<Vec<ClaimedOperation>> {
-    if limits.limit == 0 || limits.kinds.is_empty() {
-        return Ok(Vec::new());
-    }
-    let kinds: Vec<&str> = limits.kinds.iter().map(|k| k.as_str()).collect();
-    let kind_list = kinds
-        .iter()
-        .map(|k| format!("'{k}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+/// Claim up to `limit` runnable operations of one type: `resuming` ones
+/// first, then `pending` ones by priority then age, asking for GPUs within
+/// `gpus` (`0..=0` for none). Each becomes `running` with `attempt + 1`, in
+/// one statement per status: with a single writer no `SKIP LOCKED` is needed.
+pub fn claim(
+    conn: &Connection,
+    now: &str,
+    kind: OperationType,
+    gpus: std::ops::RangeInclusive<i64>,
+    limit: usize,
+) -> Result<Vec<ClaimedOperation>> {
     let mut claimed = Vec::new();
-    for (from, order) in [
-        ("resuming", "created_at"),
-        ("pending", "priority DESC, created_at, operation_id"),
-    ] {
-        let left = limits.limit - claimed.len();
+    for from in ["resuming", "pending"] {
+        let left = limit - claimed.len();
         if left == 0 {
             break;
         }
-        // `kind_list` holds only our own enum strings, never user text.
+        // `from` is one of two literals above, never user text.
         let sql = format!(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = ?1, updated_at = ?1, stop_reason = NULL, error_message = NULL \
              WHERE operation_id IN ( \
                  SELECT operation_id FROM operations \
-                 WHERE status = '{from}' AND operation_type IN ({kind_list}) \
-                   AND gpus_requested <= ?2 AND (run_after IS NULL OR run_after <= ?1) \
-                 ORDER BY {order} LIMIT ?3) \
-             RETURNING operation_id, operation_type, metadata, attempt, parent_operation_id, \
+                 WHERE status = '{from}' AND operation_type = ?2 \
+                   AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
+                 ORDER BY priority DESC, created_at, operation_id LIMIT ?5) \
+             RETURNING operation_id, metadata, attempt, parent_operation_id, \
                  progress_percent, gpus_requested, max_attempts"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![now, limits.max_gpus, left as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, f64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })?;
+        let rows = stmt.query_map(
+            params![now, kind.as_str(), gpus.start(), gpus.end(), left as i64],
+            |r| {
+                Ok(ClaimedOperation {
+                    id: OperationId(r.get(0)?),
+                    kind,
+                    metadata: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null),
+                    attempt: r.get(2)?,
+                    parent: r.get::<_, Option<String>>(3)?.map(OperationId),
+                    progress_percent: r.get(4)?,
+                    gpus_requested: r.get(5)?,
+                    max_attempts: r.get(6)?,
+                })
+            },
+        )?;
         for row in rows {
-            let (id, kind, meta, attempt, parent, pct, gpus, max_attempts) = row?;
-            claimed.push(ClaimedOperation {
-                id: OperationId(id),
-                kind: kind.parse().map_err(Error::Internal)?,
-                metadata: serde_json::from_str(&meta).unwrap_or(Value::Null),
-                attempt,
-                parent: parent.map(OperationId),
-                progress_percent: pct,
-                gpus_requested: gpus,
-                max_attempts,
-            });
+            claimed.push(row?);
         }
     }
     Ok(claimed)
+}
+
+/// Record the GPUs assigned to a running operation.
+pub fn set_gpus(conn: &Connection, id: &OperationId, gpus: &[String]) -> Result<()> {
+    conn.prepare_cached("UPDATE operations SET gpus_assigned = ?2 WHERE operation_id = ?1")?
+        .execute(params![id.as_str(), serde_json::to_string(gpus).unwrap_or_default()])?;
+    Ok(())
+}
+
+/// Operations a start-up should resume by itself: stopped by a shutdown,
+/// or by a crash when they have a checkpoint (`with_crashed`).
+pub fn recoverable(conn: &Connection, with_crashed: bool) -> Result<Vec<OperationId>> {
+    let ids = conn
+        .prepare_cached(
+            "SELECT o.operation_id FROM operations o \
+             WHERE o.stop_reason IN ('shutdown','crash') AND o.status IN ('cancelled','failed') \
+               AND (o.stop_reason = 'shutdown' OR (?1 AND EXISTS ( \
+                   SELECT 1 FROM operation_checkpoints c WHERE c.operation_id = o.operation_id))) \
+             ORDER BY o.created_at",
+        )?
+        .query_map([with_crashed], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids.into_iter().map(OperationId).collect())
 }
 
 /// How a run ended, to record.

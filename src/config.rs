@@ -1,0 +1,178 @@
+//! Daemon configuration: defaults, the TOML file of `--config`, paths.
+
+use crate::error::{Error, Result};
+use crate::model::OperationType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `opsd serve` can be told. Every field has a default, so a
+/// config file only names what it changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the database, logs, models and checkpoints.
+    pub state_dir: PathBuf,
+    /// The SQLite file (default `<state_dir>/opsd.db`).
+    pub db: Option<PathBuf>,
+    /// The Unix socket (default: see [`default_socket_path`]).
+    pub socket: Option<PathBuf>,
+    /// Worker threads: the most operations running at once.
+    pub workers: usize,
+    /// Most operations of each type running at once.
+    pub concurrency: BTreeMap<OperationType, usize>,
+    /// How often live progress and metrics are written, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// How long shutdown waits for jobs to checkpoint, in seconds.
+    pub shutdown_grace_seconds: u64,
+    /// Resume operations stopped by a crash when they have a checkpoint.
+    pub auto_resume: bool,
+    /// Group allowed to use the socket besides the daemon's own user.
+    pub socket_group: Option<String>,
+    /// GPU ids to hand out (overrides discovery); empty: discover.
+    pub gpus: Option<Vec<String>>,
+    /// Delete the checkpoint of an operation once it completes.
+    pub delete_checkpoints_on_completion: bool,
+    /// Base delay of retry backoff, in milliseconds.
+    pub retry_base_delay_ms: u64,
+    /// Size cap of a command job's log file before rotation, in bytes.
+    pub log_max_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let concurrency = [
+            (OperationType::Dummy, 16),
+            (OperationType::Command, 4),
+            (OperationType::Training, 1),
+            (OperationType::Backtest, 2),
+            (OperationType::Pipeline, 4),
+        ]
+        .into_iter()
+        .collect();
+        Config {
+            state_dir: default_state_dir(),
+            db: None,
+            socket: None,
+            workers: 16,
+            concurrency,
+            flush_interval_ms: 250,
+            shutdown_grace_seconds: 60,
+            auto_resume: true,
+            socket_group: None,
+            gpus: None,
+            delete_checkpoints_on_completion: true,
+            retry_base_delay_ms: 1000,
+            log_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| Error::BadRequest(format!("config {}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check the values make sense together.
+    pub fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::BadRequest("config: workers must be at least 1".into()));
+        }
+        let pipelines = self.limit(OperationType::Pipeline);
+        if pipelines >= self.workers {
+            return Err(Error::BadRequest(format!(
+                "config: concurrency.pipeline ({pipelines}) must be below workers ({}): \
+                 a pipeline waits on a worker while its children run",
+                self.workers
+            )));
+        }
+        if self.flush_interval_ms == 0 {
+            return Err(Error::BadRequest("config: flush_interval_ms must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The concurrency limit of one type.
+    pub fn limit(&self, kind: OperationType) -> usize {
+        self.concurrency.get(&kind).copied().unwrap_or(self.workers)
+    }
+
+    /// The database path.
+    pub fn db_path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(|| self.state_dir.join("opsd.db"))
+    }
+
+    /// The socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket_path)
+    }
+
+    /// The flush interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
+/// `$OPSD_STATE_DIR`, else systemd's `$STATE_DIRECTORY`, else
+/// `$XDG_STATE_HOME/opsd`, else `~/.local/state/opsd`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("OPSD_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon separated; the first is ours.
+        let s = d.to_string_lossy().to_string();
+        return PathBuf::from(s.split(':').next().unwrap_or(&s));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("opsd");
+    }
+    home().join(".local/state/opsd")
+}
+
+/// `$OPSD_SOCKET`, else `$RUNTIME_DIRECTORY/opsd.sock` (systemd), else
+/// `$XDG_RUNTIME_DIR/opsd.sock`, else `<state dir>/opsd.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(s) = std::env::var_os("OPSD_SOCKET") {
+        return PathBuf::from(s);
+    }
+    for var in ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"] {
+        if let Some(d) = std::env::var_os(var) {
+            let s = d.to_string_lossy().to_string();
+            return PathBuf::from(s.split(':').next().unwrap_or(&s)).join("opsd.sock");
+        }
+    }
+    default_state_dir().join("opsd.sock")
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_overrides_defaults_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "workers = 3\n[concurrency]\npipeline = 1\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.limit(OperationType::Pipeline), 1);
+        assert_eq!(c.flush_interval_ms, 250);
+        std::fs::write(&p, "wrokers = 3\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("wrokers"), "{e}");
+    }
+}

@@ -1,0 +1,52 @@
+//! The job types (SPEC §8) behind one trait, and their registry.
+//!
+//! A job validates its parameters at submit time (so a bad request never
+//! becomes a queued operation) and runs on a worker thread with a
+//! [`JobContext`]. Jobs never touch the socket or SQL directly.
+
+pub mod dummy;
+pub mod params;
+
+pub use crate::runtime::context::JobContext;
+use crate::model::OperationType;
+use serde_json::Value;
+
+/// How a run ended, as the job sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Done; the result summary.
+    Completed(Value),
+    /// The job failed; the message says why.
+    Failed(String),
+    /// The job saw a stop request, checkpointed what it needed, and returned.
+    Stopped,
+}
+
+/// A kind of work opsd can run.
+pub trait Job: Send + Sync {
+    /// Check and complete the submitted parameters (defaults filled in).
+    /// The error names the offending key.
+    fn validate(&self, params: &Value) -> Result<Value, String>;
+    /// Do the work. Report through `ctx`; return when done or asked to stop.
+    fn run(&self, ctx: &mut JobContext) -> JobOutcome;
+}
+
+/// The job that runs operations of `kind`.
+pub fn job_for(kind: OperationType) -> &'static dyn Job {
+    match kind {
+        OperationType::Dummy => &dummy::DummyJob,
+        _ => &Unavailable,
+    }
+}
+
+/// Placeholder for types not built into this binary yet: refuses at submit.
+struct Unavailable;
+
+impl Job for Unavailable {
+    fn validate(&self, _: &Value) -> Result<Value, String> {
+        Err("this operation type is not available in this build".into())
+    }
+    fn run(&self, _: &mut JobContext) -> JobOutcome {
+        JobOutcome::Failed("this operation type is not available in this build".into())
+    }
+}

@@ -1,0 +1,220 @@
+//! [`JobContext`]: everything a running job may use — its parameters, its
+//! resume state, progress, metrics, durable checkpoints, the stop request,
+//! and (for parents) child operations.
+
+use super::running::{RunningOp, StopRequest};
+use super::Runtime;
+use crate::control::{ProgressUpdate, RunControl};
+use crate::ids::{self, OperationId};
+use crate::model::{CheckpointType, OperationType, Status};
+use crate::store::checkpoints::{self, Checkpoint};
+use crate::store::metrics;
+use crate::store::records::ClaimedOperation;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A job's handle on the daemon while it runs.
+pub struct JobContext {
+    op: ClaimedOperation,
+    running: Arc<RunningOp>,
+    runtime: Arc<Runtime>,
+    resume: Option<Checkpoint>,
+}
+
+impl JobContext {
+    pub(crate) fn new(op: ClaimedOperation, running: Arc<RunningOp>, runtime: Arc<Runtime>, resume: Option<Checkpoint>) -> Self {
+        JobContext {
+            op,
+            running,
+            runtime,
+            resume,
+        }
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> &OperationId {
+        &self.op.id
+    }
+
+    /// This start's number: 1 on the first run, more after resumes/retries.
+    pub fn attempt(&self) -> i64 {
+        self.op.attempt
+    }
+
+    /// The validated parameters.
+    pub fn params(&self) -> &Value {
+        &self.op.metadata
+    }
+
+    /// The checkpoint state to continue from, when resuming.
+    pub fn resume_state(&self) -> Option<&Value> {
+        self.resume.as_ref().map(|c| &c.state)
+    }
+
+    /// The checkpoint to continue from, when resuming.
+    pub fn resume_checkpoint(&self) -> Option<&Checkpoint> {
+        self.resume.as_ref()
+    }
+
+    /// GPUs reserved for this operation.
+    pub fn gpus(&self) -> &[String] {
+        &self.running.gpus
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.runtime.config.state_dir.clone()
+    }
+
+    /// A directory kept for this operation across attempts, for checkpoint
+    /// files (created on first use).
+    pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.runtime.config.state_dir.join("checkpoints").join(self.op.id.as_str());
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Where this operation's artifacts (models, ...) go (created on use).
+    pub fn artifacts_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.runtime.config.state_dir.join("artifacts").join(self.op.id.as_str());
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// The stop request, if any: the job should checkpoint and return
+    /// [`crate::jobs::JobOutcome::Stopped`].
+    pub fn stop_request(&self) -> Option<StopRequest> {
+        self.running.stop_requested()
+    }
+
+    /// Sleep up to `d`, waking early (within 5 ms) when asked to stop.
+    pub fn sleep_unless_stopped(&self, d: Duration) {
+        let deadline = std::time::Instant::now() + d;
+        loop {
+            if self.running.stop_requested().is_some() {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
+        }
+    }
+
+    /// Save a checkpoint with optional files (`artifacts_path`, already
+    /// written and fsynced by the job). Pending metric points are written in
+    /// the same transaction, so the checkpoint's metric cursor is exact.
+    pub fn checkpoint_with_files(&mut self, state: Value, artifacts_path: Option<PathBuf>) -> Result<(), String> {
+        let kind = match self.running.stop_requested() {
+            Some(StopRequest::Shutdown) => CheckpointType::Shutdown,
+            Some(StopRequest::User) | Some(StopRequest::Parent) => CheckpointType::Cancellation,
+            Some(StopRequest::ChildFailed) => CheckpointType::Failure,
+            None => CheckpointType::Periodic,
+        };
+        self.save_checkpoint(kind, state, artifacts_path)
+    }
+
+    /// Save a checkpoint of an explicit type.
+    pub fn save_checkpoint(&mut self, kind: CheckpointType, state: Value, artifacts_path: Option<PathBuf>) -> Result<(), String> {
+        let artifacts_size = artifacts_path
+            .as_deref()
+            .map(super::files::size_on_disk)
+            .unwrap_or(0);
+        let id = self.op.id.clone();
+        let (progress, points) = self
+            .running
+            .take_dirty()
+            .unwrap_or_else(|| (self.running.progress(), Vec::new()));
+        let now = ids::now();
+        self.runtime
+            .store
+            .write(move |conn| {
+                crate::store::operations::write_progress(conn, &id, &progress)?;
+                let seq = if points.is_empty() {
+                    metrics::last_seq(conn, &id)?
+                } else {
+                    metrics::append(conn, &id, &points)?
+                };
+                checkpoints::save(
+                    conn,
+                    &Checkpoint {
+                        operation_id: id.clone(),
+                        checkpoint_type: kind,
+                        created_at: now,
+                        state,
+                        artifacts_path: artifacts_path.map(|p| p.display().to_string()),
+                        state_size_bytes: 0,
+                        artifacts_size_bytes: artifacts_size as i64,
+                        progress_percent: Some(progress.percentage),
+                        metrics_seq: seq,
+                    },
+                )
+            })
+            .map_err(|e| format!("could not save the checkpoint: {e}"))
+    }
+
+    /// Submit a child operation of this one (parents such as `pipeline`).
+    pub fn submit_child(&self, kind: OperationType, params: Value, phase: Option<(f64, f64)>, fail_parent: bool) -> Result<OperationId, String> {
+        self.runtime
+            .submit_child(&self.op.id, kind, params, phase, fail_parent)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Wait until a child reaches a final or stopped status and return it.
+    /// Returns early with `None` when this operation is asked to stop.
+    pub fn wait_for(&self, child: &OperationId) -> Result<Option<Status>, String> {
+        loop {
+            let status = self
+                .runtime
+                .store
+                .read(|c| crate::store::operations::status(c, child))
+                .map_err(|e| e.to_string())?;
+            if matches!(status, Status::Completed | Status::Failed | Status::Cancelled) {
+                return Ok(Some(status));
+            }
+            if self.running.stop_requested().is_some() {
+                return Ok(None);
+            }
+            self.runtime.wait_for_change(Duration::from_millis(50));
+        }
+    }
+
+    /// Cancel a child (used when this operation is stopping).
+    pub fn cancel_child(&self, child: &OperationId, why: StopRequest) {
+        self.runtime.stop_tree_member(child, why);
+    }
+
+    /// Add a warning to the operation (shown by `show`).
+    pub fn warn(&self, message: &str) {
+        let id = self.op.id.clone();
+        let msg = message.to_string();
+        let now = ids::now();
+        let _ = self
+            .runtime
+            .store
+            .write(move |c| crate::store::operations::add_warning(c, &id, &msg, &now));
+    }
+
+    /// Run `f` with the store (child results, model paths, ...).
+    pub fn store(&self) -> &crate::store::Store {
+        &self.runtime.store
+    }
+}
+
+impl RunControl for JobContext {
+    fn progress(&mut self, update: ProgressUpdate) {
+        self.running.report(update);
+    }
+    fn metric(&mut self, data: Value) {
+        self.running.push_metric(ids::now(), data);
+    }
+    fn checkpoint(&mut self, state: Value) -> Result<(), String> {
+        self.checkpoint_with_files(state, None)
+    }
+    fn stop_requested(&self) -> bool {
+        self.running.stop_requested().is_some()
+    }
+}

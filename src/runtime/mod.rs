@@ -1,0 +1,474 @@
+//! The runtime: scheduler, worker pool, progress flusher, cancellation and
+//! the shutdown drain.
+//!
+//! ```text
+//! scheduler ──claims (writer)──▶ crossbeam channel ──▶ workers ──▶ Job::run(ctx)
+//! flusher ──every interval──▶ dirty progress slots + metric points ──▶ writer
+//! ```
+//!
+//! Invariant: an operation is in `running` (the map) from its claim until
+//! its final status is committed; readers therefore see either the live
+//! slot or the final row, never a gap.
+
+pub mod context;
+pub mod files;
+pub mod gpus;
+pub mod running;
+mod worker;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ids::{self, OperationId};
+use crate::model::{OperationType, Status, StopReason};
+use crate::store::records::{ClaimedOperation, NewOperation};
+use crate::store::{operations as ops, Store};
+use crossbeam_channel::{Receiver, Sender};
+use running::{RunningOp, StopRequest};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A claimed operation on its way to a worker.
+pub(crate) struct Assignment {
+    op: ClaimedOperation,
+    running: Arc<RunningOp>,
+}
+
+/// The daemon's engine room. Shared by the socket server and the workers.
+pub struct Runtime {
+    /// The database.
+    pub store: Store,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Operations claimed and not yet finished, by id.
+    running: Mutex<HashMap<OperationId, Arc<RunningOp>>>,
+    /// Nudges the scheduler (new work, a free slot).
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    /// To the workers; `None` once shutting down.
+    job_tx: Mutex<Option<Sender<Assignment>>>,
+    job_rx: Receiver<Assignment>,
+    /// False once the daemon stops taking new work.
+    accepting: AtomicBool,
+    /// Bumped whenever an operation finishes or is cancelled; waiters
+    /// (pipelines waiting for a child) sleep on the condvar.
+    changes: (Mutex<u64>, Condvar),
+    /// GPUs and who holds them.
+    gpus: Mutex<gpus::GpuPool>,
+    /// Scheduler, flusher and worker threads.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// When the runtime started, for `health`.
+    pub started_at: Instant,
+    /// What start-up recovery did, for `health`.
+    pub recovery: Mutex<Value>,
+}
+
+impl Runtime {
+    /// Recover from the last run, then start the scheduler, flusher and
+    /// workers.
+    pub fn start(store: Store, config: Arc<Config>) -> Result<Arc<Runtime>> {
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let gpu_pool = gpus::GpuPool::new(config.gpus.clone().unwrap_or_else(gpus::discover));
+        let rt = Arc::new(Runtime {
+            store,
+            config: config.clone(),
+            running: Mutex::new(HashMap::new()),
+            wake_tx,
+            wake_rx,
+            job_tx: Mutex::new(Some(job_tx)),
+            job_rx,
+            accepting: AtomicBool::new(true),
+            changes: (Mutex::new(0), Condvar::new()),
+            gpus: Mutex::new(gpu_pool),
+            threads: Mutex::new(Vec::new()),
+            started_at: Instant::now(),
+            recovery: Mutex::new(Value::Null),
+        });
+        rt.recover()?;
+        let mut threads = Vec::new();
+        for i in 0..config.workers {
+            let r = rt.clone();
+            threads.push(spawn(&format!("opsd-worker-{i}"), move || worker::run(r))?);
+        }
+        let r = rt.clone();
+        threads.push(spawn("opsd-scheduler", move || r.schedule_loop())?);
+        let r = rt.clone();
+        threads.push(spawn("opsd-flusher", move || r.flush_loop())?);
+        if let Ok(mut t) = rt.threads.lock() {
+            *t = threads;
+        }
+        Ok(rt)
+    }
+
+    /// Start-up recovery (SPEC §2): operations left `running`/`resuming`
+    /// by an unclean exit become `failed`/`crash`; those stopped by a
+    /// shutdown (and crashed ones with a checkpoint) resume by try_resume.
+    fn recover(&self) -> Result<()> {
+        let now = ids::now();
+        let crashed = self.store.write(move |c| ops::fail_crashed(c, &now))?;
+        for id in &crashed {
+            tracing::warn!(operation = %id, "found running after an unclean exit: marked failed (crash)");
+        }
+        let auto = self.config.auto_resume;
+        let candidates = self.store.read(|c| ops::recoverable(c, auto))?;
+        let mut resumed = Vec::new();
+        for id in candidates {
+            let now = ids::now();
+            let i = id.clone();
+            match self.store.write(move |c| ops::try_resume(c, &i, &now)) {
+                Ok(()) => resumed.push(id),
+                Err(e) => tracing::warn!(operation = %id, "not resumed: {e}"),
+            }
+        }
+        if !resumed.is_empty() {
+            tracing::info!(count = resumed.len(), "resuming operations stopped by the last shutdown or crash");
+        }
+        if let Ok(mut r) = self.recovery.lock() {
+            *r = serde_json::json!({ "crashed": crashed, "resumed": resumed });
+        }
+        Ok(())
+    }
+
+    /// Wake the scheduler (new or resumable work, a freed slot).
+    pub fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// True while the daemon takes new work.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// The live state of a running operation.
+    pub fn live(&self, id: &OperationId) -> Option<Arc<RunningOp>> {
+        self.running.lock().ok()?.get(id).cloned()
+    }
+
+    /// Ids of the operations running now.
+    pub fn running_ids(&self) -> Vec<OperationId> {
+        self.running
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// GPU ids known to the daemon and which operation holds each.
+    pub fn gpu_status(&self) -> Value {
+        self.gpus.lock().map(|g| g.status()).unwrap_or(Value::Null)
+    }
+
+    /// Signal waiters that some operation changed status.
+    pub(crate) fn notify_change(&self) {
+        let (m, cv) = &self.changes;
+        if let Ok(mut g) = m.lock() {
+            *g += 1;
+        }
+        cv.notify_all();
+    }
+
+    /// Block until some operation changes status, or `timeout`.
+    pub fn wait_for_change(&self, timeout: Duration) {
+        let (m, cv) = &self.changes;
+        if let Ok(g) = m.lock() {
+            let _ = cv.wait_timeout(g, timeout);
+        }
+    }
+
+    /// Insert a validated operation and wake the scheduler. With an
+    /// idempotency key already used, returns the first operation.
+    pub fn insert(&self, op: NewOperation) -> Result<(OperationId, Status, bool)> {
+        if !self.accepting() {
+            return Err(Error::Unavailable("the daemon is shutting down; submit again after it restarts".into()));
+        }
+        let now = ids::now();
+        let r = self.store.write(move |c| ops::insert(c, &op, &now))?;
+        self.wake();
+        Ok(r)
+    }
+
+    /// Submit a child of `parent` (validated like any submit).
+    pub fn submit_child(&self, parent: &OperationId, kind: OperationType, params: Value, phase: Option<(f64, f64)>, fail_parent: bool) -> Result<OperationId> {
+        let metadata = crate::jobs::job_for(kind)
+            .validate(&params)
+            .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
+        let now = chrono::Utc::now();
+        let op = NewOperation {
+            id: OperationId::generate(kind, now),
+            kind,
+            metadata,
+            parent: Some(parent.clone()),
+            priority: 0,
+            idempotency_key: None,
+            phase,
+            fail_parent,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+        };
+        Ok(self.insert(op)?.0)
+    }
+
+    /// Cancel an operation and all its active descendants (SPEC §3).
+    /// Waiting ones are cancelled at once; running ones are asked to stop
+    /// and end `cancelled` when their job returns. Returns the status
+    /// before.
+    pub fn cancel(&self, id: &OperationId, reason: Option<String>) -> Result<Status> {
+        let before = self.stop_tree_member_checked(id, StopRequest::User, reason)?;
+        let i = id.clone();
+        let descendants = self.store.read(move |c| ops::descendants(c, &i))?;
+        for (child, status) in descendants {
+            if status.is_active() {
+                self.stop_tree_member(&child, StopRequest::Parent);
+            }
+        }
+        self.notify_change();
+        self.wake();
+        Ok(before)
+    }
+
+    /// Stop one operation for `why`, whatever its state; errors ignored
+    /// (used for descendants, which may have just finished).
+    pub fn stop_tree_member(&self, id: &OperationId, why: StopRequest) {
+        let _ = self.stop_tree_member_checked(id, why, None);
+    }
+
+    fn stop_tree_member_checked(&self, id: &OperationId, why: StopRequest, message: Option<String>) -> Result<Status> {
+        if let Some(live) = self.live(id) {
+            live.request_stop(why, message);
+            return Ok(Status::Running);
+        }
+        let i = id.clone();
+        let now = ids::now();
+        let reason = why.stop_reason();
+        let before = self
+            .store
+            .write(move |c| ops::cancel_waiting(c, &i, reason, message.as_deref(), &now))?;
+        if before == Status::Running {
+            // Claimed between our look at the map and the write: ask again.
+            if let Some(live) = self.live(id) {
+                live.request_stop(why, None);
+            }
+        }
+        Ok(before)
+    }
+
+    /// try_resume through the API (`opsd resume`).
+    pub fn resume(&self, id: &OperationId) -> Result<()> {
+        if !self.accepting() {
+            return Err(Error::Unavailable("the daemon is shutting down".into()));
+        }
+        let i = id.clone();
+        let now = ids::now();
+        self.store.write(move |c| ops::try_resume(c, &i, &now))?;
+        self.wake();
+        Ok(())
+    }
+
+    fn schedule_loop(self: Arc<Self>) {
+        while self.accepting() {
+            if let Err(e) = self.claim_round() {
+                tracing::error!("claiming operations failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // Sleep until nudged; the timeout picks up delayed (run_after) work.
+            let _ = self.wake_rx.recv_timeout(Duration::from_millis(200));
+        }
+    }
+
+    /// Claim as much work as there are free slots for, type by type.
+    fn claim_round(&self) -> Result<()> {
+        let (free_total, per_kind) = {
+            let running = self.running.lock().map_err(|_| Error::Internal("lock".into()))?;
+            let mut counts: HashMap<OperationType, usize> = HashMap::new();
+            for op in running.values() {
+                *counts.entry(op.kind).or_default() += 1;
+            }
+            let free_total = self.config.workers.saturating_sub(running.len());
+            let per_kind: Vec<(OperationType, usize)> = OperationType::ALL
+                .iter()
+                .map(|k| (*k, self.config.limit(*k).saturating_sub(counts.get(k).copied().unwrap_or(0))))
+                .filter(|(_, free)| *free > 0)
+                .collect();
+            (free_total, per_kind)
+        };
+        if free_total == 0 || per_kind.is_empty() {
+            return Ok(());
+        }
+        let free_gpus = self.gpus.lock().map(|g| g.free_count()).unwrap_or(0) as i64;
+        let now = ids::now();
+        let claimed = self.store.write(move |c| {
+            let mut out = Vec::new();
+            let mut budget = free_total;
+            let mut gpus_left = free_gpus;
+            for (kind, free) in per_kind {
+                let mut n = free.min(budget);
+                // GPU operations one at a time, while GPUs are free.
+                while n > 0 && gpus_left > 0 {
+                    let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
+                    let Some(op) = got.into_iter().next() else { break };
+                    gpus_left -= op.gpus_requested;
+                    n -= 1;
+                    budget -= 1;
+                    out.push(op);
+                }
+                if n > 0 {
+                    let got = ops::claim(c, &now, kind, 0..=0, n)?;
+                    budget -= got.len();
+                    out.extend(got);
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            Ok(out)
+        })?;
+        for op in claimed {
+            let assigned = if op.gpus_requested > 0 {
+                self.gpus
+                    .lock()
+                    .map(|mut g| g.take(&op.id, op.gpus_requested as usize))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if !assigned.is_empty() {
+                let (i, a) = (op.id.clone(), assigned.clone());
+                self.store.writer().submit(move |c| ops::set_gpus(c, &i, &a), |_| {});
+            }
+            let running = Arc::new(RunningOp::new(op.id.clone(), op.kind, op.parent.clone(), op.progress_percent, assigned));
+            if let Ok(mut m) = self.running.lock() {
+                m.insert(op.id.clone(), running.clone());
+            }
+            let sent = match self.job_tx.lock().ok().and_then(|t| t.clone()) {
+                Some(tx) => tx.send(Assignment { op, running }).is_ok(),
+                None => false,
+            };
+            if !sent {
+                tracing::error!("no workers to run a claimed operation");
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_loop(self: Arc<Self>) {
+        let interval = self.config.flush_interval();
+        while self.accepting() {
+            std::thread::sleep(interval);
+            self.flush();
+        }
+    }
+
+    /// Write every dirty progress slot and queued metric point, then
+    /// refresh the aggregate progress of their parents. Waits for commit.
+    pub fn flush(&self) {
+        let live: Vec<Arc<RunningOp>> = self
+            .running
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut batch = Vec::new();
+        let mut parents = Vec::new();
+        for op in live {
+            if let Some((progress, points)) = op.take_dirty() {
+                if let Some(p) = &op.parent {
+                    parents.push(p.clone());
+                }
+                batch.push((op.id.clone(), progress, points));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        parents.sort();
+        parents.dedup();
+        let r = self.store.write(move |c| {
+            for (id, progress, points) in &batch {
+                if !points.is_empty() {
+                    crate::store::metrics::append(c, id, points)?;
+                }
+                ops::write_progress(c, id, progress)?;
+            }
+            for p in &parents {
+                ops::refresh_parent_progress(c, p)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("flushing progress failed: {e}");
+        }
+    }
+
+    /// The shutdown drain: stop taking work, ask every running job to
+    /// checkpoint and stop, wait up to the grace (or until `hurry` turns
+    /// true), record what is still running as cancelled/shutdown with its
+    /// latest checkpoint, flush, and close the store.
+    pub fn shutdown(&self, grace: Duration, hurry: &dyn Fn() -> bool) {
+        self.accepting.store(false, Ordering::Release);
+        self.wake();
+        let live: Vec<Arc<RunningOp>> = self
+            .running
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        if !live.is_empty() {
+            tracing::info!(count = live.len(), "asking running operations to checkpoint and stop");
+        }
+        for op in &live {
+            op.request_stop(StopRequest::Shutdown, None);
+        }
+        let deadline = Instant::now() + grace;
+        let mut last_log = Instant::now();
+        loop {
+            let left = self.running_ids();
+            if left.is_empty() || Instant::now() >= deadline || hurry() {
+                break;
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(still_running = ?left, "waiting for operations to checkpoint");
+                last_log = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Whatever did not stop in time keeps its latest periodic
+        // checkpoint and is recorded as stopped by the shutdown.
+        self.flush();
+        let stuck = self.running_ids();
+        if !stuck.is_empty() {
+            tracing::warn!(operations = ?stuck, "did not stop within the grace; recorded as cancelled (shutdown)");
+            let now = ids::now();
+            let _ = self.store.write(move |c| {
+                for id in &stuck {
+                    ops::finish(
+                        c,
+                        id,
+                        &ops::Finish {
+                            status: Status::Cancelled,
+                            stop_reason: Some(StopReason::Shutdown),
+                            result: None,
+                            error: Some("the daemon stopped before this operation could checkpoint; it resumes from its latest checkpoint".into()),
+                            progress: None,
+                        },
+                        &now,
+                    )?;
+                    crate::store::checkpoints::set_type(c, id, crate::model::CheckpointType::Shutdown)?;
+                }
+                Ok(())
+            });
+        }
+        if let Ok(mut tx) = self.job_tx.lock() {
+            tx.take();
+        }
+        self.store.close();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::io(format!("starting thread {name}"), e))
+}

@@ -1,0 +1,234 @@
+//! What the daemon knows in memory about an operation while it runs: its
+//! live progress slot, unflushed metric points and its stop request.
+//!
+//! A job's progress call only takes this slot's uncontended mutex and sets
+//! a flag: no syscall, no SQLite. The flusher writes dirty slots every
+//! interval; socket reads of a running operation read the slot directly.
+
+use crate::control::ProgressUpdate;
+use crate::ids::OperationId;
+use crate::model::{OperationType, StopReason};
+use crate::store::records::Progress;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Why the runtime asks a job to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// `opsd cancel` on this operation.
+    User,
+    /// Its parent was cancelled or failed.
+    Parent,
+    /// The daemon is shutting down: checkpoint and stop.
+    Shutdown,
+    /// A child submitted with `fail_parent` failed.
+    ChildFailed,
+}
+
+impl StopRequest {
+    fn to_u8(self) -> u8 {
+        match self {
+            StopRequest::User => 1,
+            StopRequest::Parent => 2,
+            StopRequest::Shutdown => 3,
+            StopRequest::ChildFailed => 4,
+        }
+    }
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(StopRequest::User),
+            2 => Some(StopRequest::Parent),
+            3 => Some(StopRequest::Shutdown),
+            4 => Some(StopRequest::ChildFailed),
+            _ => None,
+        }
+    }
+    /// The `stop_reason` recorded for an operation stopped by this request.
+    pub fn stop_reason(self) -> StopReason {
+        match self {
+            StopRequest::User => StopReason::User,
+            StopRequest::Parent => StopReason::Parent,
+            StopRequest::Shutdown => StopReason::Shutdown,
+            StopRequest::ChildFailed => StopReason::Error,
+        }
+    }
+}
+
+/// Progress and metrics not yet written to the database.
+#[derive(Debug, Default)]
+struct Slot {
+    progress: Progress,
+    metrics: Vec<(String, Value)>,
+}
+
+/// One running operation's shared state (runtime, job, socket readers).
+#[derive(Debug)]
+pub struct RunningOp {
+    /// Its id.
+    pub id: OperationId,
+    /// Its type.
+    pub kind: OperationType,
+    /// Its parent, whose aggregate progress follows this one.
+    pub parent: Option<OperationId>,
+    /// GPUs reserved for it.
+    pub gpus: Vec<String>,
+    /// When this attempt started, for the ETA.
+    started: Instant,
+    /// Percentage at start (a resumed run starts from its checkpoint's).
+    start_percentage: Mutex<f64>,
+    slot: Mutex<Slot>,
+    dirty: AtomicBool,
+    stop: AtomicU8,
+    /// Message given with the stop request (cancel reason, failing child).
+    stop_message: Mutex<Option<String>>,
+    /// Set when its worker is done with it.
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningOp {
+    /// State for an operation about to run.
+    pub fn new(id: OperationId, kind: OperationType, parent: Option<OperationId>, start_percentage: f64, gpus: Vec<String>) -> Self {
+        RunningOp {
+            id,
+            kind,
+            parent,
+            gpus,
+            started: Instant::now(),
+            start_percentage: Mutex::new(start_percentage),
+            slot: Mutex::new(Slot {
+                progress: Progress {
+                    percentage: start_percentage,
+                    ..Progress::default()
+                },
+                metrics: Vec::new(),
+            }),
+            dirty: AtomicBool::new(false),
+            stop: AtomicU8::new(0),
+            stop_message: Mutex::new(None),
+            done: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Restart the ETA baseline (after restoring a checkpoint's progress).
+    pub fn reset_progress(&self, progress: Progress) {
+        if let Ok(mut p) = self.start_percentage.lock() {
+            *p = progress.percentage;
+        }
+        if let Ok(mut s) = self.slot.lock() {
+            s.progress = progress;
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Merge a progress report into the slot. The hot path of every job.
+    pub fn report(&self, u: ProgressUpdate) {
+        if let Ok(mut s) = self.slot.lock() {
+            let p = &mut s.progress;
+            if let Some(v) = u.percentage {
+                p.percentage = v.clamp(0.0, 100.0);
+            }
+            if u.message.is_some() {
+                p.message = u.message;
+            }
+            if u.current_step.is_some() {
+                p.current_step = u.current_step;
+            }
+            if u.steps_completed.is_some() {
+                p.steps_completed = u.steps_completed;
+            }
+            if u.steps_total.is_some() {
+                p.steps_total = u.steps_total;
+            }
+            if u.items_processed.is_some() {
+                p.items_processed = u.items_processed;
+            }
+            if u.items_total.is_some() {
+                p.items_total = u.items_total;
+            }
+            if u.context.is_some() {
+                p.context = u.context;
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Queue a metric point for the next flush.
+    pub fn push_metric(&self, at: String, data: Value) {
+        if let Ok(mut s) = self.slot.lock() {
+            s.metrics.push((at, data));
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// The live progress, with the ETA computed from the rate so far.
+    pub fn progress(&self) -> Progress {
+        let mut p = self
+            .slot
+            .lock()
+            .map(|s| s.progress.clone())
+            .unwrap_or_default();
+        let start = self.start_percentage.lock().map(|v| *v).unwrap_or(0.0);
+        let done = p.percentage - start;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        p.eta_seconds = if done > 0.0 && p.percentage < 100.0 && elapsed > 0.0 {
+            Some((elapsed / done * (100.0 - p.percentage) * 10.0).round() / 10.0)
+        } else {
+            None
+        };
+        p
+    }
+
+    /// If anything changed since the last call, the progress and the
+    /// metric points to write (the points are taken out of the slot).
+    pub fn take_dirty(&self) -> Option<(Progress, Vec<(String, Value)>)> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let metrics = self
+            .slot
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.metrics))
+            .unwrap_or_default();
+        Some((self.progress(), metrics))
+    }
+
+    /// Ask the job to stop. The first request wins; a shutdown overrides a
+    /// pending user request only if none was made.
+    pub fn request_stop(&self, why: StopRequest, message: Option<String>) {
+        if self
+            .stop
+            .compare_exchange(0, why.to_u8(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Ok(mut m) = self.stop_message.lock() {
+                *m = message;
+            }
+        }
+    }
+
+    /// The stop request, if any. An atomic load: cheap enough for hot loops.
+    pub fn stop_requested(&self) -> Option<StopRequest> {
+        StopRequest::from_u8(self.stop.load(Ordering::Acquire))
+    }
+
+    /// The message given with the stop request.
+    pub fn stop_message(&self) -> Option<String> {
+        self.stop_message.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// Mark the worker done with it; wakes anyone waiting in [`Self::wait_done`].
+    pub fn mark_done(&self) {
+        self.done.send_replace(true);
+    }
+
+    /// Wait until the worker is done with it, at most `timeout`. True if done.
+    pub async fn wait_done(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.done.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|d| *d))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+}

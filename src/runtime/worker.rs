@@ -1,0 +1,223 @@
+//! A worker thread: takes claimed operations off the channel, restores
+//! their checkpoint, runs the job with panics caught, and records how it
+//! ended. Every path out of `running` ends here in a final or resumable
+//! status.
+
+use super::context::JobContext;
+use super::running::{RunningOp, StopRequest};
+use super::{Assignment, Runtime};
+use crate::error::Result;
+use crate::ids;
+use crate::jobs::{job_for, JobOutcome};
+use crate::model::{Status, StopReason};
+use crate::store::checkpoints::{self, Checkpoint};
+use crate::store::operations::{self as ops, Finish};
+use crate::store::records::{ClaimedOperation, Progress};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The worker loop: runs until the channel closes.
+pub(super) fn run(rt: Arc<Runtime>) {
+    while let Ok(Assignment { op, running }) = rt.job_rx.recv() {
+        run_one(&rt, op, running);
+    }
+}
+
+fn run_one(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>) {
+    let id = op.id.clone();
+    let outcome = match restore(rt, &op, &running) {
+        Ok(resume) => {
+            let job = job_for(op.kind);
+            let mut ctx = JobContext::new(op.clone(), running.clone(), rt.clone(), resume);
+            match catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))) {
+                Ok(o) => o,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(operation = %id, "job panicked: {msg}");
+                    JobOutcome::Failed(format!("the job panicked: {msg}"))
+                }
+            }
+        }
+        Err(e) => JobOutcome::Failed(format!("could not restore the checkpoint: {e}")),
+    };
+    if let Err(e) = record(rt, &op, &running, outcome) {
+        tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
+    }
+    if let Ok(mut g) = rt.gpus.lock() {
+        g.release(&id);
+    }
+    if let Ok(mut m) = rt.running.lock() {
+        m.remove(&id);
+    }
+    running.mark_done();
+    rt.notify_change();
+    rt.wake();
+}
+
+/// On a second or later start, load the checkpoint, drop metric points
+/// recorded after it (the job regenerates them) and restore its progress.
+fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<Option<Checkpoint>> {
+    if op.attempt <= 1 {
+        return Ok(None);
+    }
+    let id = op.id.clone();
+    let cp = rt.store.write(move |c| {
+        let cp = checkpoints::get(c, &id)?;
+        let seq = cp.as_ref().map(|c| c.metrics_seq).unwrap_or(0);
+        crate::store::metrics::truncate_after(c, &id, seq)?;
+        Ok(cp)
+    })?;
+    let pct = cp.as_ref().and_then(|c| c.progress_percent).unwrap_or(0.0);
+    running.reset_progress(Progress {
+        percentage: pct,
+        message: Some(if cp.is_some() {
+            "Resuming from checkpoint".into()
+        } else {
+            "Starting again (no checkpoint)".into()
+        }),
+        ..Progress::default()
+    });
+    Ok(cp)
+}
+
+/// Map the job's outcome and the stop request to the final row.
+fn record(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp, outcome: JobOutcome) -> Result<()> {
+    let stop = running.stop_requested();
+    let stop_msg = running.stop_message();
+    let (progress, points) = running
+        .take_dirty()
+        .unwrap_or_else(|| (running.progress(), Vec::new()));
+    let mut retry_at = None;
+    let finish = match (outcome, stop) {
+        (JobOutcome::Completed(result), _) => Finish {
+            status: Status::Completed,
+            stop_reason: None,
+            result: Some(result),
+            error: None,
+            progress: Some(progress),
+        },
+        // A child with fail_parent failed: this parent fails with it.
+        (JobOutcome::Stopped, Some(StopRequest::ChildFailed))
+        | (JobOutcome::Failed(_), Some(StopRequest::ChildFailed)) => Finish {
+            status: Status::Failed,
+            stop_reason: Some(StopReason::Error),
+            result: None,
+            error: Some(stop_msg.unwrap_or_else(|| "a child operation failed".into())),
+            progress: Some(progress),
+        },
+        // Asked to stop: cancelled, however the job ended (SPEC §8).
+        (JobOutcome::Stopped, Some(why)) | (JobOutcome::Failed(_), Some(why)) => Finish {
+            status: Status::Cancelled,
+            stop_reason: Some(why.stop_reason()),
+            result: None,
+            error: stop_msg,
+            progress: Some(progress),
+        },
+        (JobOutcome::Stopped, None) => Finish {
+            status: Status::Failed,
+            stop_reason: Some(StopReason::Error),
+            result: None,
+            error: Some("the job stopped without being asked to".into()),
+            progress: Some(progress),
+        },
+        (JobOutcome::Failed(msg), None) => {
+            if op.attempt < op.max_attempts && rt.accepting() {
+                retry_at = Some(backoff(rt.config.retry_base_delay_ms, op.attempt));
+            }
+            Finish {
+                status: Status::Failed,
+                stop_reason: Some(StopReason::Error),
+                result: None,
+                error: Some(msg),
+                progress: Some(progress),
+            }
+        }
+    };
+    let id = op.id.clone();
+    let parent = op.parent.clone();
+    let now = ids::now();
+    let delete_cp = finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
+    let f = finish.clone();
+    let retry = retry_at.map(|d| ids::timestamp(chrono::Utc::now() + d));
+    rt.store.write(move |c| {
+        if !points.is_empty() {
+            crate::store::metrics::append(c, &id, &points)?;
+        }
+        match &retry {
+            Some(at) => {
+                if let Some(p) = &f.progress {
+                    ops::write_progress(c, &id, p)?;
+                }
+                ops::requeue_for_retry(c, &id, f.error.as_deref().unwrap_or("failed"), at, &now)?;
+            }
+            None => {
+                ops::finish(c, &id, &f, &now)?;
+            }
+        }
+        if delete_cp {
+            let _ = checkpoints::delete(c, &id);
+        }
+        if let Some(p) = &parent {
+            ops::refresh_parent_progress(c, p)?;
+        }
+        Ok(())
+    })?;
+    if delete_cp {
+        let dir = rt.config.state_dir.join("checkpoints").join(op.id.as_str());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if let Some(d) = retry_at {
+        tracing::info!(operation = %op.id, attempt = op.attempt, "failed; retrying in {:?}", d);
+    }
+    // A failing child submitted with fail_parent fails its parent.
+    if finish.status == Status::Failed && retry_at.is_none() {
+        if let Some(parent) = &op.parent {
+            let id = op.id.clone();
+            let fails_parent = rt
+                .store
+                .read(move |c| Ok(ops::get(c, &id)?.fail_parent))
+                .unwrap_or(false);
+            if fails_parent {
+                if let Some(live) = rt.live(parent) {
+                    live.request_stop(
+                        StopRequest::ChildFailed,
+                        Some(format!(
+                            "child {} failed: {}",
+                            op.id,
+                            finish.error.clone().unwrap_or_default()
+                        )),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).
+fn backoff(base_ms: u64, attempt: i64) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32);
+    let jitter: f64 = 0.5 + rand::random::<f64>();
+    Duration::from_millis(((exp as f64) * jitter).min(3_600_000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        for _ in 0..20 {
+            let d1 = backoff(1000, 1).as_millis();
+            let d3 = backoff(1000, 3).as_millis();
+            assert!((500..1500).contains(&d1), "{d1}");
+            assert!((2000..6000).contains(&d3), "{d3}");
+        }
+        assert!(backoff(1000, 60).as_secs() <= 3600);
+    }
+}
