@@ -24,6 +24,16 @@ impl GpuPool {
         }
     }
 
+    /// GPUs in the pool.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are no GPUs.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// GPUs nobody holds.
     pub fn free_count(&self) -> usize {
         self.ids.len() - self.held.len()

@@ -156,6 +156,11 @@ impl Runtime {
             .unwrap_or_default()
     }
 
+    /// How many GPUs the daemon can hand out.
+    pub fn gpu_count(&self) -> usize {
+        self.gpus.lock().map(|g| g.len()).unwrap_or(0)
+    }
+
     /// GPU ids known to the daemon and which operation holds each.
     pub fn gpu_status(&self) -> Value {
         self.gpus.lock().map(|g| g.status()).unwrap_or(Value::Null)

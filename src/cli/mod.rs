@@ -1,0 +1,267 @@
+//! The `opsd` command line (SPEC §6): clap definitions and one function
+//! per subcommand. Every client command takes `--socket` and `--json`;
+//! machine output goes to stdout, messages for people to stderr.
+
+mod commands;
+mod demo;
+mod output;
+mod watch;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// opsd runs your long jobs (training runs, backtests, pipelines) from one
+/// SQLite file, survives restarts, and shows live progress.
+#[derive(Debug, Parser)]
+#[command(name = "opsd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command shares.
+#[derive(Debug, Args, Clone)]
+pub struct ClientOpts {
+    /// The daemon's socket [default: $OPSD_SOCKET, else the daemon's default path].
+    #[arg(long, global = true, env = "OPSD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ClientOpts {
+    /// The socket path to use.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(crate::config::default_socket_path)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd runs this).
+    Serve(ServeArgs),
+    /// Queue an operation and print its id.
+    Submit(SubmitArgs),
+    /// List operations (newest first).
+    List(ListArgs),
+    /// Everything about one operation.
+    Show(IdArgs),
+    /// Live progress of an operation (and its children) until it ends.
+    Watch(WatchArgs),
+    /// Cancel an operation and everything under it.
+    Cancel(CancelArgs),
+    /// Resume a cancelled or failed operation from its latest checkpoint.
+    Resume(IdArgs),
+    /// An operation's metric series (loss curves, equity, ...).
+    Metrics(MetricsArgs),
+    /// The child operations of a parent.
+    Children(IdArgs),
+    /// Output of a `command` operation.
+    Logs(LogsArgs),
+    /// Checkpoints: list them, or `checkpoints delete ID`.
+    Checkpoints(CheckpointsArgs),
+    /// Is the daemon up? Version, uptime, paths, workers, counts.
+    Health(NoArgs),
+    /// First run: trains a model and backtests it on bundled data, live.
+    Demo(DemoArgs),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the database, logs and checkpoints.
+    #[arg(long, env = "OPSD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The SQLite database file [default: <state dir>/opsd.db].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The Unix socket to listen on.
+    #[arg(long, env = "OPSD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// A TOML config file (see README, "Configuration").
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `submit` options.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Operation type: dummy, command, training, backtest or pipeline.
+    pub kind: String,
+    /// A parameter, KEY=VALUE; VALUE is parsed as JSON when it can be (repeatable).
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// All parameters as a JSON object, or @FILE to read it from a file.
+    #[arg(long = "params", value_name = "JSON|@FILE")]
+    pub params_json: Option<String>,
+    /// Make this a child of another operation.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// GPUs to reserve; the operation waits until that many are free.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: i64,
+    /// Idempotency key: submitting the same key again returns the first operation.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Starts allowed in all; failures retry with exponential backoff.
+    #[arg(long)]
+    pub max_attempts: Option<i64>,
+    /// Do not start before this: a duration (10m, 2h) or an RFC 3339 time.
+    #[arg(long)]
+    pub run_after: Option<String>,
+    /// Watch it until it ends (exit status as `watch`).
+    #[arg(long)]
+    pub watch: bool,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `list` options.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only these statuses (repeatable): pending, resuming, running, completed, failed, cancelled.
+    #[arg(long)]
+    pub status: Vec<String>,
+    /// Only this type.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Only pending, resuming and running operations.
+    #[arg(long)]
+    pub active: bool,
+    /// Only children of this operation.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Skip this many rows.
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// Commands that take one operation id.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The operation id (op_...).
+    pub id: String,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `watch` options.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The operation id.
+    pub id: String,
+    /// On Ctrl-C, cancel the operation without asking.
+    #[arg(long)]
+    pub cancel_on_interrupt: bool,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `cancel` options.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The operation id.
+    pub id: String,
+    /// Why (kept with the operation).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `metrics` options.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// The operation id.
+    pub id: String,
+    /// Only points after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub cursor: i64,
+    /// Keep printing new points until the operation ends.
+    #[arg(long)]
+    pub follow: bool,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `logs` options.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The operation id.
+    pub id: String,
+    /// Keep printing new output until the operation ends.
+    #[arg(long)]
+    pub follow: bool,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `checkpoints` options.
+#[derive(Debug, Args)]
+pub struct CheckpointsArgs {
+    /// An operation id, or `delete ID`.
+    pub args: Vec<String>,
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// Only the shared client options.
+#[derive(Debug, Args)]
+pub struct NoArgs {
+    /// Socket and output options.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's state directory here (default: a fresh temporary one).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Training epochs for the demo's model.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: i64,
+    /// Machine-readable JSON results on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parse the command line and run it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
+    commands::run(cli.command)
+}
+
+fn init_logging(daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("OPSD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

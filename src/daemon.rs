@@ -1,0 +1,138 @@
+//! `opsd serve`: wiring the store, the runtime and the socket server, and
+//! the ordered shutdown of DESIGN-NOTES ("Shutdown, in order").
+//!
+//! [`Daemon::start`] returns once the socket is bound and recovery is done
+//! (the moment systemd gets READY=1); [`Daemon::stop`] drains. The demo and
+//! tests run the same code in-process.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::server;
+use crate::service::Service;
+use crate::store::Store;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A started daemon.
+pub struct Daemon {
+    /// The runtime (scheduler, workers).
+    pub runtime: Arc<Runtime>,
+    /// The socket path it serves on.
+    pub socket: PathBuf,
+    tokio: tokio::runtime::Runtime,
+    stop_server: watch::Sender<bool>,
+}
+
+impl Daemon {
+    /// Open the database, recover, start the workers and bind the socket.
+    pub fn start(config: Config) -> Result<Daemon> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| Error::io(format!("creating state directory {}", config.state_dir.display()), e))?;
+        let store = Store::open(&config.db_path())?;
+        let socket = config.socket_path();
+        let config = Arc::new(config);
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("opsd-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the I/O runtime", e))?;
+        // Bind before starting work so a second daemon on the same socket
+        // is refused before it touches anything.
+        let (listener, access) = {
+            let _guard = tokio.enter();
+            server::bind(&socket, config.socket_group.as_deref())?
+        };
+        let runtime = Runtime::start(store, config)?;
+        let (stop_server, stop_rx) = watch::channel(false);
+        let service = Service { rt: runtime.clone() };
+        tokio.spawn(server::serve(listener, access, service, stop_rx));
+        tracing::info!(socket = %socket.display(), db = %runtime.store.path().display(), "opsd is ready");
+        Ok(Daemon {
+            runtime,
+            socket,
+            tokio,
+            stop_server,
+        })
+    }
+
+    /// The drain: no new work, running jobs checkpoint and stop (up to the
+    /// grace, or at once when `hurry` turns true), then the socket goes.
+    pub fn stop(self, hurry: &dyn Fn() -> bool) {
+        let grace = Duration::from_secs(self.runtime.config.shutdown_grace_seconds);
+        self.runtime.shutdown(grace, hurry);
+        let _ = self.stop_server.send(true);
+        server::remove_socket(&self.socket);
+        self.tokio.shutdown_timeout(Duration::from_millis(500));
+        tracing::info!("opsd stopped");
+    }
+}
+
+/// Run in the foreground until SIGTERM or SIGINT; a second signal during
+/// the drain stops at once (still leaving the database consistent).
+pub fn serve(config: Config) -> Result<()> {
+    let signals_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    count_signals(signals_seen.clone())?;
+    let daemon = Daemon::start(config)?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = watchdog_interval();
+    let mut last_ping = std::time::Instant::now();
+    while signals_seen.load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(every) = watchdog {
+            if last_ping.elapsed() >= every {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                last_ping = std::time::Instant::now();
+            }
+        }
+    }
+    tracing::info!("stop requested: checkpointing running operations");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let hurry = {
+        let s = signals_seen.clone();
+        move || s.load(Ordering::Acquire) >= 2
+    };
+    daemon.stop(&hurry);
+    Ok(())
+}
+
+/// Count SIGTERM/SIGINT deliveries in `counter` on a signal-hook thread
+/// (the first signal drains, a second hurries).
+fn count_signals(counter: Arc<std::sync::atomic::AtomicUsize>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::io("installing signal handlers", e))?;
+    std::thread::Builder::new()
+        .name("opsd-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                counter.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+        .map_err(|e| Error::io("starting the signal thread", e))?;
+    Ok(())
+}
+
+/// Half of systemd's `WATCHDOG_USEC`, when the watchdog is on.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, state) {
+            tracing::warn!("sd_notify failed: {e}");
+        }
+    }
+}
+

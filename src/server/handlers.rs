@@ -1,0 +1,164 @@
+//! One function per request: call the service, frame the answer. Streams
+//! (`watch`, `metrics` with follow, `logs` with follow) poll at a short
+//! interval and end when the operation reaches a final or stopped status.
+
+use super::connection::Responder;
+use crate::error::Error;
+use crate::ids::OperationId;
+use crate::model::Status;
+use crate::protocol::{error_response, ok_response, Request};
+use crate::service::Service;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn err(e: &Error) -> Value {
+    error_response(e.code(), &e.to_string())
+}
+
+fn reply(r: Result<Value, Error>) -> Value {
+    match r {
+        Ok(v) => ok_response(v),
+        Err(e) => err(&e),
+    }
+}
+
+/// Answer one request. False when the client has gone.
+pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool {
+    let response = match req {
+        Request::Submit(s) => reply(svc.submit(s).await),
+        Request::SubmitBatch { operations } => reply(svc.submit_batch(operations).await),
+        Request::Get { id } => reply(svc.get(&id).map(|r| json!({ "operation": r }))),
+        Request::List(filter) => reply(svc.list(&filter)),
+        Request::Children { id } => reply(svc.children(&id)),
+        Request::Cancel { id, reason, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms.unwrap_or(2000).min(60_000));
+            reply(svc.cancel(&id, reason, wait).await)
+        }
+        Request::Resume { id } => reply(svc.resume(&id)),
+        Request::Metrics { id, cursor, limit, follow } => {
+            let limit = limit.unwrap_or(1000);
+            if follow {
+                return follow_metrics(svc, &id, cursor, limit, out).await;
+            }
+            reply(svc.metrics(&id, cursor, limit))
+        }
+        Request::Watch { id, interval_ms } => {
+            let every = Duration::from_millis(interval_ms.unwrap_or(200).clamp(10, 10_000));
+            return watch(svc, &id, every, out).await;
+        }
+        Request::Checkpoints { id } => reply(svc.checkpoints(id.as_ref())),
+        Request::DeleteCheckpoint { id } => reply(svc.delete_checkpoint(&id).await),
+        Request::Logs { id, tail_bytes, follow } => {
+            return logs(svc, &id, tail_bytes.unwrap_or(65536), follow, out).await;
+        }
+        Request::Health => reply(svc.health()),
+    };
+    out.send(&response).await
+}
+
+fn is_over(s: Status) -> bool {
+    matches!(s, Status::Completed | Status::Failed | Status::Cancelled)
+}
+
+/// Stream `{"event":"update","operation":..,"children":[..]}` whenever
+/// something changes, then `{"event":"end",...}`.
+async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Responder) -> bool {
+    let mut last = Value::Null;
+    loop {
+        let op = match svc.get(id) {
+            Ok(op) => op,
+            Err(e) => return out.send(&err(&e)).await,
+        };
+        let children = svc
+            .children(id)
+            .map(|c| c["operations"].clone())
+            .unwrap_or(Value::Array(vec![]));
+        let over = is_over(op.status);
+        let now = json!({ "operation": op, "children": children });
+        if now != last || over {
+            let mut msg = now.clone();
+            msg["event"] = json!(if over { "end" } else { "update" });
+            if !out.send(&ok_response(msg)).await {
+                return false;
+            }
+            last = now;
+        }
+        if over {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn follow_metrics(svc: &Service, id: &OperationId, mut cursor: i64, limit: i64, out: &mut Responder) -> bool {
+    loop {
+        // Read the status before the points, so points written just before
+        // the end are still sent.
+        let over = match svc.get(id) {
+            Ok(op) => is_over(op.status),
+            Err(e) => return out.send(&err(&e)).await,
+        };
+        match svc.metrics(id, cursor, limit) {
+            Ok(v) => {
+                let n = v["metrics"].as_array().map(|a| a.len()).unwrap_or(0);
+                cursor = v["cursor"].as_i64().unwrap_or(cursor);
+                if n > 0 && !out.send(&ok_response(v)).await {
+                    return false;
+                }
+                if n as i64 >= limit {
+                    continue;
+                }
+            }
+            Err(e) => return out.send(&err(&e)).await,
+        }
+        if over {
+            return out
+                .send(&ok_response(json!({ "metrics": [], "cursor": cursor, "event": "end" })))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn logs(svc: &Service, id: &OperationId, tail: u64, follow: bool, out: &mut Responder) -> bool {
+    let path = svc.rt.config.state_dir.join("logs").join(format!("{id}.log"));
+    if let Err(e) = svc.get(id) {
+        return out.send(&err(&e)).await;
+    }
+    let mut offset = match std::fs::metadata(&path) {
+        Ok(m) => m.len().saturating_sub(tail),
+        Err(_) => 0,
+    };
+    loop {
+        let over = svc.get(id).map(|o| is_over(o.status)).unwrap_or(true);
+        let (text, next) = read_from(&path, offset);
+        offset = next;
+        if (!text.is_empty() || !follow) && !out.send(&ok_response(json!({ "text": text, "offset": offset }))).await {
+            return false;
+        }
+        if !follow {
+            return true;
+        }
+        if over {
+            return out.send(&ok_response(json!({ "text": "", "offset": offset, "event": "end" }))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Text of `path` from `offset` (at most 1 MiB), and the next offset. A
+/// rotated (shorter) file is read from its start.
+fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), offset);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = if len < offset { 0 } else { offset };
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return (String::new(), offset);
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(1024 * 1024).read_to_end(&mut buf);
+    (String::from_utf8_lossy(&buf).to_string(), start + buf.len() as u64)
+}

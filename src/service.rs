@@ -1,0 +1,271 @@
+//! The operations API behind the socket: validates requests, calls the
+//! runtime and the store, and overlays live progress on what it reads.
+//! One function per request; the server only frames lines.
+
+use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::error::{Error, Result};
+use crate::ids::{self, OperationId};
+use crate::jobs::job_for;
+use crate::model::Status;
+use crate::protocol::Submit;
+use crate::runtime::Runtime;
+use crate::store::records::{ListFilter, NewOperation, OperationRecord};
+use crate::store::{checkpoints, metrics, operations as ops};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The API, shared by every connection.
+#[derive(Clone)]
+pub struct Service {
+    /// The runtime it drives.
+    pub rt: Arc<Runtime>,
+}
+
+impl Service {
+    /// Check a submit and turn it into a row to insert.
+    pub fn prepare(&self, s: &Submit) -> Result<NewOperation> {
+        let kind = s.kind().map_err(Error::BadRequest)?;
+        let metadata = job_for(kind)
+            .validate(&s.params)
+            .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
+        if s.gpus < 0 {
+            return Err(Error::BadRequest("gpus must be >= 0".into()));
+        }
+        let known = self.rt.gpu_count() as i64;
+        if s.gpus > known {
+            return Err(Error::BadRequest(format!(
+                "gpus: {} requested but this daemon has {known} GPU(s); set `gpus` in the config or ask for fewer",
+                s.gpus
+            )));
+        }
+        let max_attempts = s.max_attempts.unwrap_or(1);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(Error::BadRequest("max_attempts must be between 1 and 100".into()));
+        }
+        if let Some((a, b)) = s.phase {
+            if !(0.0..=100.0).contains(&a) || !(0.0..=100.0).contains(&b) || a > b {
+                return Err(Error::BadRequest("phase must be [start, end] with 0 <= start <= end <= 100".into()));
+            }
+        }
+        if let Some(k) = &s.key {
+            if k.is_empty() || k.len() > 256 {
+                return Err(Error::BadRequest("key must be 1 to 256 characters".into()));
+            }
+        }
+        let run_after = s.run_after.as_deref().map(parse_run_after).transpose()?;
+        Ok(NewOperation {
+            id: OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata,
+            parent: s.parent.clone(),
+            priority: s.priority,
+            idempotency_key: s.key.clone(),
+            phase: s.phase,
+            fail_parent: s.fail_parent,
+            gpus: s.gpus,
+            max_attempts,
+            run_after,
+        })
+    }
+
+    /// `submit`.
+    pub async fn submit(&self, s: Submit) -> Result<Value> {
+        let op = self.prepare(&s)?;
+        self.ensure_accepting()?;
+        let now = ids::now();
+        let (id, status, created) = self
+            .rt
+            .store
+            .write_async(move |c| ops::insert(c, &op, &now))
+            .await?;
+        self.rt.wake();
+        Ok(json!({ "operation_id": id, "status": status, "created": created }))
+    }
+
+    /// `submit_batch`: all rows in one transaction (each validated first).
+    pub async fn submit_batch(&self, list: Vec<Submit>) -> Result<Value> {
+        let rows = list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.prepare(s).map_err(|e| Error::BadRequest(format!("operations[{i}]: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        self.ensure_accepting()?;
+        let now = ids::now();
+        let out = self
+            .rt
+            .store
+            .write_async(move |c| {
+                rows.iter()
+                    .map(|op| ops::insert(c, op, &now))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        self.rt.wake();
+        let ops: Vec<Value> = out
+            .into_iter()
+            .map(|(id, status, created)| json!({ "operation_id": id, "status": status, "created": created }))
+            .collect();
+        Ok(json!({ "operations": ops }))
+    }
+
+    fn ensure_accepting(&self) -> Result<()> {
+        if self.rt.accepting() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the daemon is shutting down; submit again after it restarts".into()))
+        }
+    }
+
+    /// `get`: one operation with live progress.
+    pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
+        let mut rec = self.rt.store.read(|c| ops::get(c, id))?;
+        self.overlay_live(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// Replace stored progress with the live value of a running operation,
+    /// and a parent's percentage with its children's aggregate.
+    fn overlay_live(&self, rec: &mut OperationRecord) -> Result<()> {
+        if rec.status != Status::Running {
+            return Ok(());
+        }
+        if let Some(live) = self.rt.live(&rec.operation_id) {
+            rec.set_progress(live.progress());
+        }
+        let kids = self.rt.store.read(|c| ops::children(c, &rec.operation_id))?;
+        if !kids.is_empty() {
+            let parts: Vec<ChildProgress> = kids
+                .iter()
+                .map(|k| ChildProgress {
+                    percentage: match k.status {
+                        Status::Completed => 100.0,
+                        Status::Running => self
+                            .rt
+                            .live(&k.operation_id)
+                            .map(|l| l.progress().percentage)
+                            .unwrap_or(k.progress_percent),
+                        _ => k.progress_percent,
+                    },
+                    phase: k.phase_start.zip(k.phase_end),
+                })
+                .collect();
+            rec.progress_percent = parent_percentage(100.0, &parts);
+        }
+        Ok(())
+    }
+
+    /// `list`.
+    pub fn list(&self, filter: &ListFilter) -> Result<Value> {
+        let (mut rows, total, active) = self.rt.store.read(|c| ops::list(c, filter))?;
+        for r in &mut rows {
+            self.overlay_live(r)?;
+        }
+        Ok(json!({ "operations": rows, "total": total, "active": active }))
+    }
+
+    /// `children`.
+    pub fn children(&self, id: &OperationId) -> Result<Value> {
+        let mut rows = self.rt.store.read(|c| {
+            ops::status(c, id)?;
+            ops::children(c, id)
+        })?;
+        for r in &mut rows {
+            self.overlay_live(r)?;
+        }
+        Ok(json!({ "operations": rows }))
+    }
+
+    /// `cancel`: waits (up to `wait`) for a running operation to stop.
+    pub async fn cancel(&self, id: &OperationId, reason: Option<String>, wait: Duration) -> Result<Value> {
+        let before = self.rt.cancel(id, reason)?;
+        if before == Status::Running {
+            if let Some(live) = self.rt.live(id) {
+                live.wait_done(wait).await;
+            }
+        }
+        let rec = self.get(id)?;
+        Ok(json!({ "operation_id": id, "previous_status": before, "status": rec.status, "stop_reason": rec.stop_reason }))
+    }
+
+    /// `resume`.
+    pub fn resume(&self, id: &OperationId) -> Result<Value> {
+        self.rt.resume(id)?;
+        Ok(json!({ "operation_id": id, "status": Status::Resuming }))
+    }
+
+    /// `metrics`: points after `cursor`.
+    pub fn metrics(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<Value> {
+        let (points, next) = self.rt.store.read(|c| {
+            ops::status(c, id)?;
+            metrics::read_after(c, id, cursor.max(0), limit.clamp(1, 100_000))
+        })?;
+        Ok(json!({ "metrics": points, "cursor": next }))
+    }
+
+    /// `checkpoints`.
+    pub fn checkpoints(&self, id: Option<&OperationId>) -> Result<Value> {
+        let list = self.rt.store.read(|c| match id {
+            Some(id) => {
+                ops::status(c, id)?;
+                Ok(checkpoints::get(c, id)?.into_iter().collect::<Vec<_>>())
+            }
+            None => checkpoints::list(c),
+        })?;
+        Ok(json!({ "checkpoints": list }))
+    }
+
+    /// `delete_checkpoint`: the row, then its files.
+    pub async fn delete_checkpoint(&self, id: &OperationId) -> Result<Value> {
+        if self.rt.live(id).is_some() {
+            return Err(Error::InvalidTransition(format!(
+                "operation {id} is running; cancel it before deleting its checkpoint"
+            )));
+        }
+        let i = id.clone();
+        let cp = self.rt.store.write_async(move |c| checkpoints::delete(c, &i)).await?;
+        let dir = self.rt.config.state_dir.join("checkpoints").join(id.as_str());
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(json!({ "deleted": cp.operation_id }))
+    }
+
+    /// `health`.
+    pub fn health(&self) -> Result<Value> {
+        let counts = self.rt.store.read(ops::counts_by_status)?;
+        let by_status: serde_json::Map<String, Value> = counts
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+            .collect();
+        let cfg = &self.rt.config;
+        Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": self.rt.started_at.elapsed().as_secs_f64(),
+            "accepting": self.rt.accepting(),
+            "state_dir": cfg.state_dir,
+            "db": self.rt.store.path(),
+            "socket": cfg.socket_path(),
+            "workers": cfg.workers,
+            "concurrency": cfg.concurrency,
+            "running": self.rt.running_ids(),
+            "counts": by_status,
+            "gpus": self.rt.gpu_status(),
+            "recovery": self.rt.recovery.lock().map(|r| r.clone()).unwrap_or(Value::Null),
+        }))
+    }
+}
+
+/// `run_after`: an RFC 3339 time, or a duration from now (`90s`, `10m`).
+pub fn parse_run_after(s: &str) -> Result<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(ids::timestamp(t.with_timezone(&chrono::Utc)));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(ids::timestamp(
+            chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
+        )),
+        Err(_) => Err(Error::BadRequest(format!(
+            "run_after: {s:?} is neither an RFC 3339 time (2026-11-22T18:00:00Z) nor a duration (10m, 2h)"
+        ))),
+    }
+}
