@@ -1,0 +1,222 @@
+//! Test harness: a daemon on a temporary state directory, a client, and
+//! helpers to wait for conditions without fixed sleeps.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the built binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_opsd"))
+}
+
+/// A daemon process on its own state directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+    pub config: Option<PathBuf>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Start `opsd serve` with a TOML config and wait until it answers.
+    pub fn start_with(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("opsd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut d = Daemon {
+            socket: dir.path().join("opsd.sock"),
+            dir,
+            child: None,
+            config: Some(cfg),
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Start with test defaults (fast flushes, short grace).
+    pub fn start() -> Daemon {
+        Daemon::start_with("flush_interval_ms = 50\nshutdown_grace_seconds = 10\n")
+    }
+
+    /// (Re)start the process on the same state directory.
+    pub fn spawn(&mut self) {
+        self.starts += 1;
+        let log = self.dir.path().join(format!("daemon-{}.log", self.starts));
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("OPSD_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let up = wait_until(Duration::from_secs(30), || {
+            UnixStream::connect(&self.socket).is_ok() || child.try_wait().unwrap().is_some()
+        });
+        assert!(up && child.try_wait().unwrap().is_none(), "daemon did not start: {}", self.log());
+        self.child = Some(child);
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("opsd.db")
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// One request, one response.
+    pub fn req(&self, v: Value) -> Value {
+        request(&self.socket, &v)
+    }
+
+    /// A successful request's response (panics on `ok: false`).
+    pub fn ok(&self, v: Value) -> Value {
+        let r = self.req(v.clone());
+        assert_eq!(r["ok"], true, "request {v} failed: {r}");
+        r
+    }
+
+    /// Submit and return the id.
+    pub fn submit(&self, kind: &str, params: Value) -> String {
+        let r = self.ok(json!({ "cmd": "submit", "type": kind, "params": params }));
+        r["operation_id"].as_str().unwrap().to_string()
+    }
+
+    /// The operation record.
+    pub fn get(&self, id: &str) -> Value {
+        self.ok(json!({ "cmd": "get", "id": id }))["operation"].clone()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.get(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until the operation has `status` (panics after `secs`).
+    pub fn wait_status(&self, id: &str, status: &str, secs: u64) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(Duration::from_secs(secs), || {
+            last = self.get(id);
+            last["status"] == status
+        });
+        assert!(ok, "{id} never became {status}: {last}");
+        last
+    }
+
+    /// All metric points of an operation.
+    pub fn metrics(&self, id: &str) -> Vec<Value> {
+        let r = self.ok(json!({ "cmd": "metrics", "id": id, "cursor": 0, "limit": 100000 }));
+        r["metrics"].as_array().unwrap().clone()
+    }
+
+    /// Run the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_child(&mut child, Duration::from_secs(60))
+    }
+
+    /// SIGKILL: an unclean exit.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Wait for a child with a deadline.
+pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(socket: &Path, v: &Value) -> Value {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut line = v.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad response {out:?}: {e}"))
+}
+
+/// Poll `f` every 10 ms until true or `limit`; returns whether it became true.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Open the database read-only (as a user's sqlite3 would).
+pub fn open_db(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
+/// Path of a shared data file, falling back to the repository's `data/`.
+pub fn data(name: &str) -> PathBuf {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(name);
+    if shared.exists() {
+        return shared;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+}

@@ -1,0 +1,3 @@
+//! The integration test modules.
+
+mod lifecycle;
