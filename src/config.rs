@@ -42,15 +42,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let concurrency = [
-            (OperationType::Dummy, 16),
-            (OperationType::Command, 4),
-            (OperationType::Training, 1),
-            (OperationType::Backtest, 2),
-            (OperationType::Pipeline, 4),
-        ]
-        .into_iter()
-        .collect();
+        let concurrency = OperationType::ALL
+            .iter()
+            .map(|k| (*k, default_limit(*k)))
+            .collect();
         Config {
             state_dir: default_state_dir(),
             db: None,
@@ -99,9 +94,13 @@ impl Config {
         Ok(())
     }
 
-    /// The concurrency limit of one type.
+    /// The concurrency limit of one type (the default for types the
+    /// config file does not name).
     pub fn limit(&self, kind: OperationType) -> usize {
-        self.concurrency.get(&kind).copied().unwrap_or(self.workers)
+        self.concurrency
+            .get(&kind)
+            .copied()
+            .unwrap_or_else(|| default_limit(kind))
     }
 
     /// The database path.
@@ -117,6 +116,18 @@ impl Config {
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
+/// Default concurrency per type: many cheap dummies, a few user commands,
+/// one CPU-heavy training at a time on a small machine.
+fn default_limit(kind: OperationType) -> usize {
+    match kind {
+        OperationType::Dummy => 16,
+        OperationType::Command => 4,
+        OperationType::Training => 1,
+        OperationType::Backtest => 2,
+        OperationType::Pipeline => 4,
     }
 }
 

@@ -20,6 +20,12 @@ pub struct DummyParams {
     /// Fail when reaching this step (1-based), if set.
     #[serde(default)]
     pub fail_at_step: Option<i64>,
+    /// Panic when reaching this step (tests the daemon's panic handling).
+    #[serde(default)]
+    pub panic_at_step: Option<i64>,
+    /// Ignore stop requests (tests the shutdown grace) [false].
+    #[serde(default)]
+    pub ignore_stop: bool,
     /// Checkpoint every this many steps [1].
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: i64,
@@ -70,13 +76,15 @@ impl Job for DummyJob {
             .unwrap_or(0);
         let sleep = Duration::from_millis(p.step_ms as u64);
         while step < p.steps {
-            if ctx.stop_requested() {
+            if ctx.stop_requested() && !p.ignore_stop {
                 if let Err(e) = ctx.checkpoint(json!({ "step": step })) {
                     return JobOutcome::Failed(e);
                 }
                 return JobOutcome::Stopped;
             }
-            if !sleep.is_zero() {
+            if p.ignore_stop {
+                std::thread::sleep(sleep);
+            } else if !sleep.is_zero() {
                 ctx.sleep_unless_stopped(sleep);
                 if ctx.stop_requested() {
                     // The step was interrupted: it is not done.
@@ -86,6 +94,9 @@ impl Job for DummyJob {
             step += 1;
             if p.fail_at_step == Some(step) {
                 return JobOutcome::Failed(format!("dummy failed at step {step} as asked (fail_at_step)"));
+            }
+            if p.panic_at_step == Some(step) {
+                panic!("dummy panicked at step {step} as asked (panic_at_step)");
             }
             ctx.progress(ProgressUpdate {
                 percentage: Some(step as f64 * 100.0 / p.steps as f64),
