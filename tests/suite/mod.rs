@@ -1,3 +1,5 @@
 //! The integration test modules.
 
+mod durability;
 mod lifecycle;
+mod protocol;
