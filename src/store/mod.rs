@@ -111,3 +111,144 @@ impl Store {
         self.writer.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::OperationId;
+    use crate::model::OperationType;
+    use crate::store::records::NewOperation;
+
+    fn new_op(kind: OperationType) -> NewOperation {
+        NewOperation {
+            id: OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata: serde_json::json!({}),
+            parent: None,
+            priority: 0,
+            idempotency_key: None,
+            phase: None,
+            fail_parent: false,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+        }
+    }
+
+    #[test]
+    fn pragmas_read_back_on_writer_and_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let (mode, sync, fk) = store
+            .write(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
+                    c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?,
+                    c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+        let (mode, fk, timeout) = store
+            .read(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
+                    c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
+                    c.query_row("PRAGMA busy_timeout", [], |r| r.get::<_, i64>(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((mode.as_str(), fk, timeout), ("wal", 1, 10_000));
+        store.close();
+    }
+
+    #[test]
+    fn claim_walks_the_partial_index_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
+                     WHERE status = 'pending' AND operation_type = ?1 \
+                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
+                )?;
+                let rows = stmt
+                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(text.contains("idx_operations_runnable"), "{text}");
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
+        store.close();
+    }
+
+    #[test]
+    fn claim_orders_by_priority_then_age_and_counts_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let low = new_op(OperationType::Dummy);
+        let mut high = new_op(OperationType::Dummy);
+        high.priority = 5;
+        let other = new_op(OperationType::Backtest);
+        for op in [low.clone(), high.clone(), other.clone()] {
+            store
+                .write(move |c| operations::insert(c, &op, &crate::ids::now()))
+                .unwrap();
+        }
+        let claimed = store
+            .write(|c| operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10))
+            .unwrap();
+        let ids: Vec<_> = claimed.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, vec![high.id, low.id]);
+        assert!(claimed.iter().all(|c| c.attempt == 1));
+        // Claimed rows are no longer claimable; other types untouched.
+        let again = store
+            .write(|c| operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10))
+            .unwrap();
+        assert!(again.is_empty());
+        let status = store.read(move |c| operations::status(c, &other.id)).unwrap();
+        assert_eq!(status, crate::model::Status::Pending);
+        store.close();
+    }
+
+    #[test]
+    fn a_failing_request_in_a_batch_does_not_undo_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..20 {
+            let mut op = new_op(OperationType::Dummy);
+            if i % 2 == 1 {
+                // Invalid JSON metadata trips the CHECK constraint.
+                op.metadata = serde_json::Value::Null;
+            }
+            let tx = tx.clone();
+            store.writer().submit(
+                move |c| {
+                    if i % 2 == 1 {
+                        c.execute(
+                            "INSERT INTO operations (operation_id, operation_type, created_at, updated_at, metadata) VALUES (?1, 'dummy', 'x', 'x', 'not json')",
+                            [op.id.as_str()],
+                        )?;
+                        Ok(())
+                    } else {
+                        operations::insert(c, &op, &crate::ids::now()).map(|_| ())
+                    }
+                },
+                move |r| tx.send(r.is_ok()).unwrap(),
+            );
+        }
+        drop(tx);
+        let oks = rx.iter().filter(|ok| *ok).count();
+        assert_eq!(oks, 10);
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 10);
+        store.close();
+    }
+}

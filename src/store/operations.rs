@@ -186,13 +186,14 @@ pub fn claim(
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
                  ORDER BY priority DESC, created_at, operation_id LIMIT ?5) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts"
+                 progress_percent, gpus_requested, max_attempts, priority, created_at"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
             params![now, kind.as_str(), gpus.start(), gpus.end(), left as i64],
             |r| {
-                Ok(ClaimedOperation {
+                let order: (i64, String) = (r.get(7)?, r.get(8)?);
+                let op = ClaimedOperation {
                     id: OperationId(r.get(0)?),
                     kind,
                     metadata: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null),
@@ -201,12 +202,15 @@ pub fn claim(
                     progress_percent: r.get(4)?,
                     gpus_requested: r.get(5)?,
                     max_attempts: r.get(6)?,
-                })
+                };
+                Ok((order, op))
             },
         )?;
-        for row in rows {
-            claimed.push(row?);
-        }
+        // RETURNING does not keep the subquery's order: restore it, so
+        // workers start the most urgent first.
+        let mut batch = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        batch.sort_by(|(a, x), (b, y)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id)));
+        claimed.extend(batch.into_iter().map(|(_, op)| op));
     }
     Ok(claimed)
 }
