@@ -253,3 +253,32 @@ fn systemd_notifications_ready_and_stopping() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(wait_child(&mut child, Duration::from_secs(20)).success());
 }
+
+#[test]
+fn the_systemd_unit_is_valid_where_systemd_analyze_exists() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/opsd.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for needle in ["Type=notify", "KillMode=mixed", "StateDirectory=opsd", "RuntimeDirectory=opsd", "WatchdogSec="] {
+        assert!(text.contains(needle), "unit lacks {needle}");
+    }
+    // TimeoutStopSec must exceed the daemon's default shutdown grace.
+    let stop: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(stop > opsd::config::Config::default().shutdown_grace_seconds);
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("verify").arg(&unit).output() else {
+        return; // not installed here: the textual checks above still ran
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The binary path does not exist on a build machine; any other remark
+    // about the unit is an error in it.
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("opsd.service:") && !l.contains("is not executable"))
+        .collect();
+    assert!(problems.is_empty(), "{err}");
+}

@@ -1,5 +1,6 @@
 //! The integration test modules.
 
+mod cli;
 mod durability;
 mod lifecycle;
 mod protocol;

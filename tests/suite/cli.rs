@@ -1,0 +1,101 @@
+//! The command line: output, `--json`, exit codes.
+
+use crate::common::*;
+use serde_json::Value;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn submit_watch_show_list_metrics_via_the_cli() {
+    let d = Daemon::start();
+    let o = d.cli(&["submit", "dummy", "--param", "steps=3", "-p", "step_ms=10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert!(id.starts_with("op_dummy_"), "{id}");
+    // watch exits 0 when the operation completes.
+    let o = d.cli(&["watch", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = d.cli(&["show", &id, "--json"]);
+    let op: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(op["status"], "completed");
+    assert_eq!(op["metadata"]["steps"], 3);
+    let o = d.cli(&["list", "--json", "--status", "completed"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["active"], 0);
+    let o = d.cli(&["list"]);
+    assert!(stdout(&o).contains(&id));
+    let o = d.cli(&["metrics", &id, "--json", "--cursor", "1"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["cursor"], 3);
+    assert_eq!(v["metrics"].as_array().unwrap().len(), 2);
+    let o = d.cli(&["health", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["counts"]["completed"], 1);
+    // submit --json
+    let o = d.cli(&["submit", "dummy", "--params", "{\"steps\":1,\"step_ms\":1}", "--json", "--watch"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first: Value = serde_json::Deserializer::from_str(&stdout(&o)).into_iter::<Value>().next().unwrap().unwrap();
+    assert_eq!(first["status"], "pending");
+}
+
+#[test]
+fn exit_codes_follow_the_contract() {
+    let d = Daemon::start();
+    // A failing operation: watch exits 1.
+    let o = d.cli(&["submit", "dummy", "-p", "steps=2", "-p", "step_ms=1", "-p", "fail_at_step=1", "--watch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // A request the daemon refuses: 1 with the message on stderr.
+    let o = d.cli(&["cancel", "op_dummy_nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no operation op_dummy_nope"), "{}", stderr(&o));
+    let o = d.cli(&["submit", "rocket"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("known types"), "{}", stderr(&o));
+    // Usage errors: 2.
+    let o = d.cli(&["submit"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = d.cli(&["submit", "dummy", "--param", "novalue"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = d.cli(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    // No daemon: 1 with advice.
+    let o = std::process::Command::new(bin())
+        .args(["list", "--socket", "/nonexistent/opsd.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("opsd serve"), "{}", stderr(&o));
+}
+
+#[test]
+fn cancel_and_resume_from_the_cli() {
+    let d = Daemon::start();
+    let o = d.cli(&["submit", "dummy", "-p", "steps=1000", "-p", "step_ms=20"]);
+    let id = stdout(&o).trim().to_string();
+    d.wait_status(&id, "running", 20);
+    let o = d.cli(&["cancel", &id, "--json"]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["status"], "cancelled");
+    let o = d.cli(&["checkpoints", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["checkpoints"][0]["operation_id"], id.as_str());
+    let o = d.cli(&["resume", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_status(&id, "running", 20);
+    let o = d.cli(&["resume", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("only cancelled or failed"), "{}", stderr(&o));
+    d.cli(&["cancel", &id]);
+    let o = d.cli(&["checkpoints", "delete", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.cli(&["checkpoints", &id, "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["checkpoints"].as_array().unwrap().len(), 0);
+}
