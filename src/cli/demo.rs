@@ -1,20 +1,29 @@
 //! `opsd demo`: a newcomer's first command. Starts a daemon in-process on
-//! a fresh state directory, runs a parent with child operations, shows
-//! their live bars and prints what to try next.
+//! a fresh state directory, runs the research pipeline (training, then a
+//! backtest of the trained model) on bundled GOOG bars with live progress
+//! bars, prints the results and what to try next.
 
 use super::commands::Failure;
+use super::output;
 use super::watch::{self as watching, WatchEnd};
 use super::DemoArgs;
 use crate::client::call;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// The demo's data, inside the binary so `opsd demo` works from anywhere.
+const GOOG_CSV: &[u8] = include_bytes!("../../data/GOOG.csv");
+
 /// Run the demo.
 pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
+    if !(1..=1000).contains(&a.epochs) {
+        return Err(Failure::Usage("--epochs must be between 1 and 1000".into()));
+    }
     let tmp;
     let state_dir = match a.state_dir {
         Some(d) => d,
@@ -26,39 +35,86 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
             tmp.path().to_path_buf()
         }
     };
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| Failure::Request(format!("cannot create {}: {e}", state_dir.display())))?;
+    let data = state_dir.join("GOOG.csv");
+    std::fs::write(&data, GOOG_CSV)
+        .map_err(|e| Failure::Request(format!("cannot write {}: {e}", data.display())))?;
     let socket = state_dir.join("opsd.sock");
     let config = Config {
         state_dir: state_dir.clone(),
         socket: Some(socket.clone()),
         ..Config::default()
     };
-    eprintln!("Starting an opsd daemon in this process (state in {})", state_dir.display());
+    eprintln!("opsd demo: a daemon runs in this process; its state is in {}", state_dir.display());
     let daemon = Daemon::start(config)?;
-    let result = run_demo(&socket, a.epochs, a.json);
+    let result = run_pipeline(&socket, &data, a.epochs, a.json);
     daemon.stop(&|| false);
     result
 }
 
-fn run_demo(socket: &std::path::Path, _epochs: i64, json_out: bool) -> Result<ExitCode, Failure> {
-    let parent = call(socket, &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 30, "step_ms": 100 } }))?;
-    let pid = parent["operation_id"].as_str().unwrap_or_default().to_string();
-    for (i, (s, e)) in [(0.0, 20.0), (20.0, 60.0), (60.0, 100.0)].iter().enumerate() {
-        call(
-            socket,
-            &json!({ "cmd": "submit", "type": "dummy", "parent": pid, "phase": [s, e],
-                     "params": { "steps": 10 + 5 * i, "step_ms": 150 } }),
-        )?;
-    }
+fn run_pipeline(socket: &Path, data: &Path, epochs: i64, json_out: bool) -> Result<ExitCode, Failure> {
+    let submitted = call(
+        socket,
+        &json!({ "cmd": "submit", "type": "pipeline", "params": {
+            "data": data,
+            "training": { "epochs": epochs, "seed": 42 },
+            "backtest": { "cash": 10000, "commission": 0.002 },
+        }}),
+    )?;
+    let id = submitted["operation_id"].as_str().unwrap_or_default().to_string();
+    eprintln!("Submitted {id}: train a small neural network on GOOG daily bars, then backtest it.\n");
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
-    let end = watching::watch(socket, &pid, json_out, &interrupted)?;
-    let op = match end {
+    let op = match watching::watch(socket, &id, json_out, &interrupted)? {
         WatchEnd::Finished(op) => op,
-        WatchEnd::Interrupted => return Ok(ExitCode::from(1)),
+        WatchEnd::Interrupted => {
+            eprintln!("interrupted: the pipeline is cancelled with the demo daemon");
+            return Ok(ExitCode::from(1));
+        }
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&op).unwrap_or_default());
+    } else if op["status"] == "completed" {
+        print_results(&op["result_summary"]);
     }
-    eprintln!("\nNext: run `opsd serve` in one terminal, then `opsd submit dummy --watch` in another.");
-    Ok(if op["status"] == "completed" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if op["status"] != "completed" {
+        eprintln!("the pipeline ended {}: {}", op["status"], output::text(&op["error_message"]));
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!(
+        "\nNext:\n  opsd serve                                   # the daemon, in its own terminal\n  \
+         opsd submit dummy --watch                    # your first operation\n  \
+         opsd submit backtest -p data=data/GOOG.csv -p fast=10 -p slow=30 --watch\n  \
+         opsd submit pipeline -p data=data/GOOG.csv --watch\n  \
+         opsd metrics <training id>                  # the loss curve\n  \
+         sqlite3 ~/.local/state/opsd/opsd.db 'SELECT * FROM active_operations'\n\
+         Run your own training script: README, \"Run your own training script\"."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x:.2} %")).unwrap_or_else(|| "-".into())
+}
+
+fn print_results(summary: &Value) {
+    let t = &summary["training"];
+    let b = &summary["backtest"];
+    let mut table = output::table(&["RESULT", "VALUE"]);
+    let acc = |k: &str| {
+        t[k]["accuracy"]
+            .as_f64()
+            .map(|a| format!("{:.1} %", a * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    table.add_row(vec!["training accuracy (train / validation / test)".to_string(), format!("{} / {} / {}", acc("training_metrics"), acc("validation_metrics"), acc("test_metrics"))]);
+    table.add_row(vec!["backtest return".to_string(), pct(&b["return_pct"])]);
+    table.add_row(vec!["buy and hold return".to_string(), pct(&b["buy_hold_return_pct"])]);
+    table.add_row(vec!["max drawdown".to_string(), pct(&b["max_drawdown_pct"])]);
+    table.add_row(vec!["trades (win rate)".to_string(), format!("{} ({})", output::text(&b["trades"]), pct(&b["win_rate_pct"]))]);
+    table.add_row(vec!["sharpe".to_string(), b["sharpe"].as_f64().map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into())]);
+    table.add_row(vec!["final equity (from 10,000)".to_string(), b["final_equity"].as_f64().map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into())]);
+    table.add_row(vec!["model".to_string(), output::text(&summary["model_path"])]);
+    println!("{table}");
 }

@@ -4,8 +4,11 @@
 //! becomes a queued operation) and runs on a worker thread with a
 //! [`JobContext`]. Jobs never touch the socket or SQL directly.
 
+pub mod backtest;
 pub mod dummy;
 pub mod params;
+pub mod pipeline;
+pub mod training;
 
 pub use crate::runtime::context::JobContext;
 use crate::model::OperationType;
@@ -35,6 +38,9 @@ pub trait Job: Send + Sync {
 pub fn job_for(kind: OperationType) -> &'static dyn Job {
     match kind {
         OperationType::Dummy => &dummy::DummyJob,
+        OperationType::Training => &training::TrainingJob,
+        OperationType::Backtest => &backtest::BacktestJob,
+        OperationType::Pipeline => &pipeline::PipelineJob,
         _ => &Unavailable,
     }
 }

@@ -182,6 +182,19 @@ impl JobContext {
         }
     }
 
+    /// Another operation's record (a child's status and result).
+    pub fn operation(&self, id: &OperationId) -> Result<crate::store::records::OperationRecord, String> {
+        self.runtime
+            .store
+            .read(|c| crate::store::operations::get(c, id))
+            .map_err(|e| e.to_string())
+    }
+
+    /// try_resume a child left stopped by an earlier attempt.
+    pub fn resume_child(&self, id: &OperationId) -> Result<(), String> {
+        self.runtime.resume(id).map_err(|e| e.to_string())
+    }
+
     /// Cancel a child (used when this operation is stopping).
     pub fn cancel_child(&self, child: &OperationId, why: StopRequest) {
         self.runtime.stop_tree_member(child, why);

@@ -1,0 +1,209 @@
+//! `pipeline`: the research pipeline of SPEC §3 — a parent that trains a
+//! model and then backtests it, as two child operations with the phase
+//! weights setup 0-5 %, training 5-80 %, backtest 80-100 %.
+//!
+//! Its checkpoint is just the ids of the children it created, so a resumed
+//! pipeline picks its children up again (resuming a stopped child) instead
+//! of starting new ones.
+
+use super::backtest::BacktestJob;
+use super::{Job, JobContext, JobOutcome};
+use crate::control::{ProgressUpdate, RunControl};
+use crate::ids::OperationId;
+use crate::ml::TrainingParams;
+use crate::model::{OperationType, Status, StopReason};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Phase ranges of the children, percent of the pipeline.
+const TRAINING_PHASE: (f64, f64) = (5.0, 80.0);
+const BACKTEST_PHASE: (f64, f64) = (80.0, 100.0);
+
+/// Parameters of `pipeline`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineParams {
+    /// The OHLCV CSV both children use.
+    pub data: String,
+    /// Training parameters (`data` is filled in).
+    #[serde(default)]
+    pub training: Map<String, Value>,
+    /// Backtest parameters (`data`, `strategy = model` and `model` are filled in).
+    #[serde(default)]
+    pub backtest: Map<String, Value>,
+}
+
+/// What the pipeline remembers across attempts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PipelineState {
+    training: Option<OperationId>,
+    backtest: Option<OperationId>,
+}
+
+impl PipelineParams {
+    fn training_params(&self) -> Value {
+        let mut t = self.training.clone();
+        t.insert("data".into(), json!(self.data));
+        Value::Object(t)
+    }
+
+    fn backtest_params(&self, model: Option<&str>) -> Value {
+        let mut b = self.backtest.clone();
+        b.insert("data".into(), json!(self.data));
+        b.insert("strategy".into(), json!("model"));
+        if let Some(m) = model {
+            b.insert("model".into(), json!(m));
+        }
+        Value::Object(b)
+    }
+}
+
+/// The `pipeline` job.
+pub struct PipelineJob;
+
+impl Job for PipelineJob {
+    fn validate(&self, params: &Value) -> Result<Value, String> {
+        let p: PipelineParams = super::params::parse(params)?;
+        if p.training.contains_key("data") || p.backtest.contains_key("data") {
+            return Err("data: give it once at the top level; the pipeline passes it to both children".into());
+        }
+        if p.backtest.contains_key("model") || p.backtest.contains_key("strategy") {
+            return Err("backtest.model / backtest.strategy: filled in by the pipeline (it backtests the model it trains)".into());
+        }
+        let t = TrainingParams::from_json(&p.training_params()).map_err(|e| format!("training.{e}"))?;
+        t.validate().map_err(|e| format!("training.{e}"))?;
+        BacktestJob::validate_values(&p.backtest_params(None)).map_err(|e| format!("backtest.{e}"))?;
+        super::params::normalized(&p)
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> JobOutcome {
+        let params: PipelineParams = match super::params::parse(ctx.params()) {
+            Ok(p) => p,
+            Err(e) => return JobOutcome::Failed(e),
+        };
+        let mut state: PipelineState = ctx
+            .resume_state()
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        ctx.progress(ProgressUpdate {
+            percentage: Some(0.0),
+            message: Some("Setup".into()),
+            current_step: Some("setup".into()),
+            steps_total: Some(2),
+            steps_completed: Some(0),
+            ..Default::default()
+        });
+
+        // Phase 1: training.
+        let training = match &state.training {
+            Some(id) => id.clone(),
+            None => match ctx.submit_child(OperationType::Training, params.training_params(), Some(TRAINING_PHASE), true) {
+                Ok(id) => {
+                    state.training = Some(id.clone());
+                    if let Err(e) = save(ctx, &state) {
+                        return JobOutcome::Failed(e);
+                    }
+                    id
+                }
+                Err(e) => return JobOutcome::Failed(format!("could not start the training: {e}")),
+            },
+        };
+        step(ctx, "training", 0, &training);
+        let trained = match run_child(ctx, &training) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return JobOutcome::Stopped,
+            Err(e) => return JobOutcome::Failed(format!("training {training} failed: {e}")),
+        };
+        let model = trained["artifacts"]["model_path"].as_str().map(str::to_string);
+        let Some(model) = model else {
+            return JobOutcome::Failed(format!("training {training} finished without a model_path"));
+        };
+
+        // Phase 2: backtest of the trained model.
+        let backtest = match &state.backtest {
+            Some(id) => id.clone(),
+            None => match ctx.submit_child(OperationType::Backtest, params.backtest_params(Some(&model)), Some(BACKTEST_PHASE), true) {
+                Ok(id) => {
+                    state.backtest = Some(id.clone());
+                    if let Err(e) = save(ctx, &state) {
+                        return JobOutcome::Failed(e);
+                    }
+                    id
+                }
+                Err(e) => return JobOutcome::Failed(format!("could not start the backtest: {e}")),
+            },
+        };
+        step(ctx, "backtest", 1, &backtest);
+        let tested = match run_child(ctx, &backtest) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return JobOutcome::Stopped,
+            Err(e) => return JobOutcome::Failed(format!("backtest {backtest} failed: {e}")),
+        };
+        ctx.progress(ProgressUpdate {
+            percentage: Some(100.0),
+            message: Some("Done".into()),
+            steps_completed: Some(2),
+            ..Default::default()
+        });
+        JobOutcome::Completed(json!({
+            "training_operation": training,
+            "backtest_operation": backtest,
+            "model_path": model,
+            "training": trained,
+            "backtest": tested,
+        }))
+    }
+}
+
+fn save(ctx: &mut JobContext, state: &PipelineState) -> Result<(), String> {
+    let v = serde_json::to_value(state).map_err(|e| e.to_string())?;
+    ctx.save_checkpoint(crate::model::CheckpointType::Periodic, v, None)
+}
+
+fn step(ctx: &mut JobContext, name: &str, done: i64, child: &OperationId) {
+    ctx.progress(ProgressUpdate {
+        message: Some(format!("{} ({child})", capitalize(name))),
+        current_step: Some(name.into()),
+        steps_completed: Some(done),
+        ..Default::default()
+    });
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// Wait for a child to finish, resuming it first when an earlier attempt
+/// of this pipeline left it stopped. `Ok(None)` when this pipeline is asked
+/// to stop; the child's result summary when it completed.
+fn run_child(ctx: &JobContext, child: &OperationId) -> Result<Option<Value>, String> {
+    let rec = ctx.operation(child)?;
+    match rec.status {
+        Status::Completed => return Ok(rec.result_summary),
+        Status::Failed if rec.stop_reason == Some(StopReason::Error) => {
+            return Err(rec.error_message.unwrap_or_else(|| "failed".into()))
+        }
+        Status::Failed | Status::Cancelled => {
+            // Stopped with this pipeline (shutdown, crash, cancel): resume it.
+            if let Err(e) = ctx.resume_child(child) {
+                // Recovery may have resumed it already.
+                if !matches!(ctx.operation(child)?.status, Status::Resuming | Status::Running | Status::Pending) {
+                    return Err(e);
+                }
+            }
+        }
+        _ => {}
+    }
+    match ctx.wait_for(child)? {
+        None => Ok(None),
+        Some(Status::Completed) => Ok(ctx.operation(child)?.result_summary),
+        Some(_) => {
+            let rec = ctx.operation(child)?;
+            if ctx.stop_requested() {
+                return Ok(None);
+            }
+            Err(rec.error_message.unwrap_or_else(|| format!("{}", rec.status)))
+        }
+    }
+}
