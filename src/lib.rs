@@ -5,4 +5,5 @@
 
 pub mod control;
 pub mod market;
+pub mod ml;
 pub mod model;
