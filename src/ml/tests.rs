@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 /// returns: up exactly when they had the same sign (an XOR, so it needs the
 /// hidden layer). Magnitudes are random, so only signs carry the signal.
 fn learnable_bars(n: usize, seed: u64) -> Bars {
+    noisy_learnable_bars(n, seed, 0.0)
+}
+
+/// [`learnable_bars`] with each direction flipped with probability `noise`,
+/// so the best possible accuracy is `1 - noise`.
+fn noisy_learnable_bars(n: usize, seed: u64, noise: f64) -> Bars {
     let mut rng = SplitMix64::new(seed);
     let mut closes: Vec<f64> = vec![100.0, 101.0, 100.5];
     while closes.len() < n {
@@ -19,7 +25,8 @@ fn learnable_bars(n: usize, seed: u64) -> Bars {
         let r1 = (closes[k - 1] / closes[k - 2]).ln();
         let r2 = (closes[k - 2] / closes[k - 3]).ln();
         let mag = 0.002 + 0.018 * rng.next_f64();
-        let up = (r1 > 0.0) == (r2 > 0.0);
+        let flip = rng.next_f64() < noise;
+        let up = ((r1 > 0.0) == (r2 > 0.0)) != flip;
         closes.push(closes[k - 1] * if up { mag.exp() } else { (-mag).exp() });
     }
     bars_from_closes(&closes)
@@ -59,8 +66,12 @@ fn tmp() -> tempfile::TempDir {
 #[test]
 fn learns_a_learnable_series() {
     let dir = tmp();
-    let bars = learnable_bars(800, 1);
-    let p = small_params(30);
+    // 15 % of directions are noise: the best accuracy is 0.85, chance 0.5.
+    let bars = noisy_learnable_bars(800, 1, 0.15);
+    let p = TrainingParams {
+        learning_rate: 0.003,
+        ..small_params(20)
+    };
     let path = dir.path().join("m.json");
     let mut ctl = RecordingControl::new();
     let r = completed(run_training(&bars, &p, &path, None, &mut ctl).unwrap());
@@ -69,18 +80,24 @@ fn learns_a_learnable_series() {
         .iter()
         .map(|m| m["train_loss"].as_f64().unwrap())
         .collect();
-    assert_eq!(losses.len(), 30);
+    assert_eq!(losses.len(), 20);
+    // The first epoch's mean starts near ln 2 = 0.69 (chance).
+    assert!(losses[0] > 0.6, "{losses:?}");
     assert!(
-        losses[29] < 0.6 * losses[0],
+        losses[19] < 0.8 * losses[0],
         "loss did not fall: {losses:?}"
+    );
+    assert!(
+        losses.windows(5).all(|w| w[4] < w[0]),
+        "not falling: {losses:?}"
     );
     let val_acc = r.validation_metrics.accuracy.unwrap();
     let test_acc = r.test_metrics.accuracy.unwrap();
     assert!(
-        val_acc > 0.8 && test_acc > 0.8,
+        val_acc > 0.7 && test_acc > 0.7,
         "val {val_acc}, test {test_acc}"
     );
-    assert_eq!(ctl.metrics[29]["val_accuracy"].as_f64(), Some(val_acc));
+    assert_eq!(ctl.metrics[19]["val_accuracy"].as_f64(), Some(val_acc));
     // Progress: one call per batch, ending at 100 %.
     let last = ctl.progress.last().unwrap();
     assert_eq!(last.percentage, Some(100.0));
@@ -90,9 +107,10 @@ fn learns_a_learnable_series() {
         .message
         .as_deref()
         .unwrap()
-        .starts_with("Epoch 30/30 · Batch "));
+        .starts_with("Epoch 20/20 · Batch "));
+    assert_eq!(ctl.progress[0].current_step.as_deref(), Some("training"));
     // Checkpoints every 2 epochs.
-    assert_eq!(ctl.checkpoints.len(), 15);
+    assert_eq!(ctl.checkpoints.len(), 10);
     // The result summary has the SPEC's keys.
     let v = serde_json::to_value(&r).unwrap();
     for key in [
@@ -116,7 +134,7 @@ fn learns_a_learnable_series() {
     let hits = (700..799)
         .filter(|&t| (dirs[t] == 1) == (bars.close[t + 1] > bars.close[t]))
         .count();
-    assert!(hits > 80, "{hits}/99 recent directions right");
+    assert!(hits > 65, "{hits}/99 recent directions right");
 }
 
 #[test]
@@ -155,10 +173,13 @@ fn train_with_stops(
         match out {
             TrainingOutcome::Stopped(state) => {
                 assert!(stop.is_some());
-                // The checkpoint handed to the runner is this state.
-                assert_eq!(ctl.checkpoints.last(), Some(&state.to_json().unwrap()));
-                let text = serde_json::to_string(&state).unwrap();
-                let back: TrainingState = serde_json::from_str(&text).unwrap();
+                // The checkpoint handed to the runner is this state; resume
+                // from its JSON text, as the daemon stores it.
+                let saved = ctl.checkpoints.last().expect("a stop checkpoints");
+                assert_eq!(saved, &state.to_json().unwrap());
+                let text = serde_json::to_string(saved).unwrap();
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let back = TrainingState::from_json(&value).unwrap();
                 assert_eq!(back, *state, "state changed through JSON");
                 resume = Some(back);
             }
@@ -198,6 +219,15 @@ fn stop_and_resume_is_bit_identical() {
         assert!(bytes == full, "plan {plan:?}: model bytes differ");
         assert_eq!(metrics, full_ctl.metrics, "plan {plan:?}: metrics differ");
     }
+    // Resuming from a periodic checkpoint (after a crash, say) also ends
+    // identical and emits the metric points that followed it.
+    let periodic = TrainingState::from_json(&full_ctl.checkpoints[0]).unwrap();
+    assert_eq!((periodic.epoch, periodic.batch), (2, 0));
+    let path = dir.path().join("crash.json");
+    let mut ctl = RecordingControl::new();
+    completed(run_training(&bars, &p, &path, Some(periodic), &mut ctl).unwrap());
+    assert!(std::fs::read(&path).unwrap() == full);
+    assert_eq!(ctl.metrics, full_ctl.metrics[2..]);
 }
 
 #[test]

@@ -350,7 +350,8 @@ pub fn run_training(
                     b + 1,
                     n_batches
                 )),
-                current_step: None,
+                // Named once per attempt; `None` keeps the daemon's value.
+                current_step: (processed == rows.len() as u64).then(|| "training".to_string()),
                 steps_completed: Some(st.epoch as i64),
                 steps_total: Some(params.epochs as i64),
                 items_processed: Some(done),
@@ -362,8 +363,16 @@ pub fn run_training(
                 })),
             });
         }
-        let val = evaluate(&net, &mut ws, &sp.val);
         let seen = st.epoch_samples.max(1) as f64;
+        if !(st.epoch_loss_sum.is_finite() && net.params.iter().all(|w| w.is_finite())) {
+            return Err(format!(
+                "training diverged in epoch {} (loss or weights not finite); \
+                 lower learning_rate (now {})",
+                st.epoch + 1,
+                params.learning_rate
+            ));
+        }
+        let val = evaluate(&net, &mut ws, &sp.val);
         let point = EpochMetrics {
             epoch: st.epoch + 1,
             train_loss: st.epoch_loss_sum / seen,
