@@ -24,7 +24,7 @@
 //! let mut ctl = RecordingControl::new();
 //! match run_training(&bars, &params, Path::new("model.json"), None, &mut ctl)? {
 //!     TrainingOutcome::Completed(result) => println!("{}", serde_json::to_string(&result).unwrap()),
-//!     TrainingOutcome::Stopped(state) => { /* checkpointed; pass Some(*state) to resume */ }
+//!     TrainingOutcome::Stopped(state) => { /* checkpointed; pass Some(state) to resume */ }
 //! }
 //! let directions = Model::load(Path::new("model.json"))?.predict_directions(&bars);
 //! # Ok::<(), String>(())

@@ -47,7 +47,7 @@ fn small_params(epochs: usize) -> TrainingParams {
 
 fn completed(outcome: TrainingOutcome) -> TrainingResult {
     match outcome {
-        TrainingOutcome::Completed(r) => *r,
+        TrainingOutcome::Completed(r) => r,
         TrainingOutcome::Stopped(_) => panic!("expected completion"),
     }
 }
@@ -180,7 +180,7 @@ fn train_with_stops(
                 let text = serde_json::to_string(saved).unwrap();
                 let value: serde_json::Value = serde_json::from_str(&text).unwrap();
                 let back = TrainingState::from_json(&value).unwrap();
-                assert_eq!(back, *state, "state changed through JSON");
+                assert_eq!(back, state, "state changed through JSON");
                 resume = Some(back);
             }
             TrainingOutcome::Completed(r) => {
@@ -250,7 +250,7 @@ fn resume_refuses_a_foreign_state() {
         &bars,
         &other,
         &path,
-        Some((*state).clone()),
+        Some(state.clone()),
         &mut RecordingControl::new(),
     )
     .unwrap_err();
@@ -260,7 +260,7 @@ fn resume_refuses_a_foreign_state() {
         &other_bars,
         &p,
         &path,
-        Some(*state),
+        Some(state),
         &mut RecordingControl::new()
     )
     .is_err());

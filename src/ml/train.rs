@@ -97,9 +97,9 @@ impl TrainingState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainingOutcome {
     /// All epochs ran and the model was saved.
-    Completed(Box<TrainingResult>),
+    Completed(TrainingResult),
     /// A stop was requested; this state was checkpointed and resumes the run.
-    Stopped(Box<TrainingState>),
+    Stopped(TrainingState),
 }
 
 /// Loss and accuracy on one split.
@@ -325,7 +325,7 @@ pub fn run_training(
                 st.batch = b;
                 st.weights = net.params.clone();
                 ctl.checkpoint(to_json(&st)?)?;
-                return Ok(TrainingOutcome::Stopped(Box::new(st)));
+                return Ok(TrainingOutcome::Stopped(st));
             }
             let rows = &perm[b * params.batch_size..((b + 1) * params.batch_size).min(n_train)];
             let stats = train_batch(
@@ -435,5 +435,5 @@ pub fn run_training(
             epoch_history: st.history,
         },
     };
-    Ok(TrainingOutcome::Completed(Box::new(result)))
+    Ok(TrainingOutcome::Completed(result))
 }
