@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod market;
+pub mod ml;
 pub mod model;
 pub mod aggregate;
 pub mod error;
