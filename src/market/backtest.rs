@@ -190,7 +190,7 @@ pub enum BacktestOutcome {
     Completed(BacktestResult),
     /// A stop was requested; the state (also sent to `ctl.checkpoint`)
     /// continues the run when passed back as `resume`.
-    Stopped(BacktestState),
+    Stopped(Box<BacktestState>),
 }
 
 /// The source of trading signals, decided at a bar's close.
@@ -322,8 +322,10 @@ fn run_span<S: Signals>(
             }
             book.open(dir, open[i], i, c);
         }
+        // Rule 7, in backtesting.py's arithmetic (`cash + (C size - size
+        // entry)`): the same value, and the same last bit as the reference.
         let mut equity = if book.size != 0.0 {
-            book.cash + book.size * (close[i] - book.entry_price)
+            book.cash + (close[i] * book.size - book.size * book.entry_price)
         } else {
             book.cash
         };
@@ -402,15 +404,19 @@ pub fn run_backtest(
         }
         if ctl.stop_requested() {
             checkpoint(&st, ctl)?;
-            return Ok(BacktestOutcome::Stopped(st));
+            return Ok(BacktestOutcome::Stopped(Box::new(st)));
         }
         let to = [STOP_CHECK_BARS, progress_every, ckpt_every]
             .iter()
             .map(|k| (i / k + 1).saturating_mul(*k))
             .fold(n, usize::min);
         match params.strategy {
-            StrategyKind::SmaCross => run_span(&mut st.book, &mut st.signal, &close, &ctx, (i, to), ctl),
-            StrategyKind::Model => run_span(&mut st.book, &mut st.signal, &model, &ctx, (i, to), ctl),
+            StrategyKind::SmaCross => {
+                run_span(&mut st.book, &mut st.signal, &close, &ctx, (i, to), ctl)
+            }
+            StrategyKind::Model => {
+                run_span(&mut st.book, &mut st.signal, &model, &ctx, (i, to), ctl)
+            }
         }
         st.next_bar = to;
         if to % progress_every == 0 || to == n {
@@ -420,7 +426,9 @@ pub fn run_backtest(
             checkpoint(&st, ctl)?;
         }
     }
-    Ok(BacktestOutcome::Completed(finish(&st, bars, params, signals, &ctx)))
+    Ok(BacktestOutcome::Completed(finish(
+        &st, bars, params, signals, &ctx,
+    )))
 }
 
 /// The inputs must fit together before any bar is processed.
@@ -431,7 +439,9 @@ fn check_bars(bars: &Bars, params: &BacktestParams, signals: Option<&[i8]>) -> R
     }
     let cols = [bars.open.len(), bars.times.len(), bars.timestamps.len()];
     if cols.iter().any(|&l| l != n) {
-        return Err("data: bars with columns of different lengths (load them with ohlcv::load_csv)".into());
+        return Err(
+            "data: bars with columns of different lengths (load them with ohlcv::load_csv)".into(),
+        );
     }
     match (params.strategy, signals) {
         (StrategyKind::SmaCross, Some(_)) => Err("signals are only for strategy = model".into()),
@@ -440,10 +450,9 @@ fn check_bars(bars: &Bars, params: &BacktestParams, signals: Option<&[i8]>) -> R
             params.slow
         )),
         (StrategyKind::Model, None) => Err("strategy = model needs the model's signals".into()),
-        (StrategyKind::Model, Some(s)) if s.len() != n => Err(format!(
-            "model signals: {} values for {n} bars",
-            s.len()
-        )),
+        (StrategyKind::Model, Some(s)) if s.len() != n => {
+            Err(format!("model signals: {} values for {n} bars", s.len()))
+        }
         (StrategyKind::Model, Some(s)) if s.iter().any(|d| !(-1..=1).contains(d)) => {
             Err("model signals must be -1, 0 or +1".into())
         }
@@ -460,7 +469,10 @@ fn progress(bars: &Bars, done: usize) -> ProgressUpdate {
     let n = bars.len();
     ProgressUpdate {
         percentage: Some(100.0 * done as f64 / n as f64),
-        message: Some(format!("Bar {done}/{n} · {}", bars.timestamps[done.max(1) - 1])),
+        message: Some(format!(
+            "Bar {done}/{n} · {}",
+            bars.timestamps[done.max(1) - 1]
+        )),
         current_step: Some("backtest".into()),
         items_processed: Some(done as i64),
         items_total: Some(n as i64),

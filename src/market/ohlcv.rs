@@ -155,7 +155,10 @@ pub fn parse_csv(text: &str, source: &str) -> Result<Bars, DataError> {
             *slot = match raw.parse::<f64>() {
                 Ok(x) if x.is_finite() => x,
                 Ok(_) => {
-                    return Err(err(n, format!("column {name:?}: value {raw:?} is not finite")))
+                    return Err(err(
+                        n,
+                        format!("column {name:?}: value {raw:?} is not finite"),
+                    ))
                 }
                 Err(_) => {
                     return Err(err(n, format!("column {name:?}: not a number: {raw:?}")));
@@ -374,7 +377,10 @@ mod tests {
         let m = bad("");
         assert!(m.starts_with("x.csv:1: ") && m.contains("empty"), "{m}");
         let m = bad(",Open,High,Low,Close,Volume\r\n\r\n");
-        assert!(m.starts_with("x.csv:1: ") && m.contains("no data rows"), "{m}");
+        assert!(
+            m.starts_with("x.csv:1: ") && m.contains("no data rows"),
+            "{m}"
+        );
         let e = load_csv(Path::new("/nonexistent/y.csv")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/y.csv"), "{e}");
     }

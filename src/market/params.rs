@@ -202,10 +202,17 @@ mod tests {
     #[test]
     fn defaults_and_json() {
         let p = BacktestParams::from_json(&json!({ "data": goog() })).unwrap();
-        assert_eq!((p.fast, p.slow, p.cash, p.commission), (10, 20, 10000.0, 0.002));
-        assert_eq!((p.strategy, p.checkpoint_every_bars), (StrategyKind::SmaCross, 1000));
+        assert_eq!(
+            (p.fast, p.slow, p.cash, p.commission),
+            (10, 20, 10000.0, 0.002)
+        );
+        assert_eq!(
+            (p.strategy, p.checkpoint_every_bars),
+            (StrategyKind::SmaCross, 1000)
+        );
         p.validate().unwrap();
-        let back: BacktestParams = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+        let back: BacktestParams =
+            serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
         assert_eq!(back, p);
         let strict = serde_json::from_value::<BacktestParams>(json!({"data": "x", "fats": 1}));
         assert!(strict.is_err(), "serde also refuses unknown keys");
@@ -218,17 +225,35 @@ mod tests {
             (json!({"data": g, "fats": 5}), "unknown key \"fats\""),
             (json!({"data": g, "fast": "x"}), "fast: invalid type"),
             (json!({"data": g, "fast": -1}), "fast: invalid value"),
-            (json!({"data": g, "strategy": "rsi"}), "strategy: unknown variant"),
-            (json!({"data": g, "fast": 20, "slow": 20}), "fast must be < slow"),
+            (
+                json!({"data": g, "strategy": "rsi"}),
+                "strategy: unknown variant",
+            ),
+            (
+                json!({"data": g, "fast": 20, "slow": 20}),
+                "fast must be < slow",
+            ),
             (json!({"data": g, "fast": 0}), "fast must be >= 1"),
             (json!({"data": g, "cash": 0}), "cash must be > 0"),
             (json!({"data": g, "commission": 0.5}), "commission must be"),
-            (json!({"data": g, "commission": -0.001}), "commission must be"),
-            (json!({"data": g, "checkpoint_every_bars": 0}), "checkpoint_every_bars must be"),
-            (json!({"data": "/no/such.csv"}), "data: file not found: /no/such.csv"),
+            (
+                json!({"data": g, "commission": -0.001}),
+                "commission must be",
+            ),
+            (
+                json!({"data": g, "checkpoint_every_bars": 0}),
+                "checkpoint_every_bars must be",
+            ),
+            (
+                json!({"data": "/no/such.csv"}),
+                "data: file not found: /no/such.csv",
+            ),
             (json!({}), "data: required"),
             (json!({"data": g, "strategy": "model"}), "model: required"),
-            (json!({"data": g, "strategy": "model", "model": "/no/m.json"}), "model: file not found"),
+            (
+                json!({"data": g, "strategy": "model", "model": "/no/m.json"}),
+                "model: file not found",
+            ),
             (json!([1, 2]), "must be a JSON object"),
         ];
         for (v, want) in cases {

@@ -71,9 +71,8 @@ impl RollingMean {
         let mean = self.sum / self.nobs as f64;
         if self.same_run >= self.nobs as u64 {
             self.prev
-        } else if self.neg_ct == 0 && mean < 0.0 {
-            0.0
-        } else if self.neg_ct == self.nobs && mean > 0.0 {
+        } else if (self.neg_ct == 0 && mean < 0.0) || (self.neg_ct == self.nobs && mean > 0.0) {
+            // All inputs positive (negative) but the sum rounded the other way.
             0.0
         } else {
             mean
@@ -179,15 +178,47 @@ mod tests {
     #[test]
     fn kahan_running_sum_matches_pandas() {
         let v = [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1];
-        check(&v, 3, &["nan", "nan", "0x1.9999999999999p-3", "0x1.9999999999999p-3",
-            "0x1.9999999999999p-3", "0x1.9999999999999p-3", "0x1.9999999999999p-3"]);
+        check(
+            &v,
+            3,
+            &[
+                "nan",
+                "nan",
+                "0x1.9999999999999p-3",
+                "0x1.9999999999999p-3",
+                "0x1.9999999999999p-3",
+                "0x1.9999999999999p-3",
+                "0x1.9999999999999p-3",
+            ],
+        );
         let v = [1e16, 1.0, -1e16, 3.0, 3.0, 3.0];
-        check(&v, 2, &["nan", "0x1.1c37937e08000p+52", "-0x1.1c37937e08000p+52",
-            "-0x1.1c37937e07ffep+52", "0x1.8000000000000p+1", "0x1.8000000000000p+1"]);
+        check(
+            &v,
+            2,
+            &[
+                "nan",
+                "0x1.1c37937e08000p+52",
+                "-0x1.1c37937e08000p+52",
+                "-0x1.1c37937e07ffep+52",
+                "0x1.8000000000000p+1",
+                "0x1.8000000000000p+1",
+            ],
+        );
         let v = [1.1, 2.2, 3.3, 4.4, 5.5, 6.6, 7.7, 8.8];
-        check(&v, 3, &["nan", "nan", "0x1.1999999999999p+1", "0x1.a666666666667p+1",
-            "0x1.1999999999999p+2", "0x1.6000000000000p+2", "0x1.a666666666667p+2",
-            "0x1.ecccccccccccdp+2"]);
+        check(
+            &v,
+            3,
+            &[
+                "nan",
+                "nan",
+                "0x1.1999999999999p+1",
+                "0x1.a666666666667p+1",
+                "0x1.1999999999999p+2",
+                "0x1.6000000000000p+2",
+                "0x1.a666666666667p+2",
+                "0x1.ecccccccccccdp+2",
+            ],
+        );
     }
 
     #[test]
@@ -195,14 +226,28 @@ mod tests {
         // 100.1, 100.1 then 100.2, 100.1: the n=2 means at t=3 and t=4 are
         // equal; pandas' arithmetic decides the last bits.
         let v = [100.1, 100.1, 100.1, 100.2, 100.1, 100.1];
-        check(&v, 2, &["nan", "0x1.9066666666666p+6", "0x1.9066666666666p+6",
-            "0x1.909999999999ap+6", "0x1.909999999999ap+6", "0x1.9066666666666p+6"]);
+        check(
+            &v,
+            2,
+            &[
+                "nan",
+                "0x1.9066666666666p+6",
+                "0x1.9066666666666p+6",
+                "0x1.909999999999ap+6",
+                "0x1.909999999999ap+6",
+                "0x1.9066666666666p+6",
+            ],
+        );
         assert_eq!(relation(sma(&v, 2)[3], sma(&v, 2)[4]), 0);
     }
 
     #[test]
     fn window_of_one_and_relation() {
-        check(&[1.5, 2.5, 3.5, 4.5], 1, &["0x1.8p+0", "0x1.4p+1", "0x1.cp+1", "0x1.2p+2"]);
+        check(
+            &[1.5, 2.5, 3.5, 4.5],
+            1,
+            &["0x1.8p+0", "0x1.4p+1", "0x1.cp+1", "0x1.2p+2"],
+        );
         assert_eq!(relation(1.0, 2.0), -1);
         assert_eq!(relation(2.0, 1.0), 1);
         assert_eq!(relation(f64::NAN, 1.0), 0);

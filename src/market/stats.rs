@@ -304,7 +304,11 @@ mod tests {
         let annual = (1.0 + g).powf(252.0) - 1.0;
         let vol = ((var + (1.0 + g).powi(2)).powf(252.0) - (1.0 + g).powf(504.0)).sqrt();
         let got = s.sharpe(252.0).unwrap();
-        assert!((got / (annual / vol) - 1.0).abs() < 1e-12, "{got} vs {}", annual / vol);
+        assert!(
+            (got / (annual / vol) - 1.0).abs() < 1e-12,
+            "{got} vs {}",
+            annual / vol
+        );
         // Round trip in the middle changes nothing.
         let back: StatsAcc = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
@@ -329,9 +333,15 @@ mod tests {
         let daily: Vec<_> = (1..=9).map(|d| day(&format!("2021-03-0{d}"))).collect();
         assert_eq!(detect_period(&daily), Period::Day);
         assert_eq!(annual_periods(Period::Day, &daily), 365.0); // 2 of 9 on weekends
-        let weekdays: Vec<_> = daily.iter().copied().filter(|t| t.weekday().number_from_monday() < 6).collect();
+        let weekdays: Vec<_> = daily
+            .iter()
+            .copied()
+            .filter(|t| t.weekday().number_from_monday() < 6)
+            .collect();
         assert_eq!(annual_periods(Period::Day, &weekdays), 252.0);
-        let weekly: Vec<_> = (0..10).map(|w| daily[0] + chrono::Duration::days(7 * w)).collect();
+        let weekly: Vec<_> = (0..10)
+            .map(|w| daily[0] + chrono::Duration::days(7 * w))
+            .collect();
         assert_eq!(detect_period(&weekly), Period::Week);
         // 2021-03-01 is a Monday, 2021-03-07 the Sunday of the same week.
         assert_eq!(
