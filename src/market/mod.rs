@@ -4,12 +4,14 @@
 //! - [`params`]: the `backtest` job's parameters and their validation.
 //! - [`sma`]: the pandas-compatible rolling mean behind `sma_cross`.
 //! - [`stats`]: streaming backtest statistics.
+//! - [`state`]: the engine's serializable, resumable state.
 //! - [`backtest`]: the resumable engine, [`backtest::run_backtest`].
 
 pub mod backtest;
 pub mod ohlcv;
 pub mod params;
 pub mod sma;
+pub mod state;
 pub mod stats;
 
 #[cfg(test)]
