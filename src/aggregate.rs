@@ -64,9 +64,18 @@ mod tests {
     #[test]
     fn unranged_children_share_equally() {
         let kids = [
-            ChildProgress { percentage: 100.0, phase: None },
-            ChildProgress { percentage: 50.0, phase: None },
-            ChildProgress { percentage: 0.0, phase: None },
+            ChildProgress {
+                percentage: 100.0,
+                phase: None,
+            },
+            ChildProgress {
+                percentage: 50.0,
+                phase: None,
+            },
+            ChildProgress {
+                percentage: 0.0,
+                phase: None,
+            },
         ];
         assert!((parent_percentage(0.0, &kids) - 50.0).abs() < 1e-9);
     }
@@ -75,8 +84,14 @@ mod tests {
     fn mixed_ranges() {
         let kids = [
             ranged(100.0, 0.0, 40.0),
-            ChildProgress { percentage: 50.0, phase: None },
-            ChildProgress { percentage: 0.0, phase: None },
+            ChildProgress {
+                percentage: 50.0,
+                phase: None,
+            },
+            ChildProgress {
+                percentage: 0.0,
+                phase: None,
+            },
         ];
         // 40 + 30 * 0.5 + 30 * 0.
         assert!((parent_percentage(0.0, &kids) - 55.0).abs() < 1e-9);

@@ -72,13 +72,17 @@ impl Client {
         if self.reader.read_line(&mut line)? == 0 {
             return Ok(None);
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if v.get("ok").and_then(Value::as_bool) == Some(true) {
             Ok(Some(v))
         } else {
             Err(ClientError::Daemon {
                 code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("unknown error").to_string(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .to_string(),
             })
         }
     }

@@ -78,7 +78,9 @@ impl Config {
     /// Check the values make sense together.
     pub fn validate(&self) -> Result<()> {
         if self.workers == 0 {
-            return Err(Error::BadRequest("config: workers must be at least 1".into()));
+            return Err(Error::BadRequest(
+                "config: workers must be at least 1".into(),
+            ));
         }
         let pipelines = self.limit(OperationType::Pipeline);
         if pipelines >= self.workers {
@@ -89,7 +91,9 @@ impl Config {
             )));
         }
         if self.flush_interval_ms == 0 {
-            return Err(Error::BadRequest("config: flush_interval_ms must be at least 1".into()));
+            return Err(Error::BadRequest(
+                "config: flush_interval_ms must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -105,7 +109,9 @@ impl Config {
 
     /// The database path.
     pub fn db_path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(|| self.state_dir.join("opsd.db"))
+        self.db
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("opsd.db"))
     }
 
     /// The socket path.

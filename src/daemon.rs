@@ -31,8 +31,12 @@ impl Daemon {
     /// Open the database, recover, start the workers and bind the socket.
     pub fn start(config: Config) -> Result<Daemon> {
         config.validate()?;
-        std::fs::create_dir_all(&config.state_dir)
-            .map_err(|e| Error::io(format!("creating state directory {}", config.state_dir.display()), e))?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            Error::io(
+                format!("creating state directory {}", config.state_dir.display()),
+                e,
+            )
+        })?;
         let store = Store::open(&config.db_path())?;
         let socket = config.socket_path();
         let config = Arc::new(config);
@@ -50,7 +54,9 @@ impl Daemon {
         };
         let runtime = Runtime::start(store, config)?;
         let (stop_server, stop_rx) = watch::channel(false);
-        let service = Service { rt: runtime.clone() };
+        let service = Service {
+            rt: runtime.clone(),
+        };
         tokio.spawn(server::serve(listener, access, service, stop_rx));
         tracing::info!(socket = %socket.display(), db = %runtime.store.path().display(), "opsd is ready");
         Ok(Daemon {
@@ -135,4 +141,3 @@ fn notify(state: &[sd_notify::NotifyState]) {
         }
     }
 }
-

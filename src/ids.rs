@@ -68,7 +68,9 @@ mod tests {
         assert!(s.starts_with("op_training_20261122_143022_"), "{s}");
         let hex = &s["op_training_20261122_143022_".len()..];
         assert_eq!(hex.len(), 8);
-        assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[test]

@@ -142,7 +142,11 @@ impl Submit {
             format!(
                 "unknown operation type {:?}; known types: {}",
                 self.kind,
-                OperationType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                OperationType::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
     }

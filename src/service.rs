@@ -41,11 +41,15 @@ impl Service {
         }
         let max_attempts = s.max_attempts.unwrap_or(1);
         if !(1..=100).contains(&max_attempts) {
-            return Err(Error::BadRequest("max_attempts must be between 1 and 100".into()));
+            return Err(Error::BadRequest(
+                "max_attempts must be between 1 and 100".into(),
+            ));
         }
         if let Some((a, b)) = s.phase {
             if !(0.0..=100.0).contains(&a) || !(0.0..=100.0).contains(&b) || a > b {
-                return Err(Error::BadRequest("phase must be [start, end] with 0 <= start <= end <= 100".into()));
+                return Err(Error::BadRequest(
+                    "phase must be [start, end] with 0 <= start <= end <= 100".into(),
+                ));
             }
         }
         if let Some(k) = &s.key {
@@ -88,7 +92,10 @@ impl Service {
         let rows = list
             .iter()
             .enumerate()
-            .map(|(i, s)| self.prepare(s).map_err(|e| Error::BadRequest(format!("operations[{i}]: {e}"))))
+            .map(|(i, s)| {
+                self.prepare(s)
+                    .map_err(|e| Error::BadRequest(format!("operations[{i}]: {e}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.ensure_accepting()?;
         let now = ids::now();
@@ -113,7 +120,9 @@ impl Service {
         if self.rt.accepting() {
             Ok(())
         } else {
-            Err(Error::Unavailable("the daemon is shutting down; submit again after it restarts".into()))
+            Err(Error::Unavailable(
+                "the daemon is shutting down; submit again after it restarts".into(),
+            ))
         }
     }
 
@@ -133,7 +142,10 @@ impl Service {
         if let Some(live) = self.rt.live(&rec.operation_id) {
             rec.set_progress(live.progress());
         }
-        let kids = self.rt.store.read(|c| ops::children(c, &rec.operation_id))?;
+        let kids = self
+            .rt
+            .store
+            .read(|c| ops::children(c, &rec.operation_id))?;
         if !kids.is_empty() {
             let parts: Vec<ChildProgress> = kids
                 .iter()
@@ -177,7 +189,12 @@ impl Service {
     }
 
     /// `cancel`: waits (up to `wait`) for a running operation to stop.
-    pub async fn cancel(&self, id: &OperationId, reason: Option<String>, wait: Duration) -> Result<Value> {
+    pub async fn cancel(
+        &self,
+        id: &OperationId,
+        reason: Option<String>,
+        wait: Duration,
+    ) -> Result<Value> {
         let before = self.rt.cancel(id, reason)?;
         if before == Status::Running {
             if let Some(live) = self.rt.live(id) {
@@ -185,7 +202,9 @@ impl Service {
             }
         }
         let rec = self.get(id)?;
-        Ok(json!({ "operation_id": id, "previous_status": before, "status": rec.status, "stop_reason": rec.stop_reason }))
+        Ok(
+            json!({ "operation_id": id, "previous_status": before, "status": rec.status, "stop_reason": rec.stop_reason }),
+        )
     }
 
     /// `resume`.
@@ -223,8 +242,17 @@ impl Service {
             )));
         }
         let i = id.clone();
-        let cp = self.rt.store.write_async(move |c| checkpoints::delete(c, &i)).await?;
-        let dir = self.rt.config.state_dir.join("checkpoints").join(id.as_str());
+        let cp = self
+            .rt
+            .store
+            .write_async(move |c| checkpoints::delete(c, &i))
+            .await?;
+        let dir = self
+            .rt
+            .config
+            .state_dir
+            .join("checkpoints")
+            .join(id.as_str());
         let _ = std::fs::remove_dir_all(dir);
         Ok(json!({ "deleted": cp.operation_id }))
     }

@@ -127,10 +127,44 @@ pub fn build_params(json_arg: Option<&str>, pairs: &[String]) -> Result<Value, F
     Ok(Value::Object(params))
 }
 
+/// Make file parameters absolute from the client's working directory (the
+/// daemon runs elsewhere), and give `command` jobs the client's directory
+/// as `cwd` unless one is set.
+pub fn absolutize(kind: &str, params: &mut Value) {
+    let Ok(here) = std::env::current_dir() else {
+        return;
+    };
+    fn fix(here: &std::path::Path, v: &mut Value, keys: &[&str]) {
+        for k in keys {
+            if let Some(Value::String(p)) = v.get_mut(*k) {
+                if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                    *p = here.join(&*p).display().to_string();
+                }
+            }
+        }
+    }
+    match kind {
+        "training" | "backtest" | "pipeline" => fix(&here, params, &["data", "model"]),
+        "command" => {
+            fix(&here, params, &["cwd"]);
+            if let Value::Object(m) = params {
+                m.entry("cwd")
+                    .or_insert_with(|| json!(here.display().to_string()));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn submit(a: super::SubmitArgs) -> Outcome {
-    let params = build_params(a.params_json.as_deref(), &a.params)?;
+    let mut params = build_params(a.params_json.as_deref(), &a.params)?;
+    absolutize(&a.kind, &mut params);
     let mut req = json!({ "cmd": "submit", "type": a.kind, "params": params, "priority": a.priority, "gpus": a.gpus });
-    for (k, v) in [("parent", a.parent), ("key", a.key), ("run_after", a.run_after)] {
+    for (k, v) in [
+        ("parent", a.parent),
+        ("key", a.key),
+        ("run_after", a.run_after),
+    ] {
         if let Some(v) = v {
             req[k] = json!(v);
         }
@@ -141,7 +175,10 @@ fn submit(a: super::SubmitArgs) -> Outcome {
     let v = call(&a.client.socket_path(), &req)?;
     let id = output::text(&v["operation_id"]);
     if a.client.json {
-        println!("{}", json!({ "operation_id": v["operation_id"], "status": v["status"] }));
+        println!(
+            "{}",
+            json!({ "operation_id": v["operation_id"], "status": v["status"] })
+        );
     } else {
         println!("{id}");
         if v["created"] == false {
@@ -173,7 +210,12 @@ fn list(a: super::ListArgs) -> Outcome {
     } else {
         println!("{}", output::operations_table(&ops));
     }
-    eprintln!("{} shown of {} matching · {} active", ops.len(), v["total"], v["active"]);
+    eprintln!(
+        "{} shown of {} matching · {} active",
+        ops.len(),
+        v["total"],
+        v["active"]
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,7 +230,9 @@ fn show(id: &str, c: &ClientOpts) -> Outcome {
     if let Value::Object(m) = op {
         for (k, v) in m {
             let shown = match v {
-                Value::Object(_) | Value::Array(_) => serde_json::to_string_pretty(v).unwrap_or_default(),
+                Value::Object(_) | Value::Array(_) => {
+                    serde_json::to_string_pretty(v).unwrap_or_default()
+                }
                 other => output::text(other),
             };
             t.add_row(vec![k.clone(), shown]);
@@ -226,11 +270,16 @@ fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
 }
 
 fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "cancel", "id": id, "reason": reason }))?;
+    let v = call(
+        &c.socket_path(),
+        &json!({ "cmd": "cancel", "id": id, "reason": reason }),
+    )?;
     if c.json {
         print_json(&v);
     } else if v["status"] == "running" {
-        eprintln!("{id}: cancel requested; it stops at its next checkpoint (see `opsd watch {id}`)");
+        eprintln!(
+            "{id}: cancel requested; it stops at its next checkpoint (see `opsd watch {id}`)"
+        );
     } else {
         eprintln!("{id}: {}", output::text(&v["status"]));
     }
@@ -239,7 +288,8 @@ fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
 
 fn metrics(a: super::MetricsArgs) -> Outcome {
     let mut client = Client::connect(&a.client.socket_path())?;
-    client.send(&json!({ "cmd": "metrics", "id": a.id, "cursor": a.cursor, "follow": a.follow }))?;
+    client
+        .send(&json!({ "cmd": "metrics", "id": a.id, "cursor": a.cursor, "follow": a.follow }))?;
     let mut all = Vec::new();
     let mut cursor = a.cursor;
     while let Some(v) = client.recv()? {
@@ -247,7 +297,12 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
         let points = v["metrics"].as_array().cloned().unwrap_or_default();
         if a.follow && !a.client.json {
             for p in &points {
-                println!("{:>6}  {}  {}", p["seq"], output::text(&p["recorded_at"]), p["data"]);
+                println!(
+                    "{:>6}  {}  {}",
+                    p["seq"],
+                    output::text(&p["recorded_at"]),
+                    p["data"]
+                );
             }
         }
         all.extend(points);
@@ -256,10 +311,19 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
         }
     }
     if a.client.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
+                .unwrap_or_default()
+        );
     } else if !a.follow {
         for p in &all {
-            println!("{:>6}  {}  {}", p["seq"], output::text(&p["recorded_at"]), p["data"]);
+            println!(
+                "{:>6}  {}  {}",
+                p["seq"],
+                output::text(&p["recorded_at"]),
+                p["data"]
+            );
         }
         eprintln!("cursor: {cursor} (pass --cursor {cursor} to get only newer points)");
     }
@@ -309,7 +373,11 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
         [] => json!({ "cmd": "checkpoints" }),
         [verb, id] if verb == "delete" => json!({ "cmd": "delete_checkpoint", "id": id }),
         [id] => json!({ "cmd": "checkpoints", "id": id }),
-        _ => return Err(Failure::Usage("usage: opsd checkpoints [ID] | opsd checkpoints delete ID".into())),
+        _ => {
+            return Err(Failure::Usage(
+                "usage: opsd checkpoints [ID] | opsd checkpoints delete ID".into(),
+            ))
+        }
     };
     let v = call(&a.client.socket_path(), &req)?;
     if a.client.json {
@@ -348,7 +416,10 @@ fn health(c: &ClientOpts) -> Outcome {
     }
     let mut t = output::table(&["", ""]);
     t.add_row(vec!["version".into(), output::text(&v["version"])]);
-    t.add_row(vec!["uptime".into(), output::duration(v["uptime_seconds"].as_f64().unwrap_or(0.0))]);
+    t.add_row(vec![
+        "uptime".into(),
+        output::duration(v["uptime_seconds"].as_f64().unwrap_or(0.0)),
+    ]);
     for k in ["state_dir", "db", "socket", "workers", "pid"] {
         t.add_row(vec![k.to_string(), output::text(&v[k])]);
     }

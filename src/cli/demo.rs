@@ -24,16 +24,15 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
     if !(1..=1000).contains(&a.epochs) {
         return Err(Failure::Usage("--epochs must be between 1 and 1000".into()));
     }
-    let tmp;
+    // A fresh directory that outlives the demo, so its database, model
+    // and metrics can be looked at afterwards.
     let state_dir = match a.state_dir {
         Some(d) => d,
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("opsd-demo-")
-                .tempdir()
-                .map_err(|e| Failure::Request(format!("cannot create a temporary directory: {e}")))?;
-            tmp.path().to_path_buf()
-        }
+        None => tempfile::Builder::new()
+            .prefix("opsd-demo-")
+            .tempdir()
+            .map_err(|e| Failure::Request(format!("cannot create a temporary directory: {e}")))?
+            .keep(),
     };
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| Failure::Request(format!("cannot create {}: {e}", state_dir.display())))?;
@@ -46,14 +45,23 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
         socket: Some(socket.clone()),
         ..Config::default()
     };
-    eprintln!("opsd demo: a daemon runs in this process; its state is in {}", state_dir.display());
+    eprintln!(
+        "opsd demo: a daemon runs in this process; its state is in {}",
+        state_dir.display()
+    );
     let daemon = Daemon::start(config)?;
-    let result = run_pipeline(&socket, &data, a.epochs, a.json);
+    let result = run_pipeline(&socket, &data, a.epochs, a.json, &state_dir);
     daemon.stop(&|| false);
     result
 }
 
-fn run_pipeline(socket: &Path, data: &Path, epochs: i64, json_out: bool) -> Result<ExitCode, Failure> {
+fn run_pipeline(
+    socket: &Path,
+    data: &Path,
+    epochs: i64,
+    json_out: bool,
+    state_dir: &Path,
+) -> Result<ExitCode, Failure> {
     let submitted = call(
         socket,
         &json!({ "cmd": "submit", "type": "pipeline", "params": {
@@ -62,8 +70,13 @@ fn run_pipeline(socket: &Path, data: &Path, epochs: i64, json_out: bool) -> Resu
             "backtest": { "cash": 10000, "commission": 0.002 },
         }}),
     )?;
-    let id = submitted["operation_id"].as_str().unwrap_or_default().to_string();
-    eprintln!("Submitted {id}: train a small neural network on GOOG daily bars, then backtest it.\n");
+    let id = submitted["operation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "Submitted {id}: train a small neural network on GOOG daily bars, then backtest it.\n"
+    );
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
     let op = match watching::watch(socket, &id, json_out, &interrupted)? {
@@ -79,23 +92,37 @@ fn run_pipeline(socket: &Path, data: &Path, epochs: i64, json_out: bool) -> Resu
         print_results(&op["result_summary"]);
     }
     if op["status"] != "completed" {
-        eprintln!("the pipeline ended {}: {}", op["status"], output::text(&op["error_message"]));
+        eprintln!(
+            "the pipeline ended {}: {}",
+            op["status"],
+            output::text(&op["error_message"])
+        );
         return Ok(ExitCode::from(1));
     }
+    let db = state_dir.join("opsd.db");
+    let training = output::text(&op["result_summary"]["training_operation"]);
     eprintln!(
-        "\nNext:\n  opsd serve                                   # the daemon, in its own terminal\n  \
-         opsd submit dummy --watch                    # your first operation\n  \
-         opsd submit backtest -p data=data/GOOG.csv -p fast=10 -p slow=30 --watch\n  \
-         opsd submit pipeline -p data=data/GOOG.csv --watch\n  \
-         opsd metrics <training id>                  # the loss curve\n  \
-         sqlite3 ~/.local/state/opsd/opsd.db 'SELECT * FROM active_operations'\n\
-         Run your own training script: README, \"Run your own training script\"."
+        "\nThe demo's state stays in {dir}. Look inside:\n  \
+         sqlite3 {db} 'SELECT operation_id, status, progress FROM active_operations'\n  \
+         sqlite3 {db} \"SELECT seq, data FROM operation_metrics WHERE operation_id = '{training}'\"   # the loss curve\n\
+         \nNext, with a daemon of your own:\n  \
+         opsd serve                                     # in its own terminal (or under systemd: README)\n  \
+         opsd submit dummy --watch                      # your first operation\n  \
+         opsd submit backtest -p data={data} -p fast=10 -p slow=30 --watch\n  \
+         opsd submit pipeline -p data={data} --watch\n  \
+         opsd list; opsd metrics <id>; opsd cancel <id>; opsd resume <id>\n\
+         Run your own training script: README, \"Run your own training script\".",
+        dir = state_dir.display(),
+        db = db.display(),
+        data = data.display(),
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn pct(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{x:.2} %")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.2} %"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_results(summary: &Value) {
@@ -108,13 +135,49 @@ fn print_results(summary: &Value) {
             .map(|a| format!("{:.1} %", a * 100.0))
             .unwrap_or_else(|| "-".into())
     };
-    table.add_row(vec!["training accuracy (train / validation / test)".to_string(), format!("{} / {} / {}", acc("training_metrics"), acc("validation_metrics"), acc("test_metrics"))]);
+    table.add_row(vec![
+        "training accuracy (train / validation / test)".to_string(),
+        format!(
+            "{} / {} / {}",
+            acc("training_metrics"),
+            acc("validation_metrics"),
+            acc("test_metrics")
+        ),
+    ]);
     table.add_row(vec!["backtest return".to_string(), pct(&b["return_pct"])]);
-    table.add_row(vec!["buy and hold return".to_string(), pct(&b["buy_hold_return_pct"])]);
-    table.add_row(vec!["max drawdown".to_string(), pct(&b["max_drawdown_pct"])]);
-    table.add_row(vec!["trades (win rate)".to_string(), format!("{} ({})", output::text(&b["trades"]), pct(&b["win_rate_pct"]))]);
-    table.add_row(vec!["sharpe".to_string(), b["sharpe"].as_f64().map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into())]);
-    table.add_row(vec!["final equity (from 10,000)".to_string(), b["final_equity"].as_f64().map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into())]);
-    table.add_row(vec!["model".to_string(), output::text(&summary["model_path"])]);
+    table.add_row(vec![
+        "buy and hold return".to_string(),
+        pct(&b["buy_hold_return_pct"]),
+    ]);
+    table.add_row(vec![
+        "max drawdown".to_string(),
+        pct(&b["max_drawdown_pct"]),
+    ]);
+    table.add_row(vec![
+        "trades (win rate)".to_string(),
+        format!(
+            "{} ({})",
+            output::text(&b["trades"]),
+            pct(&b["win_rate_pct"])
+        ),
+    ]);
+    table.add_row(vec![
+        "sharpe".to_string(),
+        b["sharpe"]
+            .as_f64()
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "-".into()),
+    ]);
+    table.add_row(vec![
+        "final equity (from 10,000)".to_string(),
+        b["final_equity"]
+            .as_f64()
+            .map(|e| format!("{e:.2}"))
+            .unwrap_or_else(|| "-".into()),
+    ]);
+    table.add_row(vec![
+        "model".to_string(),
+        output::text(&summary["model_path"]),
+    ]);
     println!("{table}");
 }

@@ -35,7 +35,9 @@ pub struct ClientOpts {
 impl ClientOpts {
     /// The socket path to use.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(crate::config::default_socket_path)
+        self.socket
+            .clone()
+            .unwrap_or_else(crate::config::default_socket_path)
     }
 }
 

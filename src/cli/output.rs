@@ -55,7 +55,12 @@ pub fn operations_table(ops: &[Value]) -> Table {
             text(&op["operation_type"]),
             status,
             progress(op),
-            op["created_at"].as_str().unwrap_or("-").chars().take(19).collect(),
+            op["created_at"]
+                .as_str()
+                .unwrap_or("-")
+                .chars()
+                .take(19)
+                .collect(),
         ]);
     }
     t

@@ -54,7 +54,12 @@ fn update(bar: &ProgressBar, op: &Value) {
 }
 
 /// Follow `id` until it ends or Ctrl-C. With `quiet`, draw nothing.
-pub fn watch(socket: &Path, id: &str, quiet: bool, interrupted: &Arc<AtomicBool>) -> Result<WatchEnd, ClientError> {
+pub fn watch(
+    socket: &Path,
+    id: &str,
+    quiet: bool,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<WatchEnd, ClientError> {
     let mut client = Client::connect(socket)?;
     client.send(&json!({ "cmd": "watch", "id": id }))?;
     client.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -70,7 +75,11 @@ pub fn watch(socket: &Path, id: &str, quiet: bool, interrupted: &Arc<AtomicBool>
             .or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(1000));
                 b.set_style(style());
-                b.set_prefix(if indent { format!("  └ {}", label(op)) } else { label(op) });
+                b.set_prefix(if indent {
+                    format!("  └ {}", label(op))
+                } else {
+                    label(op)
+                });
                 b
             })
             .clone()
@@ -83,10 +92,15 @@ pub fn watch(socket: &Path, id: &str, quiet: bool, interrupted: &Arc<AtomicBool>
         let msg = match client.recv() {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return Err(ClientError::Protocol("the daemon closed the watch stream".into()))
+                return Err(ClientError::Protocol(
+                    "the daemon closed the watch stream".into(),
+                ))
             }
             Err(ClientError::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 continue
             }
@@ -105,7 +119,10 @@ pub fn watch(socket: &Path, id: &str, quiet: bool, interrupted: &Arc<AtomicBool>
             }
             let _ = multi.clear();
             if !quiet {
-                print_final(op, msg["children"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                print_final(
+                    op,
+                    msg["children"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                );
             }
             return Ok(WatchEnd::Finished(op.clone()));
         }

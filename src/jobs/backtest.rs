@@ -51,7 +51,11 @@ impl Job for BacktestJob {
         let resume = match ctx.resume_state() {
             Some(s) => match serde_json::from_value::<BacktestState>(s.clone()) {
                 Ok(st) => Some(st),
-                Err(e) => return JobOutcome::Failed(format!("the checkpoint does not fit this backtest: {e}")),
+                Err(e) => {
+                    return JobOutcome::Failed(format!(
+                        "the checkpoint does not fit this backtest: {e}"
+                    ))
+                }
             },
             None => None,
         };

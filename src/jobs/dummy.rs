@@ -51,7 +51,10 @@ impl Job for DummyJob {
             return Err(format!("steps must be >= 0 (got {})", p.steps));
         }
         if !(0..=3_600_000).contains(&p.step_ms) {
-            return Err(format!("step_ms must be between 0 and 3600000 (got {})", p.step_ms));
+            return Err(format!(
+                "step_ms must be between 0 and 3600000 (got {})",
+                p.step_ms
+            ));
         }
         if let Some(f) = p.fail_at_step {
             if f < 1 {
@@ -59,7 +62,10 @@ impl Job for DummyJob {
             }
         }
         if p.checkpoint_every < 1 {
-            return Err(format!("checkpoint_every must be >= 1 (got {})", p.checkpoint_every));
+            return Err(format!(
+                "checkpoint_every must be >= 1 (got {})",
+                p.checkpoint_every
+            ));
         }
         params::normalized(&p)
     }
@@ -93,7 +99,9 @@ impl Job for DummyJob {
             }
             step += 1;
             if p.fail_at_step == Some(step) {
-                return JobOutcome::Failed(format!("dummy failed at step {step} as asked (fail_at_step)"));
+                return JobOutcome::Failed(format!(
+                    "dummy failed at step {step} as asked (fail_at_step)"
+                ));
             }
             if p.panic_at_step == Some(step) {
                 panic!("dummy panicked at step {step} as asked (panic_at_step)");

@@ -10,8 +10,8 @@ pub mod params;
 pub mod pipeline;
 pub mod training;
 
-pub use crate::runtime::context::JobContext;
 use crate::model::OperationType;
+pub use crate::runtime::context::JobContext;
 use serde_json::Value;
 
 /// How a run ended, as the job sees it.

@@ -65,14 +65,19 @@ impl Job for PipelineJob {
     fn validate(&self, params: &Value) -> Result<Value, String> {
         let p: PipelineParams = super::params::parse(params)?;
         if p.training.contains_key("data") || p.backtest.contains_key("data") {
-            return Err("data: give it once at the top level; the pipeline passes it to both children".into());
+            return Err(
+                "data: give it once at the top level; the pipeline passes it to both children"
+                    .into(),
+            );
         }
         if p.backtest.contains_key("model") || p.backtest.contains_key("strategy") {
             return Err("backtest.model / backtest.strategy: filled in by the pipeline (it backtests the model it trains)".into());
         }
-        let t = TrainingParams::from_json(&p.training_params()).map_err(|e| format!("training.{e}"))?;
+        let t =
+            TrainingParams::from_json(&p.training_params()).map_err(|e| format!("training.{e}"))?;
         t.validate().map_err(|e| format!("training.{e}"))?;
-        BacktestJob::validate_values(&p.backtest_params(None)).map_err(|e| format!("backtest.{e}"))?;
+        BacktestJob::validate_values(&p.backtest_params(None))
+            .map_err(|e| format!("backtest.{e}"))?;
         super::params::normalized(&p)
     }
 
@@ -97,7 +102,12 @@ impl Job for PipelineJob {
         // Phase 1: training.
         let training = match &state.training {
             Some(id) => id.clone(),
-            None => match ctx.submit_child(OperationType::Training, params.training_params(), Some(TRAINING_PHASE), true) {
+            None => match ctx.submit_child(
+                OperationType::Training,
+                params.training_params(),
+                Some(TRAINING_PHASE),
+                true,
+            ) {
                 Ok(id) => {
                     state.training = Some(id.clone());
                     if let Err(e) = save(ctx, &state) {
@@ -114,15 +124,24 @@ impl Job for PipelineJob {
             Ok(None) => return JobOutcome::Stopped,
             Err(e) => return JobOutcome::Failed(format!("training {training} failed: {e}")),
         };
-        let model = trained["artifacts"]["model_path"].as_str().map(str::to_string);
+        let model = trained["artifacts"]["model_path"]
+            .as_str()
+            .map(str::to_string);
         let Some(model) = model else {
-            return JobOutcome::Failed(format!("training {training} finished without a model_path"));
+            return JobOutcome::Failed(format!(
+                "training {training} finished without a model_path"
+            ));
         };
 
         // Phase 2: backtest of the trained model.
         let backtest = match &state.backtest {
             Some(id) => id.clone(),
-            None => match ctx.submit_child(OperationType::Backtest, params.backtest_params(Some(&model)), Some(BACKTEST_PHASE), true) {
+            None => match ctx.submit_child(
+                OperationType::Backtest,
+                params.backtest_params(Some(&model)),
+                Some(BACKTEST_PHASE),
+                true,
+            ) {
                 Ok(id) => {
                     state.backtest = Some(id.clone());
                     if let Err(e) = save(ctx, &state) {
@@ -171,7 +190,9 @@ fn step(ctx: &mut JobContext, name: &str, done: i64, child: &OperationId) {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// Wait for a child to finish, resuming it first when an earlier attempt
@@ -188,7 +209,10 @@ fn run_child(ctx: &JobContext, child: &OperationId) -> Result<Option<Value>, Str
             // Stopped with this pipeline (shutdown, crash, cancel): resume it.
             if let Err(e) = ctx.resume_child(child) {
                 // Recovery may have resumed it already.
-                if !matches!(ctx.operation(child)?.status, Status::Resuming | Status::Running | Status::Pending) {
+                if !matches!(
+                    ctx.operation(child)?.status,
+                    Status::Resuming | Status::Running | Status::Pending
+                ) {
                     return Err(e);
                 }
             }
@@ -203,7 +227,9 @@ fn run_child(ctx: &JobContext, child: &OperationId) -> Result<Option<Value>, Str
             if ctx.stop_requested() {
                 return Ok(None);
             }
-            Err(rec.error_message.unwrap_or_else(|| format!("{}", rec.status)))
+            Err(rec
+                .error_message
+                .unwrap_or_else(|| format!("{}", rec.status)))
         }
     }
 }

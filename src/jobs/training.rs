@@ -30,13 +30,19 @@ impl Job for TrainingJob {
         let resume = match ctx.resume_state() {
             Some(s) => match serde_json::from_value::<TrainingState>(s.clone()) {
                 Ok(st) => Some(st),
-                Err(e) => return JobOutcome::Failed(format!("the checkpoint does not fit this training run: {e}")),
+                Err(e) => {
+                    return JobOutcome::Failed(format!(
+                        "the checkpoint does not fit this training run: {e}"
+                    ))
+                }
             },
             None => None,
         };
         let model_path = match ctx.artifacts_dir() {
             Ok(d) => d.join("model.json"),
-            Err(e) => return JobOutcome::Failed(format!("cannot create the artifacts directory: {e}")),
+            Err(e) => {
+                return JobOutcome::Failed(format!("cannot create the artifacts directory: {e}"))
+            }
         };
         match run_training(&bars, &params, &model_path, resume, ctx) {
             Ok(TrainingOutcome::Completed(result)) => match serde_json::to_value(&result) {

@@ -24,7 +24,12 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(op: ClaimedOperation, running: Arc<RunningOp>, runtime: Arc<Runtime>, resume: Option<Checkpoint>) -> Self {
+    pub(crate) fn new(
+        op: ClaimedOperation,
+        running: Arc<RunningOp>,
+        runtime: Arc<Runtime>,
+        resume: Option<Checkpoint>,
+    ) -> Self {
         JobContext {
             op,
             running,
@@ -71,14 +76,24 @@ impl JobContext {
     /// A directory kept for this operation across attempts, for checkpoint
     /// files (created on first use).
     pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self.runtime.config.state_dir.join("checkpoints").join(self.op.id.as_str());
+        let dir = self
+            .runtime
+            .config
+            .state_dir
+            .join("checkpoints")
+            .join(self.op.id.as_str());
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
 
     /// Where this operation's artifacts (models, ...) go (created on use).
     pub fn artifacts_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self.runtime.config.state_dir.join("artifacts").join(self.op.id.as_str());
+        let dir = self
+            .runtime
+            .config
+            .state_dir
+            .join("artifacts")
+            .join(self.op.id.as_str());
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
@@ -107,7 +122,11 @@ impl JobContext {
     /// Save a checkpoint with optional files (`artifacts_path`, already
     /// written and fsynced by the job). Pending metric points are written in
     /// the same transaction, so the checkpoint's metric cursor is exact.
-    pub fn checkpoint_with_files(&mut self, state: Value, artifacts_path: Option<PathBuf>) -> Result<(), String> {
+    pub fn checkpoint_with_files(
+        &mut self,
+        state: Value,
+        artifacts_path: Option<PathBuf>,
+    ) -> Result<(), String> {
         let kind = match self.running.stop_requested() {
             Some(StopRequest::Shutdown) => CheckpointType::Shutdown,
             Some(StopRequest::User) | Some(StopRequest::Parent) => CheckpointType::Cancellation,
@@ -118,7 +137,12 @@ impl JobContext {
     }
 
     /// Save a checkpoint of an explicit type.
-    pub fn save_checkpoint(&mut self, kind: CheckpointType, state: Value, artifacts_path: Option<PathBuf>) -> Result<(), String> {
+    pub fn save_checkpoint(
+        &mut self,
+        kind: CheckpointType,
+        state: Value,
+        artifacts_path: Option<PathBuf>,
+    ) -> Result<(), String> {
         let artifacts_size = artifacts_path
             .as_deref()
             .map(super::files::size_on_disk)
@@ -157,7 +181,13 @@ impl JobContext {
     }
 
     /// Submit a child operation of this one (parents such as `pipeline`).
-    pub fn submit_child(&self, kind: OperationType, params: Value, phase: Option<(f64, f64)>, fail_parent: bool) -> Result<OperationId, String> {
+    pub fn submit_child(
+        &self,
+        kind: OperationType,
+        params: Value,
+        phase: Option<(f64, f64)>,
+        fail_parent: bool,
+    ) -> Result<OperationId, String> {
         self.runtime
             .submit_child(&self.op.id, kind, params, phase, fail_parent)
             .map_err(|e| e.to_string())
@@ -172,7 +202,10 @@ impl JobContext {
                 .store
                 .read(|c| crate::store::operations::status(c, child))
                 .map_err(|e| e.to_string())?;
-            if matches!(status, Status::Completed | Status::Failed | Status::Cancelled) {
+            if matches!(
+                status,
+                Status::Completed | Status::Failed | Status::Cancelled
+            ) {
                 return Ok(Some(status));
             }
             if self.running.stop_requested().is_some() {
@@ -183,7 +216,10 @@ impl JobContext {
     }
 
     /// Another operation's record (a child's status and result).
-    pub fn operation(&self, id: &OperationId) -> Result<crate::store::records::OperationRecord, String> {
+    pub fn operation(
+        &self,
+        id: &OperationId,
+    ) -> Result<crate::store::records::OperationRecord, String> {
         self.runtime
             .store
             .read(|c| crate::store::operations::get(c, id))

@@ -125,7 +125,10 @@ impl Runtime {
             }
         }
         if !resumed.is_empty() {
-            tracing::info!(count = resumed.len(), "resuming operations stopped by the last shutdown or crash");
+            tracing::info!(
+                count = resumed.len(),
+                "resuming operations stopped by the last shutdown or crash"
+            );
         }
         if let Ok(mut r) = self.recovery.lock() {
             *r = serde_json::json!({ "crashed": crashed, "resumed": resumed });
@@ -187,7 +190,9 @@ impl Runtime {
     /// idempotency key already used, returns the first operation.
     pub fn insert(&self, op: NewOperation) -> Result<(OperationId, Status, bool)> {
         if !self.accepting() {
-            return Err(Error::Unavailable("the daemon is shutting down; submit again after it restarts".into()));
+            return Err(Error::Unavailable(
+                "the daemon is shutting down; submit again after it restarts".into(),
+            ));
         }
         let now = ids::now();
         let r = self.store.write(move |c| ops::insert(c, &op, &now))?;
@@ -196,7 +201,14 @@ impl Runtime {
     }
 
     /// Submit a child of `parent` (validated like any submit).
-    pub fn submit_child(&self, parent: &OperationId, kind: OperationType, params: Value, phase: Option<(f64, f64)>, fail_parent: bool) -> Result<OperationId> {
+    pub fn submit_child(
+        &self,
+        parent: &OperationId,
+        kind: OperationType,
+        params: Value,
+        phase: Option<(f64, f64)>,
+        fail_parent: bool,
+    ) -> Result<OperationId> {
         let metadata = crate::jobs::job_for(kind)
             .validate(&params)
             .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
@@ -241,7 +253,12 @@ impl Runtime {
         let _ = self.stop_tree_member_checked(id, why, None);
     }
 
-    fn stop_tree_member_checked(&self, id: &OperationId, why: StopRequest, message: Option<String>) -> Result<Status> {
+    fn stop_tree_member_checked(
+        &self,
+        id: &OperationId,
+        why: StopRequest,
+        message: Option<String>,
+    ) -> Result<Status> {
         if let Some(live) = self.live(id) {
             live.request_stop(why, message);
             return Ok(Status::Running);
@@ -287,7 +304,10 @@ impl Runtime {
     /// Claim as much work as there are free slots for, type by type.
     fn claim_round(&self) -> Result<()> {
         let (free_total, per_kind) = {
-            let running = self.running.lock().map_err(|_| Error::Internal("lock".into()))?;
+            let running = self
+                .running
+                .lock()
+                .map_err(|_| Error::Internal("lock".into()))?;
             let mut counts: HashMap<OperationType, usize> = HashMap::new();
             for op in running.values() {
                 *counts.entry(op.kind).or_default() += 1;
@@ -295,7 +315,14 @@ impl Runtime {
             let free_total = self.config.workers.saturating_sub(running.len());
             let per_kind: Vec<(OperationType, usize)> = OperationType::ALL
                 .iter()
-                .map(|k| (*k, self.config.limit(*k).saturating_sub(counts.get(k).copied().unwrap_or(0))))
+                .map(|k| {
+                    (
+                        *k,
+                        self.config
+                            .limit(*k)
+                            .saturating_sub(counts.get(k).copied().unwrap_or(0)),
+                    )
+                })
                 .filter(|(_, free)| *free > 0)
                 .collect();
             (free_total, per_kind)
@@ -314,7 +341,9 @@ impl Runtime {
                 // GPU operations one at a time, while GPUs are free.
                 while n > 0 && gpus_left > 0 {
                     let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
-                    let Some(op) = got.into_iter().next() else { break };
+                    let Some(op) = got.into_iter().next() else {
+                        break;
+                    };
                     gpus_left -= op.gpus_requested;
                     n -= 1;
                     budget -= 1;
@@ -342,9 +371,17 @@ impl Runtime {
             };
             if !assigned.is_empty() {
                 let (i, a) = (op.id.clone(), assigned.clone());
-                self.store.writer().submit(move |c| ops::set_gpus(c, &i, &a), |_| {});
+                self.store
+                    .writer()
+                    .submit(move |c| ops::set_gpus(c, &i, &a), |_| {});
             }
-            let running = Arc::new(RunningOp::new(op.id.clone(), op.kind, op.parent.clone(), op.progress_percent, assigned));
+            let running = Arc::new(RunningOp::new(
+                op.id.clone(),
+                op.kind,
+                op.parent.clone(),
+                op.progress_percent,
+                assigned,
+            ));
             if let Ok(mut m) = self.running.lock() {
                 m.insert(op.id.clone(), running.clone());
             }
@@ -420,7 +457,10 @@ impl Runtime {
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         if !live.is_empty() {
-            tracing::info!(count = live.len(), "asking running operations to checkpoint and stop");
+            tracing::info!(
+                count = live.len(),
+                "asking running operations to checkpoint and stop"
+            );
         }
         for op in &live {
             op.request_stop(StopRequest::Shutdown, None);

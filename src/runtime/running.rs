@@ -89,7 +89,13 @@ pub struct RunningOp {
 
 impl RunningOp {
     /// State for an operation about to run.
-    pub fn new(id: OperationId, kind: OperationType, parent: Option<OperationId>, start_percentage: f64, gpus: Vec<String>) -> Self {
+    pub fn new(
+        id: OperationId,
+        kind: OperationType,
+        parent: Option<OperationId>,
+        start_percentage: f64,
+        gpus: Vec<String>,
+    ) -> Self {
         RunningOp {
             id,
             kind,

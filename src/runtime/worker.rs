@@ -86,7 +86,12 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
 }
 
 /// Map the job's outcome and the stop request to the final row.
-fn record(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp, outcome: JobOutcome) -> Result<()> {
+fn record(
+    rt: &Runtime,
+    op: &ClaimedOperation,
+    running: &RunningOp,
+    outcome: JobOutcome,
+) -> Result<()> {
     let stop = running.stop_requested();
     let stop_msg = running.stop_message();
     let (progress, points) = running
@@ -141,7 +146,8 @@ fn record(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp, outcome: Job
     let id = op.id.clone();
     let parent = op.parent.clone();
     let now = ids::now();
-    let delete_cp = finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
+    let delete_cp =
+        finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
     let f = finish.clone();
     let retry = retry_at.map(|d| ids::timestamp(chrono::Utc::now() + d));
     rt.store.write(move |c| {

@@ -35,7 +35,9 @@ fn allowed(stream: &UnixStream, access: Access) -> bool {
 pub async fn handle(stream: UnixStream, service: Service, access: Access) {
     let permitted = allowed(&stream, access);
     let (mut rd, wr) = stream.into_split();
-    let mut out = Responder { out: BufWriter::new(wr) };
+    let mut out = Responder {
+        out: BufWriter::new(wr),
+    };
     if !permitted {
         out.send(&error_response(
             "permission_denied",
@@ -84,7 +86,14 @@ pub async fn handle(stream: UnixStream, service: Service, access: Access) {
 async fn serve_line(line: &[u8], service: &Service, out: &mut Responder) -> bool {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
-        Err(e) => return out.send(&error_response("bad_request", &format!("invalid JSON: {e}"))).await,
+        Err(e) => {
+            return out
+                .send(&error_response(
+                    "bad_request",
+                    &format!("invalid JSON: {e}"),
+                ))
+                .await
+        }
     };
     let cmd = value.get("cmd").and_then(Value::as_str).map(str::to_string);
     let request: Request = match serde_json::from_value(value) {

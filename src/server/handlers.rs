@@ -30,12 +30,21 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
         Request::Get { id } => reply(svc.get(&id).map(|r| json!({ "operation": r }))),
         Request::List(filter) => reply(svc.list(&filter)),
         Request::Children { id } => reply(svc.children(&id)),
-        Request::Cancel { id, reason, wait_ms } => {
+        Request::Cancel {
+            id,
+            reason,
+            wait_ms,
+        } => {
             let wait = Duration::from_millis(wait_ms.unwrap_or(2000).min(60_000));
             reply(svc.cancel(&id, reason, wait).await)
         }
         Request::Resume { id } => reply(svc.resume(&id)),
-        Request::Metrics { id, cursor, limit, follow } => {
+        Request::Metrics {
+            id,
+            cursor,
+            limit,
+            follow,
+        } => {
             let limit = limit.unwrap_or(1000);
             if follow {
                 return follow_metrics(svc, &id, cursor, limit, out).await;
@@ -48,7 +57,11 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
         }
         Request::Checkpoints { id } => reply(svc.checkpoints(id.as_ref())),
         Request::DeleteCheckpoint { id } => reply(svc.delete_checkpoint(&id).await),
-        Request::Logs { id, tail_bytes, follow } => {
+        Request::Logs {
+            id,
+            tail_bytes,
+            follow,
+        } => {
             return logs(svc, &id, tail_bytes.unwrap_or(65536), follow, out).await;
         }
         Request::Health => reply(svc.health()),
@@ -90,7 +103,13 @@ async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Respo
     }
 }
 
-async fn follow_metrics(svc: &Service, id: &OperationId, mut cursor: i64, limit: i64, out: &mut Responder) -> bool {
+async fn follow_metrics(
+    svc: &Service,
+    id: &OperationId,
+    mut cursor: i64,
+    limit: i64,
+    out: &mut Responder,
+) -> bool {
     loop {
         // Read the status before the points, so points written just before
         // the end are still sent.
@@ -113,15 +132,28 @@ async fn follow_metrics(svc: &Service, id: &OperationId, mut cursor: i64, limit:
         }
         if over {
             return out
-                .send(&ok_response(json!({ "metrics": [], "cursor": cursor, "event": "end" })))
+                .send(&ok_response(
+                    json!({ "metrics": [], "cursor": cursor, "event": "end" }),
+                ))
                 .await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn logs(svc: &Service, id: &OperationId, tail: u64, follow: bool, out: &mut Responder) -> bool {
-    let path = svc.rt.config.state_dir.join("logs").join(format!("{id}.log"));
+async fn logs(
+    svc: &Service,
+    id: &OperationId,
+    tail: u64,
+    follow: bool,
+    out: &mut Responder,
+) -> bool {
+    let path = svc
+        .rt
+        .config
+        .state_dir
+        .join("logs")
+        .join(format!("{id}.log"));
     if let Err(e) = svc.get(id) {
         return out.send(&err(&e)).await;
     }
@@ -133,14 +165,22 @@ async fn logs(svc: &Service, id: &OperationId, tail: u64, follow: bool, out: &mu
         let over = svc.get(id).map(|o| is_over(o.status)).unwrap_or(true);
         let (text, next) = read_from(&path, offset);
         offset = next;
-        if (!text.is_empty() || !follow) && !out.send(&ok_response(json!({ "text": text, "offset": offset }))).await {
+        if (!text.is_empty() || !follow)
+            && !out
+                .send(&ok_response(json!({ "text": text, "offset": offset })))
+                .await
+        {
             return false;
         }
         if !follow {
             return true;
         }
         if over {
-            return out.send(&ok_response(json!({ "text": "", "offset": offset, "event": "end" }))).await;
+            return out
+                .send(&ok_response(
+                    json!({ "text": "", "offset": offset, "event": "end" }),
+                ))
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -160,5 +200,8 @@ fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
     }
     let mut buf = Vec::new();
     let _ = f.take(1024 * 1024).read_to_end(&mut buf);
-    (String::from_utf8_lossy(&buf).to_string(), start + buf.len() as u64)
+    (
+        String::from_utf8_lossy(&buf).to_string(),
+        start + buf.len() as u64,
+    )
 }

@@ -25,7 +25,8 @@ pub struct Access {
 /// live daemon answers there, restrict the mode.
 pub fn bind(path: &Path, group: Option<&str>) -> Result<(UnixListener, Access)> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -35,15 +36,19 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<(UnixListener, Access)> 
             )));
         }
         tracing::info!(socket = %path.display(), "replacing a stale socket file");
-        std::fs::remove_file(path).map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e))?;
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
     let gid = match group {
         Some(name) => {
             let g = nix::unistd::Group::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| Error::BadRequest(format!("socket_group: no group named {name:?}")))?;
+                .ok_or_else(|| {
+                    Error::BadRequest(format!("socket_group: no group named {name:?}"))
+                })?;
             nix::unistd::chown(path, None, Some(g.gid))
                 .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))?;
             Some(g.gid.as_raw())
@@ -63,7 +68,12 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<(UnixListener, Access)> 
 }
 
 /// Accept connections until `stop` turns true.
-pub async fn serve(listener: UnixListener, access: Access, service: Service, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    access: Access,
+    service: Service,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -93,5 +103,7 @@ pub fn is_live(path: &Path) -> bool {
 
 /// Permission bits of the socket file, for tests and `health`.
 pub fn socket_mode(path: &Path) -> Option<u32> {
-    std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
 }

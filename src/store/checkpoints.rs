@@ -79,7 +79,9 @@ pub fn save(conn: &Connection, cp: &Checkpoint) -> Result<()> {
 /// shutdown becomes the shutdown checkpoint).
 pub fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Result<bool> {
     Ok(conn
-        .prepare_cached("UPDATE operation_checkpoints SET checkpoint_type = ?2 WHERE operation_id = ?1")?
+        .prepare_cached(
+            "UPDATE operation_checkpoints SET checkpoint_type = ?2 WHERE operation_id = ?1",
+        )?
         .execute(params![id.as_str(), kind.as_str()])?
         == 1)
 }
@@ -87,7 +89,9 @@ pub fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Re
 /// The checkpoint of one operation, if any.
 pub fn get(conn: &Connection, id: &OperationId) -> Result<Option<Checkpoint>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM operation_checkpoints WHERE operation_id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM operation_checkpoints WHERE operation_id = ?1"
+        ))?
         .query_row([id.as_str()], from_row)
         .optional()?)
 }

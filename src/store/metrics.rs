@@ -23,7 +23,9 @@ pub struct MetricPoint {
 /// The highest `seq` of an operation (0 when it has none).
 pub fn last_seq(conn: &Connection, id: &OperationId) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM operation_metrics WHERE operation_id = ?1")?
+        .prepare_cached(
+            "SELECT coalesce(max(seq), 0) FROM operation_metrics WHERE operation_id = ?1",
+        )?
         .query_row([id.as_str()], |r| r.get(0))?)
 }
 
@@ -41,7 +43,12 @@ pub fn append(conn: &Connection, id: &OperationId, points: &[(String, Value)]) -
 }
 
 /// Points with `seq > cursor`, at most `limit`, in order, and the new cursor.
-pub fn read_after(conn: &Connection, id: &OperationId, cursor: i64, limit: i64) -> Result<(Vec<MetricPoint>, i64)> {
+pub fn read_after(
+    conn: &Connection,
+    id: &OperationId,
+    cursor: i64,
+    limit: i64,
+) -> Result<(Vec<MetricPoint>, i64)> {
     let points = conn
         .prepare_cached(
             "SELECT seq, recorded_at, data FROM operation_metrics \

@@ -65,7 +65,10 @@ impl Store {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| {
-                Error::Unavailable(format!("{}: cannot open read connections: {e}", path.display()))
+                Error::Unavailable(format!(
+                    "{}: cannot open read connections: {e}",
+                    path.display()
+                ))
             })?;
         Ok(Store {
             path: path.to_path_buf(),
@@ -210,7 +213,9 @@ mod tests {
             .write(|c| operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10))
             .unwrap();
         assert!(again.is_empty());
-        let status = store.read(move |c| operations::status(c, &other.id)).unwrap();
+        let status = store
+            .read(move |c| operations::status(c, &other.id))
+            .unwrap();
         assert_eq!(status, crate::model::Status::Pending);
         store.close();
     }

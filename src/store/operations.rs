@@ -17,11 +17,19 @@ use serde_json::Value;
 
 /// Insert an operation. With an idempotency key already used, return the
 /// existing operation's id and status and `false`.
-pub fn insert(conn: &Connection, op: &NewOperation, now: &str) -> Result<(OperationId, Status, bool)> {
+pub fn insert(
+    conn: &Connection,
+    op: &NewOperation,
+    now: &str,
+) -> Result<(OperationId, Status, bool)> {
     if let Some(key) = &op.idempotency_key {
         let existing = conn
-            .prepare_cached("SELECT operation_id, status FROM operations WHERE idempotency_key = ?1")?
-            .query_row([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .prepare_cached(
+                "SELECT operation_id, status FROM operations WHERE idempotency_key = ?1",
+            )?
+            .query_row([key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?;
         if let Some((id, status)) = existing {
             let status = status.parse().map_err(Error::Internal)?;
@@ -34,7 +42,9 @@ pub fn insert(conn: &Connection, op: &NewOperation, now: &str) -> Result<(Operat
             .query_row([parent.as_str()], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
-            return Err(Error::NotFound(format!("parent operation {parent} does not exist")));
+            return Err(Error::NotFound(format!(
+                "parent operation {parent} does not exist"
+            )));
         }
     }
     conn.prepare_cached(
@@ -218,7 +228,10 @@ pub fn claim(
 /// Record the GPUs assigned to a running operation.
 pub fn set_gpus(conn: &Connection, id: &OperationId, gpus: &[String]) -> Result<()> {
     conn.prepare_cached("UPDATE operations SET gpus_assigned = ?2 WHERE operation_id = ?1")?
-        .execute(params![id.as_str(), serde_json::to_string(gpus).unwrap_or_default()])?;
+        .execute(params![
+            id.as_str(),
+            serde_json::to_string(gpus).unwrap_or_default()
+        ])?;
     Ok(())
 }
 
@@ -260,9 +273,10 @@ pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Res
     if let Some(p) = &f.progress {
         write_progress(conn, id, p)?;
     }
-    let errors_append = f.error.as_ref().map(|e| {
-        serde_json::json!({"at": now, "message": e}).to_string()
-    });
+    let errors_append = f
+        .error
+        .as_ref()
+        .map(|e| serde_json::json!({"at": now, "message": e}).to_string());
     let n = conn
         .prepare_cached(
             "UPDATE operations SET status = ?2, stop_reason = ?3, result_summary = ?4, \
@@ -285,7 +299,13 @@ pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Res
 
 /// Put a failed run with attempts left back in the queue, not before
 /// `run_after` (retries with backoff).
-pub fn requeue_for_retry(conn: &Connection, id: &OperationId, error: &str, run_after: &str, now: &str) -> Result<bool> {
+pub fn requeue_for_retry(
+    conn: &Connection,
+    id: &OperationId,
+    error: &str,
+    run_after: &str,
+    now: &str,
+) -> Result<bool> {
     let entry = serde_json::json!({"at": now, "message": error}).to_string();
     let n = conn
         .prepare_cached(
@@ -299,7 +319,13 @@ pub fn requeue_for_retry(conn: &Connection, id: &OperationId, error: &str, run_a
 
 /// Cancel an operation that is not running (pending or resuming) at once.
 /// Returns its status before, or an error when it cannot be cancelled.
-pub fn cancel_waiting(conn: &Connection, id: &OperationId, reason: StopReason, message: Option<&str>, now: &str) -> Result<Status> {
+pub fn cancel_waiting(
+    conn: &Connection,
+    id: &OperationId,
+    reason: StopReason,
+    message: Option<&str>,
+    now: &str,
+) -> Result<Status> {
     let before = status(conn, id)?;
     match before {
         Status::Pending | Status::Resuming => {

@@ -68,14 +68,21 @@ impl Daemon {
         let up = wait_until(Duration::from_secs(30), || {
             UnixStream::connect(&self.socket).is_ok() || child.try_wait().unwrap().is_some()
         });
-        assert!(up && child.try_wait().unwrap().is_none(), "daemon did not start: {}", self.log());
+        assert!(
+            up && child.try_wait().unwrap().is_none(),
+            "daemon did not start: {}",
+            self.log()
+        );
         self.child = Some(child);
     }
 
     /// Everything the daemon wrote to stderr so far.
     pub fn log(&self) -> String {
         (1..=self.starts)
-            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n---\n")
     }
@@ -214,9 +221,13 @@ pub fn open_db(path: &Path) -> rusqlite::Connection {
 
 /// Path of a shared data file, falling back to the repository's `data/`.
 pub fn data(name: &str) -> PathBuf {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(name);
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name);
     if shared.exists() {
         return shared;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
 }

@@ -38,9 +38,20 @@ fn submit_watch_show_list_metrics_via_the_cli() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["counts"]["completed"], 1);
     // submit --json
-    let o = d.cli(&["submit", "dummy", "--params", "{\"steps\":1,\"step_ms\":1}", "--json", "--watch"]);
+    let o = d.cli(&[
+        "submit",
+        "dummy",
+        "--params",
+        "{\"steps\":1,\"step_ms\":1}",
+        "--json",
+        "--watch",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let first: Value = serde_json::Deserializer::from_str(&stdout(&o)).into_iter::<Value>().next().unwrap().unwrap();
+    let first: Value = serde_json::Deserializer::from_str(&stdout(&o))
+        .into_iter::<Value>()
+        .next()
+        .unwrap()
+        .unwrap();
     assert_eq!(first["status"], "pending");
 }
 
@@ -48,12 +59,26 @@ fn submit_watch_show_list_metrics_via_the_cli() {
 fn exit_codes_follow_the_contract() {
     let d = Daemon::start();
     // A failing operation: watch exits 1.
-    let o = d.cli(&["submit", "dummy", "-p", "steps=2", "-p", "step_ms=1", "-p", "fail_at_step=1", "--watch"]);
+    let o = d.cli(&[
+        "submit",
+        "dummy",
+        "-p",
+        "steps=2",
+        "-p",
+        "step_ms=1",
+        "-p",
+        "fail_at_step=1",
+        "--watch",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // A request the daemon refuses: 1 with the message on stderr.
     let o = d.cli(&["cancel", "op_dummy_nope"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no operation op_dummy_nope"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no operation op_dummy_nope"),
+        "{}",
+        stderr(&o)
+    );
     let o = d.cli(&["submit", "rocket"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("known types"), "{}", stderr(&o));
@@ -91,7 +116,11 @@ fn cancel_and_resume_from_the_cli() {
     d.wait_status(&id, "running", 20);
     let o = d.cli(&["resume", &id]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("only cancelled or failed"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("only cancelled or failed"),
+        "{}",
+        stderr(&o)
+    );
     d.cli(&["cancel", &id]);
     let o = d.cli(&["checkpoints", "delete", &id]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -5,15 +5,22 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn steps(d: &Daemon, id: &str) -> Vec<i64> {
-    d.metrics(id).iter().map(|p| p["data"]["step"].as_i64().unwrap()).collect()
+    d.metrics(id)
+        .iter()
+        .map(|p| p["data"]["step"].as_i64().unwrap())
+        .collect()
 }
 
 #[test]
 fn sigterm_checkpoints_running_dummies_and_restart_resumes_them() {
     let mut d = Daemon::start();
-    let ids: Vec<String> = (0..4).map(|_| d.submit("dummy", json!({ "steps": 40, "step_ms": 25 }))).collect();
+    let ids: Vec<String> = (0..4)
+        .map(|_| d.submit("dummy", json!({ "steps": 40, "step_ms": 25 })))
+        .collect();
     for id in &ids {
-        wait_until(Duration::from_secs(20), || d.get(id)["steps_completed"].as_i64().unwrap_or(0) >= 3);
+        wait_until(Duration::from_secs(20), || {
+            d.get(id)["steps_completed"].as_i64().unwrap_or(0) >= 3
+        });
     }
     let t = std::time::Instant::now();
     let status = d.terminate();
@@ -23,20 +30,37 @@ fn sigterm_checkpoints_running_dummies_and_restart_resumes_them() {
     {
         let db = open_db(&d.db());
         let running: i64 = db
-            .query_row("SELECT count(*) FROM operations WHERE status IN ('running','resuming')", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM operations WHERE status IN ('running','resuming')",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(running, 0);
         for id in &ids {
             let (status, reason): (String, String) = db
-                .query_row("SELECT status, stop_reason FROM operations WHERE operation_id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(
+                    "SELECT status, stop_reason FROM operations WHERE operation_id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .unwrap();
-            assert_eq!((status.as_str(), reason.as_str()), ("cancelled", "shutdown"));
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("cancelled", "shutdown")
+            );
             let kind: String = db
-                .query_row("SELECT checkpoint_type FROM operation_checkpoints WHERE operation_id = ?1", [id], |r| r.get(0))
+                .query_row(
+                    "SELECT checkpoint_type FROM operation_checkpoints WHERE operation_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(kind, "shutdown");
         }
-        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(check, "ok");
     }
     // Restart: all resume by themselves and finish with every step exactly once.
@@ -45,22 +69,38 @@ fn sigterm_checkpoints_running_dummies_and_restart_resumes_them() {
         let op = d.wait_status(id, "completed", 30);
         assert_eq!(op["attempt"], 2, "{op}");
         assert_eq!(steps(&d, id), (1..=40).collect::<Vec<_>>(), "{id}");
-        let seqs: Vec<i64> = d.metrics(id).iter().map(|p| p["seq"].as_i64().unwrap()).collect();
+        let seqs: Vec<i64> = d
+            .metrics(id)
+            .iter()
+            .map(|p| p["seq"].as_i64().unwrap())
+            .collect();
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
     let health = d.ok(json!({ "cmd": "health" }));
-    assert_eq!(health["recovery"]["resumed"].as_array().unwrap().len(), 4, "{health}");
+    assert_eq!(
+        health["recovery"]["resumed"].as_array().unwrap().len(),
+        4,
+        "{health}"
+    );
 }
 
 #[test]
 fn a_job_ignoring_the_stop_request_is_recorded_at_the_grace() {
     let mut d = Daemon::start_with("flush_interval_ms = 50\nshutdown_grace_seconds = 1\n");
-    let id = d.submit("dummy", json!({ "steps": 1000, "step_ms": 20, "ignore_stop": true }));
-    wait_until(Duration::from_secs(20), || d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 3);
+    let id = d.submit(
+        "dummy",
+        json!({ "steps": 1000, "step_ms": 20, "ignore_stop": true }),
+    );
+    wait_until(Duration::from_secs(20), || {
+        d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 3
+    });
     let t = std::time::Instant::now();
     assert!(d.terminate().success());
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     let db = open_db(&d.db());
     let (status, reason, cp): (String, String, String) = db
         .query_row(
@@ -70,7 +110,10 @@ fn a_job_ignoring_the_stop_request_is_recorded_at_the_grace() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((status.as_str(), reason.as_str(), cp.as_str()), ("cancelled", "shutdown", "shutdown"));
+    assert_eq!(
+        (status.as_str(), reason.as_str(), cp.as_str()),
+        ("cancelled", "shutdown", "shutdown")
+    );
 }
 
 #[test]
@@ -92,7 +135,10 @@ fn fifty_concurrent_resumes_exactly_one_wins() {
         .collect();
     let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let wins = results.iter().filter(|r| r["ok"] == true).count();
-    let refused = results.iter().filter(|r| r["error"]["code"] == "not_resumable").count();
+    let refused = results
+        .iter()
+        .filter(|r| r["error"]["code"] == "not_resumable")
+        .count();
     assert_eq!((wins, refused), (1, 49), "{results:?}");
     d.wait_status(&id, "running", 20);
     assert_eq!(d.get(&id)["attempt"], 2);
@@ -130,7 +176,9 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         d.kill9();
         {
             let db = open_db(&d.db());
-            let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+            let check: String = db
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
             assert_eq!(check, "ok", "round {round}");
         }
         d.spawn();
@@ -139,21 +187,32 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         let db = open_db(&d.db());
         for id in &acknowledged {
             let n: i64 = db
-                .query_row("SELECT count(*) FROM operations WHERE operation_id = ?1", [id], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM operations WHERE operation_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(n, 1, "acknowledged {id} lost in round {round}");
         }
         let health = d.ok(json!({ "cmd": "health" }));
         for crashed in health["recovery"]["crashed"].as_array().unwrap() {
             let s = d.status(crashed.as_str().unwrap());
-            assert!(["failed", "resuming", "running", "completed", "cancelled"].contains(&s.as_str()), "{s}");
+            assert!(
+                ["failed", "resuming", "running", "completed", "cancelled"].contains(&s.as_str()),
+                "{s}"
+            );
         }
     }
     // Eventually everything settles into a final or resumable status.
     let settled = wait_until(Duration::from_secs(60), || {
         d.ok(json!({ "cmd": "list", "active": true }))["total"] == 0
     });
-    assert!(settled, "{}", d.ok(json!({ "cmd": "list", "active": true })));
+    assert!(
+        settled,
+        "{}",
+        d.ok(json!({ "cmd": "list", "active": true }))
+    );
 }
 
 #[test]
@@ -171,14 +230,18 @@ fn an_unreadable_database_is_refused_and_left_untouched() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("opsd.db") && err.contains("untouched"), "{err}");
+    assert!(
+        err.contains("opsd.db") && err.contains("untouched"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), garbage);
     assert!(!dir.path().join("opsd.db-wal").exists());
     // A database from a newer opsd is refused too.
     let newer = dir.path().join("newer.db");
     {
         let c = rusqlite::Connection::open(&newer).unwrap();
-        c.execute_batch("CREATE TABLE t(x); PRAGMA user_version = 99;").unwrap();
+        c.execute_batch("CREATE TABLE t(x); PRAGMA user_version = 99;")
+            .unwrap();
     }
     let before = std::fs::read(&newer).unwrap();
     let out = std::process::Command::new(bin())
@@ -191,14 +254,20 @@ fn an_unreadable_database_is_refused_and_left_untouched() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("newer"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("newer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read(&newer).unwrap(), before);
 }
 
 #[test]
 fn sqlite3_reads_while_the_daemon_writes() {
     let d = Daemon::start();
-    let ids: Vec<String> = (0..5).map(|_| d.submit("dummy", json!({ "steps": 20, "step_ms": 10 }))).collect();
+    let ids: Vec<String> = (0..5)
+        .map(|_| d.submit("dummy", json!({ "steps": 20, "step_ms": 10 })))
+        .collect();
     let mut saw_running = false;
     for _ in 0..20 {
         let out = std::process::Command::new("sqlite3")
@@ -206,7 +275,11 @@ fn sqlite3_reads_while_the_daemon_writes() {
             .arg("SELECT count(*) FROM active_operations; PRAGMA journal_mode;")
             .output()
             .expect("sqlite3 is installed (see .ci/run)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(text.contains("wal"), "{text}");
         if !text.starts_with("0\n") {
@@ -231,7 +304,9 @@ fn systemd_notifications_ready_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    listener.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let sock = dir.path().join("opsd.sock");
     let mut child = std::process::Command::new(bin())
         .args(["serve", "--state-dir"])
@@ -248,7 +323,11 @@ fn systemd_notifications_ready_and_stopping() {
     assert!(msg.contains("READY=1"), "{msg}");
     // READY comes after the socket is bound.
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let n = listener.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(wait_child(&mut child, Duration::from_secs(20)).success());
@@ -258,7 +337,13 @@ fn systemd_notifications_ready_and_stopping() {
 fn the_systemd_unit_is_valid_where_systemd_analyze_exists() {
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/opsd.service");
     let text = std::fs::read_to_string(&unit).unwrap();
-    for needle in ["Type=notify", "KillMode=mixed", "StateDirectory=opsd", "RuntimeDirectory=opsd", "WatchdogSec="] {
+    for needle in [
+        "Type=notify",
+        "KillMode=mixed",
+        "StateDirectory=opsd",
+        "RuntimeDirectory=opsd",
+        "WatchdogSec=",
+    ] {
         assert!(text.contains(needle), "unit lacks {needle}");
     }
     // TimeoutStopSec must exceed the daemon's default shutdown grace.
@@ -270,7 +355,11 @@ fn the_systemd_unit_is_valid_where_systemd_analyze_exists() {
         .parse()
         .unwrap();
     assert!(stop > opsd::config::Config::default().shutdown_grace_seconds);
-    let Ok(out) = std::process::Command::new("systemd-analyze").arg("verify").arg(&unit).output() else {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+    else {
         return; // not installed here: the textual checks above still ran
     };
     let err = String::from_utf8_lossy(&out.stderr);

@@ -17,7 +17,11 @@ fn dummy_runs_to_completion_with_progress_and_metrics() {
     assert_eq!(op["attempt"], 1);
     assert_eq!(op["result_summary"]["steps"], 5);
     assert!(op["started_at"].is_string() && op["completed_at"].is_string());
-    let seqs: Vec<i64> = d.metrics(&id).iter().map(|p| p["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = d
+        .metrics(&id)
+        .iter()
+        .map(|p| p["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
 }
 
@@ -29,10 +33,16 @@ fn code(r: &Value) -> &str {
 fn every_transition_and_every_refusal() {
     let d = Daemon::start_with("flush_interval_ms = 50\n[concurrency]\ndummy = 1\n");
     // running -> failed (error)
-    let failing = d.submit("dummy", json!({ "steps": 3, "step_ms": 1, "fail_at_step": 2 }));
+    let failing = d.submit(
+        "dummy",
+        json!({ "steps": 3, "step_ms": 1, "fail_at_step": 2 }),
+    );
     let op = d.wait_status(&failing, "failed", 20);
     assert_eq!(op["stop_reason"], "error");
-    assert!(op["error_message"].as_str().unwrap().contains("step 2"), "{op}");
+    assert!(
+        op["error_message"].as_str().unwrap().contains("step 2"),
+        "{op}"
+    );
     // failed -> resuming -> running -> ... (resume) and it fails again at step 2
     d.ok(json!({ "cmd": "resume", "id": failing }));
     let op = d.wait_status(&failing, "failed", 20);
@@ -61,7 +71,11 @@ fn every_transition_and_every_refusal() {
     let op = d.get(&long);
     assert_eq!(op["stop_reason"], "user");
     let r = d.req(json!({ "cmd": "cancel", "id": waiting }));
-    assert_eq!(code(&r), "invalid_transition", "cancelling a cancelled operation: {r}");
+    assert_eq!(
+        code(&r),
+        "invalid_transition",
+        "cancelling a cancelled operation: {r}"
+    );
     let short = d.submit("dummy", json!({ "steps": 3, "step_ms": 1 }));
     let done = d.wait_status(&short, "completed", 20);
     // completed is final: cancel and resume are refused and change nothing.
@@ -73,7 +87,11 @@ fn every_transition_and_every_refusal() {
     // cancelled -> resuming
     d.ok(json!({ "cmd": "resume", "id": waiting }));
     d.wait_status(&waiting, "completed", 20);
-    assert_eq!(d.get(&waiting)["attempt"], 1, "it never ran before its cancel");
+    assert_eq!(
+        d.get(&waiting)["attempt"],
+        1,
+        "it never ran before its cancel"
+    );
     // Unknown ids.
     for cmd in ["get", "cancel", "resume", "metrics", "children"] {
         let r = d.req(json!({ "cmd": cmd, "id": "op_dummy_nope" }));
@@ -85,12 +103,18 @@ fn every_transition_and_every_refusal() {
 fn cancelling_a_running_dummy_stops_it_within_one_step() {
     let d = Daemon::start();
     let id = d.submit("dummy", json!({ "steps": 1000, "step_ms": 100 }));
-    wait_until(Duration::from_secs(20), || d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 2);
+    wait_until(Duration::from_secs(20), || {
+        d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 2
+    });
     let before = d.get(&id)["steps_completed"].as_i64().unwrap();
     let t = std::time::Instant::now();
     let r = d.ok(json!({ "cmd": "cancel", "id": id }));
     assert_eq!(r["status"], "cancelled", "{r}");
-    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     let op = d.get(&id);
     let after = op["steps_completed"].as_i64().unwrap();
     assert!(after <= before + 1, "ran {before} -> {after}");
@@ -110,14 +134,19 @@ fn cancelling_a_running_dummy_stops_it_within_one_step() {
 fn resumed_dummy_continues_metrics_without_gaps_or_repeats() {
     let d = Daemon::start();
     let id = d.submit("dummy", json!({ "steps": 30, "step_ms": 20 }));
-    wait_until(Duration::from_secs(20), || d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 5);
+    wait_until(Duration::from_secs(20), || {
+        d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 5
+    });
     d.ok(json!({ "cmd": "cancel", "id": id }));
     d.ok(json!({ "cmd": "resume", "id": id }));
     let op = d.wait_status(&id, "completed", 30);
     assert_eq!(op["attempt"], 2);
     let m = d.metrics(&id);
     let seqs: Vec<i64> = m.iter().map(|p| p["seq"].as_i64().unwrap()).collect();
-    let steps: Vec<i64> = m.iter().map(|p| p["data"]["step"].as_i64().unwrap()).collect();
+    let steps: Vec<i64> = m
+        .iter()
+        .map(|p| p["data"]["step"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
 }
@@ -130,7 +159,10 @@ fn fifty_concurrent_submits_all_land_with_distinct_ids() {
         .map(|_| {
             let s = socket.clone();
             std::thread::spawn(move || {
-                request(&s, &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 0 } }))
+                request(
+                    &s,
+                    &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 0 } }),
+                )
             })
         })
         .collect();
@@ -144,7 +176,9 @@ fn fifty_concurrent_submits_all_land_with_distinct_ids() {
         .collect();
     assert_eq!(ids.len(), 50);
     let db = open_db(&d.db());
-    let n: i64 = db.query_row("SELECT count(*) FROM operations", [], |r| r.get(0)).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM operations", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 50);
 }
 
@@ -155,13 +189,20 @@ fn list_filters_and_counts() {
     d.wait_status(&done, "completed", 20);
     let running = d.submit("dummy", json!({ "steps": 1000, "step_ms": 20 }));
     d.wait_status(&running, "running", 20);
-    let pending: Vec<String> = (0..3).map(|_| d.submit("dummy", json!({ "steps": 1 }))).collect();
+    let pending: Vec<String> = (0..3)
+        .map(|_| d.submit("dummy", json!({ "steps": 1 })))
+        .collect();
     let all = d.ok(json!({ "cmd": "list" }));
     assert_eq!(all["total"], 5);
     assert_eq!(all["active"], 4);
     let r = d.ok(json!({ "cmd": "list", "status": ["pending"] }));
     assert_eq!(r["total"], 3);
-    let listed: HashSet<String> = r["operations"].as_array().unwrap().iter().map(|o| o["operation_id"].as_str().unwrap().to_string()).collect();
+    let listed: HashSet<String> = r["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operation_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(listed, pending.iter().cloned().collect());
     let r = d.ok(json!({ "cmd": "list", "active": true, "limit": 2 }));
     assert_eq!(r["operations"].as_array().unwrap().len(), 2);
@@ -175,7 +216,10 @@ fn list_filters_and_counts() {
     let r = d.req(json!({ "cmd": "list", "status": ["bogus"] }));
     assert_eq!(r["error"]["code"], "bad_request");
     // Newest first.
-    let ops = d.ok(json!({ "cmd": "list" }))["operations"].as_array().unwrap().clone();
+    let ops = d.ok(json!({ "cmd": "list" }))["operations"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(ops.last().unwrap()["operation_id"], done.as_str());
     d.ok(json!({ "cmd": "cancel", "id": running }));
 }
@@ -183,12 +227,18 @@ fn list_filters_and_counts() {
 #[test]
 fn idempotency_key_returns_the_first_operation() {
     let d = Daemon::start();
-    let a = d.ok(json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }));
-    let b = d.ok(json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }));
+    let a = d.ok(
+        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }),
+    );
+    let b = d.ok(
+        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }),
+    );
     assert_eq!(a["operation_id"], b["operation_id"]);
     assert_eq!(a["created"], true);
     assert_eq!(b["created"], false);
-    let c = d.ok(json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-2" }));
+    let c = d.ok(
+        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-2" }),
+    );
     assert_ne!(a["operation_id"], c["operation_id"]);
     assert_eq!(d.ok(json!({ "cmd": "list" }))["total"], 2);
 }
@@ -233,7 +283,13 @@ fn parent_progress_aggregates_children_by_phase() {
     // The database agrees within a flush.
     wait_until(Duration::from_secs(5), || {
         let db = open_db(&d.db());
-        let v: f64 = db.query_row("SELECT progress_percent FROM operations WHERE operation_id = ?1", [&parent], |r| r.get(0)).unwrap();
+        let v: f64 = db
+            .query_row(
+                "SELECT progress_percent FROM operations WHERE operation_id = ?1",
+                [&parent],
+                |r| r.get(0),
+            )
+            .unwrap();
         (40.0..60.0).contains(&v)
     });
     // Cancelling the parent cancels the running child with stop_reason parent.
@@ -247,9 +303,15 @@ fn parent_progress_aggregates_children_by_phase() {
 #[test]
 fn a_panicking_job_fails_and_the_daemon_carries_on() {
     let d = Daemon::start();
-    let id = d.submit("dummy", json!({ "steps": 5, "step_ms": 1, "panic_at_step": 2 }));
+    let id = d.submit(
+        "dummy",
+        json!({ "steps": 5, "step_ms": 1, "panic_at_step": 2 }),
+    );
     let op = d.wait_status(&id, "failed", 20);
-    assert!(op["error_message"].as_str().unwrap().contains("panicked"), "{op}");
+    assert!(
+        op["error_message"].as_str().unwrap().contains("panicked"),
+        "{op}"
+    );
     let ok = d.submit("dummy", json!({ "steps": 2, "step_ms": 1 }));
     d.wait_status(&ok, "completed", 20);
 }
@@ -278,7 +340,13 @@ fn delayed_start_waits_for_run_after() {
     d.wait_status(&id, "completed", 10);
     let r = d.req(json!({ "cmd": "submit", "type": "dummy", "run_after": "someday" }));
     assert_eq!(r["error"]["code"], "bad_request");
-    assert!(r["error"]["message"].as_str().unwrap().contains("run_after"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("run_after"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -289,7 +357,11 @@ fn bad_parameters_are_refused_naming_the_key() {
         ("dummy", json!({ "stepz": 1 }), "stepz"),
         ("dummy", json!({ "steps": "many" }), "invalid type"),
         ("dummy", json!([1, 2]), "object"),
-        ("rocket", json!({}), "dummy, command, training, backtest, pipeline"),
+        (
+            "rocket",
+            json!({}),
+            "dummy, command, training, backtest, pipeline",
+        ),
     ] {
         let r = d.req(json!({ "cmd": "submit", "type": kind, "params": params }));
         assert_eq!(r["error"]["code"], "bad_request", "{r}");

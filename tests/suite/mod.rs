@@ -2,5 +2,6 @@
 
 mod cli;
 mod durability;
+mod jobs;
 mod lifecycle;
 mod protocol;

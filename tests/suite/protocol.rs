@@ -15,7 +15,9 @@ fn raw(socket: &std::path::Path, bytes: &[u8]) -> Vec<Value> {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut out = String::new();
     BufReader::new(s).read_to_string(&mut out).unwrap();
-    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn assert_error(v: &Value, code: &str) {
@@ -28,7 +30,10 @@ fn assert_error(v: &Value, code: &str) {
 fn bad_input_gets_errors_and_the_daemon_keeps_serving() {
     let d = Daemon::start();
     // Random bytes (invalid UTF-8 and JSON) on one line.
-    let mut junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).filter(|b| *b != b'\n').collect();
+    let mut junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .filter(|b| *b != b'\n')
+        .collect();
     junk.push(b'\n');
     let r = raw(&d.socket, &junk);
     assert_eq!(r.len(), 1);
@@ -48,10 +53,19 @@ fn bad_input_gets_errors_and_the_daemon_keeps_serving() {
         ("{\"id\":\"x\"}", "bad_request"),
         ("[1,2,3]", "bad_request"),
         ("{\"cmd\":\"get\",\"id\":42}", "bad_request"),
-        ("{\"cmd\":\"submit\",\"type\":\"dummy\",\"priority\":\"high\"}", "bad_request"),
+        (
+            "{\"cmd\":\"submit\",\"type\":\"dummy\",\"priority\":\"high\"}",
+            "bad_request",
+        ),
         ("{\"cmd\":\"list\",\"limit\":\"ten\"}", "bad_request"),
-        ("{\"cmd\":\"metrics\",\"id\":\"op_x\",\"cursor\":-5}", "not_found"),
-        ("{\"cmd\":\"get\",\"id\":\"op_dummy_20260101_000000_deadbeef\"}", "not_found"),
+        (
+            "{\"cmd\":\"metrics\",\"id\":\"op_x\",\"cursor\":-5}",
+            "not_found",
+        ),
+        (
+            "{\"cmd\":\"get\",\"id\":\"op_dummy_20260101_000000_deadbeef\"}",
+            "not_found",
+        ),
     ] {
         let r = raw(&d.socket, format!("{line}\n").as_bytes());
         assert_eq!(r.len(), 1, "{line}");
@@ -107,10 +121,17 @@ fn a_stale_socket_file_is_replaced() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()));
+    assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(
+        &sock
+    )
+    .is_ok()));
     let r = request(&sock, &json!({ "cmd": "health" }));
     assert_eq!(r["ok"], true);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(wait_child(&mut child, Duration::from_secs(20)).success());
     assert!(!sock.exists(), "the socket is removed on exit");
 }
@@ -120,7 +141,14 @@ fn watch_streams_until_the_end() {
     let d = Daemon::start();
     let id = d.submit("dummy", json!({ "steps": 5, "step_ms": 30 }));
     let mut s = UnixStream::connect(&d.socket).unwrap();
-    s.write_all(format!("{}\n", json!({ "cmd": "watch", "id": id, "interval_ms": 20 })).as_bytes()).unwrap();
+    s.write_all(
+        format!(
+            "{}\n",
+            json!({ "cmd": "watch", "id": id, "interval_ms": 20 })
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let mut events = Vec::new();
     for line in BufReader::new(s).lines() {
         let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
@@ -132,6 +160,9 @@ fn watch_streams_until_the_end() {
     assert!(events.len() >= 2, "{events:?}");
     let last = events.last().unwrap();
     assert_eq!(last["operation"]["status"], "completed");
-    let pcts: Vec<f64> = events.iter().map(|e| e["operation"]["progress_percent"].as_f64().unwrap()).collect();
+    let pcts: Vec<f64> = events
+        .iter()
+        .map(|e| e["operation"]["progress_percent"].as_f64().unwrap())
+        .collect();
     assert!(pcts.windows(2).all(|w| w[0] <= w[1]), "{pcts:?}");
 }
