@@ -34,6 +34,9 @@ pub struct Config {
     pub gpus: Option<Vec<String>>,
     /// Delete the checkpoint of an operation once it completes.
     pub delete_checkpoints_on_completion: bool,
+    /// Delete checkpoints of stopped operations older than this many days
+    /// (an hourly sweep); 0 keeps them forever.
+    pub checkpoint_retention_days: u64,
     /// Base delay of retry backoff, in milliseconds.
     pub retry_base_delay_ms: u64,
     /// Size cap of a command job's log file before rotation, in bytes.
@@ -58,6 +61,7 @@ impl Default for Config {
             socket_group: None,
             gpus: None,
             delete_checkpoints_on_completion: true,
+            checkpoint_retention_days: 30,
             retry_base_delay_ms: 1000,
             log_max_bytes: 64 * 1024 * 1024,
         }

@@ -398,9 +398,40 @@ impl Runtime {
 
     fn flush_loop(self: Arc<Self>) {
         let interval = self.config.flush_interval();
+        let mut last_sweep: Option<Instant> = None;
         while self.accepting() {
             std::thread::sleep(interval);
             self.flush();
+            if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                self.sweep_checkpoints();
+                last_sweep = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The retention sweep: drop checkpoints (rows and files) of stopped
+    /// operations older than `checkpoint_retention_days`.
+    pub fn sweep_checkpoints(&self) {
+        let days = self.config.checkpoint_retention_days;
+        if days == 0 {
+            return;
+        }
+        let before = ids::timestamp(chrono::Utc::now() - chrono::Duration::days(days as i64));
+        match self
+            .store
+            .write(move |c| crate::store::checkpoints::sweep_older_than(c, &before))
+        {
+            Ok(gone) => {
+                for id in &gone {
+                    let _ = std::fs::remove_dir_all(
+                        self.config.state_dir.join("checkpoints").join(id.as_str()),
+                    );
+                }
+                if !gone.is_empty() {
+                    tracing::info!(count = gone.len(), days, "deleted old checkpoints");
+                }
+            }
+            Err(e) => tracing::warn!("checkpoint retention sweep failed: {e}"),
         }
     }
 

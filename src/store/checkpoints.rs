@@ -114,3 +114,17 @@ pub fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
         .execute([id.as_str()])?;
     Ok(cp)
 }
+
+/// Delete checkpoints older than `before` whose operation is not active;
+/// returns the operation ids whose checkpoint went (to remove their files).
+pub fn sweep_older_than(conn: &Connection, before: &str) -> Result<Vec<OperationId>> {
+    let ids = conn
+        .prepare_cached(
+            "DELETE FROM operation_checkpoints WHERE created_at < ?1 AND operation_id IN ( \
+                 SELECT operation_id FROM operations WHERE status IN ('completed','failed','cancelled')) \
+             RETURNING operation_id",
+        )?
+        .query_map([before], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids.into_iter().map(OperationId).collect())
+}

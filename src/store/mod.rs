@@ -256,4 +256,52 @@ mod tests {
         assert_eq!(n, 10);
         store.close();
     }
+
+    #[test]
+    fn retention_sweep_keeps_active_and_recent_checkpoints() {
+        use crate::model::CheckpointType;
+        use crate::store::checkpoints::{self, Checkpoint};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let old = new_op(OperationType::Dummy);
+        let active = new_op(OperationType::Dummy);
+        let recent = new_op(OperationType::Dummy);
+        for (op, created, status) in [
+            (&old, "2020-01-01T00:00:00.000000Z", "cancelled"),
+            (&active, "2020-01-01T00:00:00.000000Z", "pending"),
+            (&recent, "2099-01-01T00:00:00.000000Z", "failed"),
+        ] {
+            let (op, created, status) = (op.clone(), created.to_string(), status.to_string());
+            store
+                .write(move |c| {
+                    operations::insert(c, &op, &crate::ids::now())?;
+                    c.execute(
+                        "UPDATE operations SET status = ?2 WHERE operation_id = ?1",
+                        [op.id.as_str(), &status],
+                    )?;
+                    checkpoints::save(
+                        c,
+                        &Checkpoint {
+                            operation_id: op.id.clone(),
+                            checkpoint_type: CheckpointType::Periodic,
+                            created_at: created,
+                            state: serde_json::json!({"step": 1}),
+                            artifacts_path: None,
+                            state_size_bytes: 0,
+                            artifacts_size_bytes: 0,
+                            progress_percent: None,
+                            metrics_seq: 0,
+                        },
+                    )
+                })
+                .unwrap();
+        }
+        let gone = store
+            .write(|c| checkpoints::sweep_older_than(c, "2026-01-01T00:00:00.000000Z"))
+            .unwrap();
+        assert_eq!(gone, vec![old.id]);
+        let left = store.read(checkpoints::list).unwrap();
+        assert_eq!(left.len(), 2);
+        store.close();
+    }
 }
