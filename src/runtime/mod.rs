@@ -45,6 +45,11 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Operations claimed and not yet finished, by id.
     running: Mutex<HashMap<OperationId, Arc<RunningOp>>>,
+    /// Stop requests for operations claimed but not yet in `running` (a
+    /// cancel that lands between the claim's commit and the map insert).
+    /// Guarded by the `running` lock's ordering: both sides look at each
+    /// other under it, so no request is lost.
+    early_stops: Mutex<HashMap<OperationId, (StopRequest, Option<String>)>>,
     /// Nudges the scheduler (new work, a free slot).
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
@@ -77,6 +82,7 @@ impl Runtime {
             store,
             config: config.clone(),
             running: Mutex::new(HashMap::new()),
+            early_stops: Mutex::new(HashMap::new()),
             wake_tx,
             wake_rx,
             job_tx: Mutex::new(Some(job_tx)),
@@ -270,9 +276,16 @@ impl Runtime {
             .store
             .write(move |c| ops::cancel_waiting(c, &i, reason, message.as_deref(), &now))?;
         if before == Status::Running {
-            // Claimed between our look at the map and the write: ask again.
-            if let Some(live) = self.live(id) {
-                live.request_stop(why, None);
+            // Claimed between our look at the map and the write: ask the
+            // live operation, or leave the request for the scheduler.
+            let running = self.running.lock().map_err(|_| Error::Internal("lock".into()))?;
+            match running.get(id) {
+                Some(live) => live.request_stop(why, None),
+                None => {
+                    if let Ok(mut early) = self.early_stops.lock() {
+                        early.insert(id.clone(), (why, None));
+                    }
+                }
             }
         }
         Ok(before)
@@ -384,6 +397,9 @@ impl Runtime {
             ));
             if let Ok(mut m) = self.running.lock() {
                 m.insert(op.id.clone(), running.clone());
+                if let Some((why, msg)) = self.early_stops.lock().ok().and_then(|mut e| e.remove(&op.id)) {
+                    running.request_stop(why, msg);
+                }
             }
             let sent = match self.job_tx.lock().ok().and_then(|t| t.clone()) {
                 Some(tx) => tx.send(Assignment { op, running }).is_ok(),
