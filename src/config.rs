@@ -34,6 +34,10 @@ pub struct Config {
     pub gpus: Option<Vec<String>>,
     /// Delete the checkpoint of an operation once it completes.
     pub delete_checkpoints_on_completion: bool,
+    /// Periodic checkpoints without files closer together than this many
+    /// milliseconds are skipped (resuming from the previous one is just as
+    /// correct); checkpoints on cancel and shutdown are always written.
+    pub checkpoint_min_interval_ms: u64,
     /// Delete checkpoints of stopped operations older than this many days
     /// (an hourly sweep); 0 keeps them forever.
     pub checkpoint_retention_days: u64,
@@ -62,6 +66,7 @@ impl Default for Config {
             gpus: None,
             delete_checkpoints_on_completion: true,
             checkpoint_retention_days: 30,
+            checkpoint_min_interval_ms: 2000,
             retry_base_delay_ms: 1000,
             log_max_bytes: 64 * 1024 * 1024,
         }

@@ -21,6 +21,8 @@ pub struct JobContext {
     running: Arc<RunningOp>,
     runtime: Arc<Runtime>,
     resume: Option<Checkpoint>,
+    /// When the last periodic checkpoint was written (for the rate limit).
+    last_periodic: Option<std::time::Instant>,
 }
 
 impl JobContext {
@@ -35,6 +37,7 @@ impl JobContext {
             running,
             runtime,
             resume,
+            last_periodic: None,
         }
     }
 
@@ -133,6 +136,17 @@ impl JobContext {
             Some(StopRequest::ChildFailed) => CheckpointType::Failure,
             None => CheckpointType::Periodic,
         };
+        if kind == CheckpointType::Periodic && artifacts_path.is_none() {
+            // A self-contained state may be skipped when the last one is
+            // recent: a resume from it replays a little more, identically.
+            // With files we cannot skip: the job may overwrite the files
+            // the previous row points at.
+            let min = Duration::from_millis(self.runtime.config.checkpoint_min_interval_ms);
+            if self.last_periodic.is_some_and(|t| t.elapsed() < min) {
+                return Ok(());
+            }
+            self.last_periodic = Some(std::time::Instant::now());
+        }
         self.save_checkpoint(kind, state, artifacts_path)
     }
 

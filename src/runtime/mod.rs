@@ -278,7 +278,10 @@ impl Runtime {
         if before == Status::Running {
             // Claimed between our look at the map and the write: ask the
             // live operation, or leave the request for the scheduler.
-            let running = self.running.lock().map_err(|_| Error::Internal("lock".into()))?;
+            let running = self
+                .running
+                .lock()
+                .map_err(|_| Error::Internal("lock".into()))?;
             match running.get(id) {
                 Some(live) => live.request_stop(why, None),
                 None => {
@@ -397,7 +400,12 @@ impl Runtime {
             ));
             if let Ok(mut m) = self.running.lock() {
                 m.insert(op.id.clone(), running.clone());
-                if let Some((why, msg)) = self.early_stops.lock().ok().and_then(|mut e| e.remove(&op.id)) {
+                if let Some((why, msg)) = self
+                    .early_stops
+                    .lock()
+                    .ok()
+                    .and_then(|mut e| e.remove(&op.id))
+                {
                     running.request_stop(why, msg);
                 }
             }
