@@ -128,7 +128,14 @@ pub fn build_params(json_arg: Option<&str>, pairs: &[String]) -> Result<Value, F
 }
 
 fn submit(a: super::SubmitArgs) -> Outcome {
-    let params = build_params(a.params_json.as_deref(), &a.params)?;
+    let mut params = build_params(a.params_json.as_deref(), &a.params)?;
+    if a.kind == "command" && params.get("cwd").is_none() {
+        // The daemon runs elsewhere; relative paths in argv mean the
+        // directory the user submitted from.
+        if let Ok(dir) = std::env::current_dir() {
+            params["cwd"] = json!(dir.display().to_string());
+        }
+    }
     let mut req = json!({ "cmd": "submit", "type": a.kind, "params": params, "priority": a.priority, "gpus": a.gpus });
     for (k, v) in [("parent", a.parent), ("key", a.key), ("run_after", a.run_after)] {
         if let Some(v) = v {

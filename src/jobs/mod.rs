@@ -4,6 +4,7 @@
 //! becomes a queued operation) and runs on a worker thread with a
 //! [`JobContext`]. Jobs never touch the socket or SQL directly.
 
+pub mod command;
 pub mod dummy;
 pub mod params;
 
@@ -35,6 +36,7 @@ pub trait Job: Send + Sync {
 pub fn job_for(kind: OperationType) -> &'static dyn Job {
     match kind {
         OperationType::Dummy => &dummy::DummyJob,
+        OperationType::Command => &command::CommandJob,
         _ => &Unavailable,
     }
 }

@@ -1,3 +1,4 @@
 //! The integration test modules.
 
+mod command;
 mod lifecycle;
