@@ -7,6 +7,7 @@ SIGTERM) with a weights file, resume, and flags to misbehave.
 """
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -80,9 +81,13 @@ def main():
     print(f"starting at epoch {start + 1} of {args.epochs} (attempt {opsd_job.attempt()})", flush=True)
 
     def save(epoch):
-        path = os.path.join(ckpt_dir, "weights.json")
+        # A new file per checkpoint: the one opsd last recorded must stay
+        # intact until it has read the next checkpoint line.
+        path = os.path.join(ckpt_dir, f"weights-{epoch:06d}.json")
         write_atomically(path, {"epoch": epoch, "weights": weights})
         opsd_job.checkpoint({"epoch": epoch}, path)
+        for old in sorted(glob.glob(os.path.join(ckpt_dir, "weights-*.json")))[:-2]:
+            os.remove(old)
 
     for epoch in range(start + 1, args.epochs + 1):
         deadline = time.monotonic() + args.step_ms / 1000

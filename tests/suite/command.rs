@@ -330,6 +330,25 @@ fn command_killed_by_a_signal_says_so() {
 }
 
 #[test]
+fn command_program_that_cannot_start_fails_clearly() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Executable, but its interpreter does not exist.
+    let bad = dir.path().join("not-a-program");
+    std::fs::write(&bad, "#!/no/such/interpreter\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = d.submit("command", json!({ "argv": [bad.display().to_string()] }));
+    let op = d.wait_status(&id, "failed", 30);
+    let msg = op["error_message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cannot start the program") && msg.contains("not-a-program"),
+        "{msg}"
+    );
+    assert!(msg.contains("interpreter"), "{msg}");
+}
+
+#[test]
 fn command_lots_of_stdout_keeps_memory_flat_and_the_log_capped() {
     let cap: u64 = 4 * 1024 * 1024;
     let d = Daemon::start_with(&format!("flush_interval_ms = 50\nlog_max_bytes = {cap}\n"));
