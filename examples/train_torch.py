@@ -103,9 +103,10 @@ def main():
         ck = torch.load(opsd_job.resume_checkpoint(), map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["cpu_rng"])
+        # map_location moved every tensor to the device; RNG states are set from CPU tensors.
+        torch.set_rng_state(ck["cpu_rng"].cpu())
         if device.type == "cuda" and ck["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         print(f"resumed at epoch {epoch} step {step_in_epoch} (global step {global_step})", flush=True)
     else:
