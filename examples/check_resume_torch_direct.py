@@ -1,8 +1,12 @@
+#!/usr/bin/env python3
 # Drives examples/train_torch.py the way opsd's command job does (progress
 # file, SIGTERM, checkpoint line, cut-back offset, OPSD_RESUME_*), on a GPU
-# machine without the opsd binary. Compares weights and metric sequences.
+# machine without the opsd binary: one uninterrupted run, one stopped at 30 %
+# and 70 % and resumed; compares the weights' sha256 and the metric points.
+#   python3 examples/check_resume_torch_direct.py --epochs 20 --seed 7
+# (examples/check_resume_gpu.sh does the same through a real daemon.)
 import json, os, signal, subprocess, sys, tempfile, time
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags = sys.argv[1:]
 def lines(pf):
     out, off = [], 0
