@@ -138,7 +138,9 @@ fn main() {
     let n_latency = if quick { 50 } else { 200 };
     let n_throughput = if quick { 100 } else { 500 };
     let n_lines: usize = if quick { 50_000 } else { 200_000 };
-    let d = Daemon::start("[concurrency]\ncommand = 8\n");
+    // A [concurrency] table replaces the defaults of every type, so the
+    // pipeline limit (which must stay below `workers`) is restated.
+    let d = Daemon::start("[concurrency]\ncommand = 8\npipeline = 4\n");
 
     // Launch latency: one job at a time, submit -> running as seen through
     // the socket (polled in a tight loop), and submit -> completed.
