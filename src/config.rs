@@ -43,8 +43,13 @@ pub struct Config {
     pub checkpoint_retention_days: u64,
     /// Base delay of retry backoff, in milliseconds.
     pub retry_base_delay_ms: u64,
-    /// Size cap of a command job's log file before rotation, in bytes.
+    /// Size cap of a command job's log file before rotation, in bytes
+    /// (one rotated `.1` file is kept; 0: no cap).
     pub log_max_bytes: u64,
+    /// The `nvidia-smi` used to discover GPUs and sample their use.
+    pub nvidia_smi: String,
+    /// How often a GPU operation's GPUs are sampled, in milliseconds.
+    pub gpu_sample_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             checkpoint_min_interval_ms: 2000,
             retry_base_delay_ms: 1000,
             log_max_bytes: 64 * 1024 * 1024,
+            nvidia_smi: "nvidia-smi".into(),
+            gpu_sample_interval_ms: 5000,
         }
     }
 }

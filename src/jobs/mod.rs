@@ -5,6 +5,7 @@
 //! [`JobContext`]. Jobs never touch the socket or SQL directly.
 
 pub mod backtest;
+pub mod command;
 pub mod dummy;
 pub mod params;
 pub mod pipeline;
@@ -41,18 +42,6 @@ pub fn job_for(kind: OperationType) -> &'static dyn Job {
         OperationType::Training => &training::TrainingJob,
         OperationType::Backtest => &backtest::BacktestJob,
         OperationType::Pipeline => &pipeline::PipelineJob,
-        _ => &Unavailable,
-    }
-}
-
-/// Placeholder for types not built into this binary yet: refuses at submit.
-struct Unavailable;
-
-impl Job for Unavailable {
-    fn validate(&self, _: &Value) -> Result<Value, String> {
-        Err("this operation type is not available in this build".into())
-    }
-    fn run(&self, _: &mut JobContext) -> JobOutcome {
-        JobOutcome::Failed("this operation type is not available in this build".into())
+        OperationType::Command => &command::CommandJob,
     }
 }

@@ -71,6 +71,11 @@ impl JobContext {
         &self.running.gpus
     }
 
+    /// The daemon's settings.
+    pub fn config(&self) -> &crate::config::Config {
+        &self.runtime.config
+    }
+
     /// The daemon's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.runtime.config.state_dir.clone()

@@ -73,9 +73,9 @@ impl GpuPool {
     }
 }
 
-/// GPU indices reported by `nvidia-smi`, or none when it is absent.
-pub fn discover() -> Vec<String> {
-    let out = std::process::Command::new("nvidia-smi")
+/// GPU indices reported by `nvidia_smi`, or none when it is absent.
+pub fn discover(nvidia_smi: &str) -> Vec<String> {
+    let out = std::process::Command::new(nvidia_smi)
         .args(["--query-gpu=index", "--format=csv,noheader"])
         .output();
     match out {

@@ -77,7 +77,12 @@ impl Runtime {
     pub fn start(store: Store, config: Arc<Config>) -> Result<Arc<Runtime>> {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
-        let gpu_pool = gpus::GpuPool::new(config.gpus.clone().unwrap_or_else(gpus::discover));
+        let gpu_pool = gpus::GpuPool::new(
+            config
+                .gpus
+                .clone()
+                .unwrap_or_else(|| gpus::discover(&config.nvidia_smi)),
+        );
         let rt = Arc::new(Runtime {
             store,
             config: config.clone(),

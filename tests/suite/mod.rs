@@ -1,6 +1,7 @@
 //! The integration test modules.
 
 mod cli;
+mod command;
 mod durability;
 mod jobs;
 mod lifecycle;

@@ -1,0 +1,433 @@
+//! `command`: runs the user's own program (a PyTorch training script, a
+//! backtest) as an operation (SPEC §8).
+//!
+//! ```text
+//! daemon worker ──spawn (own process group)──▶ program ──▶ grandchildren
+//!     │  ▲                                        │  │
+//!     │  └── tail OPSD_PROGRESS_FILE (JSON lines) ◀┘  │ stdout/stderr pipes
+//!     │                                              ▼
+//!     └── SIGTERM to the group on stop,      copier threads ──▶ logs/<id>.log
+//!         SIGKILL after grace_seconds
+//! ```
+//!
+//! The job's checkpoint wraps the program's:
+//! `{"script_state": .., "path": .., "progress_offset": N}`, where `N` is
+//! the progress-file offset just past the checkpoint line. The worker drops
+//! metric points recorded after a checkpoint when it resumes; the job cuts
+//! the progress file back to `N` to match, and the program, restarted from
+//! the same checkpoint, writes those lines again. So a restart neither
+//! loses nor duplicates points.
+
+mod gpu;
+mod ingest;
+mod output;
+pub mod params;
+pub mod progress;
+
+use super::{Job, JobContext, JobOutcome};
+use crate::control::{ProgressUpdate, RunControl};
+use crate::runtime::running::StopRequest;
+use ingest::{ingest, Ingest};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use output::{LogFile, Tail};
+use params::CommandParams;
+use progress::ProgressTail;
+use serde_json::{json, Map, Value};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the job loop looks at the progress file, the process and the
+/// stop request when nothing is happening. It starts at 1 ms and doubles up
+/// to this while idle, so a short program is noticed as soon as it exits
+/// and a long quiet one costs 50 wake-ups a second.
+const MAX_TICK: Duration = Duration::from_millis(20);
+
+/// Malformed progress lines reported one by one; the rest are counted.
+pub(crate) const MAX_LINE_WARNINGS: usize = 20;
+
+/// The `command` job.
+pub struct CommandJob;
+
+impl Job for CommandJob {
+    fn validate(&self, p: &Value) -> Result<Value, String> {
+        let p = params::validate(p)?;
+        serde_json::to_value(&p).map_err(|e| format!("cannot encode parameters: {e}"))
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> JobOutcome {
+        let p: CommandParams = match serde_json::from_value(ctx.params().clone()) {
+            Ok(p) => p,
+            Err(e) => return JobOutcome::Failed(format!("invalid parameters: {e}")),
+        };
+        run(ctx, &p)
+    }
+}
+
+/// Where the files of an operation live.
+pub fn log_path(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("logs").join(format!("{id}.log"))
+}
+
+/// The progress file of an operation.
+pub fn progress_path(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("progress").join(format!("{id}.jsonl"))
+}
+
+/// What a resumed attempt continues from.
+struct Resume {
+    script_state: Value,
+    path: Option<String>,
+    offset: u64,
+}
+
+fn resume_info(ctx: &JobContext) -> Option<Resume> {
+    let st = ctx.resume_state()?;
+    let path = st
+        .get("path")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .or_else(|| {
+            ctx.resume_checkpoint()
+                .and_then(|c| c.artifacts_path.clone())
+        });
+    Some(Resume {
+        script_state: st.get("script_state").cloned().unwrap_or(Value::Null),
+        path,
+        offset: st
+            .get("progress_offset")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// Text for an exit status: "exited with code 3" or "killed by signal SIGKILL (9)".
+fn describe(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(sig) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by signal {} ({sig})", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        None => format!("ended with status {status}"),
+    }
+}
+
+/// How long to wait between SIGTERM and SIGKILL: the job's grace, but
+/// within the daemon's own shutdown grace so the checkpoint is recorded
+/// before the daemon exits.
+fn grace_for(p: &CommandParams, why: StopRequest, shutdown_grace_seconds: u64) -> Duration {
+    let mut g = p.grace_seconds;
+    if why == StopRequest::Shutdown {
+        let daemon = shutdown_grace_seconds as f64;
+        g = g.min((daemon - 2.0).max(daemon * 0.5));
+    }
+    Duration::from_secs_f64(g.max(0.0))
+}
+
+fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
+    let id = ctx.id().to_string();
+    let state_dir = ctx.state_dir();
+    let config = ctx.config().clone();
+    let resume = resume_info(ctx);
+    let program = match params::resolve_program(p) {
+        Ok(prog) => prog,
+        Err(e) => return JobOutcome::Failed(format!("cannot start the program: {e}")),
+    };
+    let checkpoint_dir = match ctx.checkpoint_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            return JobOutcome::Failed(format!("cannot create the checkpoint directory: {e}"))
+        }
+    };
+    let mut tail = match ProgressTail::open(
+        &progress_path(&state_dir, &id),
+        resume.as_ref().map_or(0, |r| r.offset),
+    ) {
+        Ok(t) => t,
+        Err(e) => return JobOutcome::Failed(format!("cannot create the progress file: {e}")),
+    };
+    let log = match LogFile::open(&log_path(&state_dir, &id), config.log_max_bytes) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(e) => return JobOutcome::Failed(format!("cannot create the log file: {e}")),
+    };
+    let note = |text: String| {
+        if let Ok(mut l) = log.lock() {
+            l.write(format!("==> opsd: {text}\n").as_bytes());
+        }
+    };
+    note(format!(
+        "attempt {} {}: {}",
+        ctx.attempt(),
+        if resume.is_some() {
+            "resuming from its checkpoint"
+        } else {
+            "starting"
+        },
+        p.argv.join(" ")
+    ));
+
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg0(&p.argv[0])
+        .args(&p.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: signals reach the program's children too,
+        // and a Ctrl-C meant for a foreground daemon does not reach it.
+        .process_group(0);
+    if let Some(cwd) = &p.cwd {
+        cmd.current_dir(cwd);
+    }
+    if std::env::var_os("PYTHONUNBUFFERED").is_none() && !p.env.contains_key("PYTHONUNBUFFERED") {
+        // Python buffers stdout into a pipe; users expect `opsd logs` live.
+        cmd.env("PYTHONUNBUFFERED", "1");
+    }
+    cmd.envs(&p.env)
+        .env("OPSD_OPERATION_ID", &id)
+        .env("OPSD_ATTEMPT", ctx.attempt().to_string())
+        .env("OPSD_PROGRESS_FILE", tail.path())
+        .env("OPSD_CHECKPOINT_DIR", &checkpoint_dir);
+    if !ctx.gpus().is_empty() {
+        cmd.env("CUDA_VISIBLE_DEVICES", ctx.gpus().join(","))
+            .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    }
+    cmd.env_remove("OPSD_RESUME_STATE")
+        .env_remove("OPSD_RESUME_CHECKPOINT");
+    if let Some(r) = &resume {
+        cmd.env("OPSD_RESUME_STATE", r.script_state.to_string());
+        if let Some(path) = &r.path {
+            cmd.env("OPSD_RESUME_CHECKPOINT", path);
+        }
+    }
+    let daemon_pid = nix::unistd::getpid();
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If the daemon dies uncleanly, the program dies with it instead
+            // of running on unsupervised (a restart resumes it from its
+            // checkpoint). The signal follows the spawning worker thread,
+            // which lives as long as the daemon.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != daemon_pid {
+                return Err(std::io::Error::other(
+                    "the daemon exited while starting the program",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let mut msg = format!(
+                "cannot start the program {:?} ({}): {e}",
+                p.argv[0],
+                program.display()
+            );
+            if e.kind() == std::io::ErrorKind::NotFound && program.exists() {
+                msg.push_str(" (the interpreter on its #! line may be missing)");
+            }
+            note(msg.clone());
+            return JobOutcome::Failed(msg);
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    tracing::info!(operation = %id, pid = pid.as_raw(), "command started");
+
+    let stderr_tail = Arc::new(Mutex::new(Tail::default()));
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let mut copiers = 0;
+    if let Some(out) = child.stdout.take() {
+        if output::spawn_copier("opsd-cmd-stdout", out, log.clone(), None, done_tx.clone()).is_ok()
+        {
+            copiers += 1;
+        }
+    }
+    if let Some(err) = child.stderr.take() {
+        if output::spawn_copier(
+            "opsd-cmd-stderr",
+            err,
+            log.clone(),
+            Some(stderr_tail.clone()),
+            done_tx,
+        )
+        .is_ok()
+        {
+            copiers += 1;
+        }
+    }
+    let sampler = if ctx.gpus().is_empty() {
+        None
+    } else {
+        gpu::Sampler::start(
+            config.nvidia_smi.clone(),
+            ctx.gpus().to_vec(),
+            Duration::from_millis(config.gpu_sample_interval_ms.max(100)),
+        )
+    };
+
+    let mut state = Ingest {
+        cwd: p
+            .cwd
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("/")),
+        result: None,
+        script_context: None,
+        gpu_usage: None,
+        warnings: 0,
+    };
+    let mut term_deadline: Option<Instant> = None;
+    let mut killed = false;
+    let mut tick = Duration::from_millis(1);
+    let wait_error = loop {
+        let busy = ingest(ctx, &mut tail, &mut state, false);
+        if let Some(sample) = sampler.as_ref().and_then(gpu::Sampler::take) {
+            state.gpu_usage = Some(sample);
+            let context = state.context();
+            ctx.progress(ProgressUpdate {
+                context,
+                ..Default::default()
+            });
+        }
+        // WNOWAIT leaves the exited program a zombie, so its pid (the
+        // group id) cannot be reused before the group is cleaned up below.
+        match waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => break None,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Some(e),
+        }
+        if term_deadline.is_none() {
+            if let Some(why) = ctx.stop_request() {
+                let grace = grace_for(p, why, config.shutdown_grace_seconds);
+                note(format!(
+                    "stop requested ({}): SIGTERM, SIGKILL in {grace:?}",
+                    why.stop_reason()
+                ));
+                let _ = killpg(pid, Signal::SIGTERM);
+                term_deadline = Some(Instant::now() + grace);
+            }
+        }
+        if let Some(deadline) = term_deadline {
+            if !killed && Instant::now() >= deadline {
+                let _ = killpg(pid, Signal::SIGKILL);
+                killed = true;
+                ctx.warn(&format!(
+                    "the program did not exit within grace_seconds ({}) of SIGTERM; killed with SIGKILL",
+                    p.grace_seconds
+                ));
+            }
+        }
+        if busy {
+            tick = Duration::from_millis(1);
+        } else {
+            std::thread::sleep(tick);
+            tick = (tick * 2).min(MAX_TICK);
+        }
+    };
+    // The operation ends with its program: whatever is left in its group
+    // (data-loader workers, a forgotten background process) goes too.
+    let _ = killpg(pid, Signal::SIGKILL);
+    let status = child.wait();
+    // The copiers end when every writer of the pipes is gone; a process
+    // that left the group may hold them open, so do not wait for ever.
+    let until = Instant::now() + Duration::from_secs(5);
+    for _ in 0..copiers {
+        if done_rx.recv_deadline(until).is_err() {
+            tracing::warn!(operation = %id, "a process outside the program's group still holds its output open");
+            break;
+        }
+    }
+    while ingest(ctx, &mut tail, &mut state, true) {}
+    drop(sampler);
+    if state.warnings > MAX_LINE_WARNINGS {
+        ctx.warn(&format!(
+            "{} malformed progress lines in all were ignored",
+            state.warnings
+        ));
+    }
+
+    let status = match (wait_error, status) {
+        (None, Ok(s)) => s,
+        (Some(e), _) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
+        (_, Err(e)) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
+    };
+    let how = describe(&status);
+    note(format!("the program {how}"));
+    tracing::info!(operation = %id, "command {how}");
+    if ctx.stop_request().is_some() {
+        return JobOutcome::Stopped;
+    }
+    if status.success() {
+        let _ = std::fs::remove_file(tail.path());
+        ctx.progress(ProgressUpdate {
+            percentage: Some(100.0),
+            ..Default::default()
+        });
+        let mut result = match state.result {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        result.insert("exit_code".into(), json!(0));
+        return JobOutcome::Completed(Value::Object(result));
+    }
+    let stderr = stderr_tail
+        .lock()
+        .map(|t| t.last_lines(output::STDERR_TAIL_LINES))
+        .unwrap_or_default();
+    let mut msg = format!("{:?} {how}", p.argv[0]);
+    if stderr.is_empty() {
+        msg.push_str(" (nothing on stderr)");
+    } else {
+        msg.push_str("; last lines of stderr:\n");
+        msg.push_str(&stderr);
+    }
+    JobOutcome::Failed(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_well() {
+        assert_eq!(
+            describe(&ExitStatus::from_raw(3 << 8)),
+            "exited with code 3"
+        );
+        assert_eq!(
+            describe(&ExitStatus::from_raw(9)),
+            "killed by signal SIGKILL (9)"
+        );
+    }
+
+    #[test]
+    fn shutdown_grace_stays_within_the_daemons() {
+        let p = params::validate(&json!({ "argv": ["true"] })).unwrap();
+        assert_eq!(
+            grace_for(&p, StopRequest::User, 10),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            grace_for(&p, StopRequest::Shutdown, 10),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            grace_for(&p, StopRequest::Shutdown, 60),
+            Duration::from_secs(30)
+        );
+    }
+}

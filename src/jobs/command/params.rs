@@ -1,0 +1,221 @@
+//! Parameters of `command` (SPEC §8): checked at submit so that a typo in
+//! a path is an error on the user's terminal, not a failed operation an
+//! hour later in the queue.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Keys `command` accepts.
+const KNOWN: [&str; 4] = ["argv", "cwd", "env", "grace_seconds"];
+
+/// Longest grace accepted: a day. More is surely a unit mistake.
+const MAX_GRACE_SECONDS: f64 = 86_400.0;
+
+/// Parameters of `command`, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandParams {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Working directory (absolute); the daemon's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping [30].
+    #[serde(default = "default_grace")]
+    pub grace_seconds: f64,
+}
+
+fn default_grace() -> f64 {
+    30.0
+}
+
+/// Check submitted parameters; the error names the offending key.
+pub fn validate(params: &Value) -> Result<CommandParams, String> {
+    let empty = Map::new();
+    let obj = match params {
+        Value::Null => &empty,
+        Value::Object(m) => m,
+        _ => return Err("parameters must be a JSON object".into()),
+    };
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown parameter `{k}`; known: {}",
+            KNOWN.join(", ")
+        ));
+    }
+    let argv =
+        match obj.get("argv") {
+            None | Some(Value::Null) => return Err(
+                r#"argv is required: the program and its arguments, e.g. ["python3", "train.py"]"#
+                    .into(),
+            ),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err("argv must be an array of strings".into()),
+        };
+    if argv.is_empty() {
+        return Err("argv must not be empty: it names the program to run".into());
+    }
+    let mut args = Vec::with_capacity(argv.len());
+    for (i, a) in argv.iter().enumerate() {
+        let Some(s) = a.as_str() else {
+            return Err(format!("argv[{i}] must be a string (got {a})"));
+        };
+        if s.contains('\0') {
+            return Err(format!("argv[{i}] contains a NUL byte"));
+        }
+        args.push(s.to_string());
+    }
+    let cwd = match obj.get("cwd") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let p = Path::new(s);
+            if !p.is_absolute() {
+                return Err(format!("cwd must be an absolute path (got {s:?})"));
+            }
+            if !p.is_dir() {
+                return Err(format!("cwd {s:?} is not a directory"));
+            }
+            Some(s.clone())
+        }
+        Some(v) => return Err(format!("cwd must be a string (got {v})")),
+    };
+    let mut env = BTreeMap::new();
+    match obj.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return Err(format!("env: {k:?} is not a valid variable name"));
+                }
+                let Some(s) = v.as_str() else {
+                    return Err(format!("env.{k} must be a string (got {v})"));
+                };
+                if s.contains('\0') {
+                    return Err(format!("env.{k} contains a NUL byte"));
+                }
+                env.insert(k.clone(), s.to_string());
+            }
+        }
+        Some(v) => return Err(format!("env must be an object of strings (got {v})")),
+    }
+    let grace_seconds = match obj.get("grace_seconds") {
+        None | Some(Value::Null) => default_grace(),
+        Some(v) => match v.as_f64() {
+            Some(g) if (0.0..=MAX_GRACE_SECONDS).contains(&g) => g,
+            _ => {
+                return Err(format!(
+                    "grace_seconds must be a number between 0 and {MAX_GRACE_SECONDS} (got {v})"
+                ))
+            }
+        },
+    };
+    let p = CommandParams {
+        argv: args,
+        cwd,
+        env,
+        grace_seconds,
+    };
+    resolve_program(&p)?;
+    Ok(p)
+}
+
+/// The executable `argv[0]` names: a path (relative to `cwd`) when it holds
+/// a slash, else the first match on `PATH` (the job's `env.PATH` when set,
+/// as the child will see it). Errors say what was looked at.
+pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
+    let prog = p.argv.first().map(String::as_str).unwrap_or_default();
+    if prog.is_empty() {
+        return Err("argv[0] must not be empty: it names the program to run".into());
+    }
+    let base = match &p.cwd {
+        Some(c) => PathBuf::from(c),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    };
+    if prog.contains('/') {
+        let path = base.join(prog);
+        return match std::fs::metadata(&path) {
+            Err(e) => Err(format!("argv[0] {prog:?} cannot be used: {} ({e})", path.display())),
+            Ok(m) if !m.is_file() => Err(format!("argv[0] {prog:?} is not a file ({})", path.display())),
+            Ok(_) if !executable(&path) => Err(format!(
+                "argv[0] {prog:?} is not executable: `chmod +x` it, or run it through its interpreter, e.g. [\"python3\", {prog:?}]"
+            )),
+            Ok(_) => Ok(path),
+        };
+    }
+    let path_var: OsString = match p.env.get("PATH") {
+        Some(v) => v.into(),
+        None => std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    };
+    for dir in std::env::split_paths(&path_var) {
+        // An empty PATH entry means the working directory.
+        let dir = if dir.as_os_str().is_empty() {
+            base.clone()
+        } else {
+            base.join(dir)
+        };
+        let candidate = dir.join(prog);
+        if candidate.is_file() && executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "argv[0] {prog:?} was not found on PATH ({}); give its full path",
+        path_var.to_string_lossy()
+    ))
+}
+
+fn executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> String {
+        validate(&v).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_and_path_lookup() {
+        let p = validate(&json!({ "argv": ["true"] })).unwrap();
+        assert_eq!(p.grace_seconds, 30.0);
+        assert!(p.cwd.is_none() && p.env.is_empty());
+        assert!(resolve_program(&p).unwrap().is_absolute());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(json!({})).starts_with("argv is required"));
+        assert!(err(json!({ "argv": [] })).contains("argv must not be empty"));
+        assert!(err(json!({ "argv": "true" })).contains("argv must be an array"));
+        assert!(err(json!({ "argv": ["true", 3] })).contains("argv[1]"));
+        assert!(err(json!({ "argv": ["no-such-program-opsd"] })).contains("argv[0]"));
+        assert!(err(json!({ "argv": ["/no/such/file"] })).contains("argv[0]"));
+        assert!(err(json!({ "argv": ["true"], "cwd": "rel" })).contains("cwd"));
+        assert!(err(json!({ "argv": ["true"], "cwd": "/no/such/dir" })).contains("cwd"));
+        assert!(err(json!({ "argv": ["true"], "env": { "A": 1 } })).contains("env.A"));
+        assert!(err(json!({ "argv": ["true"], "grace_seconds": -1 })).contains("grace_seconds"));
+        assert!(err(json!({ "argv": ["true"], "gpu": 1 })).contains("`gpu`"));
+    }
+
+    #[test]
+    fn relative_programs_resolve_against_cwd_and_must_be_executable() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let cwd = d.path().to_str().unwrap();
+        let e = err(json!({ "argv": ["./run.sh"], "cwd": cwd }));
+        assert!(e.contains("not executable"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = validate(&json!({ "argv": ["./run.sh"], "cwd": cwd })).unwrap();
+        assert_eq!(resolve_program(&p).unwrap(), d.path().join("./run.sh"));
+    }
+}
