@@ -1,0 +1,91 @@
+//! The flusher thread: writes dirty progress slots and queued metric
+//! points every `flush_interval_ms` in one transaction, refreshes parents'
+//! aggregate progress, and runs the hourly checkpoint retention sweep.
+
+use super::running::RunningOp;
+use super::Runtime;
+use crate::ids;
+use crate::store::operations as ops;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Runtime {
+    pub(super) fn flush_loop(self: Arc<Self>) {
+        let interval = self.config.flush_interval();
+        let mut last_sweep: Option<Instant> = None;
+        while self.accepting() {
+            std::thread::sleep(interval);
+            self.flush();
+            if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                self.sweep_checkpoints();
+                last_sweep = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The retention sweep: drop checkpoints (rows and files) of stopped
+    /// operations older than `checkpoint_retention_days`.
+    pub fn sweep_checkpoints(&self) {
+        let days = self.config.checkpoint_retention_days;
+        if days == 0 {
+            return;
+        }
+        let before = ids::timestamp(chrono::Utc::now() - chrono::Duration::days(days as i64));
+        match self
+            .store
+            .write(move |c| crate::store::checkpoints::sweep_older_than(c, &before))
+        {
+            Ok(gone) => {
+                for id in &gone {
+                    let _ = std::fs::remove_dir_all(
+                        self.config.state_dir.join("checkpoints").join(id.as_str()),
+                    );
+                }
+                if !gone.is_empty() {
+                    tracing::info!(count = gone.len(), days, "deleted old checkpoints");
+                }
+            }
+            Err(e) => tracing::warn!("checkpoint retention sweep failed: {e}"),
+        }
+    }
+
+    /// Write every dirty progress slot and queued metric point, then
+    /// refresh the aggregate progress of their parents. Waits for commit.
+    pub fn flush(&self) {
+        let live: Vec<Arc<RunningOp>> = self
+            .running
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut batch = Vec::new();
+        let mut parents = Vec::new();
+        for op in live {
+            if let Some((progress, points)) = op.take_dirty() {
+                if let Some(p) = &op.parent {
+                    parents.push(p.clone());
+                }
+                batch.push((op.id.clone(), progress, points));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        parents.sort();
+        parents.dedup();
+        let r = self.store.write(move |c| {
+            for (id, progress, points) in &batch {
+                if !points.is_empty() {
+                    crate::store::metrics::append(c, id, points)?;
+                }
+                ops::write_progress(c, id, progress)?;
+            }
+            for p in &parents {
+                ops::refresh_parent_progress(c, p)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("flushing progress failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The scheduler thread: claims runnable operations type by type, as many
+//! as there are free slots (and GPUs), registers them as running and hands
+//! them to the workers. It sleeps until nudged (a submit, a freed slot) or
+//! for 200 ms, which picks up delayed (`run_after`) work.
+
+use super::running::RunningOp;
+use super::{Assignment, Runtime};
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::OperationType;
+use crate::store::operations as ops;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Runtime {
+    pub(super) fn schedule_loop(self: Arc<Self>) {
+        while self.accepting() {
+            if let Err(e) = self.claim_round() {
+                tracing::error!("claiming operations failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // Sleep until nudged; the timeout picks up delayed (run_after) work.
+            let _ = self.wake_rx.recv_timeout(Duration::from_millis(200));
+        }
+    }
+
+    /// Claim as much work as there are free slots for, type by type.
+    fn claim_round(&self) -> Result<()> {
+        let (free_total, per_kind) = {
+            let running = self
+                .running
+                .lock()
+                .map_err(|_| Error::Internal("lock".into()))?;
+            let mut counts: HashMap<OperationType, usize> = HashMap::new();
+            for op in running.values() {
+                *counts.entry(op.kind).or_default() += 1;
+            }
+            let free_total = self.config.workers.saturating_sub(running.len());
+            let per_kind: Vec<(OperationType, usize)> = OperationType::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        *k,
+                        self.config
+                            .limit(*k)
+                            .saturating_sub(counts.get(k).copied().unwrap_or(0)),
+                    )
+                })
+                .filter(|(_, free)| *free > 0)
+                .collect();
+            (free_total, per_kind)
+        };
+        if free_total == 0 || per_kind.is_empty() {
+            return Ok(());
+        }
+        let free_gpus = self.gpus.lock().map(|g| g.free_count()).unwrap_or(0) as i64;
+        let now = ids::now();
+        let claimed = self.store.write(move |c| {
+            let mut out = Vec::new();
+            let mut budget = free_total;
+            let mut gpus_left = free_gpus;
+            for (kind, free) in per_kind {
+                let mut n = free.min(budget);
+                // GPU operations one at a time, while GPUs are free.
+                while n > 0 && gpus_left > 0 {
+                    let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
+                    let Some(op) = got.into_iter().next() else {
+                        break;
+                    };
+                    gpus_left -= op.gpus_requested;
+                    n -= 1;
+                    budget -= 1;
+                    out.push(op);
+                }
+                if n > 0 {
+                    let got = ops::claim(c, &now, kind, 0..=0, n)?;
+                    budget -= got.len();
+                    out.extend(got);
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            Ok(out)
+        })?;
+        for op in claimed {
+            let assigned = if op.gpus_requested > 0 {
+                self.gpus
+                    .lock()
+                    .map(|mut g| g.take(&op.id, op.gpus_requested as usize))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if !assigned.is_empty() {
+                let (i, a) = (op.id.clone(), assigned.clone());
+                self.store
+                    .writer()
+                    .submit(move |c| ops::set_gpus(c, &i, &a), |_| {});
+            }
+            let running = Arc::new(RunningOp::new(
+                op.id.clone(),
+                op.kind,
+                op.parent.clone(),
+                op.progress_percent,
+                assigned,
+            ));
+            if let Ok(mut m) = self.running.lock() {
+                m.insert(op.id.clone(), running.clone());
+                if let Some((why, msg)) = self
+                    .early_stops
+                    .lock()
+                    .ok()
+                    .and_then(|mut e| e.remove(&op.id))
+                {
+                    running.request_stop(why, msg);
+                }
+            }
+            let sent = match self.job_tx.lock().ok().and_then(|t| t.clone()) {
+                Some(tx) => tx.send(Assignment { op, running }).is_ok(),
+                None => false,
+            };
+            if !sent {
+                tracing::error!("no workers to run a claimed operation");
+            }
+        }
+        Ok(())
+    }
+}
