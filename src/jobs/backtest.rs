@@ -4,7 +4,6 @@
 
 use super::{Job, JobContext, JobOutcome};
 use crate::market::backtest::{run_backtest, BacktestOutcome, BacktestState};
-use crate::market::ohlcv::load_csv;
 use crate::market::params::{BacktestParams, StrategyKind};
 use crate::ml::Model;
 use serde_json::Value;
@@ -34,9 +33,12 @@ impl Job for BacktestJob {
             Ok(p) => p,
             Err(e) => return JobOutcome::Failed(e),
         };
-        let bars = match load_csv(Path::new(&params.data)) {
-            Ok(b) => b,
-            Err(e) => return JobOutcome::Failed(e.to_string()),
+        let (bars, resume) = match (
+            super::load_bars(Path::new(&params.data)),
+            super::resume_as::<BacktestState>(ctx, "backtest"),
+        ) {
+            (Ok(b), Ok(r)) => (b, r),
+            (Err(o), _) | (_, Err(o)) => return o,
         };
         let signals = match (params.strategy, &params.model) {
             (StrategyKind::Model, Some(path)) => match Model::load(Path::new(path)) {
@@ -48,22 +50,8 @@ impl Job for BacktestJob {
             }
             _ => None,
         };
-        let resume = match ctx.resume_state() {
-            Some(s) => match serde_json::from_value::<BacktestState>(s.clone()) {
-                Ok(st) => Some(st),
-                Err(e) => {
-                    return JobOutcome::Failed(format!(
-                        "the checkpoint does not fit this backtest: {e}"
-                    ))
-                }
-            },
-            None => None,
-        };
         match run_backtest(&bars, &params, signals.as_deref(), resume, ctx) {
-            Ok(BacktestOutcome::Completed(result)) => match serde_json::to_value(&result) {
-                Ok(v) => JobOutcome::Completed(v),
-                Err(e) => JobOutcome::Failed(format!("cannot encode the result: {e}")),
-            },
+            Ok(BacktestOutcome::Completed(result)) => super::completed(&result),
             Ok(BacktestOutcome::Stopped(_)) => JobOutcome::Stopped,
             Err(e) => JobOutcome::Failed(e),
         }

@@ -45,3 +45,32 @@ pub fn job_for(kind: OperationType) -> &'static dyn Job {
         OperationType::Command => &command::CommandJob,
     }
 }
+
+/// The checkpoint state to resume from, as `T`; a failure naming `what`
+/// when it does not fit (a checkpoint from another version or run).
+pub(crate) fn resume_as<T: serde::de::DeserializeOwned>(
+    ctx: &JobContext,
+    what: &str,
+) -> Result<Option<T>, JobOutcome> {
+    ctx.resume_state()
+        .map(|s| {
+            serde_json::from_value(s.clone()).map_err(|e| {
+                JobOutcome::Failed(format!("the checkpoint does not fit this {what}: {e}"))
+            })
+        })
+        .transpose()
+}
+
+/// A result summary as a completed outcome.
+pub(crate) fn completed<T: serde::Serialize>(result: &T) -> JobOutcome {
+    match serde_json::to_value(result) {
+        Ok(v) => JobOutcome::Completed(v),
+        Err(e) => JobOutcome::Failed(format!("cannot encode the result: {e}")),
+    }
+}
+
+/// Load the bars of a market job, or the failure naming the file and line.
+pub(crate) fn load_bars(path: &std::path::Path) -> Result<crate::market::ohlcv::Bars, JobOutcome> {
+    crate::market::ohlcv::load_csv(std::path::Path::new(path))
+        .map_err(|e| JobOutcome::Failed(e.to_string()))
+}

@@ -99,64 +99,23 @@ impl Job for PipelineJob {
             ..Default::default()
         });
 
-        // Phase 1: training.
-        let training = match &state.training {
-            Some(id) => id.clone(),
-            None => match ctx.submit_child(
-                OperationType::Training,
-                params.training_params(),
-                Some(TRAINING_PHASE),
-                true,
-            ) {
-                Ok(id) => {
-                    state.training = Some(id.clone());
-                    if let Err(e) = save(ctx, &state) {
-                        return JobOutcome::Failed(e);
-                    }
-                    id
-                }
-                Err(e) => return JobOutcome::Failed(format!("could not start the training: {e}")),
-            },
-        };
-        step(ctx, "training", 0, &training);
-        let trained = match run_child(ctx, &training) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return JobOutcome::Stopped,
-            Err(e) => return JobOutcome::Failed(format!("training {training} failed: {e}")),
-        };
-        let model = trained["artifacts"]["model_path"]
+        let (training, trained) =
+            match phase(ctx, &mut state, Phase::Training, params.training_params()) {
+                Ok(done) => done,
+                Err(outcome) => return outcome,
+            };
+        let Some(model) = trained["artifacts"]["model_path"]
             .as_str()
-            .map(str::to_string);
-        let Some(model) = model else {
+            .map(str::to_string)
+        else {
             return JobOutcome::Failed(format!(
                 "training {training} finished without a model_path"
             ));
         };
-
-        // Phase 2: backtest of the trained model.
-        let backtest = match &state.backtest {
-            Some(id) => id.clone(),
-            None => match ctx.submit_child(
-                OperationType::Backtest,
-                params.backtest_params(Some(&model)),
-                Some(BACKTEST_PHASE),
-                true,
-            ) {
-                Ok(id) => {
-                    state.backtest = Some(id.clone());
-                    if let Err(e) = save(ctx, &state) {
-                        return JobOutcome::Failed(e);
-                    }
-                    id
-                }
-                Err(e) => return JobOutcome::Failed(format!("could not start the backtest: {e}")),
-            },
-        };
-        step(ctx, "backtest", 1, &backtest);
-        let tested = match run_child(ctx, &backtest) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return JobOutcome::Stopped,
-            Err(e) => return JobOutcome::Failed(format!("backtest {backtest} failed: {e}")),
+        let backtest_params = params.backtest_params(Some(&model));
+        let (backtest, tested) = match phase(ctx, &mut state, Phase::Backtest, backtest_params) {
+            Ok(done) => done,
+            Err(outcome) => return outcome,
         };
         ctx.progress(ProgressUpdate {
             percentage: Some(100.0),
@@ -171,6 +130,66 @@ impl Job for PipelineJob {
             "training": trained,
             "backtest": tested,
         }))
+    }
+}
+
+/// The pipeline's two phases.
+#[derive(Clone, Copy)]
+enum Phase {
+    Training,
+    Backtest,
+}
+
+impl Phase {
+    fn kind(self) -> OperationType {
+        match self {
+            Phase::Training => OperationType::Training,
+            Phase::Backtest => OperationType::Backtest,
+        }
+    }
+    fn range(self) -> (f64, f64) {
+        match self {
+            Phase::Training => TRAINING_PHASE,
+            Phase::Backtest => BACKTEST_PHASE,
+        }
+    }
+    fn index(self) -> i64 {
+        self as i64
+    }
+    fn slot(self, state: &mut PipelineState) -> &mut Option<OperationId> {
+        match self {
+            Phase::Training => &mut state.training,
+            Phase::Backtest => &mut state.backtest,
+        }
+    }
+}
+
+/// Run one phase: create its child once (its id goes into the checkpoint
+/// before anything else happens), pick it up again on a resumed attempt,
+/// and wait for it. `Err` is the outcome the pipeline should return.
+fn phase(
+    ctx: &mut JobContext,
+    state: &mut PipelineState,
+    phase: Phase,
+    params: Value,
+) -> Result<(OperationId, Value), JobOutcome> {
+    let name = phase.kind().as_str();
+    let child = match phase.slot(state).clone() {
+        Some(id) => id,
+        None => {
+            let id = ctx
+                .submit_child(phase.kind(), params, Some(phase.range()), true)
+                .map_err(|e| JobOutcome::Failed(format!("could not start the {name}: {e}")))?;
+            *phase.slot(state) = Some(id.clone());
+            save(ctx, state).map_err(JobOutcome::Failed)?;
+            id
+        }
+    };
+    step(ctx, name, phase.index(), &child);
+    match run_child(ctx, &child) {
+        Ok(Some(result)) => Ok((child, result)),
+        Ok(None) => Err(JobOutcome::Stopped),
+        Err(e) => Err(JobOutcome::Failed(format!("{name} {child} failed: {e}"))),
     }
 }
 

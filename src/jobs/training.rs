@@ -3,10 +3,8 @@
 //! under the state directory, resume state in and out.
 
 use super::{Job, JobContext, JobOutcome};
-use crate::market::ohlcv::load_csv;
 use crate::ml::{run_training, TrainingOutcome, TrainingParams, TrainingState};
 use serde_json::Value;
-use std::path::Path;
 
 /// The `training` job.
 pub struct TrainingJob;
@@ -23,20 +21,12 @@ impl Job for TrainingJob {
             Ok(p) => p,
             Err(e) => return JobOutcome::Failed(e),
         };
-        let bars = match load_csv(Path::new(&params.data)) {
-            Ok(b) => b,
-            Err(e) => return JobOutcome::Failed(e.to_string()),
-        };
-        let resume = match ctx.resume_state() {
-            Some(s) => match serde_json::from_value::<TrainingState>(s.clone()) {
-                Ok(st) => Some(st),
-                Err(e) => {
-                    return JobOutcome::Failed(format!(
-                        "the checkpoint does not fit this training run: {e}"
-                    ))
-                }
-            },
-            None => None,
+        let (bars, resume) = match (
+            super::load_bars(&params.data),
+            super::resume_as::<TrainingState>(ctx, "training run"),
+        ) {
+            (Ok(b), Ok(r)) => (b, r),
+            (Err(o), _) | (_, Err(o)) => return o,
         };
         let model_path = match ctx.artifacts_dir() {
             Ok(d) => d.join("model.json"),
@@ -45,10 +35,7 @@ impl Job for TrainingJob {
             }
         };
         match run_training(&bars, &params, &model_path, resume, ctx) {
-            Ok(TrainingOutcome::Completed(result)) => match serde_json::to_value(&result) {
-                Ok(v) => JobOutcome::Completed(v),
-                Err(e) => JobOutcome::Failed(format!("cannot encode the result: {e}")),
-            },
+            Ok(TrainingOutcome::Completed(result)) => super::completed(&result),
             Ok(TrainingOutcome::Stopped(_)) => JobOutcome::Stopped,
             Err(e) => JobOutcome::Failed(e),
         }
