@@ -1,0 +1,106 @@
+//! Section 3: end-to-end lifecycle of no-op operations.
+//!
+//! `dummy` with `steps: 0` submitted in bulk (`submit_batch`, one durable
+//! commit per batch) to a fresh daemon that runs them: each one is
+//! inserted, claimed, run and completed, every step committed durably by
+//! the writer. The clock runs from the first submit until `list` reports
+//! no active operation; the completed count is then checked in the
+//! database, so nothing is counted that did not finish.
+
+use crate::daemon::{line, Bench, Slots};
+use crate::stats::{median, spread, thousands, verdict, Table};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Operations per `submit_batch` request (well under the 1 MiB line limit).
+const BATCH: usize = 5_000;
+
+/// One lifecycle run: (ops/s end to end, seconds spent submitting).
+fn once(ops: usize, slots: Slots) -> (f64, f64) {
+    let bench = Bench::fresh(slots);
+    let mut conn = bench.client();
+    let one = json!({"type": "dummy", "params": {"steps": 0}});
+    let batches: Vec<Vec<u8>> = (0..ops.div_ceil(BATCH))
+        .map(|b| {
+            let n = BATCH.min(ops - b * BATCH);
+            line(&json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}))
+        })
+        .collect();
+    let active = line(&json!({"cmd": "list", "active": true, "limit": 0}));
+    let t = Instant::now();
+    for b in &batches {
+        conn.raw(b);
+    }
+    let submitted = t.elapsed().as_secs_f64();
+    loop {
+        let v: Value = serde_json::from_str(conn.raw(&active)).expect("JSON");
+        if v["active"].as_i64() == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let completed = bench
+        .daemon
+        .as_ref()
+        .expect("running")
+        .runtime
+        .store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM operations WHERE status = 'completed'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .expect("count");
+    assert_eq!(completed as usize, ops, "every operation must complete");
+    (ops as f64 / elapsed, submitted)
+}
+
+/// Run section 3 for each worker setting, `runs` times each.
+pub fn run(runs: usize, ops: usize, workers: &[usize]) {
+    let mut t = Table::new(
+        &format!(
+            "3. End-to-end lifecycle, {} no-op dummies via submit_batch, median of {runs} runs",
+            thousands(ops as f64)
+        ),
+        &[
+            "workers = concurrency.dummy",
+            "ops/s (median)",
+            "runs",
+            "submit part (s, median)",
+            "target",
+            "verdict",
+        ],
+    );
+    for &w in workers {
+        let mut rates = Vec::new();
+        let mut submit = Vec::new();
+        for i in 0..runs {
+            let (r, s) = once(
+                ops,
+                Slots {
+                    workers: w,
+                    dummy: w,
+                },
+            );
+            eprintln!(
+                "  workers {w}, run {}/{runs}: {r:.0} ops/s (submitting took {s:.2} s)",
+                i + 1
+            );
+            rates.push(r);
+            submit.push(s);
+        }
+        let m = median(&rates);
+        t.row(vec![
+            w.to_string(),
+            thousands(m),
+            spread(&rates, thousands),
+            format!("{:.2}", median(&submit)),
+            ">= 20,000 ops/s".into(),
+            verdict(m >= 20_000.0).into(),
+        ]);
+    }
+    t.print();
+}
