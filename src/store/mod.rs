@@ -216,6 +216,28 @@ mod tests {
     }
 
     #[test]
+    fn a_colliding_id_gets_a_new_suffix_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let first = new_op(OperationType::Dummy);
+        let twin = first.clone();
+        let (a, b) = store
+            .write(move |c| {
+                let now = crate::ids::now();
+                Ok((operations::insert(c, &first, &now)?, operations::insert(c, &twin, &now)?))
+            })
+            .unwrap();
+        assert!(a.2 && b.2, "both inserted");
+        assert_ne!(a.0, b.0);
+        assert_eq!(a.0.as_str().len(), b.0.as_str().len());
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 2);
+        store.close();
+    }
+
+    #[test]
     fn a_failing_request_in_a_batch_does_not_undo_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();

@@ -37,28 +37,45 @@ pub fn insert(conn: &Connection, op: &NewOperation, now: &str) -> Result<(Operat
             return Err(Error::NotFound(format!("parent operation {parent} does not exist")));
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
-         priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
-         fail_parent, gpus_requested, max_attempts, run_after) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        op.id.as_str(),
-        op.parent.as_ref().map(|p| p.as_str()),
-        op.kind.as_str(),
-        op.priority,
-        now,
-        op.metadata.to_string(),
-        op.idempotency_key,
-        op.phase.map(|p| p.0),
-        op.phase.map(|p| p.1),
-        op.fail_parent as i64,
-        op.gpus,
-        op.max_attempts,
-        op.run_after,
-    ])?;
-    Ok((op.id.clone(), Status::Pending, true))
+    // Ids made in the same second share everything but 32 random bits;
+    // at the rates group commit allows (thousands a second) two of them
+    // collide every few seconds. A failed INSERT changes nothing, so draw
+    // a new suffix and insert again instead of failing the submit.
+    let mut id = op.id.clone();
+    for attempt in 0.. {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
+                 priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
+                 fail_parent, gpus_requested, max_attempts, run_after) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                id.as_str(),
+                op.parent.as_ref().map(|p| p.as_str()),
+                op.kind.as_str(),
+                op.priority,
+                now,
+                op.metadata.to_string(),
+                op.idempotency_key,
+                op.phase.map(|p| p.0),
+                op.phase.map(|p| p.1),
+                op.fail_parent as i64,
+                op.gpus,
+                op.max_attempts,
+                op.run_after,
+            ]);
+        match inserted {
+            Ok(_) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY && attempt < 16 =>
+            {
+                id = id.with_new_suffix();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((id, Status::Pending, true))
 }
 
 /// One operation by id.
