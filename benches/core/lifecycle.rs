@@ -28,10 +28,28 @@ fn once(ops: usize, slots: Slots) -> (f64, f64) {
         .collect();
     let active = line(&json!({"cmd": "list", "active": true, "limit": 0}));
     let t = Instant::now();
+    let mut last = String::new();
     for b in &batches {
-        conn.raw(b);
+        let v: Value = serde_json::from_str(conn.raw(b)).expect("JSON");
+        let ids = v["operations"].as_array().expect("operations");
+        last = ids.last().expect("one")["operation_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
     }
     let submitted = t.elapsed().as_secs_f64();
+    // Wait for the last one submitted with a cheap `get` (claims go by
+    // age, so it is among the last to run), then confirm with `list`
+    // that nothing is active. Polling `list` alone would count every
+    // pending row on each poll and take CPU from the daemon.
+    let last = line(&json!({"cmd": "get", "id": last}));
+    loop {
+        let v: Value = serde_json::from_str(conn.raw(&last)).expect("JSON");
+        if v["operation"]["status"] == "completed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     loop {
         let v: Value = serde_json::from_str(conn.raw(&active)).expect("JSON");
         if v["active"].as_i64() == Some(0) {
