@@ -187,6 +187,29 @@ mod tests {
     }
 
     #[test]
+    fn claiming_resuming_rows_does_not_walk_the_whole_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
+                     WHERE status = 'resuming' AND +operation_type = ?1 \
+                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
+                )?;
+                let rows = stmt
+                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(text.contains("idx_operations_status_created (status=?)"), "{text}");
+        store.close();
+    }
+
+    #[test]
     fn claim_orders_by_priority_then_age_and_counts_attempts() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();

@@ -193,13 +193,20 @@ pub fn claim(
         if left == 0 {
             break;
         }
+        // Pending rows are found through the partial index on runnable
+        // rows, which needs the plain `operation_type = ?2`. Resuming rows
+        // have no such index: left to itself SQLite then walks every row of
+        // the type (all of history) and sorts them on each claim round.
+        // `+operation_type` keeps it on (status, created_at), where the few
+        // resuming rows are.
+        let kind_term = if from == "pending" { "operation_type" } else { "+operation_type" };
         // `from` is one of two literals above, never user text.
         let sql = format!(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = ?1, updated_at = ?1, stop_reason = NULL, error_message = NULL \
              WHERE operation_id IN ( \
                  SELECT operation_id FROM operations \
-                 WHERE status = '{from}' AND operation_type = ?2 \
+                 WHERE status = '{from}' AND {kind_term} = ?2 \
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
                  ORDER BY priority DESC, created_at, operation_id LIMIT ?5) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
