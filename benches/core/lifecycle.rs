@@ -8,15 +8,27 @@
 //! database, so nothing is counted that did not finish.
 
 use crate::daemon::{line, Bench, Slots};
-use crate::stats::{median, spread, thousands, verdict, Table};
+use crate::stats::{median, spread, thousands, thread_cpu, verdict, Table};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Operations per `submit_batch` request (well under the 1 MiB line limit).
 const BATCH: usize = 5_000;
 
-/// One lifecycle run: (ops/s end to end, seconds spent submitting).
-fn once(ops: usize, slots: Slots) -> (f64, f64) {
+/// One lifecycle run's figures.
+struct Once {
+    /// Operations per second, first submit to last completion.
+    rate: f64,
+    /// Seconds spent in the submit requests.
+    submit: f64,
+    /// CPU microseconds per operation of the writer thread.
+    writer_us: f64,
+    /// CPU microseconds per operation of the whole process.
+    total_us: f64,
+}
+
+/// One lifecycle run.
+fn once(ops: usize, slots: Slots) -> Once {
     let bench = Bench::fresh(slots);
     let mut conn = bench.client();
     let one = json!({"type": "dummy", "params": {"steps": 0}});
@@ -27,6 +39,7 @@ fn once(ops: usize, slots: Slots) -> (f64, f64) {
         })
         .collect();
     let active = line(&json!({"cmd": "list", "active": true, "limit": 0}));
+    let cpu0 = thread_cpu();
     let t = Instant::now();
     let mut last = String::new();
     for b in &batches {
@@ -58,6 +71,17 @@ fn once(ops: usize, slots: Slots) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu1 = thread_cpu();
+    let used = |name: Option<&str>| {
+        let sum = |m: &std::collections::BTreeMap<String, f64>| -> f64 {
+            m.iter()
+                .filter(|(k, _)| name.is_none_or(|n| k.as_str() == n))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        (sum(&cpu1) - sum(&cpu0)) * 1e6 / ops as f64
+    };
+    let (writer_us, total_us) = (used(Some("opsd-writer")), used(None));
     let completed = bench
         .daemon
         .as_ref()
@@ -73,7 +97,12 @@ fn once(ops: usize, slots: Slots) -> (f64, f64) {
         })
         .expect("count");
     assert_eq!(completed as usize, ops, "every operation must complete");
-    (ops as f64 / elapsed, submitted)
+    Once {
+        rate: ops as f64 / elapsed,
+        submit: submitted,
+        writer_us,
+        total_us,
+    }
 }
 
 /// Run section 3 for each worker setting, `runs` times each.
@@ -95,8 +124,10 @@ pub fn run(runs: usize, ops: usize, workers: &[usize]) {
     for &w in workers {
         let mut rates = Vec::new();
         let mut submit = Vec::new();
+        let mut writer = Vec::new();
+        let mut total = Vec::new();
         for i in 0..runs {
-            let (r, s) = once(
+            let r = once(
                 ops,
                 Slots {
                     workers: w,
@@ -104,18 +135,26 @@ pub fn run(runs: usize, ops: usize, workers: &[usize]) {
                 },
             );
             eprintln!(
-                "  workers {w}, run {}/{runs}: {r:.0} ops/s (submitting took {s:.2} s)",
-                i + 1
+                "  workers {w}, run {}/{runs}: {:.0} ops/s (submitting {:.2} s, writer {:.0} us/op, process {:.0} us/op)",
+                i + 1,
+                r.rate,
+                r.submit,
+                r.writer_us,
+                r.total_us
             );
-            rates.push(r);
-            submit.push(s);
+            rates.push(r.rate);
+            submit.push(r.submit);
+            writer.push(r.writer_us);
+            total.push(r.total_us);
         }
         let m = median(&rates);
         t.row(vec![
             w.to_string(),
             thousands(m),
             spread(&rates, thousands),
-            format!("{:.2}", median(&submit)),
+            format!("{:.2} s", median(&submit)),
+            format!("{:.0} us", median(&writer)),
+            format!("{:.0} us", median(&total)),
             ">= 20,000 ops/s".into(),
             verdict(m >= 20_000.0).into(),
         ]);

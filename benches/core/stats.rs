@@ -112,3 +112,33 @@ pub fn thousands(x: f64) -> String {
 pub fn spread(xs: &[f64], fmt: impl Fn(f64) -> String) -> String {
     xs.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(" / ")
 }
+
+/// CPU seconds used so far by this process's threads, grouped by thread
+/// name with trailing digits dropped (`opsd-worker-7` counts as
+/// `opsd-worker-`), from `/proc/self/task/*/stat`. Threads that already
+/// ended are not counted, so take it while the daemon is still up.
+pub fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ, fixed at 100 on Linux
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ..." — comm may hold spaces, so split at ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit());
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        *out.entry(name.to_string()).or_insert(0.0) += ticks / tick;
+    }
+    out
+}

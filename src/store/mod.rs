@@ -172,10 +172,10 @@ mod tests {
                     "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
                      WHERE status = 'pending' AND operation_type = ?1 \
                        AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
-                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
+                     ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
                 )?;
                 let rows = stmt
-                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
+                    .query_map(rusqlite::params!["dummy", "x", 10], |r| r.get::<_, String>(3))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(rows)
             })

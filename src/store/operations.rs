@@ -200,6 +200,12 @@ pub fn claim(
         // `+operation_type` keeps it on (status, created_at), where the few
         // resuming rows are.
         let kind_term = if from == "pending" { "operation_type" } else { "+operation_type" };
+        // `LIMIT ?5 + 0`, not `LIMIT ?5`: SQLite's planner reads a bare
+        // bound LIMIT and re-prepares the statement whenever its value
+        // changes, which here is nearly every claim round (a whole
+        // re-prepare, tens of microseconds, in the writer thread). An
+        // expression keeps the cached plan; the order is the index's
+        // either way.
         // `from` is one of two literals above, never user text.
         let sql = format!(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
@@ -208,7 +214,7 @@ pub fn claim(
                  SELECT operation_id FROM operations \
                  WHERE status = '{from}' AND {kind_term} = ?2 \
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
-                 ORDER BY priority DESC, created_at, operation_id LIMIT ?5) \
+                 ORDER BY priority DESC, created_at, operation_id LIMIT ?5 + 0) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
                  progress_percent, gpus_requested, max_attempts, priority, created_at"
         );
