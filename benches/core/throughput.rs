@@ -14,7 +14,7 @@
 
 use crate::daemon::{line, tempdir, Bench, Conn, Slots};
 use crate::sqlite::insert_ceiling;
-use crate::stats::{median, spread, thousands, verdict, Table};
+use crate::stats::{median, spread, thousands, thread_cpu, verdict, Table};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -38,12 +38,28 @@ struct Run {
     batched: f64,
     c16: f64,
     c64: f64,
+    /// Daemon CPU microseconds per submit, 16 and 64 clients.
+    d16: f64,
+    d64: f64,
+    /// Client CPU microseconds per submit, 16 and 64 clients.
+    k16: f64,
+    k64: f64,
+}
+
+/// What one submit measurement gives.
+pub struct Rate {
+    /// Submits per second.
+    pub per_s: f64,
+    /// CPU microseconds per submit in the daemon's threads (`opsd-*`).
+    pub daemon_us: f64,
+    /// CPU microseconds per submit in the client threads.
+    pub client_us: f64,
 }
 
 /// Submits per second from `clients` threads, each on its own
 /// connection, sending `submit` back to back (the next request only after
 /// the previous answer: every answer is a durable commit).
-pub fn submit_rate(clients: usize, sizes: &Sizes) -> f64 {
+pub fn submit_rate(clients: usize, sizes: &Sizes) -> Rate {
     let bench = Bench::fresh(Slots {
         workers: 16,
         dummy: 0,
@@ -68,14 +84,29 @@ pub fn submit_rate(clients: usize, sizes: &Sizes) -> f64 {
         .collect();
     go.wait();
     std::thread::sleep(sizes.warmup);
-    let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n0, t0, cpu0) = (done.load(Ordering::Relaxed), Instant::now(), thread_cpu());
     std::thread::sleep(sizes.measure);
-    let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n1, t1, cpu1) = (done.load(Ordering::Relaxed), Instant::now(), thread_cpu());
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("client thread");
     }
-    (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+    let n = (n1 - n0) as f64;
+    // Daemon threads are named `opsd-*`; client threads are not.
+    let cpu = |daemon: bool| {
+        let sum = |m: &std::collections::BTreeMap<String, f64>| -> f64 {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("opsd-") == daemon)
+                .map(|(_, v)| v)
+                .sum()
+        };
+        (sum(&cpu1) - sum(&cpu0)) * 1e6 / n
+    };
+    Rate {
+        per_s: n / (t1 - t0).as_secs_f64(),
+        daemon_us: cpu(true),
+        client_us: cpu(false),
+    }
 }
 
 /// Run sections 1 and 2 `runs` times and print their tables.
@@ -86,8 +117,9 @@ pub fn run(runs: usize, sizes: &Sizes) {
         let single = insert_ceiling(&dir.path().join("single.db"), sizes.single_rows, 1);
         let batched = insert_ceiling(&dir.path().join("batch.db"), sizes.batch_rows, 1000);
         drop(dir);
-        let c16 = submit_rate(16, sizes);
-        let c64 = submit_rate(64, sizes);
+        let r16 = submit_rate(16, sizes);
+        let r64 = submit_rate(64, sizes);
+        let (c16, c64) = (r16.per_s, r64.per_s);
         eprintln!(
             "  run {}/{runs}: one-row {:.0}/s, batched {:.0}/s, 16 clients {:.0}/s, 64 clients {:.0}/s",
             i + 1,
@@ -101,6 +133,10 @@ pub fn run(runs: usize, sizes: &Sizes) {
             batched,
             c16,
             c64,
+            d16: r16.daemon_us,
+            d64: r64.daemon_us,
+            k16: r16.client_us,
+            k64: r64.client_us,
         });
     }
     let col = |f: fn(&Run) -> f64| all.iter().map(f).collect::<Vec<f64>>();
@@ -121,9 +157,22 @@ pub fn run(runs: usize, sizes: &Sizes) {
     ]);
     t.print();
 
+    let title = format!(
+        "2. Durable submit throughput over the socket (pending, not run), median of {runs} runs"
+    );
     let mut t = Table::new(
-        &format!("2. Durable submit throughput over the socket (pending, not run), median of {runs} runs"),
-        &["clients", "submits/s (median)", "runs", "x one-row ceiling", "% of batched ceiling", "target", "verdict"],
+        &title,
+        &[
+            "clients",
+            "submits/s (median)",
+            "runs",
+            "x one-row ceiling",
+            "% of batched ceiling",
+            "daemon CPU/submit",
+            "client CPU/submit",
+            "target",
+            "verdict",
+        ],
     );
     let r16 = median(&col(|r| r.c16 / r.single));
     let p16 = median(&col(|r| r.c16 / r.batched)) * 100.0;
@@ -137,6 +186,8 @@ pub fn run(runs: usize, sizes: &Sizes) {
         spread(&c16, thousands),
         format!("{r16:.1}x"),
         format!("{p16:.0} %"),
+        format!("{:.0} us", median(&col(|r| r.d16))),
+        format!("{:.0} us", median(&col(|r| r.k16))),
         ">= 8x one-row".into(),
         verdict(r16 >= 8.0).into(),
     ]);
@@ -146,6 +197,8 @@ pub fn run(runs: usize, sizes: &Sizes) {
         spread(&c64, thousands),
         format!("{r64:.1}x"),
         format!("{p64:.0} %"),
+        format!("{:.0} us", median(&col(|r| r.d64))),
+        format!("{:.0} us", median(&col(|r| r.k64))),
         ">= 50 % batched".into(),
         verdict(p64 >= 50.0).into(),
     ]);
