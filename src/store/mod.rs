@@ -247,7 +247,10 @@ mod tests {
         let (a, b) = store
             .write(move |c| {
                 let now = crate::ids::now();
-                Ok((operations::insert(c, &first, &now)?, operations::insert(c, &twin, &now)?))
+                Ok((
+                    operations::insert(c, &first, &now)?,
+                    operations::insert(c, &twin, &now)?,
+                ))
             })
             .unwrap();
         assert!(a.2 && b.2, "both inserted");

@@ -68,7 +68,8 @@ pub fn insert(conn: &Connection, op: &NewOperation, now: &str) -> Result<(Operat
         match inserted {
             Ok(_) => break,
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY && attempt < 16 =>
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    && attempt < 16 =>
             {
                 id = id.with_new_suffix();
             }
@@ -199,7 +200,11 @@ pub fn claim(
         // the type (all of history) and sorts them on each claim round.
         // `+operation_type` keeps it on (status, created_at), where the few
         // resuming rows are.
-        let kind_term = if from == "pending" { "operation_type" } else { "+operation_type" };
+        let kind_term = if from == "pending" {
+            "operation_type"
+        } else {
+            "+operation_type"
+        };
         // `LIMIT ?5 + 0`, not `LIMIT ?5`: SQLite's planner reads a bare
         // bound LIMIT and re-prepares the statement whenever its value
         // changes, which here is nearly every claim round (a whole
