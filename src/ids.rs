@@ -25,6 +25,16 @@ impl OperationId {
         ))
     }
 
+    /// The same id with a fresh random suffix: the retry when a new id
+    /// collides with an existing one (ids made in the same second differ
+    /// only in their 32 random bits, so at thousands of submits a second
+    /// the birthday bound makes collisions a matter of seconds).
+    pub fn with_new_suffix(&self) -> Self {
+        let suffix: u32 = rand::random();
+        let keep = self.0.len().saturating_sub(8);
+        OperationId(format!("{}{suffix:08x}", &self.0[..keep]))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -71,6 +81,14 @@ mod tests {
         assert!(hex
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn a_new_suffix_keeps_the_shape() {
+        let id = OperationId::generate(OperationType::Dummy, Utc::now());
+        let other = id.with_new_suffix();
+        assert_eq!(id.0.len(), other.0.len());
+        assert_eq!(id.0[..id.0.len() - 8], other.0[..other.0.len() - 8]);
     }
 
     #[test]

@@ -196,7 +196,9 @@ impl Service {
         wait: Duration,
     ) -> Result<Value> {
         let before = self.rt.cancel(id, reason)?;
-        if before == Status::Running {
+        // No wait asked: answer at once. A zero tokio timeout still
+        // sleeps until the timer's next millisecond tick.
+        if before == Status::Running && !wait.is_zero() {
             if let Some(live) = self.rt.live(id) {
                 live.wait_done(wait).await;
             }

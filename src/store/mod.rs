@@ -175,6 +175,30 @@ mod tests {
                     "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
                      WHERE status = 'pending' AND operation_type = ?1 \
                        AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+                     ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
+                )?;
+                let rows = stmt
+                    .query_map(rusqlite::params!["dummy", "x", 10], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(text.contains("idx_operations_runnable"), "{text}");
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
+        store.close();
+    }
+
+    #[test]
+    fn claiming_resuming_rows_does_not_walk_the_whole_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
+                     WHERE status = 'resuming' AND +operation_type = ?1 \
+                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
                      ORDER BY priority DESC, created_at, operation_id LIMIT 10",
                 )?;
                 let rows = stmt
@@ -184,8 +208,7 @@ mod tests {
             })
             .unwrap();
         let text = plan.join(" | ");
-        assert!(text.contains("idx_operations_runnable"), "{text}");
-        assert!(!text.contains("TEMP B-TREE"), "{text}");
+        assert!(text.contains("idx_operations_status_created (status=?)"), "{text}");
         store.close();
     }
 
@@ -217,6 +240,31 @@ mod tests {
             .read(move |c| operations::status(c, &other.id))
             .unwrap();
         assert_eq!(status, crate::model::Status::Pending);
+        store.close();
+    }
+
+    #[test]
+    fn a_colliding_id_gets_a_new_suffix_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let first = new_op(OperationType::Dummy);
+        let twin = first.clone();
+        let (a, b) = store
+            .write(move |c| {
+                let now = crate::ids::now();
+                Ok((
+                    operations::insert(c, &first, &now)?,
+                    operations::insert(c, &twin, &now)?,
+                ))
+            })
+            .unwrap();
+        assert!(a.2 && b.2, "both inserted");
+        assert_ne!(a.0, b.0);
+        assert_eq!(a.0.as_str().len(), b.0.as_str().len());
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 2);
         store.close();
     }
 

@@ -47,28 +47,46 @@ pub fn insert(
             )));
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
-         priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
-         fail_parent, gpus_requested, max_attempts, run_after) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        op.id.as_str(),
-        op.parent.as_ref().map(|p| p.as_str()),
-        op.kind.as_str(),
-        op.priority,
-        now,
-        op.metadata.to_string(),
-        op.idempotency_key,
-        op.phase.map(|p| p.0),
-        op.phase.map(|p| p.1),
-        op.fail_parent as i64,
-        op.gpus,
-        op.max_attempts,
-        op.run_after,
-    ])?;
-    Ok((op.id.clone(), Status::Pending, true))
+    // Ids made in the same second share everything but 32 random bits;
+    // at the rates group commit allows (thousands a second) two of them
+    // collide every few seconds. A failed INSERT changes nothing, so draw
+    // a new suffix and insert again instead of failing the submit.
+    let mut id = op.id.clone();
+    for attempt in 0.. {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
+                 priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
+                 fail_parent, gpus_requested, max_attempts, run_after) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                id.as_str(),
+                op.parent.as_ref().map(|p| p.as_str()),
+                op.kind.as_str(),
+                op.priority,
+                now,
+                op.metadata.to_string(),
+                op.idempotency_key,
+                op.phase.map(|p| p.0),
+                op.phase.map(|p| p.1),
+                op.fail_parent as i64,
+                op.gpus,
+                op.max_attempts,
+                op.run_after,
+            ]);
+        match inserted {
+            Ok(_) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    && attempt < 16 =>
+            {
+                id = id.with_new_suffix();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((id, Status::Pending, true))
 }
 
 /// One operation by id.
@@ -186,15 +204,32 @@ pub fn claim(
         if left == 0 {
             break;
         }
+        // Pending rows are found through the partial index on runnable
+        // rows, which needs the plain `operation_type = ?2`. Resuming rows
+        // have no such index: left to itself SQLite then walks every row of
+        // the type (all of history) and sorts them on each claim round.
+        // `+operation_type` keeps it on (status, created_at), where the few
+        // resuming rows are.
+        let kind_term = if from == "pending" {
+            "operation_type"
+        } else {
+            "+operation_type"
+        };
+        // `LIMIT ?5 + 0`, not `LIMIT ?5`: SQLite's planner reads a bare
+        // bound LIMIT and re-prepares the statement whenever its value
+        // changes, which here is nearly every claim round (a whole
+        // re-prepare, tens of microseconds, in the writer thread). An
+        // expression keeps the cached plan; the order is the index's
+        // either way.
         // `from` is one of two literals above, never user text.
         let sql = format!(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = ?1, updated_at = ?1, stop_reason = NULL, error_message = NULL \
              WHERE operation_id IN ( \
                  SELECT operation_id FROM operations \
-                 WHERE status = '{from}' AND operation_type = ?2 \
+                 WHERE status = '{from}' AND {kind_term} = ?2 \
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
-                 ORDER BY priority DESC, created_at, operation_id LIMIT ?5) \
+                 ORDER BY priority DESC, created_at, operation_id LIMIT ?5 + 0) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
                  progress_percent, gpus_requested, max_attempts, priority, created_at"
         );
