@@ -208,7 +208,10 @@ mod tests {
             })
             .unwrap();
         let text = plan.join(" | ");
-        assert!(text.contains("idx_operations_status_created (status=?)"), "{text}");
+        assert!(
+            text.contains("idx_operations_status_created (status=?)"),
+            "{text}"
+        );
         store.close();
     }
 

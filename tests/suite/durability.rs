@@ -375,24 +375,41 @@ fn the_systemd_unit_is_valid_where_systemd_analyze_exists() {
 #[test]
 fn a_second_signal_during_the_drain_stops_at_once_and_consistently() {
     let mut d = Daemon::start_with("flush_interval_ms = 50\nshutdown_grace_seconds = 60\n");
-    let id = d.submit("dummy", json!({ "steps": 100000, "step_ms": 20, "ignore_stop": true }));
-    wait_until(Duration::from_secs(20), || d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 3);
+    let id = d.submit(
+        "dummy",
+        json!({ "steps": 100000, "step_ms": 20, "ignore_stop": true }),
+    );
+    wait_until(Duration::from_secs(20), || {
+        d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 3
+    });
     let mut child = d.child.take().unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let t = std::time::Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "the first signal waits for the grace");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the grace"
+    );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = wait_child(&mut child, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let db = open_db(&d.db());
     let (status, reason): (String, String) = db
-        .query_row("SELECT status, stop_reason FROM operations WHERE operation_id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT status, stop_reason FROM operations WHERE operation_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("cancelled", "shutdown"));
-    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("cancelled", "shutdown")
+    );
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     // And it resumes after a restart.
     drop(db);
@@ -405,7 +422,9 @@ fn watchdog_pings_when_systemd_asks_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    listener.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut child = std::process::Command::new(bin())
         .args(["serve", "--state-dir"])
         .arg(dir.path())
@@ -426,6 +445,10 @@ fn watchdog_pings_when_systemd_asks_for_them() {
         }
     }
     assert_eq!(pings, 3);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(wait_child(&mut child, Duration::from_secs(20)).success());
 }
