@@ -124,14 +124,16 @@ fn count_signals(counter: Arc<std::sync::atomic::AtomicUsize>) -> Result<()> {
     Ok(())
 }
 
-/// Half of systemd's `WATCHDOG_USEC`, when the watchdog is on.
+/// Half of systemd's `WATCHDOG_USEC`, when the watchdog is on. As in
+/// libsystemd, `WATCHDOG_PID` (when set) must name this process.
 fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {

@@ -174,6 +174,34 @@ impl Drop for Daemon {
     }
 }
 
+/// A child process killed when the test ends, passing or not (a daemon
+/// left behind would keep the test runner waiting on its output).
+pub struct Guard(pub Child);
+
+impl Guard {
+    /// Spawn `cmd` with its output discarded.
+    pub fn spawn(cmd: &mut Command) -> Guard {
+        Guard(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+    /// The process id, for signals.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Wait for a child with a deadline.
 pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();

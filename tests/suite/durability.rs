@@ -308,29 +308,24 @@ fn systemd_notifications_ready_and_stopping() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let sock = dir.path().join("opsd.sock");
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--state-dir"])
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(&sock)
-        .env("NOTIFY_SOCKET", &notify)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guard::spawn(
+        std::process::Command::new(bin())
+            .args(["serve", "--state-dir"])
+            .arg(dir.path())
+            .arg("--socket")
+            .arg(&sock)
+            .env("NOTIFY_SOCKET", &notify),
+    );
     let mut buf = [0u8; 256];
     let n = listener.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("READY=1"), "{msg}");
     // READY comes after the socket is bound.
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     let n = listener.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
-    assert!(wait_child(&mut child, Duration::from_secs(20)).success());
+    assert!(wait_child(&mut child.0, Duration::from_secs(20)).success());
 }
 
 #[test]
@@ -382,17 +377,17 @@ fn a_second_signal_during_the_drain_stops_at_once_and_consistently() {
     wait_until(Duration::from_secs(20), || {
         d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 3
     });
-    let mut child = d.child.take().unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut child = Guard(d.child.take().unwrap());
+    let pid = child.pid();
     let t = std::time::Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the first signal waits for the grace"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = wait_child(&mut child, Duration::from_secs(10));
+    let status = wait_child(&mut child.0, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let db = open_db(&d.db());
@@ -425,16 +420,15 @@ fn watchdog_pings_when_systemd_asks_for_them() {
     listener
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--state-dir"])
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(dir.path().join("opsd.sock"))
-        .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "200000")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guard::spawn(
+        std::process::Command::new(bin())
+            .args(["serve", "--state-dir"])
+            .arg(dir.path())
+            .arg("--socket")
+            .arg(dir.path().join("opsd.sock"))
+            .env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", "200000"),
+    );
     let mut buf = [0u8; 256];
     let mut pings = 0;
     let start = std::time::Instant::now();
@@ -445,10 +439,6 @@ fn watchdog_pings_when_systemd_asks_for_them() {
         }
     }
     assert_eq!(pings, 3);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(wait_child(&mut child, Duration::from_secs(20)).success());
+    nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(wait_child(&mut child.0, Duration::from_secs(20)).success());
 }

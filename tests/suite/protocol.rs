@@ -113,26 +113,21 @@ fn a_stale_socket_file_is_replaced() {
     // A socket file nobody listens on (its listener is gone).
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--state-dir"])
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(&sock)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guard::spawn(
+        std::process::Command::new(bin())
+            .args(["serve", "--state-dir"])
+            .arg(dir.path())
+            .arg("--socket")
+            .arg(&sock),
+    );
     assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(
         &sock
     )
     .is_ok()));
     let r = request(&sock, &json!({ "cmd": "health" }));
     assert_eq!(r["ok"], true);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(wait_child(&mut child, Duration::from_secs(20)).success());
+    nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(wait_child(&mut child.0, Duration::from_secs(20)).success());
     assert!(!sock.exists(), "the socket is removed on exit");
 }
 
