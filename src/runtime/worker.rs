@@ -45,14 +45,19 @@ fn run_one(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>) {
         }
         Err(e) => JobOutcome::Failed(format!("could not restore the checkpoint: {e}")),
     };
-    if let Err(e) = record(rt, &op, &running, outcome) {
-        tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
-    }
+    // The worker moves on at once; the writer commits the final row and
+    // only then releases the operation (see `release`).
+    record(rt, op, running, outcome);
+}
+
+/// After the final row is committed: free the GPUs and the slot, wake
+/// whoever waits. Runs on the writer thread, so it stays cheap.
+fn release(rt: &Runtime, id: &crate::ids::OperationId, running: &RunningOp) {
     if let Ok(mut g) = rt.gpus.lock() {
-        g.release(&id);
+        g.release(id);
     }
     if let Ok(mut m) = rt.running.lock() {
-        m.remove(&id);
+        m.remove(id);
     }
     running.mark_done();
     rt.notify_change();
@@ -85,13 +90,9 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
     Ok(cp)
 }
 
-/// Map the job's outcome and the stop request to the final row.
-fn record(
-    rt: &Runtime,
-    op: &ClaimedOperation,
-    running: &RunningOp,
-    outcome: JobOutcome,
-) -> Result<()> {
+/// Map the job's outcome and the stop request to the final row, and hand
+/// it to the writer; the operation is released once it is committed.
+fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outcome: JobOutcome) {
     let stop = running.stop_requested();
     let stop_msg = running.stop_message();
     let (progress, points) = running
@@ -148,9 +149,26 @@ fn record(
     let now = ids::now();
     let delete_cp =
         finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
-    let f = finish.clone();
     let retry = retry_at.map(|d| ids::timestamp(chrono::Utc::now() + d));
-    rt.store.write(move |c| {
+    if let Some(d) = retry_at {
+        tracing::info!(operation = %op.id, attempt = op.attempt, "failed; retrying in {:?}", d);
+    }
+    // A failing child submitted with fail_parent fails its parent.
+    let fail_parent = (finish.status == Status::Failed && retry_at.is_none() && op.fail_parent)
+        .then(|| op.parent.clone())
+        .flatten()
+        .map(|p| {
+            (
+                p,
+                format!(
+                    "child {} failed: {}",
+                    op.id,
+                    finish.error.clone().unwrap_or_default()
+                ),
+            )
+        });
+    let f = finish;
+    let task = move |c: &rusqlite::Connection| {
         if !points.is_empty() {
             crate::store::metrics::append(c, &id, &points)?;
         }
@@ -166,43 +184,32 @@ fn record(
             }
         }
         if delete_cp {
-            let _ = checkpoints::delete(c, &id);
+            checkpoints::delete_if_any(c, &id)?;
         }
         if let Some(p) = &parent {
             ops::refresh_parent_progress(c, p)?;
         }
         Ok(())
-    })?;
-    if delete_cp {
-        let dir = rt.config.state_dir.join("checkpoints").join(op.id.as_str());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    if let Some(d) = retry_at {
-        tracing::info!(operation = %op.id, attempt = op.attempt, "failed; retrying in {:?}", d);
-    }
-    // A failing child submitted with fail_parent fails its parent.
-    if finish.status == Status::Failed && retry_at.is_none() {
-        if let Some(parent) = &op.parent {
-            let id = op.id.clone();
-            let fails_parent = rt
-                .store
-                .read(move |c| Ok(ops::get(c, &id)?.fail_parent))
-                .unwrap_or(false);
-            if fails_parent {
-                if let Some(live) = rt.live(parent) {
-                    live.request_stop(
-                        StopRequest::ChildFailed,
-                        Some(format!(
-                            "child {} failed: {}",
-                            op.id,
-                            finish.error.clone().unwrap_or_default()
-                        )),
-                    );
-                }
+    };
+    let rt2 = rt.clone();
+    rt.store.writer().submit(task, move |result: Result<()>| {
+        let id = &op.id;
+        if let Err(e) = result {
+            tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
+        }
+        if delete_cp {
+            let dir = rt2.config.state_dir.join("checkpoints").join(id.as_str());
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(dir);
             }
         }
-    }
-    Ok(())
+        if let Some((parent, msg)) = fail_parent {
+            if let Some(live) = rt2.live(&parent) {
+                live.request_stop(StopRequest::ChildFailed, Some(msg));
+            }
+        }
+        release(&rt2, id, &running);
+    });
 }
 
 /// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).

@@ -106,6 +106,14 @@ pub fn list(conn: &Connection) -> Result<Vec<Checkpoint>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Delete the checkpoint of one operation if it has one (one statement,
+/// no read first: this runs for every completed operation).
+pub fn delete_if_any(conn: &Connection, id: &OperationId) -> Result<()> {
+    conn.prepare_cached("DELETE FROM operation_checkpoints WHERE operation_id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(())
+}
+
 /// Delete the checkpoint of one operation; `not_found` when there is none.
 pub fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
     let cp = get(conn, id)?

@@ -231,7 +231,7 @@ pub fn claim(
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
                  ORDER BY priority DESC, created_at, operation_id LIMIT ?5 + 0) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts, priority, created_at"
+                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
@@ -247,6 +247,7 @@ pub fn claim(
                     progress_percent: r.get(4)?,
                     gpus_requested: r.get(5)?,
                     max_attempts: r.get(6)?,
+                    fail_parent: r.get::<_, i64>(9)? != 0,
                 };
                 Ok((order, op))
             },
@@ -305,19 +306,27 @@ pub struct Finish {
 /// Returns false (and changes nothing) when the operation is not running.
 pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Result<bool> {
     debug_assert!(Status::Running.can_transition_to(f.status));
-    if let Some(p) = &f.progress {
-        write_progress(conn, id, p)?;
-    }
     let errors_append = f
         .error
         .as_ref()
         .map(|e| serde_json::json!({"at": now, "message": e}).to_string());
+    // One statement for the final progress and the status: this runs for
+    // every operation, on the writer thread.
+    let p = f.progress.clone().unwrap_or_default();
+    let keep_progress = f.progress.is_none();
     let n = conn
         .prepare_cached(
             "UPDATE operations SET status = ?2, stop_reason = ?3, result_summary = ?4, \
                  error_message = ?5, completed_at = ?6, updated_at = ?6, eta_seconds = NULL, \
-                 progress_percent = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_percent END, \
-                 errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?7)) END \
+                 errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?7)) END, \
+                 progress_percent = CASE WHEN ?2 = 'completed' THEN 100 WHEN ?8 THEN progress_percent ELSE ?9 END, \
+                 progress_message = CASE WHEN ?8 THEN progress_message ELSE ?10 END, \
+                 current_step = CASE WHEN ?8 THEN current_step ELSE ?11 END, \
+                 steps_completed = CASE WHEN ?8 THEN steps_completed ELSE ?12 END, \
+                 steps_total = CASE WHEN ?8 THEN steps_total ELSE ?13 END, \
+                 items_processed = CASE WHEN ?8 THEN items_processed ELSE ?14 END, \
+                 items_total = CASE WHEN ?8 THEN items_total ELSE ?15 END, \
+                 progress_context = CASE WHEN ?8 THEN progress_context ELSE ?16 END \
              WHERE operation_id = ?1 AND status = 'running'",
         )?
         .execute(params![
@@ -328,6 +337,15 @@ pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Res
             f.error,
             now,
             errors_append,
+            keep_progress,
+            p.percentage.clamp(0.0, 100.0),
+            p.message,
+            p.current_step,
+            p.steps_completed,
+            p.steps_total,
+            p.items_processed,
+            p.items_total,
+            p.context.as_ref().map(|c| c.to_string()),
         ])?;
     Ok(n == 1)
 }

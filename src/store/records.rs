@@ -260,4 +260,6 @@ pub struct ClaimedOperation {
     pub gpus_requested: i64,
     /// Starts allowed.
     pub max_attempts: i64,
+    /// Failing fails the parent.
+    pub fail_parent: bool,
 }

@@ -108,10 +108,11 @@ impl Writer {
 
 /// Run `f` in a savepoint: its changes stay only if it succeeds.
 fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT task")?;
+    // Cached statements: two of these run for every request.
+    conn.prepare_cached("SAVEPOINT task")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE task")?;
+            conn.prepare_cached("RELEASE task")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
