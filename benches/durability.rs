@@ -299,7 +299,9 @@ fn run_to_end(socket: &Path, kind: &str, params: Value) -> (f64, Value) {
 /// rate limit at `min_interval_ms` (0: every checkpoint is written).
 fn periodic_checkpoint_overhead(runs: usize, min_interval_ms: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tmp");
-    let d = in_process(dir.path(), |c| c.checkpoint_min_interval_ms = min_interval_ms);
+    let d = in_process(dir.path(), |c| {
+        c.checkpoint_min_interval_ms = min_interval_ms
+    });
     let steps = 500;
     let mut every = Vec::new();
     let mut never = Vec::new();
@@ -381,7 +383,8 @@ fn job_overhead(runs: usize, bars: usize) -> Vec<(String, f64, f64)> {
                 let t = Instant::now();
                 let b = opsd::market::ohlcv::load_csv(&c).expect("load");
                 let p = opsd::market::params::BacktestParams::from_json(&pp).expect("params");
-                let _ = opsd::market::backtest::run_backtest(&b, &p, None, None, &mut Noop).expect("run");
+                let _ = opsd::market::backtest::run_backtest(&b, &p, None, None, &mut Noop)
+                    .expect("run");
                 t.elapsed().as_secs_f64()
             })
             .join()
