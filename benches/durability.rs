@@ -79,7 +79,7 @@ fn sigterm(child: &Child) {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
 }
 
-/// 1. SIGTERM to exit with 8 running dummies that checkpoint.
+/// Section 1: SIGTERM to exit with 8 running dummies that checkpoint.
 fn shutdown_with_eight(runs: usize) -> f64 {
     let mut times = Vec::new();
     for _ in 0..runs {
@@ -181,7 +181,7 @@ fn prefill(db: &Path, rows: usize, stopped: usize) {
     tx.commit().expect("commit");
 }
 
-/// 2. Start to every resumable operation running again, 1M rows.
+/// Section 2: start to every resumable operation running again, 1M rows.
 fn recovery_at_scale(rows: usize, runs: usize) -> (f64, f64) {
     const STOPPED: usize = 100;
     let template = tempfile::tempdir().expect("tmp");
@@ -211,7 +211,7 @@ fn recovery_at_scale(rows: usize, runs: usize) -> (f64, f64) {
     (median(times), fill)
 }
 
-/// 3. One durable checkpoint of a 1 MB state, through the writer.
+/// Section 3: one durable checkpoint of a 1 MB state, through the writer.
 fn checkpoint_1mb(runs: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tmp");
     let store = opsd::store::Store::open(&dir.path().join("opsd.db")).expect("open");
@@ -295,7 +295,7 @@ fn run_to_end(socket: &Path, kind: &str, params: Value) -> (f64, Value) {
     (secs, op)
 }
 
-/// 4. Dummy loop with a checkpoint every step against none, with the
+/// Section 4: a dummy loop with a checkpoint every step against none, with the
 /// rate limit at `min_interval_ms` (0: every checkpoint is written).
 fn periodic_checkpoint_overhead(runs: usize, min_interval_ms: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tmp");
@@ -363,7 +363,7 @@ fn synthetic_csv(path: &Path, n: usize) {
     std::fs::write(path, s).expect("csv");
 }
 
-/// 5. Engines through the daemon against called directly.
+/// Section 5: engines through the daemon against called directly.
 fn job_overhead(runs: usize, bars: usize) -> Vec<(String, f64, f64)> {
     let dir = tempfile::tempdir().expect("tmp");
     let csv = dir.path().join("walk.csv");

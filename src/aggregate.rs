@@ -97,4 +97,28 @@ mod tests {
         assert!((parent_percentage(0.0, &kids) - 55.0).abs() < 1e-9);
         assert_eq!(parent_percentage(42.0, &[]), 42.0);
     }
+
+    proptest::proptest! {
+        /// Whatever the children report, the parent stays within 0-100,
+        /// and a child making progress never moves the parent backwards.
+        #[test]
+        fn aggregate_is_bounded_and_monotone(
+            own in 0.0f64..=100.0,
+            kids in proptest::collection::vec((0.0f64..=100.0, proptest::option::of((0.0f64..=50.0, 0.0f64..=50.0))), 1..6),
+            which in 0usize..6,
+            bump in 0.0f64..=100.0,
+        ) {
+            let children: Vec<ChildProgress> = kids
+                .iter()
+                .map(|(p, r)| ChildProgress { percentage: *p, phase: r.map(|(a, w)| (a, a + w)) })
+                .collect();
+            let before = parent_percentage(own, &children);
+            proptest::prop_assert!((0.0..=100.0).contains(&before));
+            let mut more = children.clone();
+            let i = which % more.len();
+            more[i].percentage = (more[i].percentage + bump).min(100.0);
+            let after = parent_percentage(own, &more);
+            proptest::prop_assert!(after + 1e-9 >= before, "{} -> {}", before, after);
+        }
+    }
 }
