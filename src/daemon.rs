@@ -25,6 +25,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     tokio: tokio::runtime::Runtime,
     stop_server: watch::Sender<bool>,
+    /// Exclusive lock on `<db>.lock`, held for the daemon's life: two
+    /// daemons on one database would mark each other's work crashed.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Daemon {
@@ -37,6 +40,7 @@ impl Daemon {
                 e,
             )
         })?;
+        let lock = lock_database(&config.db_path())?;
         let store = Store::open(&config.db_path())?;
         let socket = config.socket_path();
         let config = Arc::new(config);
@@ -64,6 +68,7 @@ impl Daemon {
             socket,
             tokio,
             stop_server,
+            _lock: lock,
         })
     }
 
@@ -77,6 +82,28 @@ impl Daemon {
         self.tokio.shutdown_timeout(Duration::from_millis(500));
         tracing::info!("opsd stopped");
     }
+}
+
+/// Take the exclusive lock that makes one daemon per database.
+fn lock_database(db: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = std::path::PathBuf::from(format!("{}.lock", db.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening the lock file {}", path.display()), e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::Unavailable(format!(
+            "another opsd is already using the database {} (lock {}: {e}); stop it first or pass --db",
+            db.display(),
+            path.display()
+        ))
+    })
 }
 
 /// Run in the foreground until SIGTERM or SIGINT; a second signal during

@@ -291,9 +291,11 @@ pub fn parse_run_after(s: &str) -> Result<String> {
         return Ok(ids::timestamp(t.with_timezone(&chrono::Utc)));
     }
     match humantime::parse_duration(s) {
-        Ok(d) => Ok(ids::timestamp(
-            chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
-        )),
+        Ok(d) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+            .map(ids::timestamp)
+            .ok_or_else(|| Error::BadRequest(format!("run_after: {s:?} is too far in the future"))),
         Err(_) => Err(Error::BadRequest(format!(
             "run_after: {s:?} is neither an RFC 3339 time (2026-11-22T18:00:00Z) nor a duration (10m, 2h)"
         ))),

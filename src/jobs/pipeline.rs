@@ -12,6 +12,7 @@ use crate::control::{ProgressUpdate, RunControl};
 use crate::ids::OperationId;
 use crate::ml::TrainingParams;
 use crate::model::{OperationType, Status, StopReason};
+use crate::runtime::running::StopRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -177,11 +178,28 @@ fn phase(
     let child = match phase.slot(state).clone() {
         Some(id) => id,
         None => {
+            // A cancel that arrived after the previous phase must not be
+            // outrun by a new child it never saw.
+            if ctx.stop_requested() {
+                return Err(JobOutcome::Stopped);
+            }
             let id = ctx
                 .submit_child(phase.kind(), params, Some(phase.range()), true)
                 .map_err(|e| JobOutcome::Failed(format!("could not start the {name}: {e}")))?;
             *phase.slot(state) = Some(id.clone());
             save(ctx, state).map_err(JobOutcome::Failed)?;
+            if let Some(why) = ctx.stop_request() {
+                // The cancel raced the submit: take the new child with us.
+                ctx.cancel_child(
+                    &id,
+                    if why == StopRequest::Shutdown {
+                        why
+                    } else {
+                        StopRequest::Parent
+                    },
+                );
+                return Err(JobOutcome::Stopped);
+            }
             id
         }
     };

@@ -66,8 +66,11 @@ pub struct Runtime {
     changes: (Mutex<u64>, Condvar),
     /// GPUs and who holds them.
     gpus: Mutex<gpus::GpuPool>,
-    /// Scheduler, flusher and worker threads.
+    /// Flusher and worker threads.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The scheduler thread, joined first by the shutdown drain so no claim
+    /// lands after it has looked at what is running.
+    scheduler: Mutex<Option<JoinHandle<()>>>,
     /// When the runtime started, for `health`.
     pub started_at: Instant,
     /// What start-up recovery did, for `health`.
@@ -99,6 +102,7 @@ impl Runtime {
             changes: (Mutex::new(0), Condvar::new()),
             gpus: Mutex::new(gpu_pool),
             threads: Mutex::new(Vec::new()),
+            scheduler: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),
         });
@@ -109,7 +113,10 @@ impl Runtime {
             threads.push(spawn(&format!("opsd-worker-{i}"), move || worker::run(r))?);
         }
         let r = rt.clone();
-        threads.push(spawn("opsd-scheduler", move || r.schedule_loop())?);
+        let scheduler = spawn("opsd-scheduler", move || r.schedule_loop())?;
+        if let Ok(mut s) = rt.scheduler.lock() {
+            *s = Some(scheduler);
+        }
         let r = rt.clone();
         threads.push(spawn("opsd-flusher", move || r.flush_loop())?);
         if let Ok(mut t) = rt.threads.lock() {

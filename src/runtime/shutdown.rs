@@ -17,6 +17,11 @@ impl Runtime {
     pub fn shutdown(&self, grace: Duration, hurry: &dyn Fn() -> bool) {
         self.accepting.store(false, Ordering::Release);
         self.wake();
+        // Wait for the scheduler to finish its round: a claim committed
+        // after the look below would run unasked, or never run at all.
+        if let Some(s) = self.scheduler.lock().ok().and_then(|mut s| s.take()) {
+            let _ = s.join();
+        }
         let live: Vec<Arc<RunningOp>> = self
             .running
             .lock()
@@ -45,27 +50,45 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(10));
         }
         // Whatever did not stop in time keeps its latest periodic
-        // checkpoint and is recorded as stopped by the shutdown.
+        // checkpoint and is recorded as stopped by what asked it to stop:
+        // the shutdown, or a cancel that came first (which must not turn
+        // into an automatic resume).
         self.flush();
-        let stuck = self.running_ids();
+        let stuck: Vec<(crate::ids::OperationId, StopReason)> = self
+            .running
+            .lock()
+            .map(|m| {
+                m.values()
+                    .map(|op| {
+                        let why = op
+                            .stop_requested()
+                            .map(|w| w.stop_reason())
+                            .unwrap_or(StopReason::Shutdown);
+                        (op.id.clone(), why)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         if !stuck.is_empty() {
             tracing::warn!(operations = ?stuck, "did not stop within the grace; recorded as cancelled (shutdown)");
             let now = ids::now();
             let _ = self.store.write(move |c| {
-                for id in &stuck {
+                for (id, why) in &stuck {
                     ops::finish(
                         c,
                         id,
                         &ops::Finish {
                             status: Status::Cancelled,
-                            stop_reason: Some(StopReason::Shutdown),
+                            stop_reason: Some(*why),
                             result: None,
                             error: Some("the daemon stopped before this operation could checkpoint; it resumes from its latest checkpoint".into()),
                             progress: None,
                         },
                         &now,
                     )?;
-                    crate::store::checkpoints::set_type(c, id, crate::model::CheckpointType::Shutdown)?;
+                    if *why == StopReason::Shutdown {
+                        crate::store::checkpoints::set_type(c, id, crate::model::CheckpointType::Shutdown)?;
+                    }
                 }
                 Ok(())
             });

@@ -58,6 +58,10 @@ fn release(rt: &Runtime, id: &crate::ids::OperationId, running: &RunningOp) {
     }
     if let Ok(mut m) = rt.running.lock() {
         m.remove(id);
+        // A cancel that raced this run's end must not stop a later run.
+        if let Ok(mut early) = rt.early_stops.lock() {
+            early.remove(id);
+        }
     }
     running.mark_done();
     rt.notify_change();

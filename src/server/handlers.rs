@@ -45,7 +45,9 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
             limit,
             follow,
         } => {
-            let limit = limit.unwrap_or(1000);
+            // Clamped here as well as in the service: the follow loop
+            // compares against it, and 0 would spin without yielding.
+            let limit = limit.unwrap_or(1000).clamp(1, 100_000);
             if follow {
                 return follow_metrics(svc, &id, cursor, limit, out).await;
             }

@@ -494,15 +494,17 @@ pub fn child_progress(conn: &Connection, parent: &OperationId) -> Result<Vec<Chi
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// After an unclean exit: every `running` or `resuming` operation becomes
-/// `failed` with `stop_reason = crash`. Returns their ids.
+/// After an unclean exit: every `running` operation becomes `failed` with
+/// `stop_reason = crash`. Returns their ids. `resuming` rows are left as
+/// they are: they are queued work that never started (the claim moves
+/// them to `running` atomically), and the scheduler picks them up.
 pub fn fail_crashed(conn: &Connection, now: &str) -> Result<Vec<OperationId>> {
     let ids = conn
         .prepare_cached(
             "UPDATE operations SET status = 'failed', stop_reason = 'crash', completed_at = ?1, \
                  updated_at = ?1, eta_seconds = NULL, \
-                 error_message = 'the daemon stopped uncleanly while this operation was ' || status \
-             WHERE status IN ('running','resuming') RETURNING operation_id",
+                 error_message = 'the daemon stopped uncleanly while this operation was running' \
+             WHERE status = 'running' RETURNING operation_id",
         )?
         .query_map([now], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -442,3 +442,38 @@ fn watchdog_pings_when_systemd_asks_for_them() {
     nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_child(&mut child.0, Duration::from_secs(20)).success());
 }
+
+#[test]
+fn a_queued_resume_survives_a_clean_restart_and_a_user_cancel_is_not_resumed() {
+    let mut d = Daemon::start_with(
+        "flush_interval_ms = 50\nshutdown_grace_seconds = 1\n[concurrency]\ndummy = 1\n",
+    );
+    // A cancelled operation resumed while the only slot is busy stays resuming.
+    let waiting = d.submit(
+        "dummy",
+        json!({ "steps": 1, "step_ms": 1, "fail_at_step": 1 }),
+    );
+    d.wait_status(&waiting, "failed", 20);
+    let busy = d.submit(
+        "dummy",
+        json!({ "steps": 100000, "step_ms": 20, "ignore_stop": true }),
+    );
+    d.wait_status(&busy, "running", 20);
+    d.ok(json!({ "cmd": "resume", "id": waiting }));
+    assert_eq!(d.status(&waiting), "resuming");
+    // The busy one is cancelled by the user but ignores it past the grace.
+    d.req(json!({ "cmd": "cancel", "id": busy, "wait_ms": 0 }));
+    assert!(d.terminate().success());
+    d.spawn();
+    // The queued resume is honoured, not turned into a crash.
+    let op = d.wait_status(&waiting, "failed", 20);
+    assert_eq!(op["attempt"], 2, "{op}");
+    assert_eq!(op["stop_reason"], "error");
+    // The user's cancel stands: not resumed at start-up.
+    let b = d.get(&busy);
+    assert_eq!(
+        (b["status"].as_str(), b["stop_reason"].as_str()),
+        (Some("cancelled"), Some("user")),
+        "{b}"
+    );
+}

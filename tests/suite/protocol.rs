@@ -161,3 +161,39 @@ fn watch_streams_until_the_end() {
         .collect();
     assert!(pcts.windows(2).all(|w| w[0] <= w[1]), "{pcts:?}");
 }
+
+#[test]
+fn follow_with_a_zero_limit_and_far_run_after_are_answered() {
+    let d = Daemon::start();
+    let id = d.submit("dummy", json!({ "steps": 2, "step_ms": 1 }));
+    d.wait_status(&id, "completed", 20);
+    // limit 0 with follow used to spin an I/O thread for ever.
+    let r = raw(
+        &d.socket,
+        format!(
+            "{}\n",
+            json!({ "cmd": "metrics", "id": id, "follow": true, "limit": 0 })
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.last().unwrap()["event"], "end", "{r:?}");
+    let r = d.req(json!({ "cmd": "submit", "type": "dummy", "run_after": "300000years" }));
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_is_refused() {
+    let d = Daemon::start();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--state-dir"])
+        .arg(d.state())
+        .arg("--socket")
+        .arg(d.state().join("other.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already using the database"), "{err}");
+    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+}
