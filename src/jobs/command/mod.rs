@@ -289,6 +289,9 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     let mut term_deadline: Option<Instant> = None;
     let mut killed = false;
     let mut tick = Duration::from_millis(1);
+    // Whether a stop had been asked for when the program exited: a stop
+    // that arrives while we drain its output must not undo a finished run.
+    let mut stopped_at_exit = false;
     let wait_error = loop {
         let busy = ingest(ctx, &mut tail, &mut state, false);
         if let Some(sample) = sampler.as_ref().and_then(gpu::Sampler::take) {
@@ -306,7 +309,10 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
             WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
         ) {
             Ok(WaitStatus::StillAlive) => {}
-            Ok(_) => break None,
+            Ok(_) => {
+                stopped_at_exit = ctx.stop_request().is_some();
+                break None;
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => break Some(e),
         }
@@ -368,7 +374,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     let how = describe(&status);
     note(format!("the program {how}"));
     tracing::info!(operation = %id, "command {how}");
-    if ctx.stop_request().is_some() {
+    if stopped_at_exit {
         return JobOutcome::Stopped;
     }
     if status.success() {
