@@ -167,35 +167,37 @@ impl JobContext {
             .map(super::files::size_on_disk)
             .unwrap_or(0);
         let id = self.op.id.clone();
+        let order = self.runtime.metrics_order.lock();
         let (progress, points) = self
             .running
             .take_dirty()
             .unwrap_or_else(|| (self.running.progress(), Vec::new()));
         let now = ids::now();
-        self.runtime
-            .store
-            .write(move |conn| {
-                crate::store::operations::write_progress(conn, &id, &progress)?;
-                let seq = if points.is_empty() {
-                    metrics::last_seq(conn, &id)?
-                } else {
-                    metrics::append(conn, &id, &points)?
-                };
-                checkpoints::save(
-                    conn,
-                    &Checkpoint {
-                        operation_id: id.clone(),
-                        checkpoint_type: kind,
-                        created_at: now,
-                        state,
-                        artifacts_path: artifacts_path.map(|p| p.display().to_string()),
-                        state_size_bytes: 0,
-                        artifacts_size_bytes: artifacts_size as i64,
-                        progress_percent: Some(progress.percentage),
-                        metrics_seq: seq,
-                    },
-                )
-            })
+        let pending = self.runtime.store.writer().enqueue(move |conn| {
+            crate::store::operations::write_progress(conn, &id, &progress)?;
+            let seq = if points.is_empty() {
+                metrics::last_seq(conn, &id)?
+            } else {
+                metrics::append(conn, &id, &points)?
+            };
+            checkpoints::save(
+                conn,
+                &Checkpoint {
+                    operation_id: id.clone(),
+                    checkpoint_type: kind,
+                    created_at: now,
+                    state,
+                    artifacts_path: artifacts_path.map(|p| p.display().to_string()),
+                    state_size_bytes: 0,
+                    artifacts_size_bytes: artifacts_size as i64,
+                    progress_percent: Some(progress.percentage),
+                    metrics_seq: seq,
+                },
+            )
+        });
+        drop(order);
+        pending
+            .wait()
             .map_err(|e| format!("could not save the checkpoint: {e}"))
     }
 

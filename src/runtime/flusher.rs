@@ -59,6 +59,7 @@ impl Runtime {
             .unwrap_or_default();
         let mut batch = Vec::new();
         let mut parents = Vec::new();
+        let order = self.metrics_order.lock();
         for op in live {
             if let Some((progress, points)) = op.take_dirty() {
                 if let Some(p) = &op.parent {
@@ -72,7 +73,7 @@ impl Runtime {
         }
         parents.sort();
         parents.dedup();
-        let r = self.store.write(move |c| {
+        let pending = self.store.writer().enqueue(move |c| {
             for (id, progress, points) in &batch {
                 if !points.is_empty() {
                     crate::store::metrics::append(c, id, points)?;
@@ -84,7 +85,8 @@ impl Runtime {
             }
             Ok(())
         });
-        if let Err(e) = r {
+        drop(order);
+        if let Err(e) = pending.wait() {
             tracing::error!("flushing progress failed: {e}");
         }
     }

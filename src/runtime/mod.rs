@@ -66,6 +66,10 @@ pub struct Runtime {
     changes: (Mutex<u64>, Condvar),
     /// GPUs and who holds them.
     gpus: Mutex<gpus::GpuPool>,
+    /// Held from taking an operation's queued metric points until their
+    /// write is enqueued (flusher, checkpoints, final rows), so points
+    /// reach the FIFO writer in the order they were reported.
+    pub(crate) metrics_order: Mutex<()>,
     /// Flusher and worker threads.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The scheduler thread, joined first by the shutdown drain so no claim
@@ -102,6 +106,7 @@ impl Runtime {
             changes: (Mutex::new(0), Condvar::new()),
             gpus: Mutex::new(gpu_pool),
             threads: Mutex::new(Vec::new()),
+            metrics_order: Mutex::new(()),
             scheduler: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),

@@ -99,6 +99,7 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
 fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outcome: JobOutcome) {
     let stop = running.stop_requested();
     let stop_msg = running.stop_message();
+    let order = rt.metrics_order.lock();
     let (progress, points) = running
         .take_dirty()
         .unwrap_or_else(|| (running.progress(), Vec::new()));
@@ -214,6 +215,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         }
         release(&rt2, id, &running);
     });
+    drop(order);
 }
 
 /// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).

@@ -75,12 +75,20 @@ impl Writer {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.enqueue(f).wait()
+    }
+
+    /// Queue a mutation now and wait for its commit later: the queue is
+    /// FIFO, so what is enqueued first is applied first.
+    pub fn enqueue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Pending<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(f, move |r| {
             let _ = tx.send(r);
         });
-        rx.recv()
-            .unwrap_or_else(|_| Err(Error::Unavailable("the database writer has stopped".into())))
+        Pending(rx)
     }
 
     /// Run a mutation and await its commit.
@@ -103,6 +111,18 @@ impl Writer {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+}
+
+/// A queued mutation's result, to wait for.
+pub struct Pending<T>(std::sync::mpsc::Receiver<Result<T>>);
+
+impl<T> Pending<T> {
+    /// Block until the mutation is committed (or failed).
+    pub fn wait(self) -> Result<T> {
+        self.0
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Unavailable("the database writer has stopped".into())))
     }
 }
 
