@@ -236,14 +236,28 @@ fn capitalize(s: &str) -> String {
 /// of this pipeline left it stopped. `Ok(None)` when this pipeline is asked
 /// to stop; the child's result summary when it completed.
 fn run_child(ctx: &JobContext, child: &OperationId) -> Result<Option<Value>, String> {
-    let rec = ctx.operation(child)?;
-    match rec.status {
-        Status::Completed => return Ok(rec.result_summary),
-        Status::Failed if rec.stop_reason == Some(StopReason::Error) => {
-            return Err(rec.error_message.unwrap_or_else(|| "failed".into()))
-        }
-        Status::Failed | Status::Cancelled => {
-            // Stopped with this pipeline (shutdown, crash, cancel): resume it.
+    // On a new attempt a stopped child is resumed whatever stopped it (the
+    // user resumed the pipeline). While waiting, only a stop that came from
+    // this pipeline's own previous stop (parent, shutdown, crash) is
+    // resumed: that is the child still finishing the cancel that ended the
+    // last attempt. A child the user cancelled directly fails the pipeline.
+    for round in 0..3 {
+        let rec = ctx.operation(child)?;
+        let resumable = match (rec.status, rec.stop_reason) {
+            (Status::Completed, _) => return Ok(rec.result_summary),
+            (Status::Failed, Some(StopReason::Error)) => {
+                return Err(rec.error_message.unwrap_or_else(|| "failed".into()))
+            }
+            (Status::Failed | Status::Cancelled, Some(StopReason::User)) => round == 0,
+            (Status::Failed | Status::Cancelled, _) => true,
+            _ => false,
+        };
+        if matches!(rec.status, Status::Failed | Status::Cancelled) {
+            if !resumable {
+                return Err(rec
+                    .error_message
+                    .unwrap_or_else(|| format!("{}", rec.status)));
+            }
             if let Err(e) = ctx.resume_child(child) {
                 // Recovery may have resumed it already.
                 if !matches!(
@@ -254,19 +268,14 @@ fn run_child(ctx: &JobContext, child: &OperationId) -> Result<Option<Value>, Str
                 }
             }
         }
-        _ => {}
-    }
-    match ctx.wait_for(child)? {
-        None => Ok(None),
-        Some(Status::Completed) => Ok(ctx.operation(child)?.result_summary),
-        Some(_) => {
-            let rec = ctx.operation(child)?;
-            if ctx.stop_requested() {
-                return Ok(None);
-            }
-            Err(rec
-                .error_message
-                .unwrap_or_else(|| format!("{}", rec.status)))
+        match ctx.wait_for(child)? {
+            None => return Ok(None),
+            Some(Status::Completed) => return Ok(ctx.operation(child)?.result_summary),
+            Some(_) if ctx.stop_requested() => return Ok(None),
+            Some(_) => continue,
         }
     }
+    Err(format!(
+        "{child} stopped again after being resumed; see `opsd show {child}`"
+    ))
 }

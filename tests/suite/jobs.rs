@@ -226,3 +226,30 @@ fn bad_market_parameters_and_files_are_refused_at_submit() {
         assert!(msg.contains(needle), "{msg} should mention {needle}");
     }
 }
+
+#[test]
+fn a_pipeline_resumed_right_after_its_cancel_still_finishes() {
+    let d = Daemon::start();
+    let id = d.submit(
+        "pipeline",
+        json!({ "data": goog(), "training": { "epochs": 100 } }),
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"].clone();
+        kids.as_array()
+            .and_then(|k| k.first())
+            .is_some_and(|k| k["status"] == "running")
+    }));
+    // Resume as soon as the pipeline itself is cancelled, while its child
+    // may still be stopping.
+    d.ok(json!({ "cmd": "cancel", "id": id, "wait_ms": 5000 }));
+    d.wait_status(&id, "cancelled", 30);
+    d.ok(json!({ "cmd": "resume", "id": id }));
+    let op = d.wait_status(&id, "completed", 600);
+    assert_eq!(op["attempt"], 2);
+    let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(kids.len(), 2, "no extra children");
+}
