@@ -286,6 +286,16 @@ fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One metric point as a line: `seq  recorded_at  data`.
+fn print_point(p: &Value) {
+    println!(
+        "{:>6}  {}  {}",
+        p["seq"],
+        output::text(&p["recorded_at"]),
+        p["data"]
+    );
+}
+
 fn metrics(a: super::MetricsArgs) -> Outcome {
     let mut client = Client::connect(&a.client.socket_path())?;
     client
@@ -296,14 +306,7 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
         cursor = v["cursor"].as_i64().unwrap_or(cursor);
         let points = v["metrics"].as_array().cloned().unwrap_or_default();
         if a.follow && !a.client.json {
-            for p in &points {
-                println!(
-                    "{:>6}  {}  {}",
-                    p["seq"],
-                    output::text(&p["recorded_at"]),
-                    p["data"]
-                );
-            }
+            points.iter().for_each(print_point);
         }
         all.extend(points);
         if !a.follow || v["event"] == "end" {
@@ -317,14 +320,7 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
                 .unwrap_or_default()
         );
     } else if !a.follow {
-        for p in &all {
-            println!(
-                "{:>6}  {}  {}",
-                p["seq"],
-                output::text(&p["recorded_at"]),
-                p["data"]
-            );
-        }
+        all.iter().for_each(print_point);
         eprintln!("cursor: {cursor} (pass --cursor {cursor} to get only newer points)");
     }
     Ok(ExitCode::SUCCESS)
