@@ -231,25 +231,20 @@ fn checkpoint_1mb(runs: usize) -> f64 {
     let size = state.to_string().len();
     let mut times = Vec::new();
     for _ in 0..runs {
-        let (i, s) = (id.clone(), state.clone());
+        let cp = opsd::store::checkpoints::Checkpoint {
+            operation_id: id.clone(),
+            checkpoint_type: opsd::model::CheckpointType::Periodic,
+            created_at: opsd::ids::now(),
+            state: state.clone(),
+            artifacts_path: None,
+            state_size_bytes: 0,
+            artifacts_size_bytes: 0,
+            progress_percent: None,
+            metrics_seq: 0,
+        };
         let t = Instant::now();
         store
-            .write(move |c| {
-                opsd::store::checkpoints::save(
-                    c,
-                    &opsd::store::checkpoints::Checkpoint {
-                        operation_id: i,
-                        checkpoint_type: opsd::model::CheckpointType::Periodic,
-                        created_at: opsd::ids::now(),
-                        state: s,
-                        artifacts_path: None,
-                        state_size_bytes: 0,
-                        artifacts_size_bytes: 0,
-                        progress_percent: None,
-                        metrics_seq: 0,
-                    },
-                )
-            })
+            .write_durable(move |c| opsd::store::checkpoints::save(c, &cp))
             .expect("save");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }

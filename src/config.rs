@@ -50,6 +50,11 @@ pub struct Config {
     pub nvidia_smi: String,
     /// How often a GPU operation's GPUs are sampled, in milliseconds.
     pub gpu_sample_interval_ms: u64,
+    /// How long a client's write (submit, cancel, resume) waits for a
+    /// database locked by another program before it is told so, in
+    /// milliseconds. The daemon's own writes (final rows, progress) wait
+    /// as long as it takes.
+    pub write_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             log_max_bytes: 64 * 1024 * 1024,
             nvidia_smi: "nvidia-smi".into(),
             gpu_sample_interval_ms: 5000,
+            write_wait_ms: 30_000,
         }
     }
 }

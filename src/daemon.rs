@@ -41,7 +41,10 @@ impl Daemon {
             )
         })?;
         let lock = lock_database(&config.db_path())?;
-        let store = Store::open(&config.db_path())?;
+        let store = Store::open_with(
+            &config.db_path(),
+            std::time::Duration::from_millis(config.write_wait_ms),
+        )?;
         let socket = config.socket_path();
         let config = Arc::new(config);
         let tokio = tokio::runtime::Builder::new_multi_thread()

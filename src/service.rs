@@ -126,6 +126,52 @@ impl Service {
         }
     }
 
+    /// Run `f` on tokio's blocking pool: no request handler blocks an async
+    /// thread on SQLite or on the writer, so reads keep answering while a
+    /// write waits for a locked database.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Service) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || f(&svc))
+            .await
+            .map_err(|e| Error::Internal(format!("a request handler failed: {e}")))?
+    }
+
+    /// `get`, off the async threads.
+    pub async fn get_async(&self, id: &OperationId) -> Result<OperationRecord> {
+        let id = id.clone();
+        self.blocking(move |s| s.get(&id)).await
+    }
+
+    /// `list`, off the async threads.
+    pub async fn list_async(&self, filter: ListFilter) -> Result<Value> {
+        self.blocking(move |s| s.list(&filter)).await
+    }
+
+    /// `children`, off the async threads.
+    pub async fn children_async(&self, id: &OperationId) -> Result<Value> {
+        let id = id.clone();
+        self.blocking(move |s| s.children(&id)).await
+    }
+
+    /// `metrics`, off the async threads.
+    pub async fn metrics_async(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<Value> {
+        let id = id.clone();
+        self.blocking(move |s| s.metrics(&id, cursor, limit)).await
+    }
+
+    /// `checkpoints`, off the async threads.
+    pub async fn checkpoints_async(&self, id: Option<OperationId>) -> Result<Value> {
+        self.blocking(move |s| s.checkpoints(id.as_ref())).await
+    }
+
+    /// `health`, off the async threads.
+    pub async fn health_async(&self) -> Result<Value> {
+        self.blocking(|s| s.health()).await
+    }
+
     /// `get`: one operation with live progress.
     pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
         let mut rec = self.rt.store.read(|c| ops::get(c, id))?;
@@ -195,7 +241,8 @@ impl Service {
         reason: Option<String>,
         wait: Duration,
     ) -> Result<Value> {
-        let before = self.rt.cancel(id, reason)?;
+        let (rt, i) = (self.rt.clone(), id.clone());
+        let before = self.blocking(move |_| rt.cancel(&i, reason)).await?;
         // No wait asked: answer at once. A zero tokio timeout still
         // sleeps until the timer's next millisecond tick.
         if before == Status::Running && !wait.is_zero() {
@@ -203,15 +250,16 @@ impl Service {
                 live.wait_done(wait).await;
             }
         }
-        let rec = self.get(id)?;
+        let rec = self.get_async(id).await?;
         Ok(
             json!({ "operation_id": id, "previous_status": before, "status": rec.status, "stop_reason": rec.stop_reason }),
         )
     }
 
-    /// `resume`.
-    pub fn resume(&self, id: &OperationId) -> Result<Value> {
-        self.rt.resume(id)?;
+    /// `resume`, off the async threads (it waits for the writer).
+    pub async fn resume(&self, id: &OperationId) -> Result<Value> {
+        let (rt, i) = (self.rt.clone(), id.clone());
+        self.blocking(move |_| rt.resume(&i)).await?;
         Ok(json!({ "operation_id": id, "status": Status::Resuming }))
     }
 
@@ -281,6 +329,8 @@ impl Service {
             "counts": by_status,
             "gpus": self.rt.gpu_status(),
             "recovery": self.rt.recovery.lock().map(|r| r.clone()).unwrap_or(Value::Null),
+            // "ok", or why writes are not landing and since when.
+            "store": self.rt.store.degraded().unwrap_or_else(|| "ok".into()),
         }))
     }
 }

@@ -10,6 +10,7 @@ use crate::model::{CheckpointType, OperationType, Status};
 use crate::store::checkpoints::{self, Checkpoint};
 use crate::store::metrics;
 use crate::store::records::ClaimedOperation;
+use crate::store::Policy;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -172,29 +173,32 @@ impl JobContext {
             .running
             .take_dirty()
             .unwrap_or_else(|| (self.running.progress(), Vec::new()));
-        let now = ids::now();
-        let pending = self.runtime.store.writer().enqueue(move |conn| {
-            crate::store::operations::write_progress(conn, &id, &progress)?;
-            let seq = if points.is_empty() {
-                metrics::last_seq(conn, &id)?
-            } else {
-                metrics::append(conn, &id, &points)?
-            };
-            checkpoints::save(
-                conn,
-                &Checkpoint {
-                    operation_id: id.clone(),
-                    checkpoint_type: kind,
-                    created_at: now,
-                    state,
-                    artifacts_path: artifacts_path.map(|p| p.display().to_string()),
-                    state_size_bytes: 0,
-                    artifacts_size_bytes: artifacts_size as i64,
-                    progress_percent: Some(progress.percentage),
-                    metrics_seq: seq,
-                },
-            )
-        });
+        // Built once: the writer may run the closure again after a failed
+        // batch, and the state can be megabytes.
+        let mut cp = Checkpoint {
+            operation_id: id.clone(),
+            checkpoint_type: kind,
+            created_at: ids::now(),
+            state,
+            artifacts_path: artifacts_path.map(|p| p.display().to_string()),
+            state_size_bytes: 0,
+            artifacts_size_bytes: artifacts_size as i64,
+            progress_percent: Some(progress.percentage),
+            metrics_seq: 0,
+        };
+        let pending = self
+            .runtime
+            .store
+            .writer()
+            .enqueue(Policy::Durable, move |conn| {
+                crate::store::operations::write_progress(conn, &id, &progress)?;
+                cp.metrics_seq = if points.is_empty() {
+                    metrics::last_seq(conn, &id)?
+                } else {
+                    metrics::append(conn, &id, &points)?
+                };
+                checkpoints::save(conn, &cp)
+            });
         drop(order);
         pending
             .wait()
@@ -262,10 +266,11 @@ impl JobContext {
         let id = self.op.id.clone();
         let msg = message.to_string();
         let now = ids::now();
-        let _ = self
-            .runtime
-            .store
-            .write(move |c| crate::store::operations::add_warning(c, &id, &msg, &now));
+        self.runtime.store.writer().submit(
+            Policy::Durable,
+            move |c| crate::store::operations::add_warning(c, &id, &msg, &now),
+            |_| {},
+        );
     }
 
     /// Run `f` with the store (child results, model paths, ...).

@@ -6,6 +6,7 @@ use super::running::RunningOp;
 use super::Runtime;
 use crate::ids;
 use crate::store::operations as ops;
+use crate::store::Policy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ impl Runtime {
         }
         parents.sort();
         parents.dedup();
-        let pending = self.store.writer().enqueue(move |c| {
+        let pending = self.store.writer().enqueue(Policy::Durable, move |c| {
             for (id, progress, points) in &batch {
                 if !points.is_empty() {
                     crate::store::metrics::append(c, id, points)?;

@@ -34,6 +34,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A stop request waiting for its operation's registration: the attempt
+/// it is for, why, and the message.
+type EarlyStop = (i64, StopRequest, Option<String>);
+
 /// A claimed operation on its way to a worker.
 pub(crate) struct Assignment {
     op: ClaimedOperation,
@@ -52,7 +56,9 @@ pub struct Runtime {
     /// cancel that lands between the claim's commit and the map insert).
     /// Guarded by the `running` lock's ordering: both sides look at each
     /// other under it, so no request is lost.
-    early_stops: Mutex<HashMap<OperationId, (StopRequest, Option<String>)>>,
+    /// Keyed by attempt, so one that arrives after its run ended cannot
+    /// stop a later run.
+    early_stops: Mutex<HashMap<OperationId, EarlyStop>>,
     /// Nudges the scheduler (new work, a free slot).
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
@@ -255,63 +261,62 @@ impl Runtime {
         Ok(self.insert(op)?.0)
     }
 
-    /// Cancel an operation and all its active descendants (SPEC §3).
-    /// Waiting ones are cancelled at once; running ones are asked to stop
-    /// and end `cancelled` when their job returns. Returns the status
-    /// before.
+    /// Cancel an operation and all its active descendants (SPEC §3), in
+    /// one transaction ([`ops::cancel_tree`]): waiting ones are cancelled
+    /// at once; running ones are asked to stop and end `cancelled` when
+    /// their job returns. Returns the status before. Blocks on the writer:
+    /// async callers run it on a blocking thread.
     pub fn cancel(&self, id: &OperationId, reason: Option<String>) -> Result<Status> {
-        let before = self.stop_tree_member_checked(id, StopRequest::User, reason)?;
-        let i = id.clone();
-        let descendants = self.store.read(move |c| ops::descendants(c, &i))?;
-        for (child, status) in descendants {
-            if status.is_active() {
-                self.stop_tree_member(&child, StopRequest::Parent);
-            }
-        }
-        self.notify_change();
-        self.wake();
-        Ok(before)
+        self.cancel_tree(id, StopRequest::User, reason)
     }
 
-    /// Stop one operation for `why`, whatever its state; errors ignored
-    /// (used for descendants, which may have just finished).
+    /// Stop one operation and its descendants for `why`, whatever its
+    /// state; errors ignored (a pipeline stopping its child, which may
+    /// have just finished).
     pub fn stop_tree_member(&self, id: &OperationId, why: StopRequest) {
-        let _ = self.stop_tree_member_checked(id, why, None);
+        let _ = self.cancel_tree(id, why, None);
     }
 
-    fn stop_tree_member_checked(
+    fn cancel_tree(
         &self,
         id: &OperationId,
         why: StopRequest,
         message: Option<String>,
     ) -> Result<Status> {
-        if let Some(live) = self.live(id) {
-            live.request_stop(why, message);
-            return Ok(Status::Running);
-        }
-        let i = id.clone();
-        let now = ids::now();
-        let reason = why.stop_reason();
-        let before = self
+        // The transaction first: when the database cannot be written the
+        // caller is told, and nothing has been asked to stop.
+        let (i, now, reason, msg) = (id.clone(), ids::now(), why.stop_reason(), message.clone());
+        let done = self
             .store
-            .write(move |c| ops::cancel_waiting(c, &i, reason, message.as_deref(), &now))?;
-        if before == Status::Running {
-            // Claimed between our look at the map and the write: ask the
-            // live operation, or leave the request for the scheduler.
-            let running = self
-                .running
-                .lock()
-                .map_err(|_| Error::Internal("lock".into()))?;
-            match running.get(id) {
-                Some(live) => live.request_stop(why, None),
-                None => {
-                    if let Ok(mut early) = self.early_stops.lock() {
-                        early.insert(id.clone(), (why, None));
-                    }
+            .write(move |c| ops::cancel_tree(c, &i, reason, msg.as_deref(), &now))?;
+        for (member, attempt, is_root) in done.running {
+            let (w, m) = if is_root {
+                (why, message.clone())
+            } else {
+                (StopRequest::Parent, None)
+            };
+            self.stop_claimed(&member, attempt, w, m);
+        }
+        self.notify_change();
+        self.wake();
+        Ok(done.before)
+    }
+
+    /// Ask a claimed operation's job to stop: through its live slot, or,
+    /// when the claim has committed but the scheduler has not registered
+    /// it yet, through an early stop the scheduler applies to that attempt.
+    fn stop_claimed(&self, id: &OperationId, attempt: i64, why: StopRequest, msg: Option<String>) {
+        let Ok(running) = self.running.lock() else {
+            return;
+        };
+        match running.get(id) {
+            Some(live) => live.request_stop(why, msg),
+            None => {
+                if let Ok(mut early) = self.early_stops.lock() {
+                    early.insert(id.clone(), (attempt, why, msg));
                 }
             }
         }
-        Ok(before)
     }
 
     /// try_resume through the API (`opsd resume`).

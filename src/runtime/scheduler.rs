@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::OperationType;
 use crate::store::operations as ops;
+use crate::store::Policy;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,11 @@ impl Runtime {
     pub(super) fn schedule_loop(self: Arc<Self>) {
         while self.accepting() {
             if let Err(e) = self.claim_round() {
-                tracing::error!("claiming operations failed: {e}");
+                // While the database cannot be written, `health` says so;
+                // one line per round would flood the log.
+                if self.store.degraded().is_none() {
+                    tracing::error!("claiming operations failed: {e}");
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
             // Sleep until nudged; the timeout picks up delayed (run_after) work.
@@ -56,34 +61,39 @@ impl Runtime {
         }
         let free_gpus = self.gpus.lock().map(|g| g.free_count()).unwrap_or(0) as i64;
         let now = ids::now();
-        let claimed = self.store.write(move |c| {
-            let mut out = Vec::new();
-            let mut budget = free_total;
-            let mut gpus_left = free_gpus;
-            for (kind, free) in per_kind {
-                let mut n = free.min(budget);
-                // GPU operations one at a time, while GPUs are free.
-                while n > 0 && gpus_left > 0 {
-                    let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
-                    let Some(op) = got.into_iter().next() else {
+        // A claim that cannot be committed is not retried by the writer:
+        // the next round claims afresh.
+        let claimed = self
+            .store
+            .writer()
+            .write(Policy::caller(Duration::ZERO), move |c| {
+                let mut out = Vec::new();
+                let mut budget = free_total;
+                let mut gpus_left = free_gpus;
+                for &(kind, free) in &per_kind {
+                    let mut n = free.min(budget);
+                    // GPU operations one at a time, while GPUs are free.
+                    while n > 0 && gpus_left > 0 {
+                        let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
+                        let Some(op) = got.into_iter().next() else {
+                            break;
+                        };
+                        gpus_left -= op.gpus_requested;
+                        n -= 1;
+                        budget -= 1;
+                        out.push(op);
+                    }
+                    if n > 0 {
+                        let got = ops::claim(c, &now, kind, 0..=0, n)?;
+                        budget -= got.len();
+                        out.extend(got);
+                    }
+                    if budget == 0 {
                         break;
-                    };
-                    gpus_left -= op.gpus_requested;
-                    n -= 1;
-                    budget -= 1;
-                    out.push(op);
+                    }
                 }
-                if n > 0 {
-                    let got = ops::claim(c, &now, kind, 0..=0, n)?;
-                    budget -= got.len();
-                    out.extend(got);
-                }
-                if budget == 0 {
-                    break;
-                }
-            }
-            Ok(out)
-        })?;
+                Ok(out)
+            })?;
         for op in claimed {
             let assigned = if op.gpus_requested > 0 {
                 self.gpus
@@ -95,9 +105,11 @@ impl Runtime {
             };
             if !assigned.is_empty() {
                 let (i, a) = (op.id.clone(), assigned.clone());
-                self.store
-                    .writer()
-                    .submit(move |c| ops::set_gpus(c, &i, &a), |_| {});
+                self.store.writer().submit(
+                    Policy::Durable,
+                    move |c| ops::set_gpus(c, &i, &a),
+                    |_| {},
+                );
             }
             let running = Arc::new(RunningOp::new(
                 op.id.clone(),
@@ -108,13 +120,15 @@ impl Runtime {
             ));
             if let Ok(mut m) = self.running.lock() {
                 m.insert(op.id.clone(), running.clone());
-                if let Some((why, msg)) = self
+                if let Some((attempt, why, msg)) = self
                     .early_stops
                     .lock()
                     .ok()
                     .and_then(|mut e| e.remove(&op.id))
                 {
-                    running.request_stop(why, msg);
+                    if attempt == op.attempt {
+                        running.request_stop(why, msg);
+                    }
                 }
             }
             let sent = match self.job_tx.lock().ok().and_then(|t| t.clone()) {

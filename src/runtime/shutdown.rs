@@ -5,6 +5,7 @@ use super::Runtime;
 use crate::ids;
 use crate::model::{Status, StopReason};
 use crate::store::operations as ops;
+use crate::store::Policy;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +73,10 @@ impl Runtime {
         if !stuck.is_empty() {
             tracing::warn!(operations = ?stuck, "did not stop within the grace; recorded as cancelled (shutdown)");
             let now = ids::now();
-            let _ = self.store.write(move |c| {
+            // Durable, but not waited for beyond the writer's own limit: a
+            // database that stays unwritable leaves these rows `running`,
+            // which the next start recovers as after a crash.
+            self.store.writer().submit(Policy::Durable, move |c| {
                 for (id, why) in &stuck {
                     ops::finish(
                         c,
@@ -91,6 +95,10 @@ impl Runtime {
                     }
                 }
                 Ok(())
+            }, |r| {
+                if let Err(e) = r {
+                    tracing::error!("recording operations stopped at shutdown failed: {e}");
+                }
             });
         }
         if let Ok(mut tx) = self.job_tx.lock() {

@@ -13,6 +13,7 @@ use crate::model::{Status, StopReason};
 use crate::store::checkpoints::{self, Checkpoint};
 use crate::store::operations::{self as ops, Finish};
 use crate::store::records::{ClaimedOperation, Progress};
+use crate::store::Policy;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +76,7 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
         return Ok(None);
     }
     let id = op.id.clone();
-    let cp = rt.store.write(move |c| {
+    let cp = rt.store.write_durable(move |c| {
         let cp = checkpoints::get(c, &id)?;
         let seq = cp.as_ref().map(|c| c.metrics_seq).unwrap_or(0);
         crate::store::metrics::truncate_after(c, &id, seq)?;
@@ -197,24 +198,26 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         Ok(())
     };
     let rt2 = rt.clone();
-    rt.store.writer().submit(task, move |result: Result<()>| {
-        let id = &op.id;
-        if let Err(e) = result {
-            tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
-        }
-        if delete_cp {
-            let dir = rt2.config.state_dir.join("checkpoints").join(id.as_str());
-            if dir.exists() {
-                let _ = std::fs::remove_dir_all(dir);
+    rt.store
+        .writer()
+        .submit(Policy::Durable, task, move |result: Result<()>| {
+            let id = &op.id;
+            if let Err(e) = result {
+                tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
             }
-        }
-        if let Some((parent, msg)) = fail_parent {
-            if let Some(live) = rt2.live(&parent) {
-                live.request_stop(StopRequest::ChildFailed, Some(msg));
+            if delete_cp {
+                let dir = rt2.config.state_dir.join("checkpoints").join(id.as_str());
+                if dir.exists() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
-        }
-        release(&rt2, id, &running);
-    });
+            if let Some((parent, msg)) = fail_parent {
+                if let Some(live) = rt2.live(&parent) {
+                    live.request_stop(StopRequest::ChildFailed, Some(msg));
+                }
+            }
+            release(&rt2, id, &running);
+        });
     drop(order);
 }
 

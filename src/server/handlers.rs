@@ -27,9 +27,9 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
     let response = match req {
         Request::Submit(s) => reply(svc.submit(s).await),
         Request::SubmitBatch { operations } => reply(svc.submit_batch(operations).await),
-        Request::Get { id } => reply(svc.get(&id).map(|r| json!({ "operation": r }))),
-        Request::List(filter) => reply(svc.list(&filter)),
-        Request::Children { id } => reply(svc.children(&id)),
+        Request::Get { id } => reply(svc.get_async(&id).await.map(|r| json!({ "operation": r }))),
+        Request::List(filter) => reply(svc.list_async(filter).await),
+        Request::Children { id } => reply(svc.children_async(&id).await),
         Request::Cancel {
             id,
             reason,
@@ -38,7 +38,7 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
             let wait = Duration::from_millis(wait_ms.unwrap_or(2000).min(60_000));
             reply(svc.cancel(&id, reason, wait).await)
         }
-        Request::Resume { id } => reply(svc.resume(&id)),
+        Request::Resume { id } => reply(svc.resume(&id).await),
         Request::Metrics {
             id,
             cursor,
@@ -51,13 +51,13 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
             if follow {
                 return follow_metrics(svc, &id, cursor, limit, out).await;
             }
-            reply(svc.metrics(&id, cursor, limit))
+            reply(svc.metrics_async(&id, cursor, limit).await)
         }
         Request::Watch { id, interval_ms } => {
             let every = Duration::from_millis(interval_ms.unwrap_or(200).clamp(10, 10_000));
             return watch(svc, &id, every, out).await;
         }
-        Request::Checkpoints { id } => reply(svc.checkpoints(id.as_ref())),
+        Request::Checkpoints { id } => reply(svc.checkpoints_async(id).await),
         Request::DeleteCheckpoint { id } => reply(svc.delete_checkpoint(&id).await),
         Request::Logs {
             id,
@@ -66,7 +66,7 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
         } => {
             return logs(svc, &id, tail_bytes.unwrap_or(65536), follow, out).await;
         }
-        Request::Health => reply(svc.health()),
+        Request::Health => reply(svc.health_async().await),
     };
     out.send(&response).await
 }
@@ -80,12 +80,13 @@ fn is_over(s: Status) -> bool {
 async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Responder) -> bool {
     let mut last = Value::Null;
     loop {
-        let op = match svc.get(id) {
+        let op = match svc.get_async(id).await {
             Ok(op) => op,
             Err(e) => return out.send(&err(&e)).await,
         };
         let children = svc
-            .children(id)
+            .children_async(id)
+            .await
             .map(|c| c["operations"].clone())
             .unwrap_or(Value::Array(vec![]));
         let over = is_over(op.status);
@@ -115,11 +116,11 @@ async fn follow_metrics(
     loop {
         // Read the status before the points, so points written just before
         // the end are still sent.
-        let over = match svc.get(id) {
+        let over = match svc.get_async(id).await {
             Ok(op) => is_over(op.status),
             Err(e) => return out.send(&err(&e)).await,
         };
-        match svc.metrics(id, cursor, limit) {
+        match svc.metrics_async(id, cursor, limit).await {
             Ok(v) => {
                 let n = v["metrics"].as_array().map(|a| a.len()).unwrap_or(0);
                 cursor = v["cursor"].as_i64().unwrap_or(cursor);
@@ -156,7 +157,7 @@ async fn logs(
         .state_dir
         .join("logs")
         .join(format!("{id}.log"));
-    if let Err(e) = svc.get(id) {
+    if let Err(e) = svc.get_async(id).await {
         return out.send(&err(&e)).await;
     }
     let mut offset = match std::fs::metadata(&path) {
@@ -164,7 +165,11 @@ async fn logs(
         Err(_) => 0,
     };
     loop {
-        let over = svc.get(id).map(|o| is_over(o.status)).unwrap_or(true);
+        let over = svc
+            .get_async(id)
+            .await
+            .map(|o| is_over(o.status))
+            .unwrap_or(true);
         let (text, next) = read_from(&path, offset);
         offset = next;
         if (!text.is_empty() || !follow)

@@ -19,6 +19,67 @@ const MIGRATIONS: &[&str] = &[SCHEMA_SQL];
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// `PRAGMA application_id` of an opsd database ("opsd" in ASCII), written
+/// with the first migration so `file(1)` and the next start can tell the
+/// file is ours.
+pub const APPLICATION_ID: i64 = 0x6F70_7364;
+
+/// Tables every opsd schema has; a file claiming a schema version without
+/// them is someone else's.
+const OUR_TABLES: &[&str] = &["operations", "operation_metrics", "operation_checkpoints"];
+
+/// Decide, on a read-only connection, whether the file is an opsd
+/// database (or an empty one) this build may open for writing. Anything
+/// else is refused before a single byte is written, WAL switch included.
+fn check_ours(probe: &Connection, version: i64) -> std::result::Result<(), String> {
+    let app_id: i64 = probe
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(format!(
+            "it belongs to another application (application_id {app_id:#x}), not opsd"
+        ));
+    }
+    if version < 0 {
+        return Err(format!(
+            "its schema version {version} is not one opsd ever wrote (not an opsd database?)"
+        ));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "its schema version {version} is newer than this opsd supports \
+             ({SCHEMA_VERSION}); upgrade opsd"
+        ));
+    }
+    let tables: Vec<String> = probe
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| e.to_string())?;
+    if version == 0 {
+        return match tables.is_empty() {
+            true => Ok(()),
+            false => {
+                Err("it holds tables but no opsd schema version (not an opsd database?)".into())
+            }
+        };
+    }
+    let missing: Vec<&str> = OUR_TABLES
+        .iter()
+        .copied()
+        .filter(|t| !tables.iter().any(|have| have == t))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "it claims schema version {version} but has no {} table (not an opsd database?)",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Open `path` for writing, check that it is a database this build can
 /// use, apply pending migrations, and set WAL mode and the pragmas.
 pub fn open_and_migrate(path: &Path) -> Result<Connection> {
@@ -42,22 +103,8 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection> {
         // start-up grow with the database (seconds at millions of rows).
         // Reading the header and the schema above already refuses files
         // that are not SQLite databases.
-        if version > SCHEMA_VERSION {
-            return Err(refuse(format!(
-                "its schema version {version} is newer than this opsd supports \
-                 ({SCHEMA_VERSION}); upgrade opsd"
-            )));
-        }
-        if version == 0 {
-            let tables: i64 = probe
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(|e| refuse(e.to_string()))?;
-            if tables > 0 {
-                return Err(refuse(
-                    "it holds tables but no opsd schema version (not an opsd database?)".into(),
-                ));
-            }
-        }
+        check_ours(&probe, version).map_err(refuse)?;
+        drop(probe);
     }
     let conn = Connection::open(path).map_err(|e| refuse(e.to_string()))?;
     let mode: String = conn
@@ -68,6 +115,9 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection> {
     }
     super::apply_pragmas(&conn)?;
     migrate(&conn)?;
+    // Files made by opsd before it wrote an application_id get it now
+    // (they passed the table check above).
+    conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
     Ok(conn)
 }
 
@@ -78,7 +128,8 @@ fn migrate(conn: &Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = i as i64 + 1;
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\n\
+             PRAGMA application_id = {APPLICATION_ID};\nCOMMIT;"
         ))
         .map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");

@@ -17,10 +17,16 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use writer::Writer;
+pub use writer::{Policy, Writer};
 
 /// How long a connection waits on a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer waits on a lock held by another program before it
+/// reports the batch as failed and retries it (so `health` can say so).
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client's write waits out a database locked by another
+/// program by default (`write_wait_ms`).
+pub const DEFAULT_CALLER_WAIT: Duration = Duration::from_secs(30);
 
 /// Set the pragmas every connection needs. Called on the writer and on each
 /// pooled connection (r2d2's init hook), because pragmas are per connection
@@ -54,8 +60,15 @@ impl Store {
     /// A file that is not a readable opsd database makes this fail with an
     /// error naming the file; the file is never modified in that case.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, DEFAULT_CALLER_WAIT)
+    }
+
+    /// [`Store::open`], with how long a client's write waits out a database
+    /// locked by another program before it is told so.
+    pub fn open_with(path: &Path, caller_wait: Duration) -> Result<Store> {
         let conn = migrate::open_and_migrate(path)?;
-        let writer = Writer::start(conn)?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT.min(caller_wait.max(Duration::from_millis(10))))?;
+        let writer = Writer::start(conn, caller_wait)?;
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(|c| apply_pragmas(c));
@@ -93,20 +106,39 @@ impl Store {
         f(&conn)
     }
 
-    /// Run a mutation on the writer thread and wait until it is committed.
+    /// Run a mutation someone waits for (a client's request, start-up) on
+    /// the writer thread and block until it is committed; a database that
+    /// cannot be written is reported as an error (see [`Policy::Caller`]).
     pub fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.write(f)
+        self.writer.write(self.writer.caller_policy(), f)
+    }
+
+    /// Run a mutation of the daemon's own bookkeeping and block until it is
+    /// committed, however long the database stays unwritable (see
+    /// [`Policy::Durable`]).
+    pub fn write_durable<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.writer.write(Policy::Durable, f)
     }
 
     /// Like [`Store::write`], for async callers.
     pub async fn write_async<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.write_async(f).await
+        self.writer
+            .write_async(self.writer.caller_policy(), f)
+            .await
+    }
+
+    /// `None` while writes land; otherwise why not, since when.
+    pub fn degraded(&self) -> Option<String> {
+        self.writer.degraded()
     }
 
     /// Stop the writer after it has committed everything queued.
@@ -284,7 +316,8 @@ mod tests {
             }
             let tx = tx.clone();
             store.writer().submit(
-                move |c| {
+                Policy::Durable,
+                move |c: &Connection| {
                     if i % 2 == 1 {
                         c.execute(
                             "INSERT INTO operations (operation_id, operation_type, created_at, updated_at, metadata) VALUES (?1, 'dummy', 'x', 'x', 'not json')",
@@ -335,7 +368,7 @@ mod tests {
                         &Checkpoint {
                             operation_id: op.id.clone(),
                             checkpoint_type: CheckpointType::Periodic,
-                            created_at: created,
+                            created_at: created.clone(),
                             state: serde_json::json!({"step": 1}),
                             artifacts_path: None,
                             state_size_bytes: 0,

@@ -37,15 +37,7 @@ pub fn insert(
         }
     }
     if let Some(parent) = &op.parent {
-        let exists: Option<i64> = conn
-            .prepare_cached("SELECT 1 FROM operations WHERE operation_id = ?1")?
-            .query_row([parent.as_str()], |r| r.get(0))
-            .optional()?;
-        if exists.is_none() {
-            return Err(Error::NotFound(format!(
-                "parent operation {parent} does not exist"
-            )));
-        }
+        check_parent_takes_children(conn, parent)?;
     }
     // Ids made in the same second share everything but 32 random bits;
     // at the rates group commit allows (thousands a second) two of them
@@ -87,6 +79,36 @@ pub fn insert(
         }
     }
     Ok((id, Status::Pending, true))
+}
+
+/// A child may only join a parent that is waiting or running and not
+/// being cancelled: a cancel of the tree is one transaction on the writer,
+/// so a child inserted after it sees the parent's status or its stop
+/// marker (`stop_reason` on a running row) and is refused, and one
+/// inserted before it is part of the tree it cancels.
+fn check_parent_takes_children(conn: &Connection, parent: &OperationId) -> Result<()> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached("SELECT status, stop_reason FROM operations WHERE operation_id = ?1")?
+        .query_row([parent.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((status, stop)) = row else {
+        return Err(Error::NotFound(format!(
+            "parent operation {parent} does not exist"
+        )));
+    };
+    let status: Status = status.parse().map_err(Error::Internal)?;
+    if !status.is_active() {
+        return Err(Error::InvalidTransition(format!(
+            "parent operation {parent} is {status}; children can only be added to a pending or \
+             running operation (resume it first)"
+        )));
+    }
+    if status == Status::Running && stop.is_some() {
+        return Err(Error::InvalidTransition(format!(
+            "parent operation {parent} is being cancelled; no new children can be added to it"
+        )));
+    }
+    Ok(())
 }
 
 /// One operation by id.
@@ -360,9 +382,19 @@ pub fn requeue_for_retry(
     now: &str,
 ) -> Result<bool> {
     let entry = serde_json::json!({"at": now, "message": error}).to_string();
+    // A cancel that reached the row while the failing run was being
+    // recorded left its stop marker (`stop_reason` on the running row):
+    // it wins over the retry, so the cancel is not lost.
     let n = conn
         .prepare_cached(
-            "UPDATE operations SET status = 'pending', run_after = ?2, updated_at = ?3, \
+            "UPDATE operations SET \
+                 status = CASE WHEN stop_reason IS NULL THEN 'pending' ELSE 'cancelled' END, \
+                 completed_at = CASE WHEN stop_reason IS NULL THEN NULL ELSE ?3 END, \
+                 run_after = CASE WHEN stop_reason IS NULL THEN ?2 ELSE NULL END, \
+                 updated_at = ?3, eta_seconds = NULL, \
+                 progress_message = CASE WHEN stop_reason IS NULL \
+                     THEN printf('attempt %d of %d failed; retrying after %s', attempt, max_attempts, ?2) \
+                     ELSE 'cancelled while its failed attempt was being recorded' END, \
                  error_message = ?4, errors = json_insert(errors, '$[#]', json(?5)) \
              WHERE operation_id = ?1 AND status = 'running'",
         )?
@@ -370,31 +402,63 @@ pub fn requeue_for_retry(
     Ok(n == 1)
 }
 
-/// Cancel an operation that is not running (pending or resuming) at once.
-/// Returns its status before, or an error when it cannot be cancelled.
-pub fn cancel_waiting(
+/// What cancelling a tree did.
+#[derive(Debug, Clone)]
+pub struct TreeCancel {
+    /// The root's status before.
+    pub before: Status,
+    /// Members that are running, with their attempt and whether each is
+    /// the root: their jobs must be asked to stop. Each now carries a stop
+    /// marker (`stop_reason` on the running row).
+    pub running: Vec<(OperationId, i64, bool)>,
+}
+
+/// Cancel `root` and every active descendant in one transaction: waiting
+/// members become `cancelled` at once (`reason` for the root, `parent` for
+/// the others); running ones get a stop marker, so a child inserted after
+/// this is refused and a retry recorded after it becomes the cancel.
+pub fn cancel_tree(
     conn: &Connection,
-    id: &OperationId,
+    root: &OperationId,
     reason: StopReason,
     message: Option<&str>,
     now: &str,
-) -> Result<Status> {
-    let before = status(conn, id)?;
-    match before {
-        Status::Pending | Status::Resuming => {
-            conn.prepare_cached(
-                "UPDATE operations SET status = 'cancelled', stop_reason = ?2, completed_at = ?3, \
-                     updated_at = ?3, eta_seconds = NULL, error_message = ?4 \
-                 WHERE operation_id = ?1 AND status IN ('pending','resuming')",
-            )?
-            .execute(params![id.as_str(), reason.as_str(), now, message])?;
-            Ok(before)
-        }
-        Status::Running => Ok(before),
-        other => Err(Error::InvalidTransition(format!(
-            "operation {id} is {other}; only pending, resuming or running operations can be cancelled"
-        ))),
+) -> Result<TreeCancel> {
+    let before = status(conn, root)?;
+    if !before.is_active() {
+        return Err(Error::InvalidTransition(format!(
+            "operation {root} is {before}; only pending, resuming or running operations can be cancelled"
+        )));
     }
+    const TREE: &str = "WITH RECURSIVE tree(id) AS ( \
+             SELECT ?1 UNION SELECT o.operation_id FROM operations o \
+             JOIN tree t ON o.parent_operation_id = t.id) ";
+    conn.prepare_cached(&format!(
+        "{TREE} UPDATE operations SET status = 'cancelled', \
+             stop_reason = CASE WHEN operation_id = ?1 THEN ?2 ELSE 'parent' END, \
+             completed_at = ?3, updated_at = ?3, eta_seconds = NULL, \
+             error_message = CASE WHEN operation_id = ?1 THEN ?4 ELSE NULL END \
+         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming')"
+    ))?
+    .execute(params![root.as_str(), reason.as_str(), now, message])?;
+    let running = conn
+        .prepare_cached(&format!(
+            "{TREE} UPDATE operations SET \
+                 stop_reason = coalesce(stop_reason, CASE WHEN operation_id = ?1 THEN ?2 ELSE 'parent' END) \
+             WHERE operation_id IN (SELECT id FROM tree) AND status = 'running' \
+             RETURNING operation_id, attempt"
+        ))?
+        .query_map(params![root.as_str(), reason.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(id, attempt)| {
+            let is_root = id == root.as_str();
+            (OperationId(id), attempt, is_root)
+        })
+        .collect();
+    Ok(TreeCancel { before, running })
 }
 
 /// Every descendant of `id` (children, grandchildren, ...) with its status.

@@ -7,24 +7,173 @@
 //! undo the others, commits once, and only then answers each caller. One
 //! fsync so covers every request of the batch, and every answer a caller
 //! receives is durable.
+//!
+//! # When the database cannot be written
+//!
+//! A batch can fail as a whole: `BEGIN IMMEDIATE` times out because
+//! another program (a `sqlite3` shell) holds the write lock, `COMMIT` fails
+//! because the disk is full, or a statement's I/O error makes SQLite roll
+//! the whole transaction back. Closures are therefore `FnMut`: nothing is
+//! dropped, the batch is run again from scratch after a backoff, in the
+//! same order (metric points keep their order). What each request gets is
+//! its [`Policy`]:
+//!
+//! - [`Policy::Durable`]: the daemon's own bookkeeping (final rows,
+//!   progress and metric flushes, checkpoints). Retried for as long as it
+//!   takes, so an operation whose job has ended always reaches its final
+//!   row once the database is writable again. Only a shutdown that cannot
+//!   write within [`SHUTDOWN_WAIT`] gives up (the rows then stay `running`
+//!   and start-up recovery handles them as after a crash).
+//! - [`Policy::Caller`]: a client is waiting (submit, cancel, resume). It
+//!   waits out a busy lock until its deadline, and then, or at once on any
+//!   other failure (disk full), hears a true error saying that nothing was
+//!   written and what to do.
+//!
+//! While a batch is being retried, [`Writer::degraded`] says why and since
+//! when (`opsd health` shows it as `store`).
 
 use crate::error::{Error, Result};
-use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Connection;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{Connection, ErrorCode};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Most requests in one transaction; bounds latency under a flood.
 const MAX_BATCH: usize = 4096;
+/// First wait before a failed batch is tried again; doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a failed batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the writer keeps trying at shutdown before it gives up.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
-/// What a task hands back to run after the commit: delivers the answer.
-type Finish = Box<dyn FnOnce(Result<()>) + Send>;
-/// A mutation: runs inside the batch transaction, returns its finisher.
-type Task = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// What a request's caller is owed when its batch cannot be committed.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    /// Retry until committed: the daemon's own bookkeeping, which must not
+    /// be lost.
+    Durable,
+    /// A caller is waiting: retry a busy lock until `deadline`, fail at
+    /// once on anything else, and tell the caller nothing was written.
+    Caller {
+        /// After this, a busy lock is reported instead of waited out.
+        deadline: Instant,
+    },
+}
+
+impl Policy {
+    /// A caller that waits up to `wait` for a locked database.
+    pub fn caller(wait: Duration) -> Policy {
+        Policy::Caller {
+            deadline: Instant::now() + wait,
+        }
+    }
+}
+
+/// Why a batch could not be committed.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    /// Another connection holds the lock (worth waiting for).
+    busy: bool,
+    /// What SQLite said, for the log and `health`.
+    message: String,
+}
+
+/// One queued request with its result, re-runnable until committed.
+trait Queued: Send {
+    /// Run inside the batch transaction (in a savepoint) and keep the
+    /// result. Returns the failure when it is one that spoils the batch.
+    fn run(&mut self, conn: &Connection) -> Option<BatchFailure>;
+    /// Its policy.
+    fn policy(&self) -> Policy;
+    /// Answer the caller: with the kept result after a commit (`None`), or
+    /// with `Some(error)` when the batch could not be committed.
+    fn deliver(self: Box<Self>, failure: Option<Error>);
+}
+
+struct Request<T, F, D> {
+    f: F,
+    deliver: D,
+    policy: Policy,
+    result: Option<Result<T>>,
+}
+
+impl<T, F, D> Queued for Request<T, F, D>
+where
+    T: Send,
+    F: FnMut(&Connection) -> Result<T> + Send,
+    D: FnOnce(Result<T>) + Send,
+{
+    fn run(&mut self, conn: &Connection) -> Option<BatchFailure> {
+        let r = run_in_savepoint(conn, &mut self.f);
+        let spoiled = match &r {
+            Err(e) => batch_failure(e),
+            Ok(_) => None,
+        };
+        self.result = Some(r);
+        spoiled
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    fn deliver(self: Box<Self>, failure: Option<Error>) {
+        let r = match failure {
+            Some(e) => Err(e),
+            None => self.result.unwrap_or_else(|| {
+                Err(Error::Internal("a write was answered before it ran".into()))
+            }),
+        };
+        (self.deliver)(r);
+    }
+}
+
+/// A failure of one request that spoils the whole batch: the lock, the
+/// disk or the file, not the request's own logic (a constraint, a missing
+/// row), which its savepoint contains.
+fn batch_failure(e: &Error) -> Option<BatchFailure> {
+    let Error::Database(db) = e else { return None };
+    let code = db.sqlite_error_code()?;
+    let busy = matches!(code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked);
+    let storage = matches!(
+        code,
+        ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::OutOfMemory
+            | ErrorCode::FileLockingProtocolFailed
+    );
+    (busy || storage).then(|| BatchFailure {
+        busy,
+        message: db.to_string(),
+    })
+}
+
+fn sqlite_failure(e: rusqlite::Error) -> BatchFailure {
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    );
+    BatchFailure {
+        busy,
+        message: e.to_string(),
+    }
+}
 
 enum Message {
-    Task(Task),
+    Task(Box<dyn Queued>),
     Shutdown,
+}
+
+/// Why writes are not landing, and since when.
+#[derive(Debug, Clone)]
+struct Degraded {
+    since: String,
+    failure: BatchFailure,
 }
 
 /// Handle to the writer thread. Cloning it is cheap.
@@ -33,59 +182,92 @@ pub struct Writer {
     tx: Sender<Message>,
     /// Joined by `shutdown`; shared so any clone can stop the thread.
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set while a batch is being retried.
+    degraded: Arc<Mutex<Option<Degraded>>>,
+    /// How long a caller waits out a locked database.
+    caller_wait: Duration,
 }
 
 impl Writer {
-    /// Start the writer thread on an open, migrated connection.
-    pub fn start(conn: Connection) -> Result<Writer> {
+    /// Start the writer thread on an open, migrated connection. Callers
+    /// wait up to `caller_wait` for a database locked by another program.
+    pub fn start(conn: Connection, caller_wait: Duration) -> Result<Writer> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let degraded = Arc::new(Mutex::new(None));
+        let d = degraded.clone();
         let thread = std::thread::Builder::new()
             .name("opsd-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || Thread::new(conn, d).run(rx))
             .map_err(|e| Error::io("starting the writer thread", e))?;
         Ok(Writer {
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            degraded,
+            caller_wait,
         })
     }
 
+    /// `None` while writes land; otherwise a sentence saying why they do
+    /// not and since when (for `opsd health`).
+    pub fn degraded(&self) -> Option<String> {
+        let d = self.degraded.lock().ok()?.clone()?;
+        Some(if d.failure.busy {
+            format!(
+                "waiting for the write lock since {}: another program holds a write \
+                 transaction on the database ({})",
+                d.since, d.failure.message
+            )
+        } else {
+            format!(
+                "writes failing since {}: {}; retrying until they succeed",
+                d.since, d.failure.message
+            )
+        })
+    }
+
+    /// The policy of a request a client waits for.
+    pub fn caller_policy(&self) -> Policy {
+        Policy::caller(self.caller_wait)
+    }
+
     /// Queue a mutation; `deliver` receives its result once it is committed
-    /// (or the error that stopped it).
+    /// (or the error that stopped it). `f` may run more than once: when a
+    /// batch fails as a whole it is run again with the others.
     pub fn submit<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        policy: Policy,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
         deliver: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        let task: Task = Box::new(move |conn: &Connection| {
-            let outcome = run_in_savepoint(conn, f);
-            Box::new(move |commit: Result<()>| {
-                deliver(match commit {
-                    Ok(()) => outcome,
-                    Err(e) => Err(e),
-                })
-            }) as Finish
-        });
-        // If the writer is gone the task is dropped with its sender, and the
-        // caller's receiver reports `unavailable` instead of hanging.
-        let _ = self.tx.send(Message::Task(task));
+        let request = Request {
+            f,
+            deliver,
+            policy,
+            result: None,
+        };
+        // If the writer is gone the request is dropped with its sender, and
+        // the caller's receiver reports `unavailable` instead of hanging.
+        let _ = self.tx.send(Message::Task(Box::new(request)));
     }
 
     /// Run a mutation and block until it is committed. Not for async code.
     pub fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        policy: Policy,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.enqueue(f).wait()
+        self.enqueue(policy, f).wait()
     }
 
     /// Queue a mutation now and wait for its commit later: the queue is
     /// FIFO, so what is enqueued first is applied first.
     pub fn enqueue<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        policy: Policy,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Pending<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(f, move |r| {
+        self.submit(policy, f, move |r| {
             let _ = tx.send(r);
         });
         Pending(rx)
@@ -94,14 +276,14 @@ impl Writer {
     /// Run a mutation and await its commit.
     pub async fn write_async<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        policy: Policy,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(f, move |r| {
+        self.submit(policy, f, move |r| {
             let _ = tx.send(r);
         });
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Unavailable("the database writer has stopped".into())))
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Commit what is queued, then stop the thread and close the connection.
@@ -114,20 +296,25 @@ impl Writer {
     }
 }
 
+fn stopped() -> Error {
+    Error::Unavailable("the daemon is shutting down and no longer writes to its database".into())
+}
+
 /// A queued mutation's result, to wait for.
 pub struct Pending<T>(std::sync::mpsc::Receiver<Result<T>>);
 
 impl<T> Pending<T> {
     /// Block until the mutation is committed (or failed).
     pub fn wait(self) -> Result<T> {
-        self.0
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Unavailable("the database writer has stopped".into())))
+        self.0.recv().unwrap_or_else(|_| Err(stopped()))
     }
 }
 
 /// Run `f` in a savepoint: its changes stay only if it succeeds.
-fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+fn run_in_savepoint<T>(
+    conn: &Connection,
+    f: &mut impl FnMut(&Connection) -> Result<T>,
+) -> Result<T> {
     // Cached statements: two of these run for every request.
     conn.prepare_cached("SAVEPOINT task")?.execute([])?;
     match f(conn) {
@@ -136,66 +323,293 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO task; RELEASE task")?;
+            // After an error that rolled the whole transaction back (disk
+            // full, I/O) the savepoint is gone too; the batch notices
+            // (autocommit) and is retried whole.
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK TO task; RELEASE task")?;
+            }
             Err(e)
         }
     }
 }
 
-fn run(conn: Connection, rx: Receiver<Message>) {
-    let mut batch: Vec<Task> = Vec::with_capacity(MAX_BATCH);
-    let mut stopping = false;
-    while !stopping {
-        match rx.recv() {
-            Ok(Message::Task(t)) => batch.push(t),
-            Ok(Message::Shutdown) | Err(_) => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Message::Task(t)) => batch.push(t),
-                Ok(Message::Shutdown) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        commit_batch(&conn, &mut batch);
-    }
-    // Answer whatever is still queued so no caller waits forever.
-    while let Ok(Message::Task(t)) = rx.try_recv() {
-        batch.push(t);
-    }
-    commit_batch(&conn, &mut batch);
-    // Fold the WAL back into the main file so sqlite3 users see one file.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    drop(conn);
+/// The writer thread's state.
+struct Thread {
+    conn: Connection,
+    degraded: Arc<Mutex<Option<Degraded>>>,
+    /// Requests of a batch that failed as a whole, oldest first.
+    retry: Vec<Box<dyn Queued>>,
+    backoff: Duration,
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Task>) {
-    if batch.is_empty() {
-        return;
-    }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        tracing::error!("cannot begin a transaction: {e}");
-        // Without a transaction each task would commit alone; drop them
-        // instead, so every caller gets `unavailable`.
-        batch.clear();
-        return;
-    }
-    let finishers: Vec<Finish> = batch.drain(..).map(|t| t(conn)).collect();
-    let commit = conn.execute_batch("COMMIT").map_err(|e| {
-        tracing::error!("commit failed: {e}");
-        let _ = conn.execute_batch("ROLLBACK");
-        Error::Database(e)
-    });
-    match commit {
-        Ok(()) => finishers.into_iter().for_each(|f| f(Ok(()))),
-        Err(e) => {
-            let msg = e.to_string();
-            finishers
-                .into_iter()
-                .for_each(|f| f(Err(Error::Unavailable(msg.clone()))));
+impl Thread {
+    fn new(conn: Connection, degraded: Arc<Mutex<Option<Degraded>>>) -> Thread {
+        Thread {
+            conn,
+            degraded,
+            retry: Vec::new(),
+            backoff: FIRST_BACKOFF,
         }
+    }
+
+    fn run(mut self, rx: Receiver<Message>) {
+        let mut stopping = false;
+        while !stopping {
+            // With nothing to retry, sleep until a request comes; with a
+            // failed batch, wait at most the backoff before trying again.
+            let first = if self.retry.is_empty() {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(self.backoff) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch = std::mem::take(&mut self.retry);
+            match first {
+                Some(Message::Task(t)) => batch.push(t),
+                Some(Message::Shutdown) => stopping = true,
+                None => {}
+            }
+            while !stopping && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Message::Task(t)) => batch.push(t),
+                    Ok(Message::Shutdown) => stopping = true,
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch, false);
+        }
+        // Answer whatever is still queued so no caller waits forever, and
+        // keep trying a failed batch for a while before giving up.
+        let mut batch = std::mem::take(&mut self.retry);
+        while let Ok(Message::Task(t)) = rx.try_recv() {
+            batch.push(t);
+        }
+        let give_up = Instant::now() + SHUTDOWN_WAIT;
+        self.commit(batch, false);
+        while !self.retry.is_empty() && Instant::now() < give_up {
+            std::thread::sleep(self.backoff);
+            let batch = std::mem::take(&mut self.retry);
+            self.commit(batch, Instant::now() >= give_up);
+        }
+        let left = std::mem::take(&mut self.retry);
+        if !left.is_empty() {
+            tracing::error!(
+                requests = left.len(),
+                "stopping with writes that could not be committed; operations left running are \
+                 recovered at the next start"
+            );
+        }
+        for t in left {
+            t.deliver(Some(Error::Unavailable(
+                "the daemon stopped before the database could be written; nothing was recorded"
+                    .into(),
+            )));
+        }
+        // Fold the WAL back into the main file so sqlite3 users see one file.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    /// Run and commit one batch. On success every request is answered; on
+    /// a failure of the whole batch, callers whose policy allows it are
+    /// answered with a true error and the rest are kept for the next try.
+    fn commit(&mut self, mut batch: Vec<Box<dyn Queued>>, last_try: bool) {
+        if batch.is_empty() {
+            return;
+        }
+        let failure = self.try_commit(&mut batch);
+        match failure {
+            None => {
+                self.backoff = FIRST_BACKOFF;
+                if let Ok(mut d) = self.degraded.lock() {
+                    if d.take().is_some() {
+                        tracing::info!("database writes land again");
+                    }
+                }
+                for t in batch {
+                    t.deliver(None);
+                }
+            }
+            Some(f) => {
+                self.note_degraded(&f);
+                let now = Instant::now();
+                for t in batch {
+                    let keep = match t.policy() {
+                        Policy::Durable => !last_try,
+                        Policy::Caller { deadline } => f.busy && now < deadline,
+                    };
+                    if keep {
+                        self.retry.push(t);
+                    } else {
+                        t.deliver(Some(caller_error(&f)));
+                    }
+                }
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// One try: BEGIN, every request in its savepoint, COMMIT. Returns why
+    /// the batch as a whole failed (and leaves no transaction open).
+    fn try_commit(&self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            return Some(sqlite_failure(e));
+        }
+        for t in batch.iter_mut() {
+            let spoiled = t.run(&self.conn);
+            // An error that ended the transaction (SQLite rolls back by
+            // itself on some I/O errors and on a full disk): the rest
+            // would commit one by one outside it, so stop here.
+            if self.conn.is_autocommit() || spoiled.is_some() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Some(spoiled.unwrap_or_else(|| BatchFailure {
+                    busy: false,
+                    message: "the transaction was rolled back by SQLite".into(),
+                }));
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Some(sqlite_failure(e));
+        }
+        None
+    }
+
+    fn note_degraded(&self, f: &BatchFailure) {
+        if let Ok(mut d) = self.degraded.lock() {
+            match d.as_mut() {
+                Some(d) => d.failure = f.clone(),
+                None => {
+                    tracing::error!("database write failed, retrying: {}", f.message);
+                    *d = Some(Degraded {
+                        since: crate::ids::now(),
+                        failure: f.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What a caller hears when its request could not be committed.
+fn caller_error(f: &BatchFailure) -> Error {
+    if f.busy {
+        Error::Unavailable(format!(
+            "the database is locked by another program (a sqlite3 shell or a backup holding a \
+             write transaction?): {}; nothing was written. End that transaction and try again",
+            f.message
+        ))
+    } else {
+        Error::Unavailable(format!(
+            "the database could not be written: {}; nothing was written. If the disk is full, \
+             free space and try again: the daemon recovers by itself",
+            f.message
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> Connection {
+        let c = Connection::open(dir.path().join("w.db")).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        c.busy_timeout(Duration::from_millis(20)).unwrap();
+        c
+    }
+
+    fn count(dir: &tempfile::TempDir) -> i64 {
+        Connection::open(dir.path().join("w.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_locked_database_delays_durable_writes_and_fails_callers_truthfully() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(open(&dir), Duration::from_millis(100)).unwrap();
+        let other = Connection::open(dir.path().join("w.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let durable = w.enqueue(Policy::Durable, |c| {
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            Ok(())
+        });
+        let caller = w.enqueue(w.caller_policy(), |c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            Ok(())
+        });
+        let err = caller.wait().unwrap_err().to_string();
+        assert!(err.contains("locked by another program"), "{err}");
+        assert!(err.contains("nothing was written"), "{err}");
+        let health = w.degraded().expect("degraded while locked");
+        assert!(
+            health.contains("waiting for the write lock since"),
+            "{health}"
+        );
+        other.execute_batch("COMMIT").unwrap();
+        durable.wait().unwrap();
+        assert_eq!(
+            count(&dir),
+            1,
+            "the durable write landed, the caller's did not"
+        );
+        assert!(w.degraded().is_none());
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_request_that_ends_the_transaction_does_not_let_later_ones_commit_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(open(&dir), Duration::from_secs(5)).unwrap();
+        let runs = Arc::new(Mutex::new(0));
+        let r = runs.clone();
+        // The first run of this request ends the transaction the way a
+        // full disk does; the next run succeeds.
+        let first = w.enqueue(Policy::Durable, move |c| {
+            let mut n = r.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                c.execute_batch("ROLLBACK")?;
+                return Err(Error::Internal("simulated abort".into()));
+            }
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            Ok(())
+        });
+        let second = w.enqueue(Policy::Durable, |c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            Ok(())
+        });
+        first.wait().unwrap();
+        second.wait().unwrap();
+        assert_eq!(*runs.lock().unwrap(), 2, "the batch was run again");
+        assert_eq!(count(&dir), 2, "each row exactly once");
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_request_error_is_contained_by_its_savepoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(open(&dir), Duration::from_secs(5)).unwrap();
+        let bad = w.enqueue(Policy::Durable, |c| {
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            Err::<(), _>(Error::BadRequest("no".into()))
+        });
+        let good = w.enqueue(Policy::Durable, |c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            Ok(())
+        });
+        assert!(matches!(bad.wait(), Err(Error::BadRequest(_))));
+        good.wait().unwrap();
+        assert_eq!(count(&dir), 1);
+        w.shutdown();
     }
 }

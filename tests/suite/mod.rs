@@ -1,8 +1,11 @@
 //! The integration test modules.
 
+mod cancel_trees;
 mod cli;
 mod command;
 mod durability;
+mod foreign_files;
 mod jobs;
 mod lifecycle;
 mod protocol;
+mod write_failures;
