@@ -6,3 +6,4 @@ mod durability;
 mod jobs;
 mod lifecycle;
 mod protocol;
+mod research;
