@@ -57,12 +57,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<(), String> {
     let data = std::env::var_os("OPSD_BENCH_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/data/GOOG.csv"
-            ))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/GOOG.csv")));
     let runs: usize = std::env::var("OPSD_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())

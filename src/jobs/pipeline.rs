@@ -85,18 +85,22 @@ impl Job for PipelineJob {
             return Err("backtest.model / backtest.strategy: filled in by the pipeline (it backtests the model it trains)".into());
         }
         if p.backtest.contains_key("start") || p.backtest.contains_key("end") {
-            return Err("backtest.start / backtest.end: filled in by the pipeline (it backtests \
+            return Err(
+                "backtest.start / backtest.end: filled in by the pipeline (it backtests \
                         the training's test split only); choose the split with \
                         training.test_fraction"
-                .into());
+                    .into(),
+            );
         }
         let t =
             TrainingParams::from_json(&p.training_params()).map_err(|e| format!("training.{e}"))?;
         t.validate().map_err(|e| format!("training.{e}"))?;
         if t.test_fraction <= 0.0 {
-            return Err("training.test_fraction must be > 0 in a pipeline: its backtest runs \
+            return Err(
+                "training.test_fraction must be > 0 in a pipeline: its backtest runs \
                         on the test split only, out of sample (e.g. 0.15, the default)"
-                .into());
+                    .into(),
+            );
         }
         BacktestJob::validate_values(&p.backtest_params(None))
             .map_err(|e| format!("backtest.{e}"))?;

@@ -356,7 +356,10 @@ fn a_range_trades_only_its_bars_and_buys_and_holds_over_them() {
     let first = b.timestamps.iter().position(|t| t == "2008-01-02").unwrap();
     let last = b.timestamps.iter().position(|t| t == "2010-12-31").unwrap();
     let (r, ctl) = run(&b, &p, None);
-    assert_eq!((r.start.as_str(), r.end.as_str()), ("2008-01-02", "2010-12-31"));
+    assert_eq!(
+        (r.start.as_str(), r.end.as_str()),
+        ("2008-01-02", "2010-12-31")
+    );
     assert_eq!(r.bars, last - first + 1);
     // Buy and hold over exactly the range's first and last close.
     let c = &b.close;
@@ -498,8 +501,14 @@ fn a_range_stopped_and_resumed_equals_the_uninterrupted_range() {
 fn ranges_without_bars_are_refused_naming_the_data_range() {
     let b = load("GOOG.csv");
     let mut ctl = RecordingControl::new();
-    let e = run_backtest(&b, &goog_range("2014-01-01", "2015-01-01"), None, None, &mut ctl)
-        .unwrap_err();
+    let e = run_backtest(
+        &b,
+        &goog_range("2014-01-01", "2015-01-01"),
+        None,
+        None,
+        &mut ctl,
+    )
+    .unwrap_err();
     assert!(
         e.contains("start/end: no bars") && e.contains("2004-08-19 to 2013-03-01"),
         "{e}"
@@ -509,5 +518,8 @@ fn ranges_without_bars_are_refused_naming_the_data_range() {
         ..sma_params("GOOG.csv", 10, 20)
     };
     let e = run_backtest(&b, &short, None, None, &mut ctl).unwrap_err();
-    assert!(e.contains("slow = 20 is longer than the data up to end"), "{e}");
+    assert!(
+        e.contains("slow = 20 is longer than the data up to end"),
+        "{e}"
+    );
 }

@@ -297,7 +297,10 @@ mod tests {
                 "model: file not found",
             ),
             (json!([1, 2]), "must be a JSON object"),
-            (json!({"data": g, "start": "soon"}), "start: not a timestamp"),
+            (
+                json!({"data": g, "start": "soon"}),
+                "start: not a timestamp",
+            ),
             (json!({"data": g, "end": 2012}), "end: invalid type"),
             (
                 json!({"data": g, "start": "2012-01-02", "end": "2011-01-03"}),

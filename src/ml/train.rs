@@ -94,6 +94,8 @@ impl TrainingState {
 }
 
 /// How a call to [`run_training`] ended.
+// Returned once per run, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainingOutcome {
     /// All epochs ran and the model was saved.

@@ -249,5 +249,7 @@ pub fn open_db(path: &Path) -> rusqlite::Connection {
 
 /// Path of a market data file bundled in the repository's `data/`.
 pub fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
 }

@@ -18,7 +18,9 @@ fn goog_bars() -> Bars {
 }
 
 fn index_of(bars: &Bars, ts: &Value) -> usize {
-    let ts = ts.as_str().unwrap_or_else(|| panic!("not a timestamp: {ts}"));
+    let ts = ts
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {ts}"));
     bars.timestamps
         .iter()
         .position(|t| t == ts)
@@ -67,7 +69,10 @@ fn nothing_in_the_repository_reaches_outside_it_for_data() {
     );
     // The data the tests use is in the repository, with its source line.
     for name in ["GOOG.csv", "EURUSD.csv"] {
-        assert!(root.join("data").join(name).is_file(), "data/{name} missing");
+        assert!(
+            root.join("data").join(name).is_file(),
+            "data/{name} missing"
+        );
     }
     let readme = std::fs::read_to_string(root.join("data/README.md")).unwrap();
     assert!(readme.contains("backtesting") && readme.contains("AGPL-3.0"));
@@ -87,7 +92,11 @@ fn a_backtest_with_start_and_end_trades_only_that_range() {
     let op = d.wait_status(&id, "completed", 60);
     let r = &op["result_summary"];
     // 2009-01-01 and 2011-12-31 are not trading days: the bars inside.
-    assert_eq!((r["start"].as_str(), r["end"].as_str()), (Some("2009-01-02"), Some("2011-12-30")), "{r}");
+    assert_eq!(
+        (r["start"].as_str(), r["end"].as_str()),
+        (Some("2009-01-02"), Some("2011-12-30")),
+        "{r}"
+    );
     let (first, last) = (index_of(&bars, &r["start"]), index_of(&bars, &r["end"]));
     assert_eq!(r["bars"], json!(last - first + 1));
     let c = &bars.close;
@@ -106,12 +115,21 @@ fn a_backtest_with_start_and_end_trades_only_that_range() {
     // Without a range the whole file is traded, and the result says so.
     let all = d.submit("backtest", json!({ "data": goog() }));
     let r = d.wait_status(&all, "completed", 60)["result_summary"].clone();
-    assert_eq!((r["start"].as_str(), r["end"].as_str()), (Some("2004-08-19"), Some("2013-03-01")));
+    assert_eq!(
+        (r["start"].as_str(), r["end"].as_str()),
+        (Some("2004-08-19"), Some("2013-03-01"))
+    );
     assert_eq!(r["bars"], 2148);
     // Bad ranges are refused at submit, naming the key.
     for (params, want) in [
-        (json!({ "data": goog(), "start": "yesterday" }), "start: not a timestamp"),
-        (json!({ "data": goog(), "start": "2012-01-01", "end": "2011-01-01" }), "is after end"),
+        (
+            json!({ "data": goog(), "start": "yesterday" }),
+            "start: not a timestamp",
+        ),
+        (
+            json!({ "data": goog(), "start": "2012-01-01", "end": "2011-01-01" }),
+            "is after end",
+        ),
     ] {
         let r = d.req(json!({ "cmd": "submit", "type": "backtest", "params": params }));
         let msg = r["error"]["message"].as_str().unwrap_or_default();
@@ -132,17 +150,33 @@ fn the_pipeline_backtests_exactly_the_test_split() {
     let op = d.wait_status(&id, "completed", 300);
     let r = &op["result_summary"];
     let split = &r["training"]["session_info"];
-    for k in ["train_start", "train_end", "val_start", "val_end", "test_start", "test_end"] {
+    for k in [
+        "train_start",
+        "train_end",
+        "val_start",
+        "val_end",
+        "test_start",
+        "test_end",
+    ] {
         assert!(split[k].is_string(), "session_info lacks {k}: {split}");
     }
-    let [train_end, val_start, val_end, test_start, test_end] =
-        ["train_end", "val_start", "val_end", "test_start", "test_end"]
-            .map(|k| index_of(&bars, &split[k]));
+    let [train_end, val_start, val_end, test_start, test_end] = [
+        "train_end",
+        "val_start",
+        "val_end",
+        "test_start",
+        "test_end",
+    ]
+    .map(|k| index_of(&bars, &split[k]));
     assert_eq!(index_of(&bars, &split["train_start"]), 10); // lookback
     assert_eq!((val_start, test_start), (train_end + 1, val_end + 1));
     assert_eq!(test_end, bars.len() - 2); // the last bar has no label
     let b = &r["backtest"];
-    assert_eq!((&b["start"], &b["end"]), (&split["test_start"], &split["test_end"]), "{b}");
+    assert_eq!(
+        (&b["start"], &b["end"]),
+        (&split["test_start"], &split["test_end"]),
+        "{b}"
+    );
     assert_eq!(b["bars"], r["training"]["test_metrics"]["samples"]);
     // The model predicts from every bar with a full window, so buy and
     // hold runs from the test split's first close to its last.
@@ -190,7 +224,11 @@ fn the_demo_reports_the_test_split_backtest_only() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let db = open_db(&state.join("opsd.db"));
     let summary: String = db
         .query_row(
@@ -209,7 +247,10 @@ fn the_demo_reports_the_test_split_backtest_only() {
         split["test_end"].as_str().unwrap(),
         b["bars"]
     );
-    assert!(out.contains("test split, out of sample") && out.contains(&period), "{out}");
+    assert!(
+        out.contains("test split, out of sample") && out.contains(&period),
+        "{out}"
+    );
     let ret = format!("{:.2} %", b["return_pct"].as_f64().unwrap());
     let line = out
         .lines()
@@ -240,9 +281,11 @@ fn a_training_pipelines_progress_is_setup_plus_the_childs_share() {
     let ok = wait_until(Duration::from_secs(240), || {
         // Training only moves forward, so the parent read between two
         // readings of the child lies between their two shares.
-        let (Some(before), parent, Some(after)) =
-            (child_pct(), d.get(&id)["progress_percent"].as_f64().unwrap(), child_pct())
-        else {
+        let (Some(before), parent, Some(after)) = (
+            child_pct(),
+            d.get(&id)["progress_percent"].as_f64().unwrap(),
+            child_pct(),
+        ) else {
             return false;
         };
         if before > 0.0 && after < 100.0 {
@@ -264,11 +307,17 @@ fn a_training_pipelines_progress_is_setup_plus_the_childs_share() {
             )
             .unwrap_or((f64::NAN, f64::NAN));
         if c.is_finite() && c < 100.0 {
-            assert!((p - share(c)).abs() < 1e-9, "stored parent {p} % for a child at {c} %");
+            assert!(
+                (p - share(c)).abs() < 1e-9,
+                "stored parent {p} % for a child at {c} %"
+            );
             stored += 1;
         }
         live >= 5 && stored >= 5
     });
-    assert!(ok, "too few samples while training ran: {live} live, {stored} stored");
+    assert!(
+        ok,
+        "too few samples while training ran: {live} live, {stored} stored"
+    );
     d.ok(json!({ "cmd": "cancel", "id": id }));
 }
