@@ -2,8 +2,8 @@
 //! about 10 million bars, with a no-op control and with the in-memory
 //! `RecordingControl`, several runs each, median reported.
 //!
-//! Run with `cargo bench --bench backtest` (the shared data must be at
-//! `../shared/data/GOOG.csv` beside the crate, or pass a CSV path).
+//! Run with `cargo bench --bench backtest` (the data defaults to the
+//! repository's `data/GOOG.csv`; or pass a CSV path).
 
 use opsd::control::{ProgressUpdate, RecordingControl, RunControl};
 use opsd::market::backtest::{run_backtest, BacktestOutcome};
@@ -72,9 +72,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/GOOG.csv")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/GOOG.csv"));
     let src = match load_csv(&path) {
         Ok(b) => b,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! reporting progress through a `RecordingControl` versus a control that
 //! ignores everything. Run with `cargo bench --bench training`.
 //!
-//! The data file defaults to `../shared/data/GOOG.csv` beside the crate;
+//! The data file defaults to the repository's `data/GOOG.csv`;
 //! `OPSD_BENCH_DATA` overrides it and `OPSD_BENCH_RUNS` sets the run count.
 
 use opsd::control::{ProgressUpdate, RecordingControl, RunControl};
@@ -57,12 +57,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<(), String> {
     let data = std::env::var_os("OPSD_BENCH_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/data/GOOG.csv"
-            ))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/GOOG.csv")));
     let runs: usize = std::env::var("OPSD_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())

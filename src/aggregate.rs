@@ -2,8 +2,12 @@
 //!
 //! Each child covers a phase of the parent, `phase_start..phase_end` percent;
 //! children without a range share what the ranged children leave equally.
-//! When every child has a range, the part of the parent no child covers
-//! (the pipeline's 0-5 % setup, say) follows the parent's own progress.
+//! When every child has a range, the part before the earliest child's phase
+//! (the pipeline's 0-5 % setup, say) follows the parent's own progress, and
+//! the part after the ranges counts as not done: it belongs to phases whose
+//! children do not exist yet (the pipeline's 80-100 % backtest while it is
+//! still training). Counting that part as done made a pipeline read 57 %
+//! while its only child, training at 43 %, stood for 5 + 0.43 × 75 ≈ 37 %.
 
 /// One child's contribution: its percent done and its phase range, if any.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,6 +19,11 @@ pub struct ChildProgress {
 }
 
 /// The parent's percentage from its own progress and its children's.
+///
+/// `own` is the progress of the parent's own part, the stretch before its
+/// earliest ranged child (callers pass 100: a parent that has children has
+/// finished its setup). Parts that no child covers after that count as 0
+/// until the children for them are submitted.
 pub fn parent_percentage(own: f64, children: &[ChildProgress]) -> f64 {
     if children.is_empty() {
         return own.clamp(0.0, 100.0);
@@ -36,7 +45,14 @@ pub fn parent_percentage(own: f64, children: &[ChildProgress]) -> f64 {
         };
     }
     if unranged == 0 {
-        total += rest * own.clamp(0.0, 100.0) / 100.0;
+        // Only what lies before the earliest phase is the parent's own part.
+        let before = children
+            .iter()
+            .filter_map(|c| c.phase)
+            .map(|(s, _)| s)
+            .fold(f64::INFINITY, f64::min)
+            .clamp(0.0, rest.max(0.0));
+        total += before * own.clamp(0.0, 100.0) / 100.0;
     }
     total.clamp(0.0, 100.0)
 }
@@ -59,6 +75,24 @@ mod tests {
         assert!((parent_percentage(100.0, &kids) - (5.0 + 37.5)).abs() < 1e-9);
         let done = [ranged(100.0, 5.0, 80.0), ranged(100.0, 80.0, 100.0)];
         assert_eq!(parent_percentage(100.0, &done), 100.0);
+    }
+
+    /// Issue 8 item 18a: while the pipeline trains (its backtest child does
+    /// not exist yet), the parent is setup + the training's share, not
+    /// setup + the training's share + the whole backtest phase.
+    #[test]
+    fn a_phase_without_its_child_yet_is_not_done() {
+        let training = [ranged(43.0, 5.0, 80.0)];
+        let got = parent_percentage(100.0, &training);
+        assert!((got - (5.0 + 0.43 * 75.0)).abs() < 1e-9, "{got}");
+        // Setup done, nothing trained yet.
+        assert!((parent_percentage(100.0, &[ranged(0.0, 5.0, 80.0)]) - 5.0).abs() < 1e-9);
+        // Training done, the backtest just submitted.
+        let both = [ranged(100.0, 5.0, 80.0), ranged(0.0, 80.0, 100.0)];
+        assert!((parent_percentage(100.0, &both) - 80.0).abs() < 1e-9);
+        // A gap after the earliest phase is not the parent's own part.
+        let gap = [ranged(100.0, 0.0, 40.0), ranged(0.0, 60.0, 100.0)];
+        assert!((parent_percentage(100.0, &gap) - 40.0).abs() < 1e-9);
     }
 
     #[test]
@@ -119,6 +153,24 @@ mod tests {
             more[i].percentage = (more[i].percentage + bump).min(100.0);
             let after = parent_percentage(own, &more);
             proptest::prop_assert!(after + 1e-9 >= before, "{} -> {}", before, after);
+        }
+
+        /// A pipeline's parent is exactly `phase_start + child% × width`
+        /// summed over the children it has so far, plus its 5 % setup.
+        #[test]
+        fn pipeline_parent_follows_its_children(
+            training in 0.0f64..=100.0,
+            backtest in proptest::option::of(0.0f64..=100.0),
+        ) {
+            let mut kids = vec![ranged(training, 5.0, 80.0)];
+            let mut want = 5.0 + training / 100.0 * 75.0;
+            if let Some(b) = backtest {
+                kids[0].percentage = 100.0;
+                kids.push(ranged(b, 80.0, 100.0));
+                want = 80.0 + b / 100.0 * 20.0;
+            }
+            let got = parent_percentage(100.0, &kids);
+            proptest::prop_assert!((got - want).abs() < 1e-9, "{} vs {}", got, want);
         }
     }
 }

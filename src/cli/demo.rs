@@ -1,7 +1,9 @@
 //! `opsd demo`: a newcomer's first command. Starts a daemon in-process on
 //! a fresh state directory, runs the research pipeline (training, then a
 //! backtest of the trained model) on bundled GOOG bars with live progress
-//! bars, prints the results and what to try next.
+//! bars, prints the results and what to try next. The backtest figures are
+//! out of sample: the pipeline trades only the training's test split, and
+//! the table says which bars those were.
 
 use super::commands::Failure;
 use super::output;
@@ -75,7 +77,8 @@ fn run_pipeline(
         .unwrap_or_default()
         .to_string();
     eprintln!(
-        "Submitted {id}: train a small neural network on GOOG daily bars, then backtest it.\n"
+        "Submitted {id}: train a small neural network on GOOG daily bars, then backtest it \
+         on the test split it never trained on.\n"
     );
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
@@ -144,9 +147,21 @@ fn print_results(summary: &Value) {
             acc("test_metrics")
         ),
     ]);
-    table.add_row(vec!["backtest return".to_string(), pct(&b["return_pct"])]);
     table.add_row(vec![
-        "buy and hold return".to_string(),
+        "backtest period (test split, out of sample)".to_string(),
+        format!(
+            "{} to {} ({} bars)",
+            output::text(&b["start"]),
+            output::text(&b["end"]),
+            output::text(&b["bars"])
+        ),
+    ]);
+    table.add_row(vec![
+        "backtest return (test split)".to_string(),
+        pct(&b["return_pct"]),
+    ]);
+    table.add_row(vec![
+        "buy and hold return (same period)".to_string(),
         pct(&b["buy_hold_return_pct"]),
     ]);
     table.add_row(vec![

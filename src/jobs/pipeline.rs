@@ -2,6 +2,11 @@
 //! model and then backtests it, as two child operations with the phase
 //! weights setup 0-5 %, training 5-80 %, backtest 80-100 %.
 //!
+//! The backtest is out of sample (SPEC §14): it trades only the training's
+//! test split, from `session_info.test_start` to `test_end`, so neither the
+//! return nor its buy-and-hold comparison includes a bar the model learnt
+//! from or was selected on.
+//!
 //! Its checkpoint is just the ids of the children it created, so a resumed
 //! pipeline picks its children up again (resuming a stopped child) instead
 //! of starting new ones.
@@ -29,7 +34,8 @@ pub struct PipelineParams {
     /// Training parameters (`data` is filled in).
     #[serde(default)]
     pub training: Map<String, Value>,
-    /// Backtest parameters (`data`, `strategy = model` and `model` are filled in).
+    /// Backtest parameters (`data`, `strategy = model`, `model`, `start` and
+    /// `end` are filled in).
     #[serde(default)]
     pub backtest: Map<String, Value>,
 }
@@ -48,12 +54,16 @@ impl PipelineParams {
         Value::Object(t)
     }
 
-    fn backtest_params(&self, model: Option<&str>) -> Value {
+    /// The backtest child's parameters; `test` is the model file and the
+    /// test split's `(test_start, test_end)` once training has finished.
+    fn backtest_params(&self, test: Option<(&str, &str, &str)>) -> Value {
         let mut b = self.backtest.clone();
         b.insert("data".into(), json!(self.data));
         b.insert("strategy".into(), json!("model"));
-        if let Some(m) = model {
-            b.insert("model".into(), json!(m));
+        if let Some((model, start, end)) = test {
+            b.insert("model".into(), json!(model));
+            b.insert("start".into(), json!(start));
+            b.insert("end".into(), json!(end));
         }
         Value::Object(b)
     }
@@ -74,9 +84,24 @@ impl Job for PipelineJob {
         if p.backtest.contains_key("model") || p.backtest.contains_key("strategy") {
             return Err("backtest.model / backtest.strategy: filled in by the pipeline (it backtests the model it trains)".into());
         }
+        if p.backtest.contains_key("start") || p.backtest.contains_key("end") {
+            return Err(
+                "backtest.start / backtest.end: filled in by the pipeline (it backtests \
+                        the training's test split only); choose the split with \
+                        training.test_fraction"
+                    .into(),
+            );
+        }
         let t =
             TrainingParams::from_json(&p.training_params()).map_err(|e| format!("training.{e}"))?;
         t.validate().map_err(|e| format!("training.{e}"))?;
+        if t.test_fraction <= 0.0 {
+            return Err(
+                "training.test_fraction must be > 0 in a pipeline: its backtest runs \
+                        on the test split only, out of sample (e.g. 0.15, the default)"
+                    .into(),
+            );
+        }
         BacktestJob::validate_values(&p.backtest_params(None))
             .map_err(|e| format!("backtest.{e}"))?;
         super::params::normalized(&p)
@@ -113,7 +138,16 @@ impl Job for PipelineJob {
                 "training {training} finished without a model_path"
             ));
         };
-        let backtest_params = params.backtest_params(Some(&model));
+        let split = &trained["session_info"];
+        let (Some(test_start), Some(test_end)) =
+            (split["test_start"].as_str(), split["test_end"].as_str())
+        else {
+            return JobOutcome::Failed(format!(
+                "training {training} has an empty test split, and the pipeline backtests \
+                 out of sample only; use more bars or a larger training.test_fraction"
+            ));
+        };
+        let backtest_params = params.backtest_params(Some((&model, test_start, test_end)));
         let (backtest, tested) = match phase(ctx, &mut state, Phase::Backtest, backtest_params) {
             Ok(done) => done,
             Err(outcome) => return outcome,

@@ -53,8 +53,12 @@ pub struct BacktestResult {
     pub exposure_pct: f64,
     /// Entry and exit commissions of closed trades.
     pub commissions: f64,
-    /// Bars in the data.
+    /// Bars traded: those from `start` to `end`, both included.
     pub bars: usize,
+    /// Timestamp of the first bar traded (as written in the data file).
+    pub start: String,
+    /// Timestamp of the last bar traded (as written in the data file).
+    pub end: String,
     /// `sma_cross` or `model`.
     pub strategy: String,
     /// Units still held at the end (not counted as a trade), signed.
@@ -119,6 +123,9 @@ impl Signals for Model<'_> {
 /// What stays fixed during a run.
 struct Ctx<'a> {
     bars: &'a Bars,
+    /// First bar traded; periodic work is counted from it.
+    first: usize,
+    /// One past the last bar traded.
     n: usize,
     commission: f64,
     period: Period,
@@ -191,7 +198,8 @@ fn run_span<S: Signals>(
         &ctx.bars.times[..ctx.n],
     );
     let c = ctx.commission;
-    let mut next_sample = from.div_ceil(ctx.sample_every) * ctx.sample_every;
+    let mut next_sample =
+        ctx.first + (from - ctx.first).div_ceil(ctx.sample_every) * ctx.sample_every;
     for i in from..to {
         if book.pending != 0 {
             let dir = std::mem::take(&mut book.pending);
@@ -233,18 +241,26 @@ fn run_span<S: Signals>(
 
 /// Run (or resume) a backtest of `params` over `bars`.
 ///
-/// `signals` is required for `strategy = model`: one predicted direction
-/// per bar (+1 up, -1 down, 0 none), `signals[t]` being the prediction for
-/// bar `t + 1` made at bar `t`'s close. A signal fires when a non-zero
-/// direction differs from the last non-zero one; the first non-zero bar is
-/// also where buy & hold starts. `resume` continues from a state returned in
-/// [`BacktestOutcome::Stopped`] or sent to `ctl.checkpoint`.
+/// Only the bars from `params.start` to `params.end` (both optional, see
+/// [`trade_range`]) are traded and counted in the statistics, as if the data
+/// held only them; the bars before `start` serve only as history for the
+/// indicators, so `sma_cross` may signal on the first bar traded. Without
+/// `start`/`end` every bar is traded, exactly as before the range existed.
 ///
-/// Reports progress every 1 % of the bars, checkpoints every
+/// `signals` is required for `strategy = model`: one predicted direction
+/// per bar of the whole data (+1 up, -1 down, 0 none), `signals[t]` being
+/// the prediction for bar `t + 1` made at bar `t`'s close. A signal fires
+/// when a non-zero direction differs from the last non-zero one; the first
+/// non-zero bar traded is also where buy & hold starts. `resume` continues
+/// from a state returned in [`BacktestOutcome::Stopped`] or sent to
+/// `ctl.checkpoint`.
+///
+/// Reports progress every 1 % of the bars traded, checkpoints every
 /// `params.checkpoint_every_bars` bars, polls `ctl.stop_requested()` at
 /// least every [`STOP_CHECK_BARS`] bars, and sends the equity curve as
 /// metric points `{"bar", "time", "equity"}` at every `ceil(N / 1999)`-th
-/// bar and the last one (at most [`MAX_EQUITY_POINTS`]).
+/// bar traded and the last one (at most [`MAX_EQUITY_POINTS`]); `bar` is
+/// the index in the whole data.
 pub fn run_backtest(
     bars: &Bars,
     params: &BacktestParams,
@@ -253,25 +269,43 @@ pub fn run_backtest(
     ctl: &mut dyn RunControl,
 ) -> Result<BacktestOutcome, String> {
     params.validate_values()?;
-    let n = bars.len();
     check_bars(bars, params, signals)?;
+    let (first, last) = trade_range(bars, params)?;
+    check_warm_up(bars, params, last)?;
+    let n = last + 1;
+    let len = n - first;
+    let range = (first != 0 || n != bars.len()).then_some((first, last));
+    let close = SmaCross { close: &bars.close };
     let mut st = match resume {
         Some(st) => {
-            st.check_resumable(params, n)?;
+            st.check_resumable(params, bars.len(), range)?;
             st
         }
-        None => BacktestState::new(params, n),
+        None => {
+            let mut st = BacktestState::new(params, bars.len());
+            st.range = range;
+            st.next_bar = first;
+            if params.strategy == StrategyKind::SmaCross {
+                // History before the range: the averages (and the relation
+                // at the bar before it) are what they are in the whole data.
+                for t in 0..first {
+                    close.at_close(&mut st.signal, t);
+                }
+            }
+            st
+        }
     };
+    let times = &bars.times[first..n];
     let ctx = Ctx {
         bars,
+        first,
         n,
         commission: params.commission,
-        period: detect_period(&bars.times),
-        sample_every: n.div_ceil(MAX_EQUITY_POINTS - 1).max(1),
+        period: detect_period(times),
+        sample_every: len.div_ceil(MAX_EQUITY_POINTS - 1).max(1),
     };
-    let progress_every = n.div_ceil(100).max(1);
+    let progress_every = len.div_ceil(100).max(1);
     let ckpt_every = usize::try_from(params.checkpoint_every_bars).unwrap_or(usize::MAX);
-    let close = SmaCross { close: &bars.close };
     let model = Model {
         dirs: signals.unwrap_or(&[]),
     };
@@ -284,10 +318,13 @@ pub fn run_backtest(
             checkpoint(&st, ctl)?;
             return Ok(BacktestOutcome::Stopped(Box::new(st)));
         }
-        let to = [STOP_CHECK_BARS, progress_every, ckpt_every]
-            .iter()
-            .map(|k| (i / k + 1).saturating_mul(*k))
-            .fold(n, usize::min);
+        // Strides are counted from the first bar traded.
+        let done = i - first;
+        let to = first
+            + [STOP_CHECK_BARS, progress_every, ckpt_every]
+                .iter()
+                .map(|k| (done / k + 1).saturating_mul(*k))
+                .fold(len, usize::min);
         match params.strategy {
             StrategyKind::SmaCross => {
                 run_span(&mut st.book, &mut st.signal, &close, &ctx, (i, to), ctl)
@@ -297,16 +334,64 @@ pub fn run_backtest(
             }
         }
         st.next_bar = to;
-        if to % progress_every == 0 || to == n {
-            ctl.progress(progress(bars, to));
+        let done = to - first;
+        if done % progress_every == 0 || to == n {
+            ctl.progress(progress(bars, first, done, len));
         }
-        if to % ckpt_every == 0 && to < n {
+        if done % ckpt_every == 0 && to < n {
             checkpoint(&st, ctl)?;
         }
     }
     Ok(BacktestOutcome::Completed(finish(
         &st, bars, params, signals, &ctx,
     )))
+}
+
+/// The bars `params.start ..= params.end` select, as indices `(first,
+/// last)` into `bars` (both included): the first bar at or after `start`
+/// and the last at or before `end`. Without `start`/`end`, every bar.
+/// Fails, naming the keys and the data's own range, when no bar is selected.
+pub fn trade_range(bars: &Bars, params: &BacktestParams) -> Result<(usize, usize), String> {
+    let n = bars.len();
+    if n == 0 {
+        return Err("data: no bars".into());
+    }
+    let (start, end) = params.range_times()?;
+    let first = start.map_or(0, |s| bars.times.partition_point(|t| *t < s));
+    let past = end.map_or(n, |e| bars.times.partition_point(|t| *t <= e));
+    if first >= past {
+        return Err(format!(
+            "start/end: no bars from {} to {}; the data runs from {} to {}, \
+             choose start and end inside it",
+            params.start.as_deref().unwrap_or("the first bar"),
+            params.end.as_deref().unwrap_or("the last bar"),
+            bars.timestamps[0],
+            bars.timestamps[n - 1]
+        ));
+    }
+    Ok((first, past - 1))
+}
+
+/// `sma_cross` needs its slow average to exist by the last bar traded.
+fn check_warm_up(bars: &Bars, params: &BacktestParams, last: usize) -> Result<(), String> {
+    if params.strategy != StrategyKind::SmaCross || params.slow <= last + 1 {
+        return Ok(());
+    }
+    if last + 1 == bars.len() {
+        Err(format!(
+            "slow = {} is longer than the data ({} bars); choose a shorter window",
+            params.slow,
+            bars.len()
+        ))
+    } else {
+        Err(format!(
+            "slow = {} is longer than the data up to end = {} ({} bars); choose a \
+             shorter window or a later end",
+            params.slow,
+            params.end.as_deref().unwrap_or_default(),
+            last + 1
+        ))
+    }
 }
 
 /// The inputs must fit together before any bar is processed.
@@ -323,10 +408,6 @@ fn check_bars(bars: &Bars, params: &BacktestParams, signals: Option<&[i8]>) -> R
     }
     match (params.strategy, signals) {
         (StrategyKind::SmaCross, Some(_)) => Err("signals are only for strategy = model".into()),
-        (StrategyKind::SmaCross, None) if params.slow > n => Err(format!(
-            "slow = {} is longer than the data ({n} bars); choose a shorter window",
-            params.slow
-        )),
         (StrategyKind::Model, None) => Err("strategy = model needs the model's signals".into()),
         (StrategyKind::Model, Some(s)) if s.len() != n => {
             Err(format!("model signals: {} values for {n} bars", s.len()))
@@ -343,13 +424,13 @@ fn checkpoint(st: &BacktestState, ctl: &mut dyn RunControl) -> Result<(), String
     ctl.checkpoint(v)
 }
 
-fn progress(bars: &Bars, done: usize) -> ProgressUpdate {
-    let n = bars.len();
+/// Progress after `done` of the `n` bars traded, which start at `first`.
+fn progress(bars: &Bars, first: usize, done: usize, n: usize) -> ProgressUpdate {
     ProgressUpdate {
         percentage: Some(100.0 * done as f64 / n as f64),
         message: Some(format!(
             "Bar {done}/{n} · {}",
-            bars.timestamps[done.max(1) - 1]
+            bars.timestamps[first + done.max(1) - 1]
         )),
         current_step: Some("backtest".into()),
         items_processed: Some(done as i64),
@@ -367,26 +448,33 @@ fn finish(
     ctx: &Ctx,
 ) -> BacktestResult {
     let s = &st.book.stats;
-    let n = bars.len();
+    let (first, n) = (ctx.first, ctx.n);
+    let len = n - first;
     let eq0 = params.cash;
     let last = s.last_equity;
-    // First bar with every indicator defined (backtesting.py's warm-up).
+    // First bar traded with every indicator defined (backtesting.py's
+    // warm-up; the history before `start` counts for the indicators).
     let w = match (params.strategy, signals) {
-        (StrategyKind::Model, Some(d)) => d.iter().position(|&x| x != 0).unwrap_or(0),
-        _ => params.slow - 1,
+        (StrategyKind::Model, Some(d)) => d[first..n]
+            .iter()
+            .position(|&x| x != 0)
+            .map_or(first, |p| first + p),
+        _ => (params.slow - 1).max(first),
     };
     let c = &bars.close;
     BacktestResult {
         return_pct: (last - eq0) / eq0 * 100.0,
         buy_hold_return_pct: (c[n - 1] - c[w]) / c[w] * 100.0,
         max_drawdown_pct: -s.max_dd * 100.0,
-        sharpe: s.sharpe(annual_periods(ctx.period, &bars.times)),
+        sharpe: s.sharpe(annual_periods(ctx.period, &bars.times[first..n])),
         trades: s.trades,
         win_rate_pct: (s.trades > 0).then(|| s.wins as f64 / s.trades as f64 * 100.0),
         final_equity: last,
-        exposure_pct: s.exposed_bars as f64 / n as f64 * 100.0,
+        exposure_pct: s.exposed_bars as f64 / len as f64 * 100.0,
         commissions: s.commissions,
-        bars: n,
+        bars: len,
+        start: bars.timestamps[first].clone(),
+        end: bars.timestamps[n - 1].clone(),
         strategy: params.strategy.as_str().into(),
         open_position: st.book.size,
     }

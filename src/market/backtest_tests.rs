@@ -338,3 +338,188 @@ fn resume_from_any_periodic_checkpoint() {
         assert_eq!(leg.metrics.iter().collect::<Vec<_>>(), after);
     }
 }
+
+/// GOOG from `start` to `end` (SPEC §14), `sma_cross` 10/20.
+fn goog_range(start: &str, end: &str) -> BacktestParams {
+    BacktestParams {
+        start: Some(start.into()),
+        end: Some(end.into()),
+        ..sma_params("GOOG.csv", 10, 20)
+    }
+}
+
+#[test]
+fn a_range_trades_only_its_bars_and_buys_and_holds_over_them() {
+    let b = load("GOOG.csv");
+    // 2008-01-01 is a holiday: the range starts at the next bar.
+    let p = goog_range("2008-01-01", "2010-12-31");
+    let first = b.timestamps.iter().position(|t| t == "2008-01-02").unwrap();
+    let last = b.timestamps.iter().position(|t| t == "2010-12-31").unwrap();
+    let (r, ctl) = run(&b, &p, None);
+    assert_eq!(
+        (r.start.as_str(), r.end.as_str()),
+        ("2008-01-02", "2010-12-31")
+    );
+    assert_eq!(r.bars, last - first + 1);
+    // Buy and hold over exactly the range's first and last close.
+    let c = &b.close;
+    assert_eq!(
+        r.buy_hold_return_pct,
+        (c[last] - c[first]) / c[first] * 100.0
+    );
+    // The equity curve covers the range and nothing else.
+    let bars: Vec<usize> = ctl
+        .metrics
+        .iter()
+        .map(|m| m["bar"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!((bars[0], *bars.last().unwrap()), (first, last));
+    assert!(r.trades > 0, "{r:?}");
+    // Bars after `end` are never seen: cutting them off changes nothing.
+    let mut cut = b.clone();
+    for col in [
+        &mut cut.open,
+        &mut cut.high,
+        &mut cut.low,
+        &mut cut.close,
+        &mut cut.volume,
+    ] {
+        col.truncate(last + 1);
+    }
+    cut.times.truncate(last + 1);
+    cut.timestamps.truncate(last + 1);
+    assert_eq!(run(&cut, &p, None).0, r);
+    // Progress counts the bars traded.
+    let done = ctl.progress.last().unwrap();
+    assert_eq!(done.items_total, Some(r.bars as i64));
+    assert_eq!(
+        done.message.as_deref(),
+        Some(format!("Bar {0}/{0} · 2010-12-31", r.bars).as_str())
+    );
+}
+
+#[test]
+fn a_model_backtest_over_a_range_is_a_backtest_of_those_bars_alone() {
+    // The model strategy has no warm-up, so a range must give exactly what
+    // the sliced data gives as a whole: no trade, fill or equity mark
+    // outside it, and the statistics of its bars only.
+    let b = load("GOOG.csv");
+    let mut x: u64 = 7;
+    let sig: Vec<i8> = (0..b.len())
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % 3) as i8 - 1
+        })
+        .collect();
+    let (first, last) = (1500, 1900);
+    let p = BacktestParams {
+        strategy: StrategyKind::Model,
+        start: Some(b.timestamps[first].clone()),
+        end: Some(b.timestamps[last].clone()),
+        ..sma_params("GOOG.csv", 10, 20)
+    };
+    let (r, ctl) = run(&b, &p, Some(&sig));
+    let slice = |v: &Vec<f64>| v[first..=last].to_vec();
+    let sliced = Bars {
+        timestamps: b.timestamps[first..=last].to_vec(),
+        times: b.times[first..=last].to_vec(),
+        open: slice(&b.open),
+        high: slice(&b.high),
+        low: slice(&b.low),
+        close: slice(&b.close),
+        volume: slice(&b.volume),
+    };
+    let whole = BacktestParams {
+        start: None,
+        end: None,
+        ..p.clone()
+    };
+    let (want, want_ctl) = run(&sliced, &whole, Some(&sig[first..=last]));
+    assert_eq!(r, want);
+    assert!(r.trades > 10, "{r:?}");
+    let shifted: Vec<f64> = ctl
+        .metrics
+        .iter()
+        .map(|m| m["equity"].as_f64().unwrap())
+        .collect();
+    assert_eq!(shifted, equity_points(&want_ctl));
+}
+
+#[test]
+fn sma_history_before_the_range_warms_the_averages_up() {
+    // A range from bar 100: the averages exist from its first bar (they
+    // use the bars before it), so buy and hold starts there and the
+    // first signal may come at its first close.
+    let b = load("GOOG.csv");
+    let p = BacktestParams {
+        start: Some(b.timestamps[100].clone()),
+        ..sma_params("GOOG.csv", 10, 20)
+    };
+    let (r, _) = run(&b, &p, None);
+    let c = &b.close;
+    assert_eq!(r.buy_hold_return_pct, (c[2147] - c[100]) / c[100] * 100.0);
+    assert_eq!((r.bars, r.end.as_str()), (2048, "2013-03-01"));
+    // A range that starts before the warm-up ends buys and holds from
+    // bar slow - 1, as the whole data does.
+    let early = BacktestParams {
+        start: Some(b.timestamps[5].clone()),
+        ..sma_params("GOOG.csv", 10, 20)
+    };
+    let (r, _) = run(&b, &early, None);
+    assert_eq!(r.buy_hold_return_pct, (c[2147] - c[19]) / c[19] * 100.0);
+    // Naming the first and last bars is the same as naming none.
+    let all = goog_range("2004-08-19", "2013-03-01");
+    let (named, _) = run(&b, &all, None);
+    assert_eq!(named, run(&b, &sma_params("GOOG.csv", 10, 20), None).0);
+}
+
+#[test]
+fn a_range_stopped_and_resumed_equals_the_uninterrupted_range() {
+    let b = load("GOOG.csv");
+    let p = BacktestParams {
+        checkpoint_every_bars: 100,
+        ..goog_range("2006-06-01", "2011-06-30")
+    };
+    let (whole, whole_metrics, whole_msgs) = run_in_legs(&b, &p, &[]);
+    for stops in [&[0usize][..], &[3, 40], &[1, 1, 1]] {
+        let (r, metrics, msgs) = run_in_legs(&b, &p, stops);
+        assert_eq!(r, whole, "stops {stops:?}");
+        assert_eq!(metrics, whole_metrics);
+        assert_eq!(msgs, whole_msgs);
+    }
+    // A checkpoint of another range does not resume this one.
+    let (_, ctl) = run(&b, &p, None);
+    let st: BacktestState = serde_json::from_value(ctl.checkpoints[0].clone()).unwrap();
+    let other = goog_range("2006-06-01", "2011-07-29");
+    let e = run_backtest(&b, &other, None, Some(st), &mut RecordingControl::new()).unwrap_err();
+    assert!(e.contains("does not belong"), "{e}");
+}
+
+#[test]
+fn ranges_without_bars_are_refused_naming_the_data_range() {
+    let b = load("GOOG.csv");
+    let mut ctl = RecordingControl::new();
+    let e = run_backtest(
+        &b,
+        &goog_range("2014-01-01", "2015-01-01"),
+        None,
+        None,
+        &mut ctl,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("start/end: no bars") && e.contains("2004-08-19 to 2013-03-01"),
+        "{e}"
+    );
+    let short = BacktestParams {
+        end: Some(b.timestamps[10].clone()),
+        ..sma_params("GOOG.csv", 10, 20)
+    };
+    let e = run_backtest(&b, &short, None, None, &mut ctl).unwrap_err();
+    assert!(
+        e.contains("slow = 20 is longer than the data up to end"),
+        "{e}"
+    );
+}

@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn shared_files_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let goog = load_csv(&dir.join("GOOG.csv")).unwrap();
         assert_eq!(goog.len(), 2148);
         assert_eq!(goog.timestamps[2147], "2013-03-01");

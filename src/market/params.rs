@@ -4,6 +4,8 @@
 //! with a message that names the key and says what to do, before any work
 //! is queued.
 
+use super::ohlcv::parse_time;
+use chrono::NaiveDateTime;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::Path;
 
@@ -48,6 +50,13 @@ pub struct BacktestParams {
     pub commission: f64,
     /// Checkpoint every this many bars [1000].
     pub checkpoint_every_bars: u64,
+    /// Trade only bars at or after this timestamp (SPEC §14); the bars
+    /// before it only warm the indicators up. `None`: from the first bar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Trade only bars at or before this timestamp. `None`: to the last bar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
 }
 
 impl Default for BacktestParams {
@@ -61,12 +70,14 @@ impl Default for BacktestParams {
             cash: 10_000.0,
             commission: 0.002,
             checkpoint_every_bars: 1000,
+            start: None,
+            end: None,
         }
     }
 }
 
 /// The keys [`BacktestParams::from_json`] accepts.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 10] = [
     "data",
     "strategy",
     "fast",
@@ -75,6 +86,8 @@ pub const KEYS: [&str; 8] = [
     "cash",
     "commission",
     "checkpoint_every_bars",
+    "start",
+    "end",
 ];
 
 impl BacktestParams {
@@ -96,6 +109,8 @@ impl BacktestParams {
                 "cash" => p.cash = field(key, v)?,
                 "commission" => p.commission = field(key, v)?,
                 "checkpoint_every_bars" => p.checkpoint_every_bars = field(key, v)?,
+                "start" => p.start = field(key, v)?,
+                "end" => p.end = field(key, v)?,
                 _ => {
                     return Err(format!(
                         "unknown key {key:?}; known keys: {}",
@@ -174,7 +189,34 @@ impl BacktestParams {
         if self.checkpoint_every_bars < 1 {
             return Err("checkpoint_every_bars must be >= 1".into());
         }
+        if let (Some(a), Some(b)) = self.range_times()? {
+            if a > b {
+                return Err(format!(
+                    "start ({}) is after end ({}); swap them",
+                    self.start.as_deref().unwrap_or_default(),
+                    self.end.as_deref().unwrap_or_default()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// `start` and `end` parsed (each `None` when not given); the error
+    /// names the key and the formats accepted.
+    pub fn range_times(&self) -> Result<(Option<NaiveDateTime>, Option<NaiveDateTime>), String> {
+        let parse = |key: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|s| {
+                    parse_time(s.trim()).ok_or_else(|| {
+                        format!(
+                            "{key}: not a timestamp: {s:?}; write YYYY-MM-DD or \
+                             YYYY-MM-DD HH:MM:SS, like the data file's first column"
+                        )
+                    })
+                })
+                .transpose()
+        };
+        Ok((parse("start", &self.start)?, parse("end", &self.end)?))
     }
 }
 
@@ -189,7 +231,7 @@ mod tests {
     use serde_json::json;
 
     fn goog() -> String {
-        format!("{}/../shared/data/GOOG.csv", env!("CARGO_MANIFEST_DIR"))
+        format!("{}/data/GOOG.csv", env!("CARGO_MANIFEST_DIR"))
     }
 
     fn err(v: serde_json::Value) -> String {
@@ -255,6 +297,15 @@ mod tests {
                 "model: file not found",
             ),
             (json!([1, 2]), "must be a JSON object"),
+            (
+                json!({"data": g, "start": "soon"}),
+                "start: not a timestamp",
+            ),
+            (json!({"data": g, "end": 2012}), "end: invalid type"),
+            (
+                json!({"data": g, "start": "2012-01-02", "end": "2011-01-03"}),
+                "start (2012-01-02) is after end (2011-01-03)",
+            ),
         ];
         for (v, want) in cases {
             let e = err(v.clone());

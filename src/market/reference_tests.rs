@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 pub(crate) fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
+        .join("data")
         .join(name)
 }
 

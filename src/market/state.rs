@@ -70,6 +70,11 @@ pub struct BacktestState {
     pub bars_total: usize,
     /// First bar not yet processed.
     pub next_bar: usize,
+    /// The bars traded, `(first, last)` both included, when `start`/`end`
+    /// select fewer than all (checked on resume). Absent for the whole
+    /// data, so such states read and write as before ranges existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(usize, usize)>,
     /// The account.
     pub book: Book,
     /// The strategy's memory.
@@ -92,6 +97,7 @@ impl BacktestState {
             commission: params.commission,
             bars_total,
             next_bar: 0,
+            range: None,
             book: Book {
                 cash: params.cash,
                 size: 0.0,
@@ -110,9 +116,18 @@ impl BacktestState {
         }
     }
 
-    /// Why this state cannot continue a run of `params` over `n` bars.
-    pub(crate) fn check_resumable(&self, params: &BacktestParams, n: usize) -> Result<(), String> {
+    /// Why this state cannot continue a run of `params` over `n` bars,
+    /// trading `range` (`None`: all of them).
+    pub(crate) fn check_resumable(
+        &self,
+        params: &BacktestParams,
+        n: usize,
+        range: Option<(usize, usize)>,
+    ) -> Result<(), String> {
+        let (first, last) = range.unwrap_or((0, n.saturating_sub(1)));
         let same = self.version == STATE_VERSION
+            && self.range == range
+            && (first..=last + 1).contains(&self.next_bar)
             && self.strategy == params.strategy
             && self.fast == params.fast
             && self.slow == params.slow
@@ -125,15 +140,16 @@ impl BacktestState {
         } else {
             Err(format!(
                 "the checkpoint does not belong to this backtest (state version {}, \
-                 strategy {}, fast {}, slow {}, cash {}, commission {}, {} bars); \
-                 start it again without the checkpoint",
+                 strategy {}, fast {}, slow {}, cash {}, commission {}, {} bars, \
+                 range {:?}); start it again without the checkpoint",
                 self.version,
                 self.strategy.as_str(),
                 self.fast,
                 self.slow,
                 self.initial_cash,
                 self.commission,
-                self.bars_total
+                self.bars_total,
+                self.range
             ))
         }
     }

@@ -238,7 +238,7 @@ mod tests {
     use serde_json::json;
 
     fn goog() -> String {
-        format!("{}/../shared/data/GOOG.csv", env!("CARGO_MANIFEST_DIR"))
+        format!("{}/data/GOOG.csv", env!("CARGO_MANIFEST_DIR"))
     }
 
     #[test]

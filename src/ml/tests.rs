@@ -289,10 +289,7 @@ fn too_few_bars_and_bad_models_are_errors() {
 }
 
 fn goog_path() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/GOOG.csv"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/GOOG.csv"))
 }
 
 #[test]
@@ -316,6 +313,23 @@ fn trains_on_goog_and_the_model_loads() {
         (n as f64 * 0.15).floor() as usize
     );
     assert!(r.test_metrics.loss.unwrap().is_finite());
+    // The split as timestamps (SPEC §14): contiguous, oldest first, the
+    // samples at bars 10 ..= N-2 (the last bar has no label).
+    let si = &r.session_info;
+    let (n_train, n_val) = (r.training_metrics.samples, r.validation_metrics.samples);
+    let ts = |i: usize| Some(bars.timestamps[i].clone());
+    assert_eq!(
+        (si.train_start.clone(), si.train_end.clone()),
+        (ts(10), ts(10 + n_train - 1))
+    );
+    assert_eq!(
+        (si.val_start.clone(), si.val_end.clone()),
+        (ts(10 + n_train), ts(10 + n_train + n_val - 1))
+    );
+    assert_eq!(
+        (si.test_start.clone(), si.test_end.clone()),
+        (ts(10 + n_train + n_val), ts(bars.len() - 2))
+    );
     assert_eq!(ctl.metrics.len(), 2);
     assert_eq!(ctl.checkpoints.len(), 2);
     let model = Model::load(&path).unwrap();

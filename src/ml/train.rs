@@ -11,7 +11,7 @@
 //! products, the running loss sums of the partial epoch and the metric
 //! history. All of it is f64/u64, which serde_json round-trips exactly.
 
-use super::features::{build_samples, split, Standardizer, FEATURE_DESCRIPTION};
+use super::features::{build_samples, split, Samples, Standardizer, FEATURE_DESCRIPTION};
 use super::mlp::{evaluate, param_count, train_batch, AdamState, Mlp, Workspace};
 use super::model::Model;
 use super::params::TrainingParams;
@@ -94,6 +94,8 @@ impl TrainingState {
 }
 
 /// How a call to [`run_training`] ended.
+// Returned once per run, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainingOutcome {
     /// All epochs ran and the model was saved.
@@ -165,6 +167,27 @@ pub struct SessionInfo {
     pub parameter_count: usize,
     /// Every epoch's metric point.
     pub epoch_history: Vec<EpochMetrics>,
+    /// Timestamp of the first train sample's bar (SPEC §14). Each split's
+    /// `*_start`/`*_end` name the bars whose windows end there (a sample at
+    /// bar `t` predicts bar `t + 1`); null when the split is empty.
+    pub train_start: Option<String>,
+    /// Timestamp of the last train sample's bar.
+    pub train_end: Option<String>,
+    /// Timestamp of the first validation sample's bar.
+    pub val_start: Option<String>,
+    /// Timestamp of the last validation sample's bar.
+    pub val_end: Option<String>,
+    /// Timestamp of the first test sample's bar: where an out-of-sample
+    /// backtest of this model starts.
+    pub test_start: Option<String>,
+    /// Timestamp of the last test sample's bar.
+    pub test_end: Option<String>,
+}
+
+/// Timestamps of the first and last bars of a split's samples.
+fn split_bounds(bars: &Bars, s: &Samples) -> (Option<String>, Option<String>) {
+    let at = |i: Option<&usize>| i.and_then(|&t| bars.timestamps.get(t).cloned());
+    (at(s.bar_index.first()), at(s.bar_index.last()))
 }
 
 /// The result summary of a completed run (SPEC §8's keys).
@@ -210,7 +233,7 @@ fn same_run(a: &TrainingParams, b: &TrainingParams) -> bool {
     strip(a) == strip(b)
 }
 
-fn split_metrics(net: &Mlp, ws: &mut Workspace, s: &super::features::Samples) -> SplitMetrics {
+fn split_metrics(net: &Mlp, ws: &mut Workspace, s: &Samples) -> SplitMetrics {
     let r = evaluate(net, ws, s);
     SplitMetrics {
         loss: r.map(|r| r.0),
@@ -402,6 +425,9 @@ pub fn run_training(
         params: params.clone(),
     };
     model.save(model_path)?;
+    let (train_start, train_end) = split_bounds(bars, &sp.train);
+    let (val_start, val_end) = split_bounds(bars, &sp.val);
+    let (test_start, test_end) = split_bounds(bars, &sp.test);
     let result = TrainingResult {
         training_metrics: split_metrics(&model.net, &mut ws, &sp.train),
         validation_metrics: split_metrics(&model.net, &mut ws, &sp.val),
@@ -433,6 +459,12 @@ pub fn run_training(
             parameter_count: model.net.params.len(),
             layer_sizes: sizes,
             epoch_history: st.history,
+            train_start,
+            train_end,
+            val_start,
+            val_end,
+            test_start,
+            test_end,
         },
     };
     Ok(TrainingOutcome::Completed(result))

@@ -247,14 +247,8 @@ pub fn open_db(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
-/// Path of a shared data file, falling back to the repository's `data/`.
+/// Path of a market data file bundled in the repository's `data/`.
 pub fn data(name: &str) -> PathBuf {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    if shared.exists() {
-        return shared;
-    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
         .join(name)

@@ -8,4 +8,5 @@ mod foreign_files;
 mod jobs;
 mod lifecycle;
 mod protocol;
+mod research;
 mod write_failures;
