@@ -3,6 +3,7 @@
 mod cli;
 mod command;
 mod durability;
+mod hostile_jobs;
 mod jobs;
 mod lifecycle;
 mod protocol;
