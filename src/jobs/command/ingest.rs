@@ -121,13 +121,36 @@ impl Ingest {
 
 /// Drain every complete line now in the progress file; true if any bytes
 /// were read (so the loop should look again at once).
+///
+/// Back-pressure: when the operation's metric queue is full, reading stops
+/// at the next line (its offset kept) and the queue is written out before
+/// this returns, so memory stays bounded however fast the program writes,
+/// and no point is lost or reordered.
 pub(super) fn ingest(
     ctx: &mut JobContext,
     tail: &mut ProgressTail,
     state: &mut Ingest,
     at_end: bool,
 ) -> bool {
-    match tail.poll(at_end, &mut |l| state.line(ctx, l)) {
+    let mut full = false;
+    let read = tail.poll(at_end, &mut |l| {
+        if l.is_ok() && ctx.metric_room() == 0 {
+            full = true;
+            return false;
+        }
+        state.line(ctx, l);
+        true
+    });
+    if full {
+        if let Err(e) = ctx.flush_metrics() {
+            // Not busy: the loop backs off instead of spinning on a
+            // database that refuses writes.
+            tracing::error!(operation = %ctx.id(), "{e}");
+            return false;
+        }
+        return true;
+    }
+    match read {
         Ok(n) => n > 0,
         Err(e) => {
             tracing::warn!(operation = %ctx.id(), "reading {} failed: {e}", tail.path().display());
