@@ -59,6 +59,9 @@ impl Daemon {
             let _guard = tokio.enter();
             server::bind(&socket, config.socket_group.as_deref())?
         };
+        // Processes a job's program leaves behind (setsid) are adopted by
+        // the daemon, so the job can kill them; adopted zombies are reaped.
+        crate::jobs::command::procs::adopt_orphans();
         let runtime = Runtime::start(store, config)?;
         let (stop_server, stop_rx) = watch::channel(false);
         let service = Service {

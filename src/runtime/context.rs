@@ -205,6 +205,21 @@ impl JobContext {
             .map_err(|e| format!("could not save the checkpoint: {e}"))
     }
 
+    /// How many more metric points this operation's queue takes before it
+    /// is full; a job reading points from elsewhere (a program's progress
+    /// file) stops reading at 0 and calls [`Self::flush_metrics`].
+    pub fn metric_room(&self) -> usize {
+        self.running.metric_room()
+    }
+
+    /// Write this operation's queued metric points (and progress) now,
+    /// waiting for the commit: the back-pressure for a full metric queue.
+    pub fn flush_metrics(&self) -> Result<(), String> {
+        self.runtime
+            .flush_ops(std::slice::from_ref(&self.running))
+            .map_err(|e| format!("could not write the metric points: {e}"))
+    }
+
     /// Submit a child operation of this one (parents such as `pipeline`).
     pub fn submit_child(
         &self,
@@ -284,7 +299,18 @@ impl RunControl for JobContext {
         self.running.report(update);
     }
     fn metric(&mut self, data: Value) {
-        self.running.push_metric(ids::now(), data);
+        let Err((at, data)) = self.running.push_metric(ids::now(), data) else {
+            return;
+        };
+        // The queue is full: write it now (the job waits, memory does not
+        // grow), then queue the point; a database that refuses the write
+        // keeps the point in memory rather than lose it.
+        if let Err(e) = self.flush_metrics() {
+            tracing::error!(operation = %self.op.id, "{e}");
+        }
+        if let Err((at, data)) = self.running.push_metric(at, data) {
+            self.running.push_metric_anyway(at, data);
+        }
     }
     fn checkpoint(&mut self, state: Value) -> Result<(), String> {
         self.checkpoint_with_files(state, None)

@@ -58,10 +58,20 @@ impl Runtime {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
+        if let Err(e) = self.flush_ops(&live) {
+            tracing::error!("flushing progress failed: {e}");
+        }
+    }
+
+    /// Write these operations' dirty progress and queued metric points now
+    /// and wait for the commit. The flusher calls it for every running
+    /// operation; a job whose metric queue is full calls it for its own, so
+    /// the job waits for its writes instead of the daemon's memory growing.
+    pub(crate) fn flush_ops(&self, live: &[Arc<RunningOp>]) -> crate::error::Result<()> {
         let mut batch = Vec::new();
         let mut parents = Vec::new();
         let order = self.metrics_order.lock();
-        for op in live {
+        for op in live.iter() {
             if let Some((progress, points)) = op.take_dirty() {
                 if let Some(p) = &op.parent {
                     parents.push(p.clone());
@@ -70,7 +80,7 @@ impl Runtime {
             }
         }
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         parents.sort();
         parents.dedup();
@@ -87,8 +97,6 @@ impl Runtime {
             Ok(())
         });
         drop(order);
-        if let Err(e) = pending.wait() {
-            tracing::error!("flushing progress failed: {e}");
-        }
+        pending.wait()
     }
 }

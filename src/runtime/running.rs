@@ -56,6 +56,11 @@ impl StopRequest {
     }
 }
 
+/// Most metric points queued in memory per running operation (a few MB).
+/// A job reporting faster than the flusher writes is made to wait: see
+/// [`RunningOp::push_metric`].
+pub const METRIC_QUEUE_CAPACITY: usize = 20_000;
+
 /// Progress and metrics not yet written to the database.
 #[derive(Debug, Default)]
 struct Slot {
@@ -160,12 +165,40 @@ impl RunningOp {
         self.dirty.store(true, Ordering::Release);
     }
 
-    /// Queue a metric point for the next flush.
-    pub fn push_metric(&self, at: String, data: Value) {
+    /// Queue a metric point for the next flush, unless
+    /// [`METRIC_QUEUE_CAPACITY`] points are already waiting: then the
+    /// point comes back, and the caller writes the queue
+    /// ([`crate::runtime::Runtime::flush_ops`]) or stops reading its
+    /// source. This is what bounds the daemon's memory whatever a job
+    /// reports.
+    pub fn push_metric(&self, at: String, data: Value) -> Result<(), (String, Value)> {
+        let Ok(mut s) = self.slot.lock() else {
+            return Err((at, data));
+        };
+        if s.metrics.len() >= METRIC_QUEUE_CAPACITY {
+            return Err((at, data));
+        }
+        s.metrics.push((at, data));
+        drop(s);
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Queue a metric point even past the capacity: only for a point that
+    /// could not be written because the database refused, so it is not lost.
+    pub fn push_metric_anyway(&self, at: String, data: Value) {
         if let Ok(mut s) = self.slot.lock() {
             s.metrics.push((at, data));
         }
         self.dirty.store(true, Ordering::Release);
+    }
+
+    /// How many more points the metric queue takes before it is full.
+    pub fn metric_room(&self) -> usize {
+        self.slot
+            .lock()
+            .map(|s| METRIC_QUEUE_CAPACITY.saturating_sub(s.metrics.len()))
+            .unwrap_or(0)
     }
 
     /// The live progress, with the ETA computed from the rate so far.
@@ -236,5 +269,39 @@ impl RunningOp {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_metric_queue_refuses_points_past_its_capacity_and_keeps_order() {
+        let op = RunningOp::new(
+            OperationId::from("op_command_test"),
+            OperationType::Command,
+            None,
+            0.0,
+            Vec::new(),
+        );
+        for i in 0..METRIC_QUEUE_CAPACITY {
+            assert_eq!(op.metric_room(), METRIC_QUEUE_CAPACITY - i);
+            op.push_metric(format!("t{i}"), json!({ "i": i })).unwrap();
+        }
+        assert_eq!(op.metric_room(), 0);
+        let back = op
+            .push_metric("late".into(), json!({ "i": METRIC_QUEUE_CAPACITY }))
+            .unwrap_err();
+        assert_eq!(back.1, json!({ "i": METRIC_QUEUE_CAPACITY }));
+        let (_, points) = op.take_dirty().unwrap();
+        assert_eq!(points.len(), METRIC_QUEUE_CAPACITY);
+        assert!(points
+            .iter()
+            .enumerate()
+            .all(|(i, (_, d))| d["i"] == json!(i)));
+        assert_eq!(op.metric_room(), METRIC_QUEUE_CAPACITY);
+        op.push_metric(back.0, back.1).unwrap();
     }
 }

@@ -6,8 +6,9 @@ use super::progress::{self, Event, ProgressTail};
 use super::MAX_LINE_WARNINGS;
 use crate::control::RunControl;
 use crate::jobs::JobContext;
+use crate::runtime::files;
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What the job has gathered from the progress file during this attempt.
 pub(super) struct Ingest {
@@ -87,18 +88,23 @@ impl Ingest {
     ) {
         let path = path.map(|p| self.cwd.join(p));
         if let Some(p) = &path {
-            if !p.exists() {
-                return self.warn(
-                    ctx,
-                    format!(
-                        "progress file, line at byte {start}: checkpoint path {} does not exist; checkpoint ignored",
-                        p.display()
-                    ),
-                );
-            }
+            // Looked at without opening anything: a FIFO would block the
+            // job loop (and so the cancel), /proc would be an endless walk.
+            let tree = match files::inspect_tree(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    return self.warn(
+                        ctx,
+                        format!(
+                            "progress file, line at byte {start}: checkpoint path {} refused: {e}; checkpoint ignored",
+                            p.display()
+                        ),
+                    )
+                }
+            };
             // The checkpoint row must point at durable files (SPEC §4),
             // whether or not the program fsynced them.
-            if let Err(e) = sync_tree(p) {
+            if let Err(e) = files::sync_tree(&tree) {
                 tracing::warn!(operation = %ctx.id(), "fsync of {} failed: {e}", p.display());
             }
         }
@@ -113,36 +119,38 @@ impl Ingest {
     }
 }
 
-/// fsync a file, or every file under a directory, and the directory
-/// holding it.
-fn sync_tree(p: &Path) -> std::io::Result<()> {
-    let m = std::fs::metadata(p)?;
-    if m.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                sync_tree(&e.path())?;
-            } else if e.file_type()?.is_file() {
-                std::fs::File::open(e.path())?.sync_all()?;
-            }
-        }
-    }
-    std::fs::File::open(p)?.sync_all()?;
-    if let Some(parent) = p.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Drain every complete line now in the progress file; true if any bytes
 /// were read (so the loop should look again at once).
+///
+/// Back-pressure: when the operation's metric queue is full, reading stops
+/// at the next line (its offset kept) and the queue is written out before
+/// this returns, so memory stays bounded however fast the program writes,
+/// and no point is lost or reordered.
 pub(super) fn ingest(
     ctx: &mut JobContext,
     tail: &mut ProgressTail,
     state: &mut Ingest,
     at_end: bool,
 ) -> bool {
-    match tail.poll(at_end, &mut |l| state.line(ctx, l)) {
+    let mut full = false;
+    let read = tail.poll(at_end, &mut |l| {
+        if l.is_ok() && ctx.metric_room() == 0 {
+            full = true;
+            return false;
+        }
+        state.line(ctx, l);
+        true
+    });
+    if full {
+        if let Err(e) = ctx.flush_metrics() {
+            // Not busy: the loop backs off instead of spinning on a
+            // database that refuses writes.
+            tracing::error!(operation = %ctx.id(), "{e}");
+            return false;
+        }
+        return true;
+    }
+    match read {
         Ok(n) => n > 0,
         Err(e) => {
             tracing::warn!(operation = %ctx.id(), "reading {} failed: {e}", tail.path().display());

@@ -22,6 +22,7 @@ mod gpu;
 mod ingest;
 mod output;
 pub mod params;
+pub mod procs;
 pub mod progress;
 
 use super::{Job, JobContext, JobOutcome};
@@ -241,6 +242,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     };
     let pid = Pid::from_raw(child.id() as i32);
     tracing::info!(operation = %id, pid = pid.as_raw(), "command started");
+    let mut procs = procs::JobProcs::new(&id, pid);
 
     let stderr_tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -294,6 +296,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     let mut stopped_at_exit = false;
     let wait_error = loop {
         let busy = ingest(ctx, &mut tail, &mut state, false);
+        procs.track_every();
         if let Some(sample) = sampler.as_ref().and_then(gpu::Sampler::take) {
             state.gpu_usage = Some(sample);
             let context = state.context();
@@ -324,12 +327,14 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
                     why.stop_reason()
                 ));
                 let _ = killpg(pid, Signal::SIGTERM);
+                procs.signal_escaped(Signal::SIGTERM);
                 term_deadline = Some(Instant::now() + grace);
             }
         }
         if let Some(deadline) = term_deadline {
             if !killed && Instant::now() >= deadline {
                 let _ = killpg(pid, Signal::SIGKILL);
+                procs.signal_escaped(Signal::SIGKILL);
                 killed = true;
                 ctx.warn(&format!(
                     "the program did not exit within grace_seconds ({}) of SIGTERM; killed with SIGKILL",
@@ -345,8 +350,16 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         }
     };
     // The operation ends with its program: whatever is left in its group
-    // (data-loader workers, a forgotten background process) goes too.
+    // (data-loader workers, a forgotten background process) goes too, and
+    // so does what left the group (`setsid`). The program's zombie still
+    // holds its pid, so the group id cannot name another group yet.
     let _ = killpg(pid, Signal::SIGKILL);
+    let escaped = procs.kill_all();
+    if escaped > 0 {
+        note(format!(
+            "killed {escaped} process(es) the program left behind"
+        ));
+    }
     let status = child.wait();
     // The copiers end when every writer of the pipes is gone; a process
     // that left the group may hold them open, so do not wait for ever.

@@ -208,14 +208,18 @@ impl ProgressTail {
     /// Hand every new complete line to `f` (at most about 1 MiB per call);
     /// with `at_end` (the program has exited) a last line without its
     /// newline counts too. `f` gets `Err` for a line skipped as too long.
+    /// `f` returns false to refuse a line (the job cannot take it now):
+    /// reading stops there, and the next call starts again at that line,
+    /// so back-pressure loses nothing and keeps the order.
     /// Returns the bytes read: non-zero means call again soon.
     pub fn poll(
         &mut self,
         at_end: bool,
-        f: &mut dyn FnMut(Result<Line<'_>, String>),
+        f: &mut dyn FnMut(Result<Line<'_>, String>) -> bool,
     ) -> std::io::Result<usize> {
         let mut read_total = 0;
-        while read_total < POLL_BYTES {
+        let mut refused = false;
+        while read_total < POLL_BYTES && !refused {
             let pos = self.consumed + self.partial.len() as u64;
             let n = match self.file.read_at(&mut self.chunk, pos) {
                 Ok(n) => n,
@@ -231,29 +235,39 @@ impl ProgressTail {
                 let (head, rest) = (&data[..i], &data[i + 1..]);
                 let start = self.consumed;
                 let end = start + self.partial.len() as u64 + i as u64 + 1;
-                if self.skipping {
+                let taken = if self.skipping {
                     self.skipping = false;
+                    true
                 } else if self.partial.len() + i > MAX_LINE_BYTES {
                     f(Err(format!(
                         "a line at byte {start} is longer than {MAX_LINE_BYTES} bytes; skipped"
                     )));
+                    true
                 } else if self.partial.is_empty() {
                     f(Ok(Line {
                         bytes: head,
                         start,
                         end,
-                    }));
+                    }))
                 } else {
                     self.partial.extend_from_slice(head);
                     f(Ok(Line {
                         bytes: &self.partial,
                         start,
                         end,
-                    }));
-                }
+                    }))
+                };
                 self.partial.clear();
+                if !taken {
+                    // Read again from the refused line's start next time.
+                    refused = true;
+                    break;
+                }
                 self.consumed = end;
                 data = rest;
+            }
+            if refused {
+                break;
             }
             if self.skipping {
                 // Count the skipped bytes as consumed without keeping them.
@@ -271,16 +285,23 @@ impl ProgressTail {
                 }
             }
         }
-        if at_end && read_total < POLL_BYTES && !self.partial.is_empty() && !self.skipping {
+        if at_end
+            && !refused
+            && read_total < POLL_BYTES
+            && !self.partial.is_empty()
+            && !self.skipping
+        {
             let start = self.consumed;
             let end = start + self.partial.len() as u64;
-            f(Ok(Line {
+            let taken = f(Ok(Line {
                 bytes: &self.partial,
                 start,
                 end,
             }));
-            self.partial.clear();
-            self.consumed = end;
+            if taken {
+                self.partial.clear();
+                self.consumed = end;
+            }
         }
         Ok(read_total)
     }
@@ -294,12 +315,49 @@ mod tests {
 
     fn lines(t: &mut ProgressTail, at_end: bool) -> Vec<(String, u64)> {
         let mut out = Vec::new();
-        t.poll(at_end, &mut |l| match l {
-            Ok(l) => out.push((String::from_utf8_lossy(l.bytes).to_string(), l.end)),
-            Err(e) => out.push((format!("ERR {e}"), 0)),
+        t.poll(at_end, &mut |l| {
+            match l {
+                Ok(l) => out.push((String::from_utf8_lossy(l.bytes).to_string(), l.end)),
+                Err(e) => out.push((format!("ERR {e}"), 0)),
+            }
+            true
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn a_refused_line_is_read_again_next_time() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.jsonl");
+        let mut t = ProgressTail::open(&p, 0).unwrap();
+        let mut w = OpenOptions::new().append(true).open(&p).unwrap();
+        w.write_all(b"1\n2\n3\n4").unwrap();
+        // Take two lines, refuse the third.
+        let mut got = Vec::new();
+        t.poll(true, &mut |l| {
+            if got.len() == 2 {
+                return false;
+            }
+            got.push(String::from_utf8_lossy(l.unwrap().bytes).to_string());
+            true
+        })
+        .unwrap();
+        assert_eq!(got, ["1", "2"]);
+        assert_eq!(t.consumed(), 4);
+        // Refusing the unterminated last line at the end keeps it too.
+        let mut n = 0;
+        t.poll(true, &mut |_| {
+            n += 1;
+            n < 2
+        })
+        .unwrap();
+        assert_eq!(t.consumed(), 6);
+        assert_eq!(
+            lines(&mut t, true),
+            vec![("4".to_string(), 7)],
+            "the refused last line comes back"
+        );
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! Every process a command job started, including those that left its
+//! process group (`setsid`, a double fork): found, killed when the job
+//! ends, and reaped.
+//!
+//! The daemon is a child subreaper (`PR_SET_CHILD_SUBREAPER`, set by
+//! [`adopt_orphans`]), so a descendant whose parent dies is reparented to
+//! the daemon instead of init, and stays visible. A job's processes are:
+//!
+//! - the program (the "leader", a direct child held by `std::process::Child`),
+//! - whatever `/proc` shows below it (a ppid walk), remembered with its start
+//!   time while the program runs, so a process orphaned later is still known,
+//! - processes carrying `OPSD_OPERATION_ID=<id>` in their environment (what
+//!   the program passed on; found among the daemon's adopted children),
+//! - and, closing over these, their children, their process groups and the
+//!   sessions they lead.
+//!
+//! Zombies: only processes in the remembered set are ever waited for, one
+//! pid at a time under its lock, never with `waitpid(-1)`. The leader is
+//! never in the set, so `Child::wait` still gets its exit status.
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// How often a running job's process tree is looked at.
+pub(super) const TRACK_EVERY: Duration = Duration::from_millis(200);
+
+/// How long [`JobProcs::kill_all`] keeps killing (a process in
+/// uninterruptible sleep may take a while to die; the reaper gets it later).
+const KILL_FOR: Duration = Duration::from_secs(3);
+
+/// One line of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    session: i32,
+    zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, names one
+    /// process even after its pid is reused.
+    start: u64,
+}
+
+fn parse_stat(text: &str) -> Option<Proc> {
+    // `pid (comm) state ppid pgrp session ...`; comm may hold spaces and ')'.
+    let (head, rest) = text.rsplit_once(')')?;
+    let pid = head.split_once('(')?.0.trim().parse().ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After comm: state=0 ppid=1 pgrp=2 session=3 ... starttime=19.
+    Some(Proc {
+        pid,
+        zombie: matches!(*f.first()?, "Z" | "X"),
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process visible in `/proc`.
+fn scan() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_proc)
+        .collect()
+}
+
+/// Whether the process's initial environment holds `entry` (`K=V`).
+fn environ_has(pid: i32, entry: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|e| e == entry))
+        .unwrap_or(false)
+}
+
+/// Processes that belonged to a job and are not its leader: the only pids
+/// the daemon ever waits for besides its own `Child`ren. Keyed by pid; the
+/// value is the start time and the operation.
+static KNOWN: Mutex<Option<HashMap<i32, (u64, String)>>> = Mutex::new(None);
+
+fn remember(op: &str, procs: &[Proc]) {
+    if procs.is_empty() {
+        return;
+    }
+    if let Ok(mut k) = KNOWN.lock() {
+        let k = k.get_or_insert_with(HashMap::new);
+        for p in procs {
+            k.insert(p.pid, (p.start, op.to_string()));
+        }
+    }
+}
+
+fn known_for(op: &str) -> Vec<(i32, u64)> {
+    KNOWN
+        .lock()
+        .map(|k| {
+            k.iter()
+                .flat_map(|m| m.iter())
+                .filter(|(_, (_, o))| o == op)
+                .map(|(pid, (start, _))| (*pid, *start))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait for every remembered process that is now a zombie child of the
+/// daemon, and forget those that are gone. Returns how many were reaped.
+fn reap_known() -> usize {
+    let me = std::process::id() as i32;
+    let Ok(mut guard) = KNOWN.lock() else {
+        return 0;
+    };
+    let Some(known) = guard.as_mut() else {
+        return 0;
+    };
+    let mut reaped = 0;
+    // The lock is held from the check to the wait: a zombie's pid cannot
+    // be reused until it is waited for, and only this code waits for it.
+    known.retain(|pid, (start, _)| match read_proc(*pid) {
+        Some(p) if p.start != *start => false,
+        Some(p) if p.zombie && p.ppid == me => {
+            if waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG)).is_ok() {
+                reaped += 1;
+            }
+            false
+        }
+        Some(_) => true,
+        None => false,
+    });
+    reaped
+}
+
+/// Make the daemon a child subreaper and start the thread that reaps
+/// adopted processes once they exit. Called once per process (later calls
+/// do nothing); without it, escaped processes go to init and are still
+/// killed, just not reaped by us.
+pub fn adopt_orphans() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives");
+        }
+        let spawned = std::thread::Builder::new()
+            .name("opsd-reaper".into())
+            .spawn(|| loop {
+                std::thread::sleep(Duration::from_secs(1));
+                reap_known();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the reaper thread: {e}");
+        }
+    });
+}
+
+/// One job's processes.
+pub(super) struct JobProcs {
+    op: String,
+    leader: i32,
+    leader_start: u64,
+    marker: Vec<u8>,
+    last_track: Option<Instant>,
+}
+
+impl JobProcs {
+    /// Watch the processes of operation `op`, whose program is `leader`.
+    pub(super) fn new(op: &str, leader: Pid) -> JobProcs {
+        let leader = leader.as_raw();
+        JobProcs {
+            op: op.to_string(),
+            leader,
+            leader_start: read_proc(leader).map_or(0, |p| p.start),
+            marker: format!("OPSD_OPERATION_ID={op}").into_bytes(),
+            last_track: None,
+        }
+    }
+
+    /// The job's processes (without the leader) in this snapshot.
+    /// `environ_all`: look for the marker in every process, not only in
+    /// those adopted by the daemon.
+    fn members(&self, all: &[Proc], environ_all: bool) -> Vec<Proc> {
+        let me = std::process::id() as i32;
+        let known: HashMap<i32, u64> = known_for(&self.op).into_iter().collect();
+        let mut ids: HashSet<i32> = HashSet::new();
+        let mut leaders: HashSet<i32> = HashSet::new();
+        if all
+            .iter()
+            .any(|p| p.pid == self.leader && p.start == self.leader_start)
+        {
+            ids.insert(self.leader);
+        }
+        for p in all {
+            if p.pid == me || p.pid <= 1 || p.pid == self.leader {
+                continue;
+            }
+            let remembered = known.get(&p.pid) == Some(&p.start);
+            let adopted = p.ppid == me || environ_all;
+            if remembered || (!p.zombie && adopted && environ_has(p.pid, &self.marker)) {
+                ids.insert(p.pid);
+            }
+        }
+        // Close over children, and the groups and sessions members lead.
+        loop {
+            leaders.extend(ids.iter().copied());
+            let before = ids.len();
+            for p in all {
+                if p.pid == me || p.pid <= 1 || ids.contains(&p.pid) {
+                    continue;
+                }
+                if ids.contains(&p.ppid)
+                    || leaders.contains(&p.pgrp)
+                    || leaders.contains(&p.session)
+                {
+                    ids.insert(p.pid);
+                }
+            }
+            if ids.len() == before {
+                break;
+            }
+        }
+        all.iter()
+            .filter(|p| p.pid != self.leader && ids.contains(&p.pid))
+            .copied()
+            .collect()
+    }
+
+    /// Remember the job's processes now, so one orphaned later is still
+    /// known to be the job's.
+    pub(super) fn track(&mut self) {
+        self.last_track = Some(Instant::now());
+        let all = scan();
+        let members = self.members(&all, false);
+        remember(&self.op, &members);
+        reap_known();
+    }
+
+    /// [`Self::track`], at most every [`TRACK_EVERY`].
+    pub(super) fn track_every(&mut self) {
+        if self.last_track.is_none_or(|t| t.elapsed() >= TRACK_EVERY) {
+            self.track();
+        }
+    }
+
+    /// Send `sig` to the job's processes outside the program's own group
+    /// (the group itself is signalled with `killpg`).
+    pub(super) fn signal_escaped(&mut self, sig: Signal) {
+        let all = scan();
+        let members = self.members(&all, false);
+        remember(&self.op, &members);
+        for p in members
+            .iter()
+            .filter(|p| p.pgrp != self.leader && !p.zombie)
+        {
+            let _ = kill(Pid::from_raw(p.pid), sig);
+        }
+    }
+
+    /// SIGKILL every process of the job but the program itself, until none
+    /// is left (or [`KILL_FOR`] passes), and reap those adopted by the
+    /// daemon. Call while the program's zombie still holds its pid.
+    /// Returns how many processes were killed.
+    pub(super) fn kill_all(&mut self) -> usize {
+        let until = Instant::now() + KILL_FOR;
+        let mut killed: HashSet<(i32, u64)> = HashSet::new();
+        loop {
+            let all = scan();
+            let members = self.members(&all, true);
+            remember(&self.op, &members);
+            let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();
+            for p in &living {
+                if kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
+                    killed.insert((p.pid, p.start));
+                }
+            }
+            reap_known();
+            if living.is_empty() {
+                break;
+            }
+            if Instant::now() >= until {
+                tracing::warn!(operation = %self.op, left = living.len(), "processes of the job did not die after SIGKILL");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        killed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_even_with_odd_names() {
+        let line =
+            "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        let p = parse_stat(line).unwrap();
+        assert_eq!(
+            p,
+            Proc {
+                pid: 4242,
+                ppid: 17,
+                pgrp: 4242,
+                session: 4242,
+                zombie: false,
+                start: 98765
+            }
+        );
+        let me = read_proc(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(!me.zombie);
+    }
+
+    #[test]
+    fn a_spawned_child_is_never_reaped_behind_its_handle() {
+        // A direct child that is not remembered keeps its exit status for
+        // `Child::wait`, however often the reaper runs.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        reap_known();
+        reap_known();
+        assert!(child.wait().unwrap().success());
+    }
+}
