@@ -129,7 +129,7 @@ fn shutdown_with_eight(runs: usize) -> f64 {
 /// Fill a fresh database with `rows` completed operations plus `stopped`
 /// dummies stopped by a shutdown (with checkpoints).
 fn prefill(db: &Path, rows: usize, stopped: usize) {
-    let store = opsd::store::Store::open(db).expect("open");
+    let store = opsd::store::open(db).expect("open");
     store.close();
     let mut c = rusqlite::Connection::open(db).expect("db");
     c.pragma_update(None, "synchronous", "OFF").expect("pragma");
@@ -214,24 +214,32 @@ fn recovery_at_scale(rows: usize, runs: usize) -> (f64, f64) {
 /// Section 3: one durable checkpoint of a 1 MB state, through the writer.
 fn checkpoint_1mb(runs: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = opsd::store::Store::open(&dir.path().join("opsd.db")).expect("open");
-    let id = opsd::ids::OperationId("op_dummy_20260101_000000_00000001".into());
-    let i = id.clone();
-    store
-        .write(move |c| {
-            c.execute(
-                "INSERT INTO operations (operation_id, operation_type, created_at, updated_at) VALUES (?1, 'dummy', 'x', 'x')",
-                [i.as_str()],
-            )?;
-            Ok(())
-        })
-        .expect("insert");
+    let store = opsd::store::open(&dir.path().join("opsd.db")).expect("open");
+    let kind = opsd::model::OperationType::Dummy;
+    let id = store
+        .submit(vec![opsd::store::records::NewOperation {
+            id: opsd::ids::OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata: json!({}),
+            parent: None,
+            priority: 0,
+            idempotency_key: None,
+            phase: None,
+            fail_parent: false,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+        }])
+        .wait()
+        .expect("insert")[0]
+        .id
+        .clone();
     let weights: Vec<f64> = (0..50_000).map(|i| (i as f64).sin()).collect();
     let state = json!({ "weights": weights });
     let size = state.to_string().len();
     let mut times = Vec::new();
     for _ in 0..runs {
-        let cp = opsd::store::checkpoints::Checkpoint {
+        let checkpoint = opsd::store::records::Checkpoint {
             operation_id: id.clone(),
             checkpoint_type: opsd::model::CheckpointType::Periodic,
             created_at: opsd::ids::now(),
@@ -244,7 +252,15 @@ fn checkpoint_1mb(runs: usize) -> f64 {
         };
         let t = Instant::now();
         store
-            .write_durable(move |c| opsd::store::checkpoints::save(c, &cp))
+            .save_checkpoint(opsd::store::records::CheckpointWrite {
+                checkpoint,
+                live: opsd::store::records::ProgressWrite {
+                    id: id.clone(),
+                    progress: Default::default(),
+                    points: Vec::new(),
+                },
+            })
+            .wait()
             .expect("save");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }

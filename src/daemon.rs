@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::server;
 use crate::service::Service;
+use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -41,10 +42,10 @@ impl Daemon {
             )
         })?;
         let lock = lock_database(&config.db_path())?;
-        let store = Store::open_with(
+        let store: Store = std::sync::Arc::new(SqliteStore::open(
             &config.db_path(),
             std::time::Duration::from_millis(config.write_wait_ms),
-        )?;
+        )?);
         let socket = config.socket_path();
         let config = Arc::new(config);
         let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +69,7 @@ impl Daemon {
             rt: runtime.clone(),
         };
         tokio.spawn(server::serve(listener, access, service, stop_rx));
-        tracing::info!(socket = %socket.display(), db = %runtime.store.path().display(), "opsd is ready");
+        tracing::info!(socket = %socket.display(), db = %runtime.store.location(), "opsd is ready");
         Ok(Daemon {
             runtime,
             socket,

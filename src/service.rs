@@ -10,7 +10,6 @@ use crate::model::Status;
 use crate::protocol::Submit;
 use crate::runtime::Runtime;
 use crate::store::records::{ListFilter, NewOperation, OperationRecord};
-use crate::store::{checkpoints, metrics, operations as ops};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,14 +76,16 @@ impl Service {
     pub async fn submit(&self, s: Submit) -> Result<Value> {
         let op = self.prepare(&s)?;
         self.ensure_accepting()?;
-        let now = ids::now();
-        let (id, status, created) = self
+        let s = self
             .rt
             .store
-            .write_async(move |c| ops::insert(c, &op, &now))
-            .await?;
+            .submit(vec![op])
+            .done()
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("a submit returned no operation".into()))?;
         self.rt.wake();
-        Ok(json!({ "operation_id": id, "status": status, "created": created }))
+        Ok(json!({ "operation_id": s.id, "status": s.status, "created": s.created }))
     }
 
     /// `submit_batch`: all rows in one transaction (each validated first).
@@ -98,20 +99,11 @@ impl Service {
             })
             .collect::<Result<Vec<_>>>()?;
         self.ensure_accepting()?;
-        let now = ids::now();
-        let out = self
-            .rt
-            .store
-            .write_async(move |c| {
-                rows.iter()
-                    .map(|op| ops::insert(c, op, &now))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .await?;
+        let out = self.rt.store.submit(rows).done().await?;
         self.rt.wake();
         let ops: Vec<Value> = out
             .into_iter()
-            .map(|(id, status, created)| json!({ "operation_id": id, "status": status, "created": created }))
+            .map(|s| json!({ "operation_id": s.id, "status": s.status, "created": s.created }))
             .collect();
         Ok(json!({ "operations": ops }))
     }
@@ -174,7 +166,7 @@ impl Service {
 
     /// `get`: one operation with live progress.
     pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
-        let mut rec = self.rt.store.read(|c| ops::get(c, id))?;
+        let mut rec = self.rt.store.get(id)?;
         self.overlay_live(&mut rec)?;
         Ok(rec)
     }
@@ -188,10 +180,7 @@ impl Service {
         if let Some(live) = self.rt.live(&rec.operation_id) {
             rec.set_progress(live.progress());
         }
-        let kids = self
-            .rt
-            .store
-            .read(|c| ops::children(c, &rec.operation_id))?;
+        let kids = self.rt.store.children(&rec.operation_id)?;
         if !kids.is_empty() {
             let parts: Vec<ChildProgress> = kids
                 .iter()
@@ -215,19 +204,16 @@ impl Service {
 
     /// `list`.
     pub fn list(&self, filter: &ListFilter) -> Result<Value> {
-        let (mut rows, total, active) = self.rt.store.read(|c| ops::list(c, filter))?;
-        for r in &mut rows {
+        let mut page = self.rt.store.list(filter)?;
+        for r in &mut page.rows {
             self.overlay_live(r)?;
         }
-        Ok(json!({ "operations": rows, "total": total, "active": active }))
+        Ok(json!({ "operations": page.rows, "total": page.total, "active": page.active }))
     }
 
     /// `children`.
     pub fn children(&self, id: &OperationId) -> Result<Value> {
-        let mut rows = self.rt.store.read(|c| {
-            ops::status(c, id)?;
-            ops::children(c, id)
-        })?;
+        let mut rows = self.rt.store.children(id)?;
         for r in &mut rows {
             self.overlay_live(r)?;
         }
@@ -265,22 +251,16 @@ impl Service {
 
     /// `metrics`: points after `cursor`.
     pub fn metrics(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<Value> {
-        let (points, next) = self.rt.store.read(|c| {
-            ops::status(c, id)?;
-            metrics::read_after(c, id, cursor.max(0), limit.clamp(1, 100_000))
-        })?;
+        let (points, next) = self.rt.store.metrics(id, cursor, limit)?;
         Ok(json!({ "metrics": points, "cursor": next }))
     }
 
     /// `checkpoints`.
     pub fn checkpoints(&self, id: Option<&OperationId>) -> Result<Value> {
-        let list = self.rt.store.read(|c| match id {
-            Some(id) => {
-                ops::status(c, id)?;
-                Ok(checkpoints::get(c, id)?.into_iter().collect::<Vec<_>>())
-            }
-            None => checkpoints::list(c),
-        })?;
+        let list = match id {
+            Some(id) => self.rt.store.checkpoint(id)?.into_iter().collect(),
+            None => self.rt.store.checkpoints()?,
+        };
         Ok(json!({ "checkpoints": list }))
     }
 
@@ -291,12 +271,7 @@ impl Service {
                 "operation {id} is running; cancel it before deleting its checkpoint"
             )));
         }
-        let i = id.clone();
-        let cp = self
-            .rt
-            .store
-            .write_async(move |c| checkpoints::delete(c, &i))
-            .await?;
+        let cp = self.rt.store.delete_checkpoint(id).done().await?;
         let dir = self
             .rt
             .config
@@ -309,7 +284,7 @@ impl Service {
 
     /// `health`.
     pub fn health(&self) -> Result<Value> {
-        let counts = self.rt.store.read(ops::counts_by_status)?;
+        let counts = self.rt.store.counts()?;
         let by_status: serde_json::Map<String, Value> = counts
             .into_iter()
             .map(|(s, n)| (s.as_str().to_string(), json!(n)))
@@ -321,7 +296,7 @@ impl Service {
             "uptime_seconds": self.rt.started_at.elapsed().as_secs_f64(),
             "accepting": self.rt.accepting(),
             "state_dir": cfg.state_dir,
-            "db": self.rt.store.path(),
+            "db": self.rt.store.location(),
             "socket": cfg.socket_path(),
             "workers": cfg.workers,
             "concurrency": cfg.concurrency,

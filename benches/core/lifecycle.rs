@@ -88,12 +88,12 @@ fn once(ops: usize, slots: Slots) -> Once {
         .expect("running")
         .runtime
         .store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM operations WHERE status = 'completed'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )?)
+        .counts()
+        .map(|c| {
+            c.iter()
+                .find(|(s, _)| *s == opsd::model::Status::Completed)
+                .map(|(_, n)| *n)
+                .unwrap_or(0)
         })
         .expect("count");
     assert_eq!(completed as usize, ops, "every operation must complete");

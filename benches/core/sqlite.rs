@@ -2,7 +2,7 @@
 //! large database for the read and memory sections.
 //!
 //! Both open the file the way the daemon does (WAL, then
-//! `opsd::store::apply_pragmas`, so `synchronous=FULL`) and write the real
+//! `opsd::store::sqlite::apply_pragmas`, so `synchronous=FULL`) and write the real
 //! `operations` schema with all its indexes and CHECK constraints: a
 //! ceiling measured on a bare table would flatter SQLite and make opsd look
 //! worse than it is.
@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use opsd::ids;
 use opsd::model::OperationType;
-use opsd::store::migrate::SCHEMA_SQL;
+use opsd::store::sqlite::migrate::SCHEMA_SQL;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -38,7 +38,7 @@ fn open_fresh(path: &Path) -> Connection {
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .expect("WAL");
     assert_eq!(mode, "wal");
-    opsd::store::apply_pragmas(&conn).expect("pragmas");
+    opsd::store::sqlite::apply_pragmas(&conn).expect("pragmas");
     conn.execute_batch(SCHEMA_SQL).expect("schema");
     let sync: i64 = conn
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
@@ -104,7 +104,7 @@ pub fn prefill(path: &Path, rows: usize) -> Prefill {
     let t = Instant::now();
     // Create it through the daemon's own migration so the schema version
     // is set and `opsd serve` accepts the file.
-    let conn = opsd::store::migrate::open_and_migrate(path).expect("migrate");
+    let conn = opsd::store::sqlite::migrate::open_and_migrate(path).expect("migrate");
     let kinds = ["dummy", "command", "training", "backtest"];
     let metadata = dummy_metadata().to_string();
     let step = ChronoDuration::seconds(30);

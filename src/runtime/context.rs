@@ -7,10 +7,7 @@ use super::Runtime;
 use crate::control::{ProgressUpdate, RunControl};
 use crate::ids::{self, OperationId};
 use crate::model::{CheckpointType, OperationType, Status};
-use crate::store::checkpoints::{self, Checkpoint};
-use crate::store::metrics;
-use crate::store::records::ClaimedOperation;
-use crate::store::Policy;
+use crate::store::records::{Checkpoint, CheckpointWrite, ClaimedOperation, ProgressWrite};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -173,9 +170,7 @@ impl JobContext {
             .running
             .take_dirty()
             .unwrap_or_else(|| (self.running.progress(), Vec::new()));
-        // Built once: the writer may run the closure again after a failed
-        // batch, and the state can be megabytes.
-        let mut cp = Checkpoint {
+        let cp = Checkpoint {
             operation_id: id.clone(),
             checkpoint_type: kind,
             created_at: ids::now(),
@@ -186,19 +181,14 @@ impl JobContext {
             progress_percent: Some(progress.percentage),
             metrics_seq: 0,
         };
-        let pending = self
-            .runtime
-            .store
-            .writer()
-            .enqueue(Policy::Durable, move |conn| {
-                crate::store::operations::write_progress(conn, &id, &progress)?;
-                cp.metrics_seq = if points.is_empty() {
-                    metrics::last_seq(conn, &id)?
-                } else {
-                    metrics::append(conn, &id, &points)?
-                };
-                checkpoints::save(conn, &cp)
-            });
+        let pending = self.runtime.store.save_checkpoint(CheckpointWrite {
+            checkpoint: cp,
+            live: ProgressWrite {
+                id,
+                progress,
+                points,
+            },
+        });
         drop(order);
         pending
             .wait()
@@ -240,7 +230,7 @@ impl JobContext {
             let status = self
                 .runtime
                 .store
-                .read(|c| crate::store::operations::status(c, child))
+                .status(child)
                 .map_err(|e| e.to_string())?;
             if matches!(
                 status,
@@ -260,10 +250,7 @@ impl JobContext {
         &self,
         id: &OperationId,
     ) -> Result<crate::store::records::OperationRecord, String> {
-        self.runtime
-            .store
-            .read(|c| crate::store::operations::get(c, id))
-            .map_err(|e| e.to_string())
+        self.runtime.store.get(id).map_err(|e| e.to_string())
     }
 
     /// try_resume a child left stopped by an earlier attempt.
@@ -278,19 +265,9 @@ impl JobContext {
 
     /// Add a warning to the operation (shown by `show`).
     pub fn warn(&self, message: &str) {
-        let id = self.op.id.clone();
-        let msg = message.to_string();
-        let now = ids::now();
-        self.runtime.store.writer().submit(
-            Policy::Durable,
-            move |c| crate::store::operations::add_warning(c, &id, &msg, &now),
-            |_| {},
-        );
-    }
-
-    /// Run `f` with the store (child results, model paths, ...).
-    pub fn store(&self) -> &crate::store::Store {
-        &self.runtime.store
+        self.runtime
+            .store
+            .add_warning(&self.op.id, message.to_string());
     }
 }
 

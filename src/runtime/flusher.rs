@@ -5,8 +5,7 @@
 use super::running::RunningOp;
 use super::Runtime;
 use crate::ids;
-use crate::store::operations as ops;
-use crate::store::Policy;
+use crate::store::records::ProgressWrite;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,10 +31,7 @@ impl Runtime {
             return;
         }
         let before = ids::timestamp(chrono::Utc::now() - chrono::Duration::days(days as i64));
-        match self
-            .store
-            .write(move |c| crate::store::checkpoints::sweep_older_than(c, &before))
-        {
+        match self.store.sweep_checkpoints(before).wait() {
             Ok(gone) => {
                 for id in &gone {
                     let _ = std::fs::remove_dir_all(
@@ -76,7 +72,11 @@ impl Runtime {
                 if let Some(p) = &op.parent {
                     parents.push(p.clone());
                 }
-                batch.push((op.id.clone(), progress, points));
+                batch.push(ProgressWrite {
+                    id: op.id.clone(),
+                    progress,
+                    points,
+                });
             }
         }
         if batch.is_empty() {
@@ -84,18 +84,7 @@ impl Runtime {
         }
         parents.sort();
         parents.dedup();
-        let pending = self.store.writer().enqueue(Policy::Durable, move |c| {
-            for (id, progress, points) in &batch {
-                if !points.is_empty() {
-                    crate::store::metrics::append(c, id, points)?;
-                }
-                ops::write_progress(c, id, progress)?;
-            }
-            for p in &parents {
-                ops::refresh_parent_progress(c, p)?;
-            }
-            Ok(())
-        });
+        let pending = self.store.write_progress(batch, parents);
         drop(order);
         pending.wait()
     }

@@ -21,10 +21,10 @@ mod worker;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ids::{self, OperationId};
+use crate::ids::OperationId;
 use crate::model::{OperationType, Status};
 use crate::store::records::{ClaimedOperation, NewOperation};
-use crate::store::{operations as ops, Store};
+use crate::store::Store;
 use crossbeam_channel::{Receiver, Sender};
 use running::{RunningOp, StopRequest};
 use serde_json::Value;
@@ -140,30 +140,18 @@ impl Runtime {
     /// by an unclean exit become `failed`/`crash`; those stopped by a
     /// shutdown (and crashed ones with a checkpoint) resume by try_resume.
     fn recover(&self) -> Result<()> {
-        let now = ids::now();
-        let crashed = self.store.write(move |c| ops::fail_crashed(c, &now))?;
-        for id in &crashed {
+        let rec = self.store.recover(self.config.auto_resume)?;
+        for id in &rec.crashed {
             tracing::warn!(operation = %id, "found running after an unclean exit: marked failed (crash)");
         }
-        let auto = self.config.auto_resume;
-        let candidates = self.store.read(|c| ops::recoverable(c, auto))?;
-        let mut resumed = Vec::new();
-        for id in candidates {
-            let now = ids::now();
-            let i = id.clone();
-            match self.store.write(move |c| ops::try_resume(c, &i, &now)) {
-                Ok(()) => resumed.push(id),
-                Err(e) => tracing::warn!(operation = %id, "not resumed: {e}"),
-            }
-        }
-        if !resumed.is_empty() {
+        if !rec.resumed.is_empty() {
             tracing::info!(
-                count = resumed.len(),
+                count = rec.resumed.len(),
                 "resuming operations stopped by the last shutdown or crash"
             );
         }
         if let Ok(mut r) = self.recovery.lock() {
-            *r = serde_json::json!({ "crashed": crashed, "resumed": resumed });
+            *r = serde_json::json!(rec);
         }
         Ok(())
     }
@@ -226,10 +214,14 @@ impl Runtime {
                 "the daemon is shutting down; submit again after it restarts".into(),
             ));
         }
-        let now = ids::now();
-        let r = self.store.write(move |c| ops::insert(c, &op, &now))?;
+        let s = self
+            .store
+            .submit(vec![op])
+            .wait()?
+            .pop()
+            .ok_or_else(|| Error::Internal("a submit returned no operation".into()))?;
         self.wake();
-        Ok(r)
+        Ok((s.id, s.status, s.created))
     }
 
     /// Submit a child of `parent` (validated like any submit).
@@ -285,10 +277,10 @@ impl Runtime {
     ) -> Result<Status> {
         // The transaction first: when the database cannot be written the
         // caller is told, and nothing has been asked to stop.
-        let (i, now, reason, msg) = (id.clone(), ids::now(), why.stop_reason(), message.clone());
         let done = self
             .store
-            .write(move |c| ops::cancel_tree(c, &i, reason, msg.as_deref(), &now))?;
+            .cancel_tree(id, why.stop_reason(), message.clone())
+            .wait()?;
         for (member, attempt, is_root) in done.running {
             let (w, m) = if is_root {
                 (why, message.clone())
@@ -324,9 +316,7 @@ impl Runtime {
         if !self.accepting() {
             return Err(Error::Unavailable("the daemon is shutting down".into()));
         }
-        let i = id.clone();
-        let now = ids::now();
-        self.store.write(move |c| ops::try_resume(c, &i, &now))?;
+        self.store.try_resume(id).wait()?;
         self.wake();
         Ok(())
     }

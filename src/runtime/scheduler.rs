@@ -6,10 +6,8 @@
 use super::running::RunningOp;
 use super::{Assignment, Runtime};
 use crate::error::{Error, Result};
-use crate::ids;
 use crate::model::OperationType;
-use crate::store::operations as ops;
-use crate::store::Policy;
+use crate::store::records::ClaimPlan;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,40 +58,11 @@ impl Runtime {
             return Ok(());
         }
         let free_gpus = self.gpus.lock().map(|g| g.free_count()).unwrap_or(0) as i64;
-        let now = ids::now();
-        // A claim that cannot be committed is not retried by the writer:
-        // the next round claims afresh.
-        let claimed = self
-            .store
-            .writer()
-            .write(Policy::caller(Duration::ZERO), move |c| {
-                let mut out = Vec::new();
-                let mut budget = free_total;
-                let mut gpus_left = free_gpus;
-                for &(kind, free) in &per_kind {
-                    let mut n = free.min(budget);
-                    // GPU operations one at a time, while GPUs are free.
-                    while n > 0 && gpus_left > 0 {
-                        let got = ops::claim(c, &now, kind, 1..=gpus_left, 1)?;
-                        let Some(op) = got.into_iter().next() else {
-                            break;
-                        };
-                        gpus_left -= op.gpus_requested;
-                        n -= 1;
-                        budget -= 1;
-                        out.push(op);
-                    }
-                    if n > 0 {
-                        let got = ops::claim(c, &now, kind, 0..=0, n)?;
-                        budget -= got.len();
-                        out.extend(got);
-                    }
-                    if budget == 0 {
-                        break;
-                    }
-                }
-                Ok(out)
-            })?;
+        let claimed = self.store.claim(ClaimPlan {
+            per_type: per_kind,
+            total: free_total,
+            free_gpus,
+        })?;
         for op in claimed {
             let assigned = if op.gpus_requested > 0 {
                 self.gpus
@@ -104,12 +73,7 @@ impl Runtime {
                 Vec::new()
             };
             if !assigned.is_empty() {
-                let (i, a) = (op.id.clone(), assigned.clone());
-                self.store.writer().submit(
-                    Policy::Durable,
-                    move |c| ops::set_gpus(c, &i, &a),
-                    |_| {},
-                );
+                self.store.record_gpus(&op.id, assigned.clone());
             }
             let running = Arc::new(RunningOp::new(
                 op.id.clone(),

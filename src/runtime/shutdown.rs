@@ -2,10 +2,7 @@
 
 use super::running::{RunningOp, StopRequest};
 use super::Runtime;
-use crate::ids;
-use crate::model::{Status, StopReason};
-use crate::store::operations as ops;
-use crate::store::Policy;
+use crate::model::StopReason;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,34 +69,10 @@ impl Runtime {
             .unwrap_or_default();
         if !stuck.is_empty() {
             tracing::warn!(operations = ?stuck, "did not stop within the grace; recorded as cancelled (shutdown)");
-            let now = ids::now();
             // Durable, but not waited for beyond the writer's own limit: a
             // database that stays unwritable leaves these rows `running`,
             // which the next start recovers as after a crash.
-            self.store.writer().submit(Policy::Durable, move |c| {
-                for (id, why) in &stuck {
-                    ops::finish(
-                        c,
-                        id,
-                        &ops::Finish {
-                            status: Status::Cancelled,
-                            stop_reason: Some(*why),
-                            result: None,
-                            error: Some("the daemon stopped before this operation could checkpoint; it resumes from its latest checkpoint".into()),
-                            progress: None,
-                        },
-                        &now,
-                    )?;
-                    if *why == StopReason::Shutdown {
-                        crate::store::checkpoints::set_type(c, id, crate::model::CheckpointType::Shutdown)?;
-                    }
-                }
-                Ok(())
-            }, |r| {
-                if let Err(e) = r {
-                    tracing::error!("recording operations stopped at shutdown failed: {e}");
-                }
-            });
+            self.store.stopped_at_shutdown(stuck);
         }
         if let Ok(mut tx) = self.job_tx.lock() {
             tx.take();

@@ -10,10 +10,9 @@ use crate::error::Result;
 use crate::ids;
 use crate::jobs::{job_for, JobOutcome};
 use crate::model::{Status, StopReason};
-use crate::store::checkpoints::{self, Checkpoint};
-use crate::store::operations::{self as ops, Finish};
-use crate::store::records::{ClaimedOperation, Progress};
-use crate::store::Policy;
+use crate::store::records::{
+    Checkpoint, ClaimedOperation, Finish, Progress, ProgressWrite, RunEnd, RunOutcome,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,13 +74,7 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
     if op.attempt <= 1 {
         return Ok(None);
     }
-    let id = op.id.clone();
-    let cp = rt.store.write_durable(move |c| {
-        let cp = checkpoints::get(c, &id)?;
-        let seq = cp.as_ref().map(|c| c.metrics_seq).unwrap_or(0);
-        crate::store::metrics::truncate_after(c, &id, seq)?;
-        Ok(cp)
-    })?;
+    let cp = rt.store.begin_attempt(&op.id).wait()?;
     let pct = cp.as_ref().and_then(|c| c.progress_percent).unwrap_or(0.0);
     running.reset_progress(Progress {
         percentage: pct,
@@ -150,9 +143,6 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
             }
         }
     };
-    let id = op.id.clone();
-    let parent = op.parent.clone();
-    let now = ids::now();
     let delete_cp =
         finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
     let retry = retry_at.map(|d| ids::timestamp(chrono::Utc::now() + d));
@@ -173,34 +163,27 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
                 ),
             )
         });
-    let f = finish;
-    let task = move |c: &rusqlite::Connection| {
-        if !points.is_empty() {
-            crate::store::metrics::append(c, &id, &points)?;
-        }
-        match &retry {
-            Some(at) => {
-                if let Some(p) = &f.progress {
-                    ops::write_progress(c, &id, p)?;
-                }
-                ops::requeue_for_retry(c, &id, f.error.as_deref().unwrap_or("failed"), at, &now)?;
-            }
-            None => {
-                ops::finish(c, &id, &f, &now)?;
-            }
-        }
-        if delete_cp {
-            checkpoints::delete_if_any(c, &id)?;
-        }
-        if let Some(p) = &parent {
-            ops::refresh_parent_progress(c, p)?;
-        }
-        Ok(())
+    let end = RunEnd {
+        id: op.id.clone(),
+        parent: op.parent.clone(),
+        last: ProgressWrite {
+            id: op.id.clone(),
+            progress: finish.progress.clone().unwrap_or_default(),
+            points,
+        },
+        outcome: match retry {
+            Some(at) => RunOutcome::Retry {
+                error: finish.error.clone().unwrap_or_else(|| "failed".into()),
+                at,
+            },
+            None => RunOutcome::Final(finish),
+        },
+        delete_checkpoint: delete_cp,
     };
     let rt2 = rt.clone();
-    rt.store
-        .writer()
-        .submit(Policy::Durable, task, move |result: Result<()>| {
+    rt.store.finish(
+        end,
+        Box::new(move |result: Result<()>| {
             let id = &op.id;
             if let Err(e) = result {
                 tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
@@ -217,7 +200,8 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
                 }
             }
             release(&rt2, id, &running);
-        });
+        }),
+    );
     drop(order);
 }
 

@@ -1,391 +1,168 @@
-//! The SQLite store: the only module that touches rusqlite.
+//! The store: everything the daemon asks of its database, as one typed
+//! interface ([`Backend`]).
 //!
-//! Writes go through one writer thread ([`writer`]) that groups every
-//! request waiting in its channel into one transaction (group commit); reads
-//! use a pool of read-only connections that run beside it thanks to WAL.
+//! No SQL, no connection and no database closure crosses this interface:
+//! callers (runtime, service, jobs) name what they want done (submit,
+//! claim, record the end of a run, cancel a tree...) and get typed rows
+//! back. The SQLite implementation lives in [`sqlite`]; the PostgreSQL one
+//! implements the same trait.
+//!
+//! Write semantics are the backend's business and are the same for every
+//! caller: a write a client waits for either lands durably or fails with a
+//! true error; the daemon's own bookkeeping (progress, checkpoints, the
+//! final row of a run) is retried until it lands (see [`sqlite::writer`]).
 
-pub mod checkpoints;
-pub mod metrics;
-pub mod migrate;
-pub mod operations;
 pub mod records;
-pub mod writer;
+pub mod sqlite;
 
 use crate::error::{Error, Result};
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use crate::ids::OperationId;
+use crate::model::{Status, StopReason};
+use records::{
+    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
+    NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
+};
+use std::sync::Arc;
 
-pub use writer::{Policy, Writer};
+/// The store the daemon runs on: one backend, shared by every thread.
+pub type Store = Arc<dyn Backend>;
 
-/// How long a connection waits on a lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the writer waits on a lock held by another program before it
-/// reports the batch as failed and retries it (so `health` can say so).
-const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a client's write waits out a database locked by another
-/// program by default (`write_wait_ms`).
-pub const DEFAULT_CALLER_WAIT: Duration = Duration::from_secs(30);
+/// Called on the writer's side once a run's final row is committed (or
+/// could not be): frees the operation's slot. Runs on the writer thread,
+/// so it must be cheap and must not write to the store.
+pub type AfterCommit = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// Set the pragmas every connection needs. Called on the writer and on each
-/// pooled connection (r2d2's init hook), because pragmas are per connection
-/// and a misspelt one is silently ignored: `tests` read them back.
-pub fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // FULL: an acknowledged submit, cancel or resume survives a power cut
-    // (SPEC §5). Group commit keeps it fast.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "cache_size", -16_000)?;
-    Ok(())
-}
+/// A write's answer, to wait for (threads) or await (async code).
+pub struct Ticket<T>(tokio::sync::oneshot::Receiver<Result<T>>);
 
-/// The database: a writer thread and a read pool over one file.
-#[derive(Clone)]
-pub struct Store {
-    /// Path of the SQLite file.
-    path: PathBuf,
-    /// Read-only connections for queries that must not queue behind writes.
-    pool: r2d2::Pool<SqliteConnectionManager>,
-    /// Handle to the single writer thread.
-    writer: Writer,
-}
+/// The sending half of a [`Ticket`], kept by the backend.
+pub struct Reply<T>(tokio::sync::oneshot::Sender<Result<T>>);
 
-impl Store {
-    /// Open (creating if needed) and migrate the database at `path`, start
-    /// the writer thread and the read pool.
-    ///
-    /// A file that is not a readable opsd database makes this fail with an
-    /// error naming the file; the file is never modified in that case.
-    pub fn open(path: &Path) -> Result<Store> {
-        Store::open_with(path, DEFAULT_CALLER_WAIT)
+impl<T> Ticket<T> {
+    /// A ticket and the reply that answers it.
+    pub fn new() -> (Reply<T>, Ticket<T>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Reply(tx), Ticket(rx))
     }
 
-    /// [`Store::open`], with how long a client's write waits out a database
-    /// locked by another program before it is told so.
-    pub fn open_with(path: &Path, caller_wait: Duration) -> Result<Store> {
-        let conn = migrate::open_and_migrate(path)?;
-        conn.busy_timeout(WRITER_BUSY_TIMEOUT.min(caller_wait.max(Duration::from_millis(10))))?;
-        let writer = Writer::start(conn, caller_wait)?;
-        let manager = SqliteConnectionManager::file(path)
-            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_init(|c| apply_pragmas(c));
-        let pool = r2d2::Pool::builder()
-            .max_size(8)
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(10))
-            .build(manager)
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "{}: cannot open read connections: {e}",
-                    path.display()
-                ))
-            })?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            pool,
-            writer,
-        })
+    /// A ticket already answered (a backend that failed before queueing).
+    pub fn ready(r: Result<T>) -> Ticket<T> {
+        let (reply, ticket) = Ticket::new();
+        reply.send(r);
+        ticket
     }
 
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Block until the write is committed (or failed). Not for async code.
+    pub fn wait(self) -> Result<T> {
+        self.0.blocking_recv().unwrap_or_else(|_| Err(stopped()))
     }
 
-    /// The writer handle, for mutations.
-    pub fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
-    /// Run a read-only query on a pooled connection.
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.pool.get()?;
-        f(&conn)
-    }
-
-    /// Run a mutation someone waits for (a client's request, start-up) on
-    /// the writer thread and block until it is committed; a database that
-    /// cannot be written is reported as an error (see [`Policy::Caller`]).
-    pub fn write<T: Send + 'static>(
-        &self,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer.write(self.writer.caller_policy(), f)
-    }
-
-    /// Run a mutation of the daemon's own bookkeeping and block until it is
-    /// committed, however long the database stays unwritable (see
-    /// [`Policy::Durable`]).
-    pub fn write_durable<T: Send + 'static>(
-        &self,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer.write(Policy::Durable, f)
-    }
-
-    /// Like [`Store::write`], for async callers.
-    pub async fn write_async<T: Send + 'static>(
-        &self,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer
-            .write_async(self.writer.caller_policy(), f)
-            .await
-    }
-
-    /// `None` while writes land; otherwise why not, since when.
-    pub fn degraded(&self) -> Option<String> {
-        self.writer.degraded()
-    }
-
-    /// Stop the writer after it has committed everything queued.
-    pub fn close(&self) {
-        self.writer.shutdown();
+    /// Await the write's commit.
+    pub async fn done(self) -> Result<T> {
+        self.0.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::OperationId;
-    use crate::model::OperationType;
-    use crate::store::records::NewOperation;
-
-    fn new_op(kind: OperationType) -> NewOperation {
-        NewOperation {
-            id: OperationId::generate(kind, chrono::Utc::now()),
-            kind,
-            metadata: serde_json::json!({}),
-            parent: None,
-            priority: 0,
-            idempotency_key: None,
-            phase: None,
-            fail_parent: false,
-            gpus: 0,
-            max_attempts: 1,
-            run_after: None,
-        }
+impl<T> Reply<T> {
+    /// Answer the ticket (ignored when nobody waits any more).
+    pub fn send(self, r: Result<T>) {
+        let _ = self.0.send(r);
     }
+}
 
-    #[test]
-    fn pragmas_read_back_on_writer_and_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let (mode, sync, fk) = store
-            .write(|c| {
-                Ok((
-                    c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
-                    c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?,
-                    c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
-                ))
-            })
-            .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
-        let (mode, fk, timeout) = store
-            .read(|c| {
-                Ok((
-                    c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
-                    c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
-                    c.query_row("PRAGMA busy_timeout", [], |r| r.get::<_, i64>(0))?,
-                ))
-            })
-            .unwrap();
-        assert_eq!((mode.as_str(), fk, timeout), ("wal", 1, 10_000));
-        store.close();
-    }
+fn stopped() -> Error {
+    Error::Unavailable("the daemon is shutting down and no longer writes to its database".into())
+}
 
-    #[test]
-    fn claim_walks_the_partial_index_without_sorting() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let plan: Vec<String> = store
-            .read(|c| {
-                let mut stmt = c.prepare(
-                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
-                     WHERE status = 'pending' AND operation_type = ?1 \
-                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
-                     ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
-                )?;
-                let rows = stmt
-                    .query_map(rusqlite::params!["dummy", "x", 10], |r| r.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(rows)
-            })
-            .unwrap();
-        let text = plan.join(" | ");
-        assert!(text.contains("idx_operations_runnable"), "{text}");
-        assert!(!text.contains("TEMP B-TREE"), "{text}");
-        store.close();
-    }
+/// Everything the daemon asks of its database.
+///
+/// Writes a caller waits for return a [`Ticket`]; the daemon's own
+/// bookkeeping is durable (retried until it lands) and returns a ticket
+/// only where the caller must know it has landed (a checkpoint).
+pub trait Backend: Send + Sync {
+    /// Where the data lives (a path or a URL without secrets), for logs.
+    fn location(&self) -> String;
+    /// `None` while writes land; otherwise why not and since when.
+    fn degraded(&self) -> Option<String>;
+    /// Commit what is queued, then stop writing.
+    fn close(&self);
 
-    #[test]
-    fn claiming_resuming_rows_does_not_walk_the_whole_type() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let plan: Vec<String> = store
-            .read(|c| {
-                let mut stmt = c.prepare(
-                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
-                     WHERE status = 'resuming' AND +operation_type = ?1 \
-                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
-                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
-                )?;
-                let rows = stmt
-                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(rows)
-            })
-            .unwrap();
-        let text = plan.join(" | ");
-        assert!(
-            text.contains("idx_operations_status_created (status=?)"),
-            "{text}"
-        );
-        store.close();
-    }
+    // Writes a client or the start-up waits for.
 
-    #[test]
-    fn claim_orders_by_priority_then_age_and_counts_attempts() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let low = new_op(OperationType::Dummy);
-        let mut high = new_op(OperationType::Dummy);
-        high.priority = 5;
-        let other = new_op(OperationType::Backtest);
-        for op in [low.clone(), high.clone(), other.clone()] {
-            store
-                .write(move |c| operations::insert(c, &op, &crate::ids::now()))
-                .unwrap();
-        }
-        let claimed = store
-            .write(|c| operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10))
-            .unwrap();
-        let ids: Vec<_> = claimed.iter().map(|c| c.id.clone()).collect();
-        assert_eq!(ids, vec![high.id, low.id]);
-        assert!(claimed.iter().all(|c| c.attempt == 1));
-        // Claimed rows are no longer claimable; other types untouched.
-        let again = store
-            .write(|c| operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10))
-            .unwrap();
-        assert!(again.is_empty());
-        let status = store
-            .read(move |c| operations::status(c, &other.id))
-            .unwrap();
-        assert_eq!(status, crate::model::Status::Pending);
-        store.close();
-    }
+    /// Insert operations in one transaction (an idempotency key already
+    /// used returns the first operation); a child of a parent that is
+    /// finished or being cancelled is refused.
+    fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>>;
+    /// Cancel `root` and its active descendants in one transaction.
+    fn cancel_tree(
+        &self,
+        root: &OperationId,
+        reason: StopReason,
+        message: Option<String>,
+    ) -> Ticket<TreeCancel>;
+    /// try_resume (SPEC §2): of concurrent resumes exactly one wins.
+    fn try_resume(&self, id: &OperationId) -> Ticket<()>;
+    /// Delete an operation's checkpoint row; returns it.
+    fn delete_checkpoint(&self, id: &OperationId) -> Ticket<Checkpoint>;
+    /// Delete checkpoints of stopped operations created before `before`;
+    /// returns whose went.
+    fn sweep_checkpoints(&self, before: String) -> Ticket<Vec<OperationId>>;
+    /// Start-up: `running` rows become `failed`/`crash`; operations stopped
+    /// by a shutdown (and crashed ones with a checkpoint when
+    /// `auto_resume`) are resumed.
+    fn recover(&self, auto_resume: bool) -> Result<Recovery>;
+    /// Claim runnable operations within `plan`; each becomes `running`
+    /// with its attempt counted. Not retried: the next round claims anew.
+    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>>;
 
-    #[test]
-    fn a_colliding_id_gets_a_new_suffix_instead_of_failing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let first = new_op(OperationType::Dummy);
-        let twin = first.clone();
-        let (a, b) = store
-            .write(move |c| {
-                let now = crate::ids::now();
-                Ok((
-                    operations::insert(c, &first, &now)?,
-                    operations::insert(c, &twin, &now)?,
-                ))
-            })
-            .unwrap();
-        assert!(a.2 && b.2, "both inserted");
-        assert_ne!(a.0, b.0);
-        assert_eq!(a.0.as_str().len(), b.0.as_str().len());
-        let n: i64 = store
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(n, 2);
-        store.close();
-    }
+    // The daemon's own bookkeeping: durable, retried until it lands.
 
-    #[test]
-    fn a_failing_request_in_a_batch_does_not_undo_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for i in 0..20 {
-            let mut op = new_op(OperationType::Dummy);
-            if i % 2 == 1 {
-                // Invalid JSON metadata trips the CHECK constraint.
-                op.metadata = serde_json::Value::Null;
-            }
-            let tx = tx.clone();
-            store.writer().submit(
-                Policy::Durable,
-                move |c: &Connection| {
-                    if i % 2 == 1 {
-                        c.execute(
-                            "INSERT INTO operations (operation_id, operation_type, created_at, updated_at, metadata) VALUES (?1, 'dummy', 'x', 'x', 'not json')",
-                            [op.id.as_str()],
-                        )?;
-                        Ok(())
-                    } else {
-                        operations::insert(c, &op, &crate::ids::now()).map(|_| ())
-                    }
-                },
-                move |r| tx.send(r.is_ok()).unwrap(),
-            );
-        }
-        drop(tx);
-        let oks = rx.iter().filter(|ok| *ok).count();
-        assert_eq!(oks, 10);
-        let n: i64 = store
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(n, 10);
-        store.close();
-    }
+    /// Record the GPUs assigned to a running operation.
+    fn record_gpus(&self, id: &OperationId, gpus: Vec<String>);
+    /// Write live progress and queued metric points, then refresh the
+    /// stored aggregate progress of `parents`.
+    fn write_progress(&self, live: Vec<ProgressWrite>, parents: Vec<OperationId>) -> Ticket<()>;
+    /// Save a checkpoint with the progress and points reported before it.
+    fn save_checkpoint(&self, cp: CheckpointWrite) -> Ticket<()>;
+    /// A new attempt starts: its checkpoint, with the metric points
+    /// recorded after it dropped (the job regenerates them).
+    fn begin_attempt(&self, id: &OperationId) -> Ticket<Option<Checkpoint>>;
+    /// Record the end of a run; `after` runs once it is committed.
+    fn finish(&self, end: RunEnd, after: AfterCommit);
+    /// Shutdown: operations that did not stop within the grace are
+    /// recorded `cancelled` with the reason each was given (their last
+    /// checkpoint becomes a shutdown checkpoint where the reason is
+    /// shutdown).
+    fn stopped_at_shutdown(&self, ops: Vec<(OperationId, StopReason)>);
+    /// Append a warning to an operation.
+    fn add_warning(&self, id: &OperationId, message: String);
 
-    #[test]
-    fn retention_sweep_keeps_active_and_recent_checkpoints() {
-        use crate::model::CheckpointType;
-        use crate::store::checkpoints::{self, Checkpoint};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let old = new_op(OperationType::Dummy);
-        let active = new_op(OperationType::Dummy);
-        let recent = new_op(OperationType::Dummy);
-        for (op, created, status) in [
-            (&old, "2020-01-01T00:00:00.000000Z", "cancelled"),
-            (&active, "2020-01-01T00:00:00.000000Z", "pending"),
-            (&recent, "2099-01-01T00:00:00.000000Z", "failed"),
-        ] {
-            let (op, created, status) = (op.clone(), created.to_string(), status.to_string());
-            store
-                .write(move |c| {
-                    operations::insert(c, &op, &crate::ids::now())?;
-                    c.execute(
-                        "UPDATE operations SET status = ?2 WHERE operation_id = ?1",
-                        [op.id.as_str(), &status],
-                    )?;
-                    checkpoints::save(
-                        c,
-                        &Checkpoint {
-                            operation_id: op.id.clone(),
-                            checkpoint_type: CheckpointType::Periodic,
-                            created_at: created.clone(),
-                            state: serde_json::json!({"step": 1}),
-                            artifacts_path: None,
-                            state_size_bytes: 0,
-                            artifacts_size_bytes: 0,
-                            progress_percent: None,
-                            metrics_seq: 0,
-                        },
-                    )
-                })
-                .unwrap();
-        }
-        let gone = store
-            .write(|c| checkpoints::sweep_older_than(c, "2026-01-01T00:00:00.000000Z"))
-            .unwrap();
-        assert_eq!(gone, vec![old.id]);
-        let left = store.read(checkpoints::list).unwrap();
-        assert_eq!(left.len(), 2);
-        store.close();
-    }
+    // Reads: never wait for writes.
+
+    /// One operation.
+    fn get(&self, id: &OperationId) -> Result<OperationRecord>;
+    /// One operation's status.
+    fn status(&self, id: &OperationId) -> Result<Status>;
+    /// A page of operations matching `filter`, newest first.
+    fn list(&self, filter: &ListFilter) -> Result<Listing>;
+    /// Children of an operation, oldest first (`not_found` if it is not).
+    fn children(&self, id: &OperationId) -> Result<Vec<OperationRecord>>;
+    /// Metric points after `cursor` (`not_found` for an unknown id) and
+    /// the cursor to continue from.
+    fn metrics(&self, id: &OperationId, cursor: i64, limit: i64)
+        -> Result<(Vec<MetricPoint>, i64)>;
+    /// An operation's checkpoint (`not_found` for an unknown id).
+    fn checkpoint(&self, id: &OperationId) -> Result<Option<Checkpoint>>;
+    /// Every checkpoint, newest first.
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    /// Operations per status.
+    fn counts(&self) -> Result<Vec<(Status, i64)>>;
+}
+
+/// Open the SQLite store at `path` with default settings (tests, tools).
+pub fn open(path: &std::path::Path) -> Result<Store> {
+    Ok(Arc::new(sqlite::SqliteStore::open(
+        path,
+        sqlite::DEFAULT_CALLER_WAIT,
+    )?))
 }

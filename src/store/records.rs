@@ -1,8 +1,7 @@
 //! Rows as Rust values: what is inserted, what is read back.
 
 use crate::ids::OperationId;
-use crate::model::{OperationType, Status, StopReason};
-use rusqlite::Row;
+use crate::model::{CheckpointType, OperationType, Status, StopReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -127,72 +126,7 @@ pub struct OperationRecord {
     pub gpus_assigned: Option<Value>,
 }
 
-/// The column list matching [`OperationRecord::from_row`].
-pub const OPERATION_COLUMNS: &str = "operation_id, parent_operation_id, operation_type, status, \
-    stop_reason, priority, attempt, max_attempts, run_after, created_at, started_at, \
-    completed_at, updated_at, progress_percent, progress_message, current_step, \
-    steps_completed, steps_total, items_processed, items_total, eta_seconds, \
-    progress_context, metadata, result_summary, error_message, warnings, errors, \
-    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned";
-
-fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
-    s.parse().map_err(|e: String| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-    })
-}
-
-fn parse_json(idx: usize, s: Option<String>) -> rusqlite::Result<Option<Value>> {
-    s.map(|s| {
-        serde_json::from_str(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-        })
-    })
-    .transpose()
-}
-
 impl OperationRecord {
-    /// Read a row selected with [`OPERATION_COLUMNS`].
-    pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(OperationRecord {
-            operation_id: OperationId(r.get(0)?),
-            parent_operation_id: r.get::<_, Option<String>>(1)?.map(OperationId),
-            operation_type: parse_enum(2, r.get(2)?)?,
-            status: parse_enum(3, r.get(3)?)?,
-            stop_reason: r
-                .get::<_, Option<String>>(4)?
-                .map(|s| parse_enum(4, s))
-                .transpose()?,
-            priority: r.get(5)?,
-            attempt: r.get(6)?,
-            max_attempts: r.get(7)?,
-            run_after: r.get(8)?,
-            created_at: r.get(9)?,
-            started_at: r.get(10)?,
-            completed_at: r.get(11)?,
-            updated_at: r.get(12)?,
-            progress_percent: r.get(13)?,
-            progress_message: r.get(14)?,
-            current_step: r.get(15)?,
-            steps_completed: r.get(16)?,
-            steps_total: r.get(17)?,
-            items_processed: r.get(18)?,
-            items_total: r.get(19)?,
-            eta_seconds: r.get(20)?,
-            progress_context: parse_json(21, r.get(21)?)?,
-            metadata: parse_json(22, r.get(22)?)?.unwrap_or(Value::Null),
-            result_summary: parse_json(23, r.get(23)?)?,
-            error_message: r.get(24)?,
-            warnings: parse_json(25, r.get(25)?)?.unwrap_or(Value::Array(vec![])),
-            errors: parse_json(26, r.get(26)?)?.unwrap_or(Value::Array(vec![])),
-            idempotency_key: r.get(27)?,
-            phase_start: r.get(28)?,
-            phase_end: r.get(29)?,
-            fail_parent: r.get::<_, i64>(30)? != 0,
-            gpus_requested: r.get(31)?,
-            gpus_assigned: parse_json(32, r.get(32)?)?,
-        })
-    }
-
     /// The progress columns as a [`Progress`].
     pub fn progress(&self) -> Progress {
         Progress {
@@ -262,4 +196,166 @@ pub struct ClaimedOperation {
     pub max_attempts: i64,
     /// Failing fails the parent.
     pub fail_parent: bool,
+}
+
+/// A checkpoint row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// Why it was written.
+    pub checkpoint_type: CheckpointType,
+    /// When.
+    pub created_at: String,
+    /// The job's resumable state.
+    pub state: Value,
+    /// Directory or file with the state's files, if any.
+    pub artifacts_path: Option<String>,
+    /// Size of `state` as JSON text.
+    pub state_size_bytes: i64,
+    /// Size of the files.
+    pub artifacts_size_bytes: i64,
+    /// Progress when it was taken.
+    pub progress_percent: Option<f64>,
+    /// The metric `seq` reached when it was taken.
+    pub metrics_seq: i64,
+}
+
+/// One stored metric point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Per-operation sequence number, from 1.
+    pub seq: i64,
+    /// When it was recorded.
+    pub recorded_at: String,
+    /// The point.
+    pub data: Value,
+}
+
+/// How a run ended, to record.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// `completed`, `failed` or `cancelled`.
+    pub status: Status,
+    /// Why it stopped (failed/cancelled).
+    pub stop_reason: Option<StopReason>,
+    /// The result summary (completed).
+    pub result: Option<Value>,
+    /// The error (failed).
+    pub error: Option<String>,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+}
+
+/// What cancelling a tree did.
+#[derive(Debug, Clone)]
+pub struct TreeCancel {
+    /// The root's status before.
+    pub before: Status,
+    /// Members that are running, with their attempt and whether each is
+    /// the root: their jobs must be asked to stop. Each now carries a stop
+    /// marker (`stop_reason` on the running row).
+    pub running: Vec<(OperationId, i64, bool)>,
+}
+
+/// What a submit did: the operation's id and status, and whether it was
+/// created now (false: an idempotency key returned the first one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// Its id.
+    pub id: OperationId,
+    /// Its status now.
+    pub status: Status,
+    /// Created by this submit.
+    pub created: bool,
+}
+
+/// What one claim round may take: per type, how many, and how many GPUs
+/// are free. The store claims GPU operations one at a time while GPUs
+/// last, then GPU-free ones, most urgent first, within `total`.
+#[derive(Debug, Clone)]
+pub struct ClaimPlan {
+    /// Free slots per type (types with none are left out).
+    pub per_type: Vec<(OperationType, usize)>,
+    /// Free workers in all.
+    pub total: usize,
+    /// GPUs free to hand out.
+    pub free_gpus: i64,
+}
+
+/// A metric point on its way to the store: when it was reported, and the
+/// point. Its `seq` is given by the store.
+pub type NewMetric = (String, Value);
+
+/// One running operation's live state to write: its progress and the
+/// metric points queued since the last write, in the order reported.
+#[derive(Debug, Clone)]
+pub struct ProgressWrite {
+    /// The operation.
+    pub id: OperationId,
+    /// Its progress now.
+    pub progress: Progress,
+    /// Points reported since the last write.
+    pub points: Vec<NewMetric>,
+}
+
+/// The end of a run, to record with its last progress and points.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// The operation.
+    pub id: OperationId,
+    /// Its parent, whose stored aggregate progress is refreshed.
+    pub parent: Option<OperationId>,
+    /// Progress and metric points not yet written.
+    pub last: ProgressWrite,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Delete its checkpoint row (completed, and configured so).
+    pub delete_checkpoint: bool,
+}
+
+/// How a run ended, as recorded.
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    /// A final status.
+    Final(Finish),
+    /// Failed with attempts left: back to `pending`, not before `at`
+    /// (unless a cancel reached the row first: then `cancelled`).
+    Retry {
+        /// The failure.
+        error: String,
+        /// Not before this timestamp.
+        at: String,
+    },
+}
+
+/// A checkpoint to save with the progress and points reported before it,
+/// so the checkpoint's metric cursor is exact.
+#[derive(Debug, Clone)]
+pub struct CheckpointWrite {
+    /// The checkpoint row (its `metrics_seq` is set by the store).
+    pub checkpoint: Checkpoint,
+    /// Progress and points up to the checkpoint.
+    pub live: ProgressWrite,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    /// Operations found `running` after an unclean exit, now `failed`/`crash`.
+    pub crashed: Vec<OperationId>,
+    /// Operations put back to `resuming` (stopped by a shutdown, or crashed
+    /// with a checkpoint when auto-resume is on).
+    pub resumed: Vec<OperationId>,
+}
+
+/// A page of `list`: the rows, how many match in all, how many are active.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The rows, newest first.
+    pub rows: Vec<OperationRecord>,
+    /// Rows matching the filter in all.
+    pub total: i64,
+    /// Active operations overall.
+    pub active: i64,
 }

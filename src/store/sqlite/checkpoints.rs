@@ -7,32 +7,9 @@
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::CheckpointType;
+use crate::store::records::Checkpoint;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// A checkpoint row.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// The operation.
-    pub operation_id: OperationId,
-    /// Why it was written.
-    pub checkpoint_type: CheckpointType,
-    /// When.
-    pub created_at: String,
-    /// The job's resumable state.
-    pub state: Value,
-    /// Directory or file with the state's files, if any.
-    pub artifacts_path: Option<String>,
-    /// Size of `state` as JSON text.
-    pub state_size_bytes: i64,
-    /// Size of the files.
-    pub artifacts_size_bytes: i64,
-    /// Progress when it was taken.
-    pub progress_percent: Option<f64>,
-    /// The metric `seq` reached when it was taken.
-    pub metrics_seq: i64,
-}
 
 const COLUMNS: &str = "operation_id, checkpoint_type, created_at, state, artifacts_path, \
     state_size_bytes, artifacts_size_bytes, progress_percent, metrics_seq";
@@ -56,7 +33,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
 }
 
 /// Insert or replace the operation's checkpoint.
-pub fn save(conn: &Connection, cp: &Checkpoint) -> Result<()> {
+pub(crate) fn save(conn: &Connection, cp: &Checkpoint) -> Result<()> {
     let state = cp.state.to_string();
     conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO operation_checkpoints ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"
@@ -77,7 +54,7 @@ pub fn save(conn: &Connection, cp: &Checkpoint) -> Result<()> {
 
 /// Change the type of an existing checkpoint (a periodic one kept at
 /// shutdown becomes the shutdown checkpoint).
-pub fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Result<bool> {
+pub(crate) fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Result<bool> {
     Ok(conn
         .prepare_cached(
             "UPDATE operation_checkpoints SET checkpoint_type = ?2 WHERE operation_id = ?1",
@@ -87,7 +64,7 @@ pub fn set_type(conn: &Connection, id: &OperationId, kind: CheckpointType) -> Re
 }
 
 /// The checkpoint of one operation, if any.
-pub fn get(conn: &Connection, id: &OperationId) -> Result<Option<Checkpoint>> {
+pub(crate) fn get(conn: &Connection, id: &OperationId) -> Result<Option<Checkpoint>> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM operation_checkpoints WHERE operation_id = ?1"
@@ -97,7 +74,7 @@ pub fn get(conn: &Connection, id: &OperationId) -> Result<Option<Checkpoint>> {
 }
 
 /// Every checkpoint, newest first.
-pub fn list(conn: &Connection) -> Result<Vec<Checkpoint>> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Checkpoint>> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM operation_checkpoints ORDER BY created_at DESC"
@@ -108,14 +85,14 @@ pub fn list(conn: &Connection) -> Result<Vec<Checkpoint>> {
 
 /// Delete the checkpoint of one operation if it has one (one statement,
 /// no read first: this runs for every completed operation).
-pub fn delete_if_any(conn: &Connection, id: &OperationId) -> Result<()> {
+pub(crate) fn delete_if_any(conn: &Connection, id: &OperationId) -> Result<()> {
     conn.prepare_cached("DELETE FROM operation_checkpoints WHERE operation_id = ?1")?
         .execute([id.as_str()])?;
     Ok(())
 }
 
 /// Delete the checkpoint of one operation; `not_found` when there is none.
-pub fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
+pub(crate) fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
     let cp = get(conn, id)?
         .ok_or_else(|| Error::NotFound(format!("operation {id} has no checkpoint")))?;
     conn.prepare_cached("DELETE FROM operation_checkpoints WHERE operation_id = ?1")?
@@ -125,7 +102,7 @@ pub fn delete(conn: &Connection, id: &OperationId) -> Result<Checkpoint> {
 
 /// Delete checkpoints older than `before` whose operation is not active;
 /// returns the operation ids whose checkpoint went (to remove their files).
-pub fn sweep_older_than(conn: &Connection, before: &str) -> Result<Vec<OperationId>> {
+pub(crate) fn sweep_older_than(conn: &Connection, before: &str) -> Result<Vec<OperationId>> {
     let ids = conn
         .prepare_cached(
             "DELETE FROM operation_checkpoints WHERE created_at < ?1 AND operation_id IN ( \

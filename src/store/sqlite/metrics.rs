@@ -5,23 +5,12 @@
 
 use crate::error::Result;
 use crate::ids::OperationId;
+use crate::store::records::MetricPoint;
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One stored metric point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricPoint {
-    /// Per-operation sequence number, from 1.
-    pub seq: i64,
-    /// When it was recorded.
-    pub recorded_at: String,
-    /// The point.
-    pub data: Value,
-}
-
 /// The highest `seq` of an operation (0 when it has none).
-pub fn last_seq(conn: &Connection, id: &OperationId) -> Result<i64> {
+pub(crate) fn last_seq(conn: &Connection, id: &OperationId) -> Result<i64> {
     Ok(conn
         .prepare_cached(
             "SELECT coalesce(max(seq), 0) FROM operation_metrics WHERE operation_id = ?1",
@@ -30,7 +19,11 @@ pub fn last_seq(conn: &Connection, id: &OperationId) -> Result<i64> {
 }
 
 /// Append points (each `(recorded_at, data)`) and return the last `seq`.
-pub fn append(conn: &Connection, id: &OperationId, points: &[(String, Value)]) -> Result<i64> {
+pub(crate) fn append(
+    conn: &Connection,
+    id: &OperationId,
+    points: &[(String, Value)],
+) -> Result<i64> {
     let mut seq = last_seq(conn, id)?;
     let mut stmt = conn.prepare_cached(
         "INSERT INTO operation_metrics (operation_id, seq, recorded_at, data) VALUES (?1, ?2, ?3, ?4)",
@@ -43,7 +36,7 @@ pub fn append(conn: &Connection, id: &OperationId, points: &[(String, Value)]) -
 }
 
 /// Points with `seq > cursor`, at most `limit`, in order, and the new cursor.
-pub fn read_after(
+pub(crate) fn read_after(
     conn: &Connection,
     id: &OperationId,
     cursor: i64,
@@ -69,7 +62,7 @@ pub fn read_after(
 
 /// Drop points after `seq` (a resume replays from its checkpoint, which
 /// regenerates them; this keeps the series free of duplicates).
-pub fn truncate_after(conn: &Connection, id: &OperationId, seq: i64) -> Result<usize> {
+pub(crate) fn truncate_after(conn: &Connection, id: &OperationId, seq: i64) -> Result<usize> {
     Ok(conn
         .prepare_cached("DELETE FROM operation_metrics WHERE operation_id = ?1 AND seq > ?2")?
         .execute(params![id.as_str(), seq])?)

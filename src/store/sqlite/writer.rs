@@ -33,6 +33,7 @@
 //! when (`opsd health` shows it as `store`).
 
 use crate::error::{Error, Result};
+use crate::store::Ticket;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, ErrorCode};
 use std::sync::{Arc, Mutex};
@@ -93,21 +94,32 @@ trait Queued: Send {
     fn deliver(self: Box<Self>, failure: Option<Error>);
 }
 
-struct Request<T, F, D> {
-    f: F,
-    deliver: D,
-    policy: Policy,
-    result: Option<Result<T>>,
+/// One kind of change to the database: every implementor is a file in
+/// `writes/`, so that directory lists everything that can change it.
+/// `apply` may run more than once (a batch that failed as a whole is run
+/// again), so it must only touch the database.
+pub(crate) trait Write: Send + 'static {
+    /// What the caller gets back.
+    type Out: Send + 'static;
+    /// Make the change on the writer's connection, inside the batch.
+    fn apply(&mut self, conn: &Connection) -> Result<Self::Out>;
 }
 
-impl<T, F, D> Queued for Request<T, F, D>
+struct Request<W: Write, D> {
+    write: W,
+    deliver: D,
+    policy: Policy,
+    result: Option<Result<W::Out>>,
+}
+
+impl<W, D> Queued for Request<W, D>
 where
-    T: Send,
-    F: FnMut(&Connection) -> Result<T> + Send,
-    D: FnOnce(Result<T>) + Send,
+    W: Write,
+    D: FnOnce(Result<W::Out>) + Send,
 {
     fn run(&mut self, conn: &Connection) -> Option<BatchFailure> {
-        let r = run_in_savepoint(conn, &mut self.f);
+        let w = &mut self.write;
+        let r = run_in_savepoint(conn, |c| w.apply(c));
         let spoiled = match &r {
             Err(e) => batch_failure(e),
             Ok(_) => None,
@@ -230,60 +242,41 @@ impl Writer {
         Policy::caller(self.caller_wait)
     }
 
-    /// Queue a mutation; `deliver` receives its result once it is committed
-    /// (or the error that stopped it). `f` may run more than once: when a
-    /// batch fails as a whole it is run again with the others.
-    pub fn submit<T: Send + 'static>(
+    /// Queue a write; `deliver` receives its result once it is committed
+    /// (or the error that stopped it). Runs `deliver` on the writer thread.
+    pub(crate) fn submit<W: Write>(
         &self,
         policy: Policy,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-        deliver: impl FnOnce(Result<T>) + Send + 'static,
+        write: W,
+        deliver: impl FnOnce(Result<W::Out>) + Send + 'static,
     ) {
         let request = Request {
-            f,
+            write,
             deliver,
             policy,
             result: None,
         };
         // If the writer is gone the request is dropped with its sender, and
-        // the caller's receiver reports `unavailable` instead of hanging.
+        // the caller's ticket reports `unavailable` instead of hanging.
         let _ = self.tx.send(Message::Task(Box::new(request)));
     }
 
-    /// Run a mutation and block until it is committed. Not for async code.
-    pub fn write<T: Send + 'static>(
-        &self,
-        policy: Policy,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.enqueue(policy, f).wait()
+    /// Queue a write and get a ticket for its commit: the queue is FIFO, so
+    /// what is queued first is applied first.
+    pub(crate) fn ticket<W: Write>(&self, policy: Policy, write: W) -> Ticket<W::Out> {
+        let (reply, ticket) = Ticket::new();
+        self.submit(policy, write, move |r| reply.send(r));
+        ticket
     }
 
-    /// Queue a mutation now and wait for its commit later: the queue is
-    /// FIFO, so what is enqueued first is applied first.
-    pub fn enqueue<T: Send + 'static>(
-        &self,
-        policy: Policy,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Pending<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(policy, f, move |r| {
-            let _ = tx.send(r);
+    /// Queue a write that nobody waits for (durable bookkeeping); a failure
+    /// that is not retried is logged.
+    pub(crate) fn fire<W: Write>(&self, write: W, what: &'static str) {
+        self.submit(Policy::Durable, write, move |r| {
+            if let Err(e) = r {
+                tracing::error!("{what} failed: {e}");
+            }
         });
-        Pending(rx)
-    }
-
-    /// Run a mutation and await its commit.
-    pub async fn write_async<T: Send + 'static>(
-        &self,
-        policy: Policy,
-        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(policy, f, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Commit what is queued, then stop the thread and close the connection.
@@ -296,25 +289,8 @@ impl Writer {
     }
 }
 
-fn stopped() -> Error {
-    Error::Unavailable("the daemon is shutting down and no longer writes to its database".into())
-}
-
-/// A queued mutation's result, to wait for.
-pub struct Pending<T>(std::sync::mpsc::Receiver<Result<T>>);
-
-impl<T> Pending<T> {
-    /// Block until the mutation is committed (or failed).
-    pub fn wait(self) -> Result<T> {
-        self.0.recv().unwrap_or_else(|_| Err(stopped()))
-    }
-}
-
 /// Run `f` in a savepoint: its changes stay only if it succeeds.
-fn run_in_savepoint<T>(
-    conn: &Connection,
-    f: &mut impl FnMut(&Connection) -> Result<T>,
-) -> Result<T> {
+fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     // Cached statements: two of these run for every request.
     conn.prepare_cached("SAVEPOINT task")?.execute([])?;
     match f(conn) {
@@ -515,8 +491,22 @@ fn caller_error(f: &BatchFailure) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A write made of a closure, for tests of the writer's machinery.
+    pub(crate) struct Closure<F>(pub F);
+
+    impl<T, F> Write for Closure<F>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        type Out = T;
+        fn apply(&mut self, conn: &Connection) -> Result<T> {
+            (self.0)(conn)
+        }
+    }
 
     fn open(dir: &tempfile::TempDir) -> Connection {
         let c = Connection::open(dir.path().join("w.db")).unwrap();
@@ -539,14 +529,20 @@ mod tests {
         let w = Writer::start(open(&dir), Duration::from_millis(100)).unwrap();
         let other = Connection::open(dir.path().join("w.db")).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let durable = w.enqueue(Policy::Durable, |c| {
-            c.execute("INSERT INTO t VALUES (1)", [])?;
-            Ok(())
-        });
-        let caller = w.enqueue(w.caller_policy(), |c| {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
-            Ok(())
-        });
+        let durable = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            }),
+        );
+        let caller = w.ticket(
+            w.caller_policy(),
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                Ok(())
+            }),
+        );
         let err = caller.wait().unwrap_err().to_string();
         assert!(err.contains("locked by another program"), "{err}");
         assert!(err.contains("nothing was written"), "{err}");
@@ -574,20 +570,26 @@ mod tests {
         let r = runs.clone();
         // The first run of this request ends the transaction the way a
         // full disk does; the next run succeeds.
-        let first = w.enqueue(Policy::Durable, move |c| {
-            let mut n = r.lock().unwrap();
-            *n += 1;
-            if *n == 1 {
-                c.execute_batch("ROLLBACK")?;
-                return Err(Error::Internal("simulated abort".into()));
-            }
-            c.execute("INSERT INTO t VALUES (1)", [])?;
-            Ok(())
-        });
-        let second = w.enqueue(Policy::Durable, |c| {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
-            Ok(())
-        });
+        let first = w.ticket(
+            Policy::Durable,
+            Closure(move |c: &Connection| {
+                let mut n = r.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    c.execute_batch("ROLLBACK")?;
+                    return Err(Error::Internal("simulated abort".into()));
+                }
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            }),
+        );
+        let second = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                Ok(())
+            }),
+        );
         first.wait().unwrap();
         second.wait().unwrap();
         assert_eq!(*runs.lock().unwrap(), 2, "the batch was run again");
@@ -599,14 +601,20 @@ mod tests {
     fn a_request_error_is_contained_by_its_savepoint() {
         let dir = tempfile::tempdir().unwrap();
         let w = Writer::start(open(&dir), Duration::from_secs(5)).unwrap();
-        let bad = w.enqueue(Policy::Durable, |c| {
-            c.execute("INSERT INTO t VALUES (1)", [])?;
-            Err::<(), _>(Error::BadRequest("no".into()))
-        });
-        let good = w.enqueue(Policy::Durable, |c| {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
-            Ok(())
-        });
+        let bad = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Err::<(), _>(Error::BadRequest("no".into()))
+            }),
+        );
+        let good = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                Ok(())
+            }),
+        );
         assert!(matches!(bad.wait(), Err(Error::BadRequest(_))));
         good.wait().unwrap();
         assert_eq!(count(&dir), 1);

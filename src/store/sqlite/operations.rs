@@ -5,19 +5,19 @@
 //! when it matches no row we look the row up to say why (not found, or an
 //! invalid transition from its current status).
 
-use super::records::{
-    ClaimedOperation, ListFilter, NewOperation, OperationRecord, Progress, OPERATION_COLUMNS,
-};
 use crate::aggregate::{parent_percentage, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status, StopReason};
+use crate::store::records::{
+    ClaimedOperation, Finish, ListFilter, NewOperation, OperationRecord, Progress, TreeCancel,
+};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde_json::Value;
 
 /// Insert an operation. With an idempotency key already used, return the
 /// existing operation's id and status and `false`.
-pub fn insert(
+pub(crate) fn insert(
     conn: &Connection,
     op: &NewOperation,
     now: &str,
@@ -112,17 +112,17 @@ fn check_parent_takes_children(conn: &Connection, parent: &OperationId) -> Resul
 }
 
 /// One operation by id.
-pub fn get(conn: &Connection, id: &OperationId) -> Result<OperationRecord> {
+pub(crate) fn get(conn: &Connection, id: &OperationId) -> Result<OperationRecord> {
     conn.prepare_cached(&format!(
         "SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = ?1"
     ))?
-    .query_row([id.as_str()], OperationRecord::from_row)
+    .query_row([id.as_str()], record_from_row)
     .optional()?
     .ok_or_else(|| Error::NotFound(format!("no operation {id}; `opsd list` shows the ids")))
 }
 
 /// The status of one operation, or `not_found`.
-pub fn status(conn: &Connection, id: &OperationId) -> Result<Status> {
+pub(crate) fn status(conn: &Connection, id: &OperationId) -> Result<Status> {
     let s: Option<String> = conn
         .prepare_cached("SELECT status FROM operations WHERE operation_id = ?1")?
         .query_row([id.as_str()], |r| r.get(0))
@@ -134,7 +134,10 @@ pub fn status(conn: &Connection, id: &OperationId) -> Result<Status> {
 
 /// Operations matching `filter`, newest first, with the total matching and
 /// the number active overall.
-pub fn list(conn: &Connection, filter: &ListFilter) -> Result<(Vec<OperationRecord>, i64, i64)> {
+pub(crate) fn list(
+    conn: &Connection,
+    filter: &ListFilter,
+) -> Result<(Vec<OperationRecord>, i64, i64)> {
     let mut clauses: Vec<String> = Vec::new();
     let mut args: Vec<String> = Vec::new();
     let mut statuses: Vec<Status> = filter.status.clone();
@@ -171,7 +174,7 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> Result<(Vec<OperationReco
             "SELECT {OPERATION_COLUMNS} FROM operations {where_sql} \
              ORDER BY created_at DESC, operation_id DESC LIMIT {limit} OFFSET {offset}"
         ))?
-        .query_map(params_from_iter(args.iter()), OperationRecord::from_row)?
+        .query_map(params_from_iter(args.iter()), record_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let total: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM operations {where_sql}"))?
@@ -187,18 +190,18 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> Result<(Vec<OperationReco
 }
 
 /// Children of an operation, oldest first.
-pub fn children(conn: &Connection, id: &OperationId) -> Result<Vec<OperationRecord>> {
+pub(crate) fn children(conn: &Connection, id: &OperationId) -> Result<Vec<OperationRecord>> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {OPERATION_COLUMNS} FROM operations WHERE parent_operation_id = ?1 \
              ORDER BY created_at, operation_id"
         ))?
-        .query_map([id.as_str()], OperationRecord::from_row)?
+        .query_map([id.as_str()], record_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Counts of operations by status.
-pub fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> {
+pub(crate) fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> {
     let mut out = Vec::new();
     for s in Status::ALL {
         let n: i64 = conn
@@ -213,7 +216,7 @@ pub fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> {
 /// first, then `pending` ones by priority then age, asking for GPUs within
 /// `gpus` (`0..=0` for none). Each becomes `running` with `attempt + 1`, in
 /// one statement per status: with a single writer no `SKIP LOCKED` is needed.
-pub fn claim(
+pub(crate) fn claim(
     conn: &Connection,
     now: &str,
     kind: OperationType,
@@ -284,7 +287,7 @@ pub fn claim(
 }
 
 /// Record the GPUs assigned to a running operation.
-pub fn set_gpus(conn: &Connection, id: &OperationId, gpus: &[String]) -> Result<()> {
+pub(crate) fn set_gpus(conn: &Connection, id: &OperationId, gpus: &[String]) -> Result<()> {
     conn.prepare_cached("UPDATE operations SET gpus_assigned = ?2 WHERE operation_id = ?1")?
         .execute(params![
             id.as_str(),
@@ -295,7 +298,7 @@ pub fn set_gpus(conn: &Connection, id: &OperationId, gpus: &[String]) -> Result<
 
 /// Operations a start-up should resume by itself: stopped by a shutdown,
 /// or by a crash when they have a checkpoint (`with_crashed`).
-pub fn recoverable(conn: &Connection, with_crashed: bool) -> Result<Vec<OperationId>> {
+pub(crate) fn recoverable(conn: &Connection, with_crashed: bool) -> Result<Vec<OperationId>> {
     let ids = conn
         .prepare_cached(
             "SELECT o.operation_id FROM operations o \
@@ -309,24 +312,9 @@ pub fn recoverable(conn: &Connection, with_crashed: bool) -> Result<Vec<Operatio
     Ok(ids.into_iter().map(OperationId).collect())
 }
 
-/// How a run ended, to record.
-#[derive(Debug, Clone)]
-pub struct Finish {
-    /// `completed`, `failed` or `cancelled`.
-    pub status: Status,
-    /// Why it stopped (failed/cancelled).
-    pub stop_reason: Option<StopReason>,
-    /// The result summary (completed).
-    pub result: Option<Value>,
-    /// The error (failed).
-    pub error: Option<String>,
-    /// The last progress reported.
-    pub progress: Option<Progress>,
-}
-
 /// Record the end of a run: `running -> completed | failed | cancelled`.
 /// Returns false (and changes nothing) when the operation is not running.
-pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Result<bool> {
+pub(crate) fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Result<bool> {
     debug_assert!(Status::Running.can_transition_to(f.status));
     let errors_append = f
         .error
@@ -374,7 +362,7 @@ pub fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str) -> Res
 
 /// Put a failed run with attempts left back in the queue, not before
 /// `run_after` (retries with backoff).
-pub fn requeue_for_retry(
+pub(crate) fn requeue_for_retry(
     conn: &Connection,
     id: &OperationId,
     error: &str,
@@ -402,22 +390,11 @@ pub fn requeue_for_retry(
     Ok(n == 1)
 }
 
-/// What cancelling a tree did.
-#[derive(Debug, Clone)]
-pub struct TreeCancel {
-    /// The root's status before.
-    pub before: Status,
-    /// Members that are running, with their attempt and whether each is
-    /// the root: their jobs must be asked to stop. Each now carries a stop
-    /// marker (`stop_reason` on the running row).
-    pub running: Vec<(OperationId, i64, bool)>,
-}
-
 /// Cancel `root` and every active descendant in one transaction: waiting
 /// members become `cancelled` at once (`reason` for the root, `parent` for
 /// the others); running ones get a stop marker, so a child inserted after
 /// this is refused and a retry recorded after it becomes the cancel.
-pub fn cancel_tree(
+pub(crate) fn cancel_tree(
     conn: &Connection,
     root: &OperationId,
     reason: StopReason,
@@ -461,25 +438,9 @@ pub fn cancel_tree(
     Ok(TreeCancel { before, running })
 }
 
-/// Every descendant of `id` (children, grandchildren, ...) with its status.
-pub fn descendants(conn: &Connection, id: &OperationId) -> Result<Vec<(OperationId, Status)>> {
-    let rows = conn
-        .prepare_cached(
-            "WITH RECURSIVE tree(id) AS ( \
-                 SELECT operation_id FROM operations WHERE parent_operation_id = ?1 \
-                 UNION SELECT o.operation_id FROM operations o JOIN tree t ON o.parent_operation_id = t.id) \
-             SELECT o.operation_id, o.status FROM operations o JOIN tree t ON o.operation_id = t.id",
-        )?
-        .query_map([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter()
-        .map(|(i, s)| Ok((OperationId(i), s.parse().map_err(Error::Internal)?)))
-        .collect()
-}
-
 /// try_resume (SPEC §2): one atomic `UPDATE ... RETURNING`; of concurrent
 /// resumes exactly one wins, the others get `not_resumable`.
-pub fn try_resume(conn: &Connection, id: &OperationId, now: &str) -> Result<()> {
+pub(crate) fn try_resume(conn: &Connection, id: &OperationId, now: &str) -> Result<()> {
     let won: Option<String> = conn
         .prepare_cached(
             "UPDATE operations SET status = 'resuming', updated_at = ?2, completed_at = NULL, \
@@ -501,7 +462,7 @@ pub fn try_resume(conn: &Connection, id: &OperationId, now: &str) -> Result<()> 
 
 /// Write live progress of a running operation (the flusher). Rows no longer
 /// running are left alone, so a late flush never overwrites a final value.
-pub fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) -> Result<()> {
+pub(crate) fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) -> Result<()> {
     conn.prepare_cached(
         "UPDATE operations SET progress_percent = ?2, progress_message = ?3, current_step = ?4, \
              steps_completed = ?5, steps_total = ?6, items_processed = ?7, items_total = ?8, \
@@ -525,7 +486,7 @@ pub fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) -> Resu
 
 /// Recompute a running parent's stored percentage from its children. Once
 /// a parent has children its own part (setup) counts as done.
-pub fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Result<()> {
+pub(crate) fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Result<()> {
     let kids = child_progress(conn, parent)?;
     if kids.is_empty() {
         return Ok(());
@@ -539,7 +500,10 @@ pub fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Resul
 }
 
 /// Children's percentages and phase ranges, for aggregation.
-pub fn child_progress(conn: &Connection, parent: &OperationId) -> Result<Vec<ChildProgress>> {
+pub(crate) fn child_progress(
+    conn: &Connection,
+    parent: &OperationId,
+) -> Result<Vec<ChildProgress>> {
     Ok(conn
         .prepare_cached(
             "SELECT progress_percent, phase_start, phase_end, status FROM operations \
@@ -562,7 +526,7 @@ pub fn child_progress(conn: &Connection, parent: &OperationId) -> Result<Vec<Chi
 /// `stop_reason = crash`. Returns their ids. `resuming` rows are left as
 /// they are: they are queued work that never started (the claim moves
 /// them to `running` atomically), and the scheduler picks them up.
-pub fn fail_crashed(conn: &Connection, now: &str) -> Result<Vec<OperationId>> {
+pub(crate) fn fail_crashed(conn: &Connection, now: &str) -> Result<Vec<OperationId>> {
     let ids = conn
         .prepare_cached(
             "UPDATE operations SET status = 'failed', stop_reason = 'crash', completed_at = ?1, \
@@ -576,11 +540,82 @@ pub fn fail_crashed(conn: &Connection, now: &str) -> Result<Vec<OperationId>> {
 }
 
 /// Append a warning to an operation's `warnings` array.
-pub fn add_warning(conn: &Connection, id: &OperationId, message: &str, now: &str) -> Result<()> {
+pub(crate) fn add_warning(
+    conn: &Connection,
+    id: &OperationId,
+    message: &str,
+    now: &str,
+) -> Result<()> {
     let entry = serde_json::json!({"at": now, "message": message}).to_string();
     conn.prepare_cached(
         "UPDATE operations SET warnings = json_insert(warnings, '$[#]', json(?2)) WHERE operation_id = ?1",
     )?
     .execute(params![id.as_str(), entry])?;
     Ok(())
+}
+
+/// The column list matching [`OperationRecord::from_row`].
+pub(crate) const OPERATION_COLUMNS: &str =
+    "operation_id, parent_operation_id, operation_type, status, \
+    stop_reason, priority, attempt, max_attempts, run_after, created_at, started_at, \
+    completed_at, updated_at, progress_percent, progress_message, current_step, \
+    steps_completed, steps_total, items_processed, items_total, eta_seconds, \
+    progress_context, metadata, result_summary, error_message, warnings, errors, \
+    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned";
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn parse_json(idx: usize, s: Option<String>) -> rusqlite::Result<Option<Value>> {
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .transpose()
+}
+
+/// Read a row selected with [`OPERATION_COLUMNS`].
+pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperationRecord> {
+    Ok(OperationRecord {
+        operation_id: OperationId(r.get(0)?),
+        parent_operation_id: r.get::<_, Option<String>>(1)?.map(OperationId),
+        operation_type: parse_enum(2, r.get(2)?)?,
+        status: parse_enum(3, r.get(3)?)?,
+        stop_reason: r
+            .get::<_, Option<String>>(4)?
+            .map(|s| parse_enum(4, s))
+            .transpose()?,
+        priority: r.get(5)?,
+        attempt: r.get(6)?,
+        max_attempts: r.get(7)?,
+        run_after: r.get(8)?,
+        created_at: r.get(9)?,
+        started_at: r.get(10)?,
+        completed_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        progress_percent: r.get(13)?,
+        progress_message: r.get(14)?,
+        current_step: r.get(15)?,
+        steps_completed: r.get(16)?,
+        steps_total: r.get(17)?,
+        items_processed: r.get(18)?,
+        items_total: r.get(19)?,
+        eta_seconds: r.get(20)?,
+        progress_context: parse_json(21, r.get(21)?)?,
+        metadata: parse_json(22, r.get(22)?)?.unwrap_or(Value::Null),
+        result_summary: parse_json(23, r.get(23)?)?,
+        error_message: r.get(24)?,
+        warnings: parse_json(25, r.get(25)?)?.unwrap_or(Value::Array(vec![])),
+        errors: parse_json(26, r.get(26)?)?.unwrap_or(Value::Array(vec![])),
+        idempotency_key: r.get(27)?,
+        phase_start: r.get(28)?,
+        phase_end: r.get(29)?,
+        fail_parent: r.get::<_, i64>(30)? != 0,
+        gpus_requested: r.get(31)?,
+        gpus_assigned: parse_json(32, r.get(32)?)?,
+    })
 }

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
 /// The schema, applied as migration 1.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 
 /// Migrations in order; index + 1 is the `user_version` after applying it.
 const MIGRATIONS: &[&str] = &[SCHEMA_SQL];

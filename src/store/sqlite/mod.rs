@@ -1,0 +1,510 @@
+//! The SQLite backend: one file in WAL mode, one writer thread with group
+//! commit ([`writer`]), a pool of read-only connections beside it.
+//!
+//! Only this module touches rusqlite. The per-table SQL (`operations`,
+//! `metrics`, `checkpoints`) is private to it; every change goes through a
+//! write type of [`writes`], run by the writer.
+
+mod checkpoints;
+mod metrics;
+pub mod migrate;
+mod operations;
+pub(crate) mod writer;
+mod writes;
+
+use super::records::{
+    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
+    NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
+};
+use super::{AfterCommit, Backend, Ticket};
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::{Status, StopReason};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+pub use writer::Policy;
+use writer::Writer;
+
+/// How long a read connection waits on a lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer waits on a lock held by another program before it
+/// reports the batch as failed and retries it (so `health` can say so).
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client's write waits out a database locked by another
+/// program by default (config `write_wait_ms`).
+pub const DEFAULT_CALLER_WAIT: Duration = Duration::from_secs(30);
+
+/// Set the pragmas every connection needs. Called on the writer and on each
+/// pooled connection (r2d2's init hook), because pragmas are per connection
+/// and a misspelt one is silently ignored: `tests` read them back.
+pub fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // FULL: an acknowledged submit, cancel or resume survives a power cut
+    // (SPEC §5). Group commit keeps it fast.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    Ok(())
+}
+
+/// The SQLite store: a writer thread and a read pool over one file.
+pub struct SqliteStore {
+    /// Path of the SQLite file.
+    path: PathBuf,
+    /// Read-only connections for queries that must not queue behind writes.
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    /// Handle to the single writer thread.
+    writer: Writer,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the database at `path`, start
+    /// the writer thread and the read pool. A client's write waits up to
+    /// `caller_wait` for a database locked by another program.
+    ///
+    /// A file that is not a readable opsd database makes this fail with an
+    /// error naming the file; the file is never modified in that case.
+    pub fn open(path: &Path, caller_wait: Duration) -> Result<SqliteStore> {
+        let conn = migrate::open_and_migrate(path)?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT.min(caller_wait.max(Duration::from_millis(10))))?;
+        let writer = Writer::start(conn, caller_wait)?;
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(|c| apply_pragmas(c));
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "{}: cannot open read connections: {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            pool,
+            writer,
+        })
+    }
+
+    /// Run a read-only query on a pooled connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.pool.get()?;
+        f(&conn)
+    }
+
+    fn caller(&self) -> Policy {
+        self.writer.caller_policy()
+    }
+}
+
+impl Backend for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.writer.degraded()
+    }
+
+    fn close(&self) {
+        self.writer.shutdown();
+    }
+
+    fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>> {
+        self.writer
+            .ticket(self.caller(), writes::submit::Submit(ops))
+    }
+
+    fn cancel_tree(
+        &self,
+        root: &OperationId,
+        reason: StopReason,
+        message: Option<String>,
+    ) -> Ticket<TreeCancel> {
+        let w = writes::cancel_tree::CancelTree {
+            root: root.clone(),
+            reason,
+            message,
+        };
+        self.writer.ticket(self.caller(), w)
+    }
+
+    fn try_resume(&self, id: &OperationId) -> Ticket<()> {
+        self.writer
+            .ticket(self.caller(), writes::try_resume::TryResume(id.clone()))
+    }
+
+    fn delete_checkpoint(&self, id: &OperationId) -> Ticket<Checkpoint> {
+        let w = writes::delete_checkpoint::DeleteCheckpoint(id.clone());
+        self.writer.ticket(self.caller(), w)
+    }
+
+    fn sweep_checkpoints(&self, before: String) -> Ticket<Vec<OperationId>> {
+        let w = writes::sweep_checkpoints::SweepCheckpoints(before);
+        self.writer.ticket(self.caller(), w)
+    }
+
+    fn recover(&self, auto_resume: bool) -> Result<Recovery> {
+        let w = writes::recover::Recover { auto_resume };
+        self.writer.ticket(self.caller(), w).wait()
+    }
+
+    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>> {
+        // A claim that cannot be committed is not retried by the writer:
+        // the next round claims afresh.
+        self.writer
+            .ticket(Policy::caller(Duration::ZERO), writes::claim::Claim(plan))
+            .wait()
+    }
+
+    fn record_gpus(&self, id: &OperationId, gpus: Vec<String>) {
+        let w = writes::record_gpus::RecordGpus {
+            id: id.clone(),
+            gpus,
+        };
+        self.writer.fire(w, "recording assigned GPUs");
+    }
+
+    fn write_progress(&self, live: Vec<ProgressWrite>, parents: Vec<OperationId>) -> Ticket<()> {
+        let w = writes::write_progress::WriteProgress { live, parents };
+        self.writer.ticket(Policy::Durable, w)
+    }
+
+    fn save_checkpoint(&self, cp: CheckpointWrite) -> Ticket<()> {
+        self.writer
+            .ticket(Policy::Durable, writes::save_checkpoint::SaveCheckpoint(cp))
+    }
+
+    fn begin_attempt(&self, id: &OperationId) -> Ticket<Option<Checkpoint>> {
+        let w = writes::begin_attempt::BeginAttempt(id.clone());
+        self.writer.ticket(Policy::Durable, w)
+    }
+
+    fn finish(&self, end: RunEnd, after: AfterCommit) {
+        self.writer
+            .submit(Policy::Durable, writes::finish::Finish(end), after);
+    }
+
+    fn stopped_at_shutdown(&self, ops: Vec<(OperationId, StopReason)>) {
+        let w = writes::stopped_at_shutdown::StoppedAtShutdown(ops);
+        self.writer
+            .fire(w, "recording operations stopped at shutdown");
+    }
+
+    fn add_warning(&self, id: &OperationId, message: String) {
+        let w = writes::add_warning::AddWarning {
+            id: id.clone(),
+            message,
+        };
+        self.writer.fire(w, "adding a warning");
+    }
+
+    fn get(&self, id: &OperationId) -> Result<OperationRecord> {
+        self.read(|c| operations::get(c, id))
+    }
+
+    fn status(&self, id: &OperationId) -> Result<Status> {
+        self.read(|c| operations::status(c, id))
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Listing> {
+        let (rows, total, active) = self.read(|c| operations::list(c, filter))?;
+        Ok(Listing {
+            rows,
+            total,
+            active,
+        })
+    }
+
+    fn children(&self, id: &OperationId) -> Result<Vec<OperationRecord>> {
+        self.read(|c| {
+            operations::status(c, id)?;
+            operations::children(c, id)
+        })
+    }
+
+    fn metrics(
+        &self,
+        id: &OperationId,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<(Vec<MetricPoint>, i64)> {
+        self.read(|c| {
+            operations::status(c, id)?;
+            metrics::read_after(c, id, cursor.max(0), limit.clamp(1, 100_000))
+        })
+    }
+
+    fn checkpoint(&self, id: &OperationId) -> Result<Option<Checkpoint>> {
+        self.read(|c| {
+            operations::status(c, id)?;
+            checkpoints::get(c, id)
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(checkpoints::list)
+    }
+
+    fn counts(&self) -> Result<Vec<(Status, i64)>> {
+        self.read(operations::counts_by_status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer::tests::Closure;
+    use super::*;
+    use crate::ids::OperationId;
+    use crate::model::OperationType;
+    use crate::store::records::NewOperation;
+
+    fn write<T: Send + 'static>(
+        store: &SqliteStore,
+        f: impl FnMut(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        store.writer.ticket(Policy::Durable, Closure(f)).wait()
+    }
+
+    fn new_op(kind: OperationType) -> NewOperation {
+        NewOperation {
+            id: OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata: serde_json::json!({}),
+            parent: None,
+            priority: 0,
+            idempotency_key: None,
+            phase: None,
+            fail_parent: false,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+        }
+    }
+
+    #[test]
+    fn pragmas_read_back_on_writer_and_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let (mode, sync, fk) = write(&store, |c| {
+            Ok((
+                c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
+                c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?,
+                c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
+            ))
+        })
+        .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+        let (mode, fk, timeout) = store
+            .read(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?,
+                    c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))?,
+                    c.query_row("PRAGMA busy_timeout", [], |r| r.get::<_, i64>(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((mode.as_str(), fk, timeout), ("wal", 1, 10_000));
+        store.close();
+    }
+
+    #[test]
+    fn claim_walks_the_partial_index_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
+                     WHERE status = 'pending' AND operation_type = ?1 \
+                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+                     ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
+                )?;
+                let rows = stmt
+                    .query_map(rusqlite::params!["dummy", "x", 10], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(text.contains("idx_operations_runnable"), "{text}");
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
+        store.close();
+    }
+
+    #[test]
+    fn claiming_resuming_rows_does_not_walk_the_whole_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
+                     WHERE status = 'resuming' AND +operation_type = ?1 \
+                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
+                )?;
+                let rows = stmt
+                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(
+            text.contains("idx_operations_status_created (status=?)"),
+            "{text}"
+        );
+        store.close();
+    }
+
+    #[test]
+    fn claim_orders_by_priority_then_age_and_counts_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let low = new_op(OperationType::Dummy);
+        let mut high = new_op(OperationType::Dummy);
+        high.priority = 5;
+        let other = new_op(OperationType::Backtest);
+        for op in [low.clone(), high.clone(), other.clone()] {
+            write(&store, move |c| {
+                operations::insert(c, &op, &crate::ids::now())
+            })
+            .unwrap();
+        }
+        let claimed = write(&store, |c| {
+            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10)
+        })
+        .unwrap();
+        let ids: Vec<_> = claimed.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, vec![high.id, low.id]);
+        assert!(claimed.iter().all(|c| c.attempt == 1));
+        // Claimed rows are no longer claimable; other types untouched.
+        let again = write(&store, |c| {
+            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10)
+        })
+        .unwrap();
+        assert!(again.is_empty());
+        let status = store
+            .read(move |c| operations::status(c, &other.id))
+            .unwrap();
+        assert_eq!(status, crate::model::Status::Pending);
+        store.close();
+    }
+
+    #[test]
+    fn a_colliding_id_gets_a_new_suffix_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let first = new_op(OperationType::Dummy);
+        let twin = first.clone();
+        let (a, b) = write(&store, move |c| {
+            let now = crate::ids::now();
+            Ok((
+                operations::insert(c, &first, &now)?,
+                operations::insert(c, &twin, &now)?,
+            ))
+        })
+        .unwrap();
+        assert!(a.2 && b.2, "both inserted");
+        assert_ne!(a.0, b.0);
+        assert_eq!(a.0.as_str().len(), b.0.as_str().len());
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 2);
+        store.close();
+    }
+
+    #[test]
+    fn a_failing_request_in_a_batch_does_not_undo_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..20 {
+            let mut op = new_op(OperationType::Dummy);
+            if i % 2 == 1 {
+                // Invalid JSON metadata trips the CHECK constraint.
+                op.metadata = serde_json::Value::Null;
+            }
+            let tx = tx.clone();
+            store.writer.submit(
+                Policy::Durable,
+                Closure(move |c: &Connection| {
+                    if i % 2 == 1 {
+                        c.execute(
+                            "INSERT INTO operations (operation_id, operation_type, created_at, updated_at, metadata) VALUES (?1, 'dummy', 'x', 'x', 'not json')",
+                            [op.id.as_str()],
+                        )?;
+                        Ok(())
+                    } else {
+                        operations::insert(c, &op, &crate::ids::now()).map(|_| ())
+                    }
+                }),
+                move |r| tx.send(r.is_ok()).unwrap(),
+            );
+        }
+        drop(tx);
+        let oks = rx.iter().filter(|ok| *ok).count();
+        assert_eq!(oks, 10);
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM operations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 10);
+        store.close();
+    }
+
+    #[test]
+    fn retention_sweep_keeps_active_and_recent_checkpoints() {
+        use crate::model::CheckpointType;
+        use crate::store::records::Checkpoint;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let old = new_op(OperationType::Dummy);
+        let active = new_op(OperationType::Dummy);
+        let recent = new_op(OperationType::Dummy);
+        for (op, created, status) in [
+            (&old, "2020-01-01T00:00:00.000000Z", "cancelled"),
+            (&active, "2020-01-01T00:00:00.000000Z", "pending"),
+            (&recent, "2099-01-01T00:00:00.000000Z", "failed"),
+        ] {
+            let (op, created, status) = (op.clone(), created.to_string(), status.to_string());
+            write(&store, move |c| {
+                operations::insert(c, &op, &crate::ids::now())?;
+                c.execute(
+                    "UPDATE operations SET status = ?2 WHERE operation_id = ?1",
+                    [op.id.as_str(), &status],
+                )?;
+                checkpoints::save(
+                    c,
+                    &Checkpoint {
+                        operation_id: op.id.clone(),
+                        checkpoint_type: CheckpointType::Periodic,
+                        created_at: created.clone(),
+                        state: serde_json::json!({"step": 1}),
+                        artifacts_path: None,
+                        state_size_bytes: 0,
+                        artifacts_size_bytes: 0,
+                        progress_percent: None,
+                        metrics_seq: 0,
+                    },
+                )
+            })
+            .unwrap();
+        }
+        let gone = write(&store, |c| {
+            checkpoints::sweep_older_than(c, "2026-01-01T00:00:00.000000Z")
+        })
+        .unwrap();
+        assert_eq!(gone, vec![old.id]);
+        let left = store.read(checkpoints::list).unwrap();
+        assert_eq!(left.len(), 2);
+        store.close();
+    }
+}
