@@ -136,6 +136,11 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("opsd.db"))
     }
 
+    /// Where an operation's files live under the state directory.
+    pub fn paths(&self) -> crate::paths::StatePaths {
+        crate::paths::StatePaths::new(&self.state_dir)
+    }
+
     /// The socket path.
     pub fn socket_path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(default_socket_path)

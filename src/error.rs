@@ -24,9 +24,10 @@ pub enum Error {
     /// The daemon cannot serve this now (shutting down, store closed).
     #[error("{0}")]
     Unavailable(String),
-    /// SQLite failed.
+    /// The database failed (any backend), classified so the writer knows
+    /// whether to wait, retry or report.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(DbError),
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -64,10 +65,26 @@ impl Error {
     }
 }
 
-impl From<r2d2::Error> for Error {
-    fn from(e: r2d2::Error) -> Self {
-        Error::Unavailable(format!("no database connection: {e}"))
-    }
+/// A database failure, as the backend reported it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DbError {
+    /// What kind of failure it is.
+    pub kind: DbErrorKind,
+    /// What the database said.
+    pub message: String,
+}
+
+/// The kinds of database failure that change what the daemon does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// Another connection holds a lock: worth waiting for.
+    Busy,
+    /// The disk, the file or the connection failed (full, I/O, gone): the
+    /// whole batch is retried once it works again.
+    Storage,
+    /// Anything else (a constraint, a bad statement): the request's own.
+    Other,
 }
 
 /// Result with opsd's error.

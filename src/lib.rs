@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod market;
 pub mod ml;
 pub mod model;
+pub mod paths;
 pub mod protocol;
 pub mod runtime;
 pub mod server;

@@ -272,13 +272,7 @@ impl Service {
             )));
         }
         let cp = self.rt.store.delete_checkpoint(id).done().await?;
-        let dir = self
-            .rt
-            .config
-            .state_dir
-            .join("checkpoints")
-            .join(id.as_str());
-        let _ = std::fs::remove_dir_all(dir);
+        self.rt.config.paths().remove_checkpoints(id);
         Ok(json!({ "deleted": cp.operation_id }))
     }
 

@@ -7,7 +7,7 @@ use super::Runtime;
 use crate::control::{ProgressUpdate, RunControl};
 use crate::ids::{self, OperationId};
 use crate::model::{CheckpointType, OperationType, Status};
-use crate::store::records::{Checkpoint, CheckpointWrite, ClaimedOperation, ProgressWrite};
+use crate::store::records::{Checkpoint, ClaimedOperation};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,24 +82,14 @@ impl JobContext {
     /// A directory kept for this operation across attempts, for checkpoint
     /// files (created on first use).
     pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self
-            .runtime
-            .config
-            .state_dir
-            .join("checkpoints")
-            .join(self.op.id.as_str());
+        let dir = self.runtime.config.paths().checkpoints(&self.op.id);
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
 
     /// Where this operation's artifacts (models, ...) go (created on use).
     pub fn artifacts_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self
-            .runtime
-            .config
-            .state_dir
-            .join("artifacts")
-            .join(self.op.id.as_str());
+        let dir = self.runtime.config.paths().artifacts(&self.op.id);
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
@@ -164,32 +154,21 @@ impl JobContext {
             .as_deref()
             .map(super::files::size_on_disk)
             .unwrap_or(0);
-        let id = self.op.id.clone();
-        let order = self.runtime.metrics_order.lock();
-        let (progress, points) = self
-            .running
-            .take_dirty()
-            .unwrap_or_else(|| (self.running.progress(), Vec::new()));
         let cp = Checkpoint {
-            operation_id: id.clone(),
+            operation_id: self.op.id.clone(),
             checkpoint_type: kind,
             created_at: ids::now(),
             state,
             artifacts_path: artifacts_path.map(|p| p.display().to_string()),
             state_size_bytes: 0,
             artifacts_size_bytes: artifacts_size as i64,
-            progress_percent: Some(progress.percentage),
+            progress_percent: None,
             metrics_seq: 0,
         };
-        let pending = self.runtime.store.save_checkpoint(CheckpointWrite {
-            checkpoint: cp,
-            live: ProgressWrite {
-                id,
-                progress,
-                points,
-            },
-        });
-        drop(order);
+        let pending = self
+            .runtime
+            .live
+            .save_checkpoint(&self.runtime.store, &self.running, cp);
         pending
             .wait()
             .map_err(|e| format!("could not save the checkpoint: {e}"))
@@ -205,9 +184,11 @@ impl JobContext {
     /// Write this operation's queued metric points (and progress) now,
     /// waiting for the commit: the back-pressure for a full metric queue.
     pub fn flush_metrics(&self) -> Result<(), String> {
-        self.runtime
-            .flush_ops(std::slice::from_ref(&self.running))
-            .map_err(|e| format!("could not write the metric points: {e}"))
+        let pending = self
+            .runtime
+            .live
+            .write_progress(&self.runtime.store, std::slice::from_ref(&self.running));
+        super::live::wait(pending).map_err(|e| format!("could not write the metric points: {e}"))
     }
 
     /// Submit a child operation of this one (parents such as `pipeline`).

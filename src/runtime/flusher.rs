@@ -2,20 +2,33 @@
 //! points every `flush_interval_ms` in one transaction, refreshes parents'
 //! aggregate progress, and runs the hourly checkpoint retention sweep.
 
-use super::running::RunningOp;
-use super::Runtime;
+use super::live::{self, Live};
+use super::Stopping;
+use crate::config::Config;
 use crate::ids;
-use crate::store::records::ProgressWrite;
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-impl Runtime {
-    pub(super) fn flush_loop(self: Arc<Self>) {
+/// The flusher: what it reads from and writes to.
+pub(super) struct Flusher {
+    pub(super) store: Store,
+    pub(super) live: Arc<Live>,
+    pub(super) config: Arc<Config>,
+    pub(super) stopping: Stopping,
+}
+
+impl Flusher {
+    /// Flush every interval until the daemon stops taking work (the drain
+    /// flushes once more itself).
+    pub(super) fn run(self) {
         let interval = self.config.flush_interval();
         let mut last_sweep: Option<Instant> = None;
-        while self.accepting() {
+        while !self.stopping.is_set() {
             std::thread::sleep(interval);
-            self.flush();
+            if let Err(e) = live::wait(self.live.write_progress(&self.store, &self.live.all())) {
+                tracing::error!("flushing progress failed: {e}");
+            }
             if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
                 self.sweep_checkpoints();
                 last_sweep = Some(Instant::now());
@@ -25,7 +38,7 @@ impl Runtime {
 
     /// The retention sweep: drop checkpoints (rows and files) of stopped
     /// operations older than `checkpoint_retention_days`.
-    pub fn sweep_checkpoints(&self) {
+    fn sweep_checkpoints(&self) {
         let days = self.config.checkpoint_retention_days;
         if days == 0 {
             return;
@@ -34,9 +47,7 @@ impl Runtime {
         match self.store.sweep_checkpoints(before).wait() {
             Ok(gone) => {
                 for id in &gone {
-                    let _ = std::fs::remove_dir_all(
-                        self.config.state_dir.join("checkpoints").join(id.as_str()),
-                    );
+                    self.config.paths().remove_checkpoints(id);
                 }
                 if !gone.is_empty() {
                     tracing::info!(count = gone.len(), days, "deleted old checkpoints");
@@ -44,48 +55,5 @@ impl Runtime {
             }
             Err(e) => tracing::warn!("checkpoint retention sweep failed: {e}"),
         }
-    }
-
-    /// Write every dirty progress slot and queued metric point, then
-    /// refresh the aggregate progress of their parents. Waits for commit.
-    pub fn flush(&self) {
-        let live: Vec<Arc<RunningOp>> = self
-            .running
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        if let Err(e) = self.flush_ops(&live) {
-            tracing::error!("flushing progress failed: {e}");
-        }
-    }
-
-    /// Write these operations' dirty progress and queued metric points now
-    /// and wait for the commit. The flusher calls it for every running
-    /// operation; a job whose metric queue is full calls it for its own, so
-    /// the job waits for its writes instead of the daemon's memory growing.
-    pub(crate) fn flush_ops(&self, live: &[Arc<RunningOp>]) -> crate::error::Result<()> {
-        let mut batch = Vec::new();
-        let mut parents = Vec::new();
-        let order = self.metrics_order.lock();
-        for op in live.iter() {
-            if let Some((progress, points)) = op.take_dirty() {
-                if let Some(p) = &op.parent {
-                    parents.push(p.clone());
-                }
-                batch.push(ProgressWrite {
-                    id: op.id.clone(),
-                    progress,
-                    points,
-                });
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        parents.sort();
-        parents.dedup();
-        let pending = self.store.write_progress(batch, parents);
-        drop(order);
-        pending.wait()
     }
 }

@@ -14,6 +14,7 @@ pub mod context;
 pub mod files;
 mod flusher;
 pub mod gpus;
+pub mod live;
 pub mod running;
 mod scheduler;
 mod shutdown;
@@ -25,23 +26,34 @@ use crate::ids::OperationId;
 use crate::model::{OperationType, Status};
 use crate::store::records::{ClaimedOperation, NewOperation};
 use crate::store::Store;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
+use live::Live;
 use running::{RunningOp, StopRequest};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A stop request waiting for its operation's registration: the attempt
-/// it is for, why, and the message.
-type EarlyStop = (i64, StopRequest, Option<String>);
-
 /// A claimed operation on its way to a worker.
 pub(crate) struct Assignment {
     op: ClaimedOperation,
     running: Arc<RunningOp>,
+}
+
+/// Set once the daemon stops taking new work; the scheduler and flusher
+/// loops end when they see it.
+#[derive(Clone, Default)]
+pub(crate) struct Stopping(Arc<AtomicBool>);
+
+impl Stopping {
+    /// True once shutting down.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// The daemon's engine room. Shared by the socket server and the workers.
@@ -50,32 +62,15 @@ pub struct Runtime {
     pub store: Store,
     /// Settings.
     pub config: Arc<Config>,
-    /// Operations claimed and not yet finished, by id.
-    running: Mutex<HashMap<OperationId, Arc<RunningOp>>>,
-    /// Stop requests for operations claimed but not yet in `running` (a
-    /// cancel that lands between the claim's commit and the map insert).
-    /// Guarded by the `running` lock's ordering: both sides look at each
-    /// other under it, so no request is lost.
-    /// Keyed by attempt, so one that arrives after its run ended cannot
-    /// stop a later run.
-    early_stops: Mutex<HashMap<OperationId, EarlyStop>>,
+    /// Running operations, stop requests, GPUs, metric order.
+    live: Arc<Live>,
     /// Nudges the scheduler (new work, a free slot).
     wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
-    /// To the workers; `None` once shutting down.
-    job_tx: Mutex<Option<Sender<Assignment>>>,
-    job_rx: Receiver<Assignment>,
-    /// False once the daemon stops taking new work.
-    accepting: AtomicBool,
+    /// Set when the daemon stops taking new work.
+    stopping: Stopping,
     /// Bumped whenever an operation finishes or is cancelled; waiters
     /// (pipelines waiting for a child) sleep on the condvar.
     changes: (Mutex<u64>, Condvar),
-    /// GPUs and who holds them.
-    gpus: Mutex<gpus::GpuPool>,
-    /// Held from taking an operation's queued metric points until their
-    /// write is enqueued (flusher, checkpoints, final rows), so points
-    /// reach the FIFO writer in the order they were reported.
-    pub(crate) metrics_order: Mutex<()>,
     /// Flusher and worker threads.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The scheduler thread, joined first by the shutdown drain so no claim
@@ -99,20 +94,16 @@ impl Runtime {
                 .clone()
                 .unwrap_or_else(|| gpus::discover(&config.nvidia_smi)),
         );
+        let live = Arc::new(Live::new(gpu_pool));
+        let stopping = Stopping::default();
         let rt = Arc::new(Runtime {
-            store,
+            store: store.clone(),
             config: config.clone(),
-            running: Mutex::new(HashMap::new()),
-            early_stops: Mutex::new(HashMap::new()),
+            live: live.clone(),
             wake_tx,
-            wake_rx,
-            job_tx: Mutex::new(Some(job_tx)),
-            job_rx,
-            accepting: AtomicBool::new(true),
+            stopping: stopping.clone(),
             changes: (Mutex::new(0), Condvar::new()),
-            gpus: Mutex::new(gpu_pool),
             threads: Mutex::new(Vec::new()),
-            metrics_order: Mutex::new(()),
             scheduler: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),
@@ -120,16 +111,28 @@ impl Runtime {
         rt.recover()?;
         let mut threads = Vec::new();
         for i in 0..config.workers {
-            let r = rt.clone();
-            threads.push(spawn(&format!("opsd-worker-{i}"), move || worker::run(r))?);
+            let w = worker::Worker::new(rt.clone(), job_rx.clone());
+            threads.push(spawn(&format!("opsd-worker-{i}"), move || w.run())?);
         }
-        let r = rt.clone();
-        let scheduler = spawn("opsd-scheduler", move || r.schedule_loop())?;
+        let s = scheduler::Scheduler {
+            store: store.clone(),
+            live: live.clone(),
+            config: config.clone(),
+            wake: wake_rx,
+            jobs: job_tx,
+            stopping: stopping.clone(),
+        };
+        let scheduler = spawn("opsd-scheduler", move || s.run())?;
         if let Ok(mut s) = rt.scheduler.lock() {
             *s = Some(scheduler);
         }
-        let r = rt.clone();
-        threads.push(spawn("opsd-flusher", move || r.flush_loop())?);
+        let f = flusher::Flusher {
+            store,
+            live,
+            config,
+            stopping,
+        };
+        threads.push(spawn("opsd-flusher", move || f.run())?);
         if let Ok(mut t) = rt.threads.lock() {
             *t = threads;
         }
@@ -163,30 +166,35 @@ impl Runtime {
 
     /// True while the daemon takes new work.
     pub fn accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
+        !self.stopping.is_set()
     }
 
     /// The live state of a running operation.
     pub fn live(&self, id: &OperationId) -> Option<Arc<RunningOp>> {
-        self.running.lock().ok()?.get(id).cloned()
+        self.live.get(id)
     }
 
     /// Ids of the operations running now.
     pub fn running_ids(&self) -> Vec<OperationId> {
-        self.running
-            .lock()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
+        self.live.ids()
     }
 
     /// How many GPUs the daemon can hand out.
     pub fn gpu_count(&self) -> usize {
-        self.gpus.lock().map(|g| g.len()).unwrap_or(0)
+        self.live.gpu_count()
     }
 
     /// GPU ids known to the daemon and which operation holds each.
     pub fn gpu_status(&self) -> Value {
-        self.gpus.lock().map(|g| g.status()).unwrap_or(Value::Null)
+        self.live.gpu_status()
+    }
+
+    /// Write every running operation's dirty progress and queued points
+    /// now, and wait for the commit.
+    pub fn flush(&self) {
+        if let Err(e) = live::wait(self.live.write_progress(&self.store, &self.live.all())) {
+            tracing::error!("flushing progress failed: {e}");
+        }
     }
 
     /// Signal waiters that some operation changed status.
@@ -287,28 +295,11 @@ impl Runtime {
             } else {
                 (StopRequest::Parent, None)
             };
-            self.stop_claimed(&member, attempt, w, m);
+            self.live.stop_claimed(&member, attempt, w, m);
         }
         self.notify_change();
         self.wake();
         Ok(done.before)
-    }
-
-    /// Ask a claimed operation's job to stop: through its live slot, or,
-    /// when the claim has committed but the scheduler has not registered
-    /// it yet, through an early stop the scheduler applies to that attempt.
-    fn stop_claimed(&self, id: &OperationId, attempt: i64, why: StopRequest, msg: Option<String>) {
-        let Ok(running) = self.running.lock() else {
-            return;
-        };
-        match running.get(id) {
-            Some(live) => live.request_stop(why, msg),
-            None => {
-                if let Ok(mut early) = self.early_stops.lock() {
-                    early.insert(id.clone(), (attempt, why, msg));
-                }
-            }
-        }
     }
 
     /// try_resume through the API (`opsd resume`).

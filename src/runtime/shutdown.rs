@@ -1,10 +1,8 @@
 //! The shutdown drain (DESIGN-NOTES, "Shutdown, in order").
 
-use super::running::{RunningOp, StopRequest};
+use super::running::StopRequest;
 use super::Runtime;
 use crate::model::StopReason;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Runtime {
@@ -13,26 +11,19 @@ impl Runtime {
     /// true), record what is still running as cancelled/shutdown with its
     /// latest checkpoint, flush, and close the store.
     pub fn shutdown(&self, grace: Duration, hurry: &dyn Fn() -> bool) {
-        self.accepting.store(false, Ordering::Release);
+        self.stopping.set();
         self.wake();
         // Wait for the scheduler to finish its round: a claim committed
         // after the look below would run unasked, or never run at all.
         if let Some(s) = self.scheduler.lock().ok().and_then(|mut s| s.take()) {
             let _ = s.join();
         }
-        let live: Vec<Arc<RunningOp>> = self
-            .running
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        if !live.is_empty() {
+        let asked = self.live.stop_all(StopRequest::Shutdown);
+        if asked > 0 {
             tracing::info!(
-                count = live.len(),
+                count = asked,
                 "asking running operations to checkpoint and stop"
             );
-        }
-        for op in &live {
-            op.request_stop(StopRequest::Shutdown, None);
         }
         let deadline = Instant::now() + grace;
         let mut last_log = Instant::now();
@@ -53,29 +44,23 @@ impl Runtime {
         // into an automatic resume).
         self.flush();
         let stuck: Vec<(crate::ids::OperationId, StopReason)> = self
-            .running
-            .lock()
-            .map(|m| {
-                m.values()
-                    .map(|op| {
-                        let why = op
-                            .stop_requested()
-                            .map(|w| w.stop_reason())
-                            .unwrap_or(StopReason::Shutdown);
-                        (op.id.clone(), why)
-                    })
-                    .collect()
+            .live
+            .all()
+            .iter()
+            .map(|op| {
+                let why = op
+                    .stop_requested()
+                    .map(|w| w.stop_reason())
+                    .unwrap_or(StopReason::Shutdown);
+                (op.id.clone(), why)
             })
-            .unwrap_or_default();
+            .collect();
         if !stuck.is_empty() {
             tracing::warn!(operations = ?stuck, "did not stop within the grace; recorded as cancelled (shutdown)");
             // Durable, but not waited for beyond the writer's own limit: a
             // database that stays unwritable leaves these rows `running`,
             // which the next start recovers as after a crash.
             self.store.stopped_at_shutdown(stuck);
-        }
-        if let Ok(mut tx) = self.job_tx.lock() {
-            tx.take();
         }
         self.store.close();
     }

@@ -13,14 +13,28 @@ use crate::model::{Status, StopReason};
 use crate::store::records::{
     Checkpoint, ClaimedOperation, Finish, Progress, ProgressWrite, RunEnd, RunOutcome,
 };
+use crossbeam_channel::Receiver;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The worker loop: runs until the channel closes.
-pub(super) fn run(rt: Arc<Runtime>) {
-    while let Ok(Assignment { op, running }) = rt.job_rx.recv() {
-        run_one(&rt, op, running);
+/// A worker: runs the operations the scheduler hands it, one at a time.
+pub(super) struct Worker {
+    rt: Arc<Runtime>,
+    jobs: Receiver<Assignment>,
+}
+
+impl Worker {
+    /// A worker taking work from `jobs`.
+    pub(super) fn new(rt: Arc<Runtime>, jobs: Receiver<Assignment>) -> Worker {
+        Worker { rt, jobs }
+    }
+
+    /// Run operations until the scheduler has gone and the queue is empty.
+    pub(super) fn run(self) {
+        while let Ok(Assignment { op, running }) = self.jobs.recv() {
+            run_one(&self.rt, op, running);
+        }
     }
 }
 
@@ -53,17 +67,7 @@ fn run_one(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>) {
 /// After the final row is committed: free the GPUs and the slot, wake
 /// whoever waits. Runs on the writer thread, so it stays cheap.
 fn release(rt: &Runtime, id: &crate::ids::OperationId, running: &RunningOp) {
-    if let Ok(mut g) = rt.gpus.lock() {
-        g.release(id);
-    }
-    if let Ok(mut m) = rt.running.lock() {
-        m.remove(id);
-        // A cancel that raced this run's end must not stop a later run.
-        if let Ok(mut early) = rt.early_stops.lock() {
-            early.remove(id);
-        }
-    }
-    running.mark_done();
+    rt.live.release(id, running);
     rt.notify_change();
     rt.wake();
 }
@@ -93,11 +97,8 @@ fn restore(rt: &Runtime, op: &ClaimedOperation, running: &RunningOp) -> Result<O
 fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outcome: JobOutcome) {
     let stop = running.stop_requested();
     let stop_msg = running.stop_message();
-    let order = rt.metrics_order.lock();
-    let (progress, points) = running
-        .take_dirty()
-        .unwrap_or_else(|| (running.progress(), Vec::new()));
     let mut retry_at = None;
+    let progress = running.progress();
     let finish = match (outcome, stop) {
         (JobOutcome::Completed(result), _) => Finish {
             status: Status::Completed,
@@ -163,14 +164,11 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
                 ),
             )
         });
-    let end = RunEnd {
-        id: op.id.clone(),
-        parent: op.parent.clone(),
-        last: ProgressWrite {
-            id: op.id.clone(),
-            progress: finish.progress.clone().unwrap_or_default(),
-            points,
-        },
+    let (id, parent) = (op.id.clone(), op.parent.clone());
+    let end = move |last: ProgressWrite| RunEnd {
+        id,
+        parent,
+        last,
         outcome: match retry {
             Some(at) => RunOutcome::Retry {
                 error: finish.error.clone().unwrap_or_else(|| "failed".into()),
@@ -181,28 +179,23 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         delete_checkpoint: delete_cp,
     };
     let rt2 = rt.clone();
-    rt.store.finish(
-        end,
-        Box::new(move |result: Result<()>| {
-            let id = &op.id;
-            if let Err(e) = result {
-                tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
+    let slot = running.clone();
+    let after = Box::new(move |result: Result<()>| {
+        let id = &op.id;
+        if let Err(e) = result {
+            tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
+        }
+        if delete_cp {
+            rt2.config.paths().remove_checkpoints(id);
+        }
+        if let Some((parent, msg)) = fail_parent {
+            if let Some(live) = rt2.live(&parent) {
+                live.request_stop(StopRequest::ChildFailed, Some(msg));
             }
-            if delete_cp {
-                let dir = rt2.config.state_dir.join("checkpoints").join(id.as_str());
-                if dir.exists() {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-            }
-            if let Some((parent, msg)) = fail_parent {
-                if let Some(live) = rt2.live(&parent) {
-                    live.request_stop(StopRequest::ChildFailed, Some(msg));
-                }
-            }
-            release(&rt2, id, &running);
-        }),
-    );
-    drop(order);
+        }
+        release(&rt2, id, &slot);
+    });
+    rt.live.finish(&rt.store, &running, end, after);
 }
 
 /// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).

@@ -151,12 +151,7 @@ async fn logs(
     follow: bool,
     out: &mut Responder,
 ) -> bool {
-    let path = svc
-        .rt
-        .config
-        .state_dir
-        .join("logs")
-        .join(format!("{id}.log"));
+    let path = svc.rt.config.paths().log(id);
     if let Err(e) = svc.get_async(id).await {
         return out.send(&err(&e)).await;
     }

@@ -37,7 +37,7 @@ use params::CommandParams;
 use progress::ProgressTail;
 use serde_json::{json, Map, Value};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,16 +67,6 @@ impl Job for CommandJob {
         };
         run(ctx, &p)
     }
-}
-
-/// Where the files of an operation live.
-pub fn log_path(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join("logs").join(format!("{id}.log"))
-}
-
-/// The progress file of an operation.
-pub fn progress_path(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join("progress").join(format!("{id}.jsonl"))
 }
 
 /// What a resumed attempt continues from.
@@ -134,8 +124,8 @@ fn grace_for(p: &CommandParams, why: StopRequest, shutdown_grace_seconds: u64) -
 
 fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     let id = ctx.id().to_string();
-    let state_dir = ctx.state_dir();
     let config = ctx.config().clone();
+    let paths = config.paths();
     let resume = resume_info(ctx);
     let program = match params::resolve_program(p) {
         Ok(prog) => prog,
@@ -148,13 +138,13 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         }
     };
     let mut tail = match ProgressTail::open(
-        &progress_path(&state_dir, &id),
+        &paths.progress(ctx.id()),
         resume.as_ref().map_or(0, |r| r.offset),
     ) {
         Ok(t) => t,
         Err(e) => return JobOutcome::Failed(format!("cannot create the progress file: {e}")),
     };
-    let log = match LogFile::open(&log_path(&state_dir, &id), config.log_max_bytes) {
+    let log = match LogFile::open(&paths.log(ctx.id()), config.log_max_bytes) {
         Ok(l) => Arc::new(Mutex::new(l)),
         Err(e) => return JobOutcome::Failed(format!("cannot create the log file: {e}")),
     };

@@ -17,7 +17,7 @@ use super::records::{
     NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
 };
 use super::{AfterCommit, Backend, Ticket};
-use crate::error::{Error, Result};
+use crate::error::{DbError, DbErrorKind, Error, Result};
 use crate::ids::OperationId;
 use crate::model::{Status, StopReason};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -48,6 +48,42 @@ pub fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     Ok(())
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Database(db_error(e))
+    }
+}
+
+/// Classify what SQLite said: a lock (wait), the storage (retry the batch)
+/// or the request's own fault.
+fn db_error(e: rusqlite::Error) -> DbError {
+    {
+        use rusqlite::ErrorCode as C;
+        let kind = match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => DbErrorKind::Busy,
+            Some(
+                C::DiskFull
+                | C::SystemIoFailure
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::OutOfMemory
+                | C::FileLockingProtocolFailed,
+            ) => DbErrorKind::Storage,
+            _ => DbErrorKind::Other,
+        };
+        DbError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(e: r2d2::Error) -> Self {
+        Error::Unavailable(format!("no database connection: {e}"))
+    }
 }
 
 /// The SQLite store: a writer thread and a read pool over one file.

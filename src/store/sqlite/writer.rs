@@ -32,10 +32,10 @@
 //! While a batch is being retried, [`Writer::degraded`] says why and since
 //! when (`opsd health` shows it as `store`).
 
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 use crate::store::Ticket;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,31 +148,18 @@ where
 /// row), which its savepoint contains.
 fn batch_failure(e: &Error) -> Option<BatchFailure> {
     let Error::Database(db) = e else { return None };
-    let code = db.sqlite_error_code()?;
-    let busy = matches!(code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked);
-    let storage = matches!(
-        code,
-        ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly
-            | ErrorCode::OutOfMemory
-            | ErrorCode::FileLockingProtocolFailed
-    );
-    (busy || storage).then(|| BatchFailure {
+    let busy = db.kind == DbErrorKind::Busy;
+    (busy || db.kind == DbErrorKind::Storage).then(|| BatchFailure {
         busy,
-        message: db.to_string(),
+        message: db.message.clone(),
     })
 }
 
 fn sqlite_failure(e: rusqlite::Error) -> BatchFailure {
-    let busy = matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    );
+    let db = super::db_error(e);
     BatchFailure {
-        busy,
-        message: e.to_string(),
+        busy: db.kind == DbErrorKind::Busy,
+        message: db.message,
     }
 }
 

@@ -1,0 +1,56 @@
+//! The state directory's layout, in one place: where an operation's
+//! checkpoint files, artifacts, log and progress file live.
+
+use crate::ids::OperationId;
+use std::path::{Path, PathBuf};
+
+/// The files under a state directory.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    root: PathBuf,
+}
+
+impl StatePaths {
+    /// The layout under `state_dir`.
+    pub fn new(state_dir: &Path) -> StatePaths {
+        StatePaths {
+            root: state_dir.to_path_buf(),
+        }
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checkpoint files of an operation, kept across its attempts and
+    /// deleted with its checkpoint.
+    pub fn checkpoints(&self, id: &OperationId) -> PathBuf {
+        self.root.join("checkpoints").join(id.as_str())
+    }
+
+    /// Artifacts (models, ...) of an operation.
+    pub fn artifacts(&self, id: &OperationId) -> PathBuf {
+        self.root.join("artifacts").join(id.as_str())
+    }
+
+    /// The log of a command job (rotated to `<log>.1`).
+    pub fn log(&self, id: &OperationId) -> PathBuf {
+        self.root.join("logs").join(format!("{id}.log"))
+    }
+
+    /// The progress file a command job writes.
+    pub fn progress(&self, id: &OperationId) -> PathBuf {
+        self.root.join("progress").join(format!("{id}.jsonl"))
+    }
+
+    /// Remove an operation's checkpoint files, if any (they are ours).
+    pub fn remove_checkpoints(&self, id: &OperationId) {
+        let dir = self.checkpoints(id);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "could not remove checkpoint files: {e}");
+            }
+        }
+    }
+}
