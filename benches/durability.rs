@@ -256,6 +256,7 @@ fn checkpoint_1mb(runs: usize) -> f64 {
                 checkpoint,
                 live: opsd::store::records::ProgressWrite {
                     id: id.clone(),
+                    attempt: 0,
                     progress: Default::default(),
                     points: Vec::new(),
                 },

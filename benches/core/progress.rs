@@ -68,6 +68,7 @@ fn job_loop(op: Option<&RunningOp>, iters: u64, w: u32) -> f64 {
 pub fn run(runs: usize, calls: u64, quick: bool) {
     let op = RunningOp::new(
         OperationId::from("op_dummy_20260101_000000_bench000"),
+        1,
         OperationType::Dummy,
         None,
         0.0,

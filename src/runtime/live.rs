@@ -130,6 +130,7 @@ impl Live {
         };
         let slot = Arc::new(RunningOp::new(
             op.id.clone(),
+            op.attempt,
             op.kind,
             op.parent.clone(),
             op.progress_percent,
@@ -198,6 +199,7 @@ impl Live {
                 }
                 live.push(ProgressWrite {
                     id: op.id.clone(),
+                    attempt: op.attempt,
                     progress,
                     points,
                 });
@@ -226,6 +228,7 @@ impl Live {
             checkpoint: cp,
             live: ProgressWrite {
                 id: slot.id.clone(),
+                attempt: slot.attempt,
                 progress,
                 points,
             },
@@ -246,6 +249,7 @@ impl Live {
         store.finish(
             end(ProgressWrite {
                 id: slot.id.clone(),
+                attempt: slot.attempt,
                 progress,
                 points,
             }),

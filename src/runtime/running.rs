@@ -73,6 +73,9 @@ struct Slot {
 pub struct RunningOp {
     /// Its id.
     pub id: OperationId,
+    /// Which start this is (1 for the first); writes of this run carry it,
+    /// so a backend can refuse those of a run that is no longer current.
+    pub attempt: i64,
     /// Its type.
     pub kind: OperationType,
     /// Its parent, whose aggregate progress follows this one.
@@ -96,6 +99,7 @@ impl RunningOp {
     /// State for an operation about to run.
     pub fn new(
         id: OperationId,
+        attempt: i64,
         kind: OperationType,
         parent: Option<OperationId>,
         start_percentage: f64,
@@ -103,6 +107,7 @@ impl RunningOp {
     ) -> Self {
         RunningOp {
             id,
+            attempt,
             kind,
             parent,
             gpus,
@@ -281,6 +286,7 @@ mod tests {
     fn the_metric_queue_refuses_points_past_its_capacity_and_keeps_order() {
         let op = RunningOp::new(
             OperationId::from("op_command_test"),
+            1,
             OperationType::Command,
             None,
             0.0,

@@ -293,6 +293,9 @@ pub type NewMetric = (String, Value);
 pub struct ProgressWrite {
     /// The operation.
     pub id: OperationId,
+    /// The run (attempt) the write comes from: a backend shared by several
+    /// hosts writes only while that run still holds the operation.
+    pub attempt: i64,
     /// Its progress now.
     pub progress: Progress,
     /// Points reported since the last write.
