@@ -50,6 +50,10 @@ pub struct Config {
     pub nvidia_smi: String,
     /// How often a GPU operation's GPUs are sampled, in milliseconds.
     pub gpu_sample_interval_ms: u64,
+    /// A client connection with no request for this many milliseconds is
+    /// closed (streams in progress are not idle); 0: never. Idle clients
+    /// would otherwise hold file handles the daemon needs.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             log_max_bytes: 64 * 1024 * 1024,
             nvidia_smi: "nvidia-smi".into(),
             gpu_sample_interval_ms: 5000,
+            idle_timeout_ms: 60_000,
         }
     }
 }
