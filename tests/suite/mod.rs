@@ -3,6 +3,7 @@
 mod cli;
 mod command;
 mod durability;
+mod hardening;
 mod jobs;
 mod lifecycle;
 mod protocol;
