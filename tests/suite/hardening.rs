@@ -188,11 +188,20 @@ fn daemon_keeps_serving_when_its_stderr_is_full() {
 /// Serve on `socket`; expect a prompt failure naming the path.
 fn refuses(socket: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = serve_cmd(&dir.path().join("state"), socket, "", Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "serve accepted {}", socket.display());
+    let err_path = dir.path().join("stderr");
+    let mut child = Guard(
+        serve_cmd(
+            &dir.path().join("state"),
+            socket,
+            "",
+            Stdio::from(std::fs::File::create(&err_path).unwrap()),
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let status = wait_child(&mut child.0, Duration::from_secs(30));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(!status.success(), "serve accepted {}", socket.display());
     assert!(
         err.contains(&socket.display().to_string()),
         "the error does not name {}: {err}",
