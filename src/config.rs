@@ -55,6 +55,10 @@ pub struct Config {
     /// milliseconds. The daemon's own writes (final rows, progress) wait
     /// as long as it takes.
     pub write_wait_ms: u64,
+    /// A client connection with no request for this many milliseconds is
+    /// closed (streams in progress are not idle); 0: never. Idle clients
+    /// would otherwise hold file handles the daemon needs.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             nvidia_smi: "nvidia-smi".into(),
             gpu_sample_interval_ms: 5000,
             write_wait_ms: 30_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }

@@ -35,6 +35,7 @@ impl Daemon {
     /// Open the database, recover, start the workers and bind the socket.
     pub fn start(config: Config) -> Result<Daemon> {
         config.validate()?;
+        private_umask(config.socket_group.is_some());
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             Error::io(
                 format!("creating state directory {}", config.state_dir.display()),
@@ -89,6 +90,16 @@ impl Daemon {
         self.tokio.shutdown_timeout(Duration::from_millis(500));
         tracing::info!("opsd stopped");
     }
+}
+
+/// Keep state private: what the daemon creates (state directory, database,
+/// logs, checkpoints, progress files) is 0700/0600, or group-readable when
+/// `socket_group` shares the daemon by design. Only ever tightens the mask.
+fn private_umask(shared: bool) {
+    use nix::sys::stat::{umask, Mode};
+    let want = Mode::from_bits_truncate(if shared { 0o027 } else { 0o077 });
+    let old = umask(want);
+    umask(old | want);
 }
 
 /// Take the exclusive lock that makes one daemon per database.

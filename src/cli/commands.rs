@@ -49,14 +49,19 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Health(a) => health(&a.client),
         Command::Demo(a) => super::demo::run(a),
     };
+    // Written without `eprintln!`, which panics when stderr is full.
+    let say = |m: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "error: {m}");
+    };
     match result {
         Ok(code) => code,
         Err(Failure::Request(m)) => {
-            eprintln!("error: {m}");
+            say(&m);
             ExitCode::from(1)
         }
         Err(Failure::Usage(m)) => {
-            eprintln!("error: {m}");
+            say(&m);
             ExitCode::from(2)
         }
     }
@@ -64,12 +69,43 @@ pub fn run(cmd: Command) -> ExitCode {
 
 type Outcome = Result<ExitCode, Failure>;
 
+/// `println!` for what goes to stdout: a reader that closed the pipe
+/// (`opsd metrics ID | head`) ends the command quietly, as `ls | head` does.
+macro_rules! outln {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*), true) };
+}
+
+/// `print!` with the same handling of a closed stdout, flushed at once
+/// (followed logs appear as they come).
+macro_rules! out {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*), false) };
+}
+
+/// Write to stdout; on a closed pipe exit 0 at once, on any other failure
+/// (a full disk) say so and exit 1.
+fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|_| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|_| o.flush());
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 fn print_json(v: &Value) {
     let mut v = v.clone();
     if let Value::Object(m) = &mut v {
         m.remove("ok");
     }
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 fn simple(client: &ClientOpts, req: Value, human: impl Fn(&Value) -> String) -> Outcome {
@@ -175,12 +211,12 @@ fn submit(a: super::SubmitArgs) -> Outcome {
     let v = call(&a.client.socket_path(), &req)?;
     let id = output::text(&v["operation_id"]);
     if a.client.json {
-        println!(
+        outln!(
             "{}",
             json!({ "operation_id": v["operation_id"], "status": v["status"] })
         );
     } else {
-        println!("{id}");
+        outln!("{id}");
         if v["created"] == false {
             eprintln!("(already submitted with this key; this is the first operation)");
         }
@@ -208,7 +244,7 @@ fn list(a: super::ListArgs) -> Outcome {
     if ops.is_empty() {
         eprintln!("no operations match; submit one with `opsd submit dummy`");
     } else {
-        println!("{}", output::operations_table(&ops));
+        outln!("{}", output::operations_table(&ops));
     }
     eprintln!(
         "{} shown of {} matching · {} active",
@@ -223,7 +259,7 @@ fn show(id: &str, c: &ClientOpts) -> Outcome {
     let v = call(&c.socket_path(), &json!({ "cmd": "get", "id": id }))?;
     let op = &v["operation"];
     if c.json {
-        println!("{}", serde_json::to_string_pretty(op).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(op).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["FIELD", "VALUE"]);
@@ -238,7 +274,7 @@ fn show(id: &str, c: &ClientOpts) -> Outcome {
             t.add_row(vec![k.clone(), shown]);
         }
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,7 +292,7 @@ fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
     match watching::watch(&c.socket_path(), id, c.json, &interrupted)? {
         WatchEnd::Finished(op) => {
             if c.json {
-                println!("{}", serde_json::to_string_pretty(&op).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&op).unwrap_or_default());
             }
             Ok(exit_for(&op))
         }
@@ -288,7 +324,7 @@ fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
 
 /// One metric point as a line: `seq  recorded_at  data`.
 fn print_point(p: &Value) {
-    println!(
+    outln!(
         "{:>6}  {}  {}",
         p["seq"],
         output::text(&p["recorded_at"]),
@@ -314,7 +350,7 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
         }
     }
     if a.client.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
                 .unwrap_or_default()
@@ -335,14 +371,13 @@ fn children(id: &str, c: &ClientOpts) -> Outcome {
         if ops.is_empty() {
             eprintln!("{id} has no children");
         } else {
-            println!("{}", output::operations_table(&ops));
+            outln!("{}", output::operations_table(&ops));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn logs(a: super::LogsArgs) -> Outcome {
-    use std::io::Write;
     let mut client = Client::connect(&a.client.socket_path())?;
     client.send(&json!({ "cmd": "logs", "id": a.id, "follow": a.follow }))?;
     let mut text = String::new();
@@ -351,15 +386,14 @@ fn logs(a: super::LogsArgs) -> Outcome {
         if a.client.json {
             text.push_str(chunk);
         } else {
-            print!("{chunk}");
-            let _ = std::io::stdout().flush();
+            out!("{chunk}");
         }
         if !a.follow || v["event"] == "end" {
             break;
         }
     }
     if a.client.json {
-        println!("{}", json!({ "operation_id": a.id, "text": text }));
+        outln!("{}", json!({ "operation_id": a.id, "text": text }));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -400,7 +434,7 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
             format!("{:.1}%", c["progress_percent"].as_f64().unwrap_or(0.0)),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -425,6 +459,6 @@ fn health(c: &ClientOpts) -> Outcome {
     }
     t.add_row(vec!["gpus".into(), v["gpus"].to_string()]);
     t.add_row(vec!["recovery".into(), v["recovery"].to_string()]);
-    println!("{t}");
+    outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }

@@ -262,8 +262,49 @@ fn init_logging(daemon: bool) {
     let filter = EnvFilter::try_from_env("OPSD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LossyStderr)
+        .log_internal_errors(false)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Log output to stderr that drops what cannot be written: a full disk or
+/// a closed journal must not take down the thread that logs (tracing's
+/// own fallback `eprintln!`s the failure, which panics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LossyStderr {
+    type Writer = LossyStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LossyStderr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossyStderr;
+    use std::io::Write;
+
+    #[test]
+    fn log_writer_reports_success_whatever_happens() {
+        let mut w = LossyStderr;
+        assert_eq!(w.write(b"").unwrap(), 0);
+        assert_eq!(w.write(b"x\n").unwrap(), 2);
+        assert!(w.flush().is_ok());
+    }
 }

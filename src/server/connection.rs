@@ -1,18 +1,60 @@
 //! One client connection: framing, limits and the peer check. Nothing a
 //! client sends can crash the daemon or make it hang: oversized lines,
-//! random bytes and invalid JSON each get an error response.
+//! random bytes and invalid JSON each get an error response. An idle
+//! connection is closed after the idle timeout, and a stream notices a
+//! client that went away while it waits for news.
 
-use super::{handlers, Access};
+use super::{handlers, limits, Access, Pool};
 use crate::protocol::{error_response, Request, MAX_REQUEST_BYTES};
 use crate::service::Service;
 use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
 
-/// Writes response lines.
+/// Which slot a connection holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Tier {
+    /// Any request.
+    Ordinary,
+    /// Over the ordinary cap (`limit`): only `health`, `get` and `cancel`.
+    Reserve {
+        /// The ordinary cap, for the error message.
+        limit: usize,
+    },
+}
+
+/// The slot a connection holds, given back when it ends.
+pub struct Slot {
+    pool: Arc<Pool>,
+    tier: Tier,
+    /// Given to a newcomer when this connection is evicted.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// A slot of `pool`, held while `permit` lives.
+    pub fn new(pool: Arc<Pool>, tier: Tier, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            pool,
+            tier,
+            permit: Some(permit),
+        }
+    }
+}
+
+/// Writes response lines, and watches the read side for the client
+/// leaving while a stream runs.
 pub struct Responder {
     out: BufWriter<OwnedWriteHalf>,
+    rd: OwnedReadHalf,
+    /// Bytes read but not yet served (requests sent during a stream).
+    inbuf: Vec<u8>,
+    /// The client closed its side (EOF or error).
+    gone: bool,
 }
 
 impl Responder {
@@ -22,21 +64,104 @@ impl Responder {
         line.push('\n');
         self.out.write_all(line.as_bytes()).await.is_ok() && self.out.flush().await.is_ok()
     }
-}
 
-fn allowed(stream: &UnixStream, access: Access) -> bool {
-    match stream.peer_cred() {
-        Ok(cred) => cred.uid() == 0 || cred.uid() == access.uid || access.gid == Some(cred.gid()),
-        Err(_) => false,
+    /// Wait `d` between stream updates; false as soon as the client has
+    /// closed the connection (so a departed `--follow` client frees its
+    /// handle at once, not when the operation ends).
+    pub async fn pause(&mut self, d: Duration) -> bool {
+        if self.gone {
+            return false;
+        }
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        let mut chunk = [0u8; 4096];
+        loop {
+            // Stop reading once a full request is waiting: it is served
+            // when the stream ends.
+            if self.inbuf.len() > MAX_REQUEST_BYTES {
+                sleep.as_mut().await;
+                return true;
+            }
+            tokio::select! {
+                _ = &mut sleep => return true,
+                r = self.rd.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => {
+                        self.gone = true;
+                        return false;
+                    }
+                    Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                },
+            }
+        }
+    }
+
+    /// Read more bytes into the buffer; false on EOF, error, idle timeout
+    /// or when a newcomer needs this idle connection's slot.
+    async fn fill(&mut self, idle: Option<Duration>, slot: &mut Slot) -> bool {
+        if self.gone {
+            return false;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let (key, evicted) = slot.pool.idle();
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, self.rd.read(&mut chunk)).await.ok(),
+                None => Some(self.rd.read(&mut chunk).await),
+            }
+        };
+        let r = tokio::select! {
+            r = read => r,
+            Ok(to) = evicted => {
+                if let Some(p) = slot.permit.take() {
+                    let _ = to.send(p);
+                }
+                None
+            }
+        };
+        slot.pool.busy(key);
+        let Some(r) = r else {
+            return false;
+        };
+        match r {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
     }
 }
 
-/// Serve one connection until the client closes it.
-pub async fn handle(stream: UnixStream, service: Service, access: Access) {
+fn allowed(stream: &UnixStream, access: Access) -> bool {
+    let Ok(cred) = stream.peer_cred() else {
+        return false;
+    };
+    if limits::admits(access, cred.uid(), cred.gid(), &[]) {
+        return true;
+    }
+    if access.gid.is_none() {
+        return false;
+    }
+    let groups = limits::peer_groups(cred.pid(), cred.uid(), cred.gid());
+    limits::admits(access, cred.uid(), cred.gid(), &groups)
+}
+
+/// Serve one connection until the client closes it or stays idle longer
+/// than `idle`.
+pub async fn handle(
+    stream: UnixStream,
+    service: Service,
+    access: Access,
+    mut slot: Slot,
+    idle: Option<Duration>,
+) {
     let permitted = allowed(&stream, access);
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let mut out = Responder {
         out: BufWriter::new(wr),
+        rd,
+        inbuf: Vec::with_capacity(4096),
+        gone: false,
     };
     if !permitted {
         out.send(&error_response(
@@ -46,14 +171,12 @@ pub async fn handle(stream: UnixStream, service: Service, access: Access) {
         .await;
         return;
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 64 * 1024];
     // True while skipping the rest of an oversized line.
     let mut discarding = false;
     loop {
         // Serve every complete line already buffered.
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
+        while let Some(pos) = out.inbuf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = out.inbuf.drain(..=pos).collect();
             if discarding {
                 discarding = false;
                 continue;
@@ -62,11 +185,11 @@ pub async fn handle(stream: UnixStream, service: Service, access: Access) {
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            if !serve_line(line, &service, &mut out).await {
+            if !serve_line(line, &service, &mut out, slot.tier).await {
                 return;
             }
         }
-        if buf.len() > MAX_REQUEST_BYTES {
+        if out.inbuf.len() > MAX_REQUEST_BYTES {
             if !discarding {
                 let msg = format!("request line over {} bytes", MAX_REQUEST_BYTES);
                 if !out.send(&error_response("too_large", &msg)).await {
@@ -74,16 +197,15 @@ pub async fn handle(stream: UnixStream, service: Service, access: Access) {
                 }
             }
             discarding = true;
-            buf.clear();
+            out.inbuf.clear();
         }
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if !out.fill(idle, &mut slot).await {
+            return;
         }
     }
 }
 
-async fn serve_line(line: &[u8], service: &Service, out: &mut Responder) -> bool {
+async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: Tier) -> bool {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
@@ -106,5 +228,17 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder) -> bool
             return out.send(&error_response("bad_request", &msg)).await;
         }
     };
+    if let Tier::Reserve { limit } = tier {
+        if !matches!(
+            request,
+            Request::Health | Request::Get { .. } | Request::Cancel { .. }
+        ) {
+            let msg = format!(
+                "opsd is serving {limit} connections, its limit; only health, get and cancel are \
+                 answered now. Close idle clients, or raise the daemon's open-file limit (LimitNOFILE)"
+            );
+            return out.send(&error_response("unavailable", &msg)).await;
+        }
+    }
     handlers::dispatch(request, service, out).await
 }

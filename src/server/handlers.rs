@@ -102,7 +102,9 @@ async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Respo
         if over {
             return true;
         }
-        tokio::time::sleep(every).await;
+        if !out.pause(every).await {
+            return false;
+        }
     }
 }
 
@@ -140,7 +142,9 @@ async fn follow_metrics(
                 ))
                 .await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !out.pause(Duration::from_millis(200)).await {
+            return false;
+        }
     }
 }
 
@@ -184,7 +188,9 @@ async fn logs(
                 ))
                 .await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !out.pause(Duration::from_millis(200)).await {
+            return false;
+        }
     }
 }
 

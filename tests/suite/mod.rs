@@ -5,6 +5,7 @@ mod cli;
 mod command;
 mod durability;
 mod foreign_files;
+mod hardening;
 mod hostile_jobs;
 mod jobs;
 mod lifecycle;
