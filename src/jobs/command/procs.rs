@@ -65,13 +65,21 @@ fn read_proc(pid: i32) -> Option<Proc> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// Every process visible in `/proc`.
-fn scan() -> Vec<Proc> {
+/// The processes that may have started since `leader` did: pids from
+/// `leader` up, while the kernel's pid counter has not wrapped since (then
+/// every process). A job's processes all start after its program, so this
+/// finds them while reading a few `/proc` entries instead of all of them.
+fn scan_since(leader: i32) -> Vec<Proc> {
+    let last: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let wrapped = last.is_none_or(|l| l < leader);
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| wrapped || *pid >= leader)
         .filter_map(read_proc)
         .collect()
 }
@@ -204,7 +212,11 @@ impl JobProcs {
             }
             let remembered = known.get(&p.pid) == Some(&p.start);
             let adopted = p.ppid == me || environ_all;
-            if remembered || (!p.zombie && adopted && environ_has(p.pid, &self.marker)) {
+            // Whatever the job started, started after its program: older
+            // processes need not have their environment read (most of
+            // /proc, on a busy machine).
+            let young = p.start >= self.leader_start;
+            if remembered || (!p.zombie && adopted && young && environ_has(p.pid, &self.marker)) {
                 ids.insert(p.pid);
             }
         }
@@ -237,7 +249,7 @@ impl JobProcs {
     /// known to be the job's.
     pub(super) fn track(&mut self) {
         self.last_track = Some(Instant::now());
-        let all = scan();
+        let all = scan_since(self.leader);
         let members = self.members(&all, false);
         remember(&self.op, &members);
         reap_known();
@@ -253,7 +265,7 @@ impl JobProcs {
     /// Send `sig` to the job's processes outside the program's own group
     /// (the group itself is signalled with `killpg`).
     pub(super) fn signal_escaped(&mut self, sig: Signal) {
-        let all = scan();
+        let all = scan_since(self.leader);
         let members = self.members(&all, false);
         remember(&self.op, &members);
         for p in members
@@ -272,7 +284,7 @@ impl JobProcs {
         let until = Instant::now() + KILL_FOR;
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
         loop {
-            let all = scan();
+            let all = scan_since(self.leader);
             let members = self.members(&all, true);
             remember(&self.op, &members);
             let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();

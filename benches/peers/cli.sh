@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Command jobs through the CLI, side by side: N submits of `true`, P at a
+# time (one CLI call each), until every job has finished; opsd against
+# task-spooler (installed if missing) and pueue (when present). Pairs are
+# interleaved; the table gives each run and the median.
+#
+#   cargo build --release && benches/peers/cli.sh [N] [P,P,...] [PAIRS]
+#   benches/peers/cli.sh 200 1,4,16 3
+set -euo pipefail
+N=${1:-200}
+PARS=${2:-4}
+PAIRS=${3:-3}
+here="$(cd "$(dirname "$0")" && pwd)"
+OPSD=${OPSD:-$here/../../target/release/opsd}
+[ -x "$OPSD" ] || { echo "build opsd first: cargo build --release" >&2; exit 1; }
+if ! command -v tsp >/dev/null 2>&1; then
+  apt-get install -y -qq task-spooler >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq task-spooler; }
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/opsd-cli-bench.XXXXXX")
+trap 'kill $(jobs -p) 2>/dev/null || true; tsp -K >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+now() { date +%s.%N; }
+rate() { python3 -c "import sys; print(f'{$1/($3-$2):.0f}')" ; }
+
+opsd_run() { # $1 = parallelism
+  local st="$work/opsd.$RANDOM"; mkdir -p "$st"
+  printf 'workers = 64\n[concurrency]\ncommand = %s\n' "$1" > "$st/cfg.toml"
+  "$OPSD" serve --state-dir "$st" --socket "$st/s.sock" --config "$st/cfg.toml" 2>/dev/null &
+  local pid=$!
+  while ! "$OPSD" health --socket "$st/s.sock" >/dev/null 2>&1; do sleep 0.05; done
+  local t0; t0=$(now)
+  seq "$N" | xargs -P "$1" -I{} "$OPSD" submit command --socket "$st/s.sock" \
+      --params '{"argv":["true"]}' >/dev/null
+  while [ "$("$OPSD" list --socket "$st/s.sock" --active --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["active"])')" != 0 ]; do sleep 0.01; done
+  local t1; t1=$(now)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rate "$N" "$t0" "$t1"
+}
+
+tsp_run() { # $1 = parallelism
+  export TS_SOCKET="$work/tsp.$RANDOM.sock"
+  tsp -S "$1" >/dev/null
+  local t0; t0=$(now)
+  seq "$N" | xargs -P "$1" -I{} tsp true >/dev/null
+  tsp -w >/dev/null 2>&1 || true
+  # -w waits for the last job; make sure nothing is queued or running.
+  while tsp | awk 'NR>1 && ($2=="running" || $2=="queued")' | grep -q .; do sleep 0.01; done
+  local t1; t1=$(now)
+  tsp -K >/dev/null 2>&1 || true
+  rate "$N" "$t0" "$t1"
+}
+
+pueue_run() { # $1 = parallelism
+  command -v pueue >/dev/null 2>&1 || { echo "-"; return; }
+  pueue parallel "$1" >/dev/null 2>&1 || { echo "-"; return; }
+  pueue clean >/dev/null 2>&1 || true
+  local t0; t0=$(now)
+  seq "$N" | xargs -P "$1" -I{} pueue add -- true >/dev/null
+  pueue wait >/dev/null 2>&1 || true
+  local t1; t1=$(now)
+  rate "$N" "$t0" "$t1"
+}
+
+median() { tr " " "\n" | { grep -v "^-$" || true; } | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
+
+echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp |"
+echo "|---:|---|---|---|---:|"
+IFS=, read -ra plist <<< "$PARS"
+for p in "${plist[@]}"; do
+  o=(); t=(); q=()
+  for _ in $(seq "$PAIRS"); do
+    o+=("$(opsd_run "$p")"); t+=("$(tsp_run "$p")"); q+=("$(pueue_run "$p")")
+    echo "  P=$p: opsd ${o[-1]}/s, tsp ${t[-1]}/s, pueue ${q[-1]}" >&2
+  done
+  om=$(echo "${o[*]}" | median); tm=$(echo "${t[*]}" | median); qm=$(echo "${q[*]}" | median)
+  ratio=$(python3 -c "print(f'{$om/$tm:.2f}')")
+  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** |"
+done
