@@ -222,6 +222,7 @@ impl Live {
         mut cp: Checkpoint,
     ) -> Ticket<()> {
         let _order = lock(&self.metrics_order);
+        slot.mark_checkpointed();
         let (progress, points) = take_all(slot);
         cp.progress_percent = Some(progress.percentage);
         store.save_checkpoint(CheckpointWrite {

@@ -93,6 +93,10 @@ pub struct RunningOp {
     stop_message: Mutex<Option<String>>,
     /// Set when its worker is done with it.
     done: tokio::sync::watch::Sender<bool>,
+    /// Set once this run has saved a checkpoint (so its end must delete
+    /// it; a run that never saved one and did not resume from one has
+    /// none to delete).
+    checkpointed: AtomicBool,
 }
 
 impl RunningOp {
@@ -124,6 +128,7 @@ impl RunningOp {
             stop: AtomicU8::new(0),
             stop_message: Mutex::new(None),
             done: tokio::sync::watch::channel(false).0,
+            checkpointed: AtomicBool::new(attempt > 1),
         }
     }
 
@@ -260,6 +265,17 @@ impl RunningOp {
     /// The message given with the stop request.
     pub fn stop_message(&self) -> Option<String> {
         self.stop_message.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// Note that this run saved a checkpoint.
+    pub fn mark_checkpointed(&self) {
+        self.checkpointed.store(true, Ordering::Release);
+    }
+
+    /// Whether this run may have a checkpoint row (it saved one, or it
+    /// resumed from one).
+    pub fn may_have_checkpoint(&self) -> bool {
+        self.checkpointed.load(Ordering::Acquire)
     }
 
     /// Mark the worker done with it; wakes anyone waiting in [`Self::wait_done`].

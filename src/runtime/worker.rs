@@ -146,6 +146,10 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
     };
     let delete_cp =
         finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
+    // Only a run that saved a checkpoint (or resumed from one) has a row to
+    // delete: most runs skip the statement. Its directory may exist anyway
+    // (a command job creates it at start), so that goes in any case.
+    let delete_row = delete_cp && running.may_have_checkpoint();
     let retry = retry_at.map(|d| ids::timestamp(chrono::Utc::now() + d));
     if let Some(d) = retry_at {
         tracing::info!(operation = %op.id, attempt = op.attempt, "failed; retrying in {:?}", d);
@@ -176,7 +180,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
             },
             None => RunOutcome::Final(finish),
         },
-        delete_checkpoint: delete_cp,
+        delete_checkpoint: delete_row,
     };
     let rt2 = rt.clone();
     let slot = running.clone();

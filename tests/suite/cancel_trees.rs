@@ -13,15 +13,15 @@ fn submit_child(d: &Daemon, parent: &str) -> Value {
 #[test]
 fn children_of_a_cancelled_or_stopping_parent_are_refused() {
     let d = Daemon::start();
-    // A parent that takes up to a second to notice the stop request.
+    // A parent that does not react to the stop request for a while: it
+    // stays running, marked as being cancelled.
     let parent = d.submit(
         "dummy",
-        json!({ "steps": 100, "step_ms": 1000, "checkpoint_every": 1000 }),
+        json!({ "steps": 4, "step_ms": 1000, "checkpoint_every": 1000, "ignore_stop": true }),
     );
     d.wait_status(&parent, "running", 20);
     let r = d.ok(json!({ "cmd": "cancel", "id": parent, "wait_ms": 0 }));
     assert_eq!(r["previous_status"], "running");
-    // Still winding down: a new child is refused.
     let r = submit_child(&d, &parent);
     assert_eq!(r["ok"], false, "child of a stopping parent accepted: {r}");
     assert_eq!(r["error"]["code"], "invalid_transition");
@@ -30,13 +30,20 @@ fn children_of_a_cancelled_or_stopping_parent_are_refused() {
         msg.contains(&parent) && msg.contains("being cancelled"),
         "{msg}"
     );
-    // Cancelled: refused too, with a sentence naming the parent.
-    d.wait_status(&parent, "cancelled", 20);
-    let r = submit_child(&d, &parent);
+
+    // A cancelled parent: refused too, with a sentence naming it.
+    let waiting = d
+        .ok(json!({ "cmd": "submit", "type": "dummy", "params": {}, "run_after": "1h" }))
+        ["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.ok(json!({ "cmd": "cancel", "id": waiting }));
+    let r = submit_child(&d, &waiting);
     assert_eq!(r["ok"], false, "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains(&parent) && msg.contains("is cancelled"),
+        msg.contains(&waiting) && msg.contains("is cancelled"),
         "{msg}"
     );
 }

@@ -486,6 +486,17 @@ fn health_and_cancel_work_with_every_handle_taken_by_idle_clients() {
         .filter_map(|_| connect_nonblocking(&socket))
         .collect();
     assert!(idle.len() > 256, "only {} connections opened", idle.len());
+    // Let the daemon take in the whole backlog first: a connection it
+    // accepts after ours would take over our slot as the longest idle.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", child.0.id())).map_or(0, |d| d.count());
+    let (mut last, mut since) = (fds(), std::time::Instant::now());
+    while since.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = fds();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
 
     let run = |args: &[&str]| {
         let mut c = Command::new(bin())

@@ -5,6 +5,7 @@
 //! `metrics`, `checkpoints`) is private to it; every change goes through a
 //! write type of [`writes`], run by the writer.
 
+mod checkpointer;
 mod checkpoints;
 mod metrics;
 pub mod migrate;
@@ -94,6 +95,8 @@ pub struct SqliteStore {
     pool: r2d2::Pool<SqliteConnectionManager>,
     /// Handle to the single writer thread.
     writer: Writer,
+    /// Folds the WAL back into the file off the writer thread.
+    checkpointer: checkpointer::Checkpointer,
 }
 
 impl SqliteStore {
@@ -106,7 +109,10 @@ impl SqliteStore {
     pub fn open(path: &Path, caller_wait: Duration) -> Result<SqliteStore> {
         let conn = migrate::open_and_migrate(path)?;
         conn.busy_timeout(WRITER_BUSY_TIMEOUT.min(caller_wait.max(Duration::from_millis(10))))?;
+        // The checkpointer thread folds the WAL back; commits do not.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let writer = Writer::start(conn, caller_wait)?;
+        let checkpointer = checkpointer::Checkpointer::start(path);
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(|c| apply_pragmas(c));
@@ -125,6 +131,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             pool,
             writer,
+            checkpointer,
         })
     }
 
@@ -149,6 +156,7 @@ impl Backend for SqliteStore {
     }
 
     fn close(&self) {
+        self.checkpointer.stop();
         self.writer.shutdown();
     }
 
