@@ -1,7 +1,10 @@
 -- opsd schema, version 1. Applied by the daemon at start-up; the version is
--- tracked with PRAGMA user_version. Timestamps are RFC 3339 UTC text with
--- microseconds (fixed width, so they sort as text). JSON columns hold valid
--- JSON (checked).
+-- tracked with PRAGMA user_version. Later versions are in migrations/
+-- (applied in order, see MIGRATIONS in src/store/sqlite/migrate.rs):
+-- migrations/everyday.sql adds labels, queues (table `queues`), hold, and
+-- dependencies (table `operation_dependencies`, stop reason `dependency`).
+-- Timestamps are RFC 3339 UTC text with microseconds (fixed width, so they
+-- sort as text). JSON columns hold valid JSON (checked).
 
 CREATE TABLE IF NOT EXISTS operations (
     operation_id        TEXT PRIMARY KEY NOT NULL,

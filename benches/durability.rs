@@ -229,6 +229,7 @@ fn checkpoint_1mb(runs: usize) -> f64 {
             gpus: 0,
             max_attempts: 1,
             run_after: None,
+            options: Default::default(),
         }])
         .wait()
         .expect("insert")[0]

@@ -100,6 +100,8 @@ string_enum!(
         Crash => "crash",
         /// The job itself failed.
         Error => "error",
+        /// An `--after` dependency failed or was cancelled.
+        Dependency => "dependency",
     }
 );
 

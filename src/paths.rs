@@ -53,4 +53,20 @@ impl StatePaths {
             }
         }
     }
+
+    /// Remove an operation's log (and its rotated generation) and
+    /// progress file, if any: `opsd clean`. Artifacts are the user's
+    /// results and stay.
+    pub fn remove_operation_files(&self, id: &OperationId) {
+        let log = self.log(id);
+        let mut rotated = log.clone().into_os_string();
+        rotated.push(".1");
+        for f in [log, PathBuf::from(rotated), self.progress(id)] {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %f.display(), "could not remove: {e}"),
+            }
+        }
+    }
 }

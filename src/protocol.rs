@@ -46,6 +46,21 @@ pub struct Submit {
     /// Failing fails the parent.
     #[serde(default)]
     pub fail_parent: bool,
+    /// Shown by `list` (SPEC §12).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The named queue [default].
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Created held: not started until `release`.
+    #[serde(default)]
+    pub hold: bool,
+    /// Start only after these complete (any id form of SPEC §12).
+    #[serde(default)]
+    pub after: Vec<OperationId>,
+    /// Start only after these end, whatever the outcome.
+    #[serde(default)]
+    pub after_any: Vec<OperationId>,
 }
 
 /// Every request the daemon understands.
@@ -133,6 +148,50 @@ pub enum Request {
     },
     /// Version, uptime, paths, workers, counts.
     Health,
+    /// Let a held operation start.
+    Release {
+        /// The operation.
+        id: OperationId,
+    },
+    /// A new operation like another (type, parameters with edits, label,
+    /// queue, priority, GPUs, attempts).
+    Rerun {
+        /// The operation to copy.
+        id: OperationId,
+        /// Parameters to change (an object of key to new value).
+        #[serde(default)]
+        params: Value,
+    },
+    /// Delete finished operations (never active ones).
+    Clean {
+        /// Only those that ended longer ago than this duration (`7d`).
+        #[serde(default)]
+        older_than: Option<String>,
+        /// Only these statuses (completed, failed, cancelled).
+        #[serde(default)]
+        status: Vec<String>,
+        /// Only say which would go.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Every named queue with its counts.
+    Queues,
+    /// Pause, start or cap a queue.
+    QueueSet {
+        /// The queue (created if new).
+        name: String,
+        /// Pause (`true`) or start (`false`).
+        #[serde(default)]
+        paused: Option<bool>,
+        /// At most this many of its operations at once.
+        #[serde(default)]
+        parallel: Option<i64>,
+    },
+    /// Which operation an id means (full id, 8-hex tail, prefix, `last`).
+    Resolve {
+        /// What the user typed.
+        id: OperationId,
+    },
 }
 
 impl Submit {

@@ -9,7 +9,9 @@ use crate::jobs::job_for;
 use crate::model::Status;
 use crate::protocol::Submit;
 use crate::runtime::Runtime;
-use crate::store::records::{ListFilter, NewOperation, OperationRecord};
+use crate::store::records::{
+    CleanFilter, ListFilter, NewOperation, OperationRecord, QueueChange, SubmitOptions,
+};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,13 @@ impl Service {
             }
         }
         let run_after = s.run_after.as_deref().map(parse_run_after).transpose()?;
+        if let Some(l) = &s.label {
+            if l.is_empty() || l.chars().count() > 200 || l.chars().any(char::is_control) {
+                return Err(Error::BadRequest(
+                    "label must be 1 to 200 characters without control characters".into(),
+                ));
+            }
+        }
         Ok(NewOperation {
             id: OperationId::generate(kind, chrono::Utc::now()),
             kind,
@@ -69,12 +78,44 @@ impl Service {
             gpus: s.gpus,
             max_attempts,
             run_after,
+            options: SubmitOptions {
+                label: s.label.clone(),
+                queue: s.queue.clone(),
+                hold: s.hold,
+                after: s.after.clone(),
+                after_any: s.after_any.clone(),
+            },
         })
+    }
+
+    /// The ids in a submit as the user typed them, resolved (SPEC §12).
+    fn resolve_submit(&self, mut s: Submit) -> Result<Submit> {
+        if let Some(p) = &s.parent {
+            s.parent = Some(self.resolve(p)?);
+        }
+        for id in s.after.iter_mut().chain(s.after_any.iter_mut()) {
+            *id = self.resolve(id)?;
+        }
+        Ok(s)
+    }
+
+    /// Which operation the user means by `id` (full id, 8-hex tail,
+    /// unique prefix, or `last`).
+    pub fn resolve(&self, id: &OperationId) -> Result<OperationId> {
+        self.rt.store.resolve(id.as_str())
+    }
+
+    /// [`Service::resolve`], off the async threads.
+    pub async fn resolve_async(&self, id: &OperationId) -> Result<OperationId> {
+        let id = id.clone();
+        self.blocking(move |s| s.resolve(&id)).await
     }
 
     /// `submit`.
     pub async fn submit(&self, s: Submit) -> Result<Value> {
-        let op = self.prepare(&s)?;
+        let op = self
+            .blocking(move |svc| svc.resolve_submit(s).and_then(|s| svc.prepare(&s)))
+            .await?;
         self.ensure_accepting()?;
         let s = self
             .rt
@@ -90,14 +131,18 @@ impl Service {
 
     /// `submit_batch`: all rows in one transaction (each validated first).
     pub async fn submit_batch(&self, list: Vec<Submit>) -> Result<Value> {
-        let rows = list
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                self.prepare(s)
-                    .map_err(|e| Error::BadRequest(format!("operations[{i}]: {e}")))
+        let rows = self
+            .blocking(move |svc| {
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        svc.resolve_submit(s)
+                            .and_then(|s| svc.prepare(&s))
+                            .map_err(|e| Error::BadRequest(format!("operations[{i}]: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
-            .collect::<Result<Vec<_>>>()?;
+            .await?;
         self.ensure_accepting()?;
         let out = self.rt.store.submit(rows).done().await?;
         self.rt.wake();
@@ -168,6 +213,9 @@ impl Service {
     pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
         let mut rec = self.rt.store.get(id)?;
         self.overlay_live(&mut rec)?;
+        if rec.waiting_for > 0 {
+            rec.waiting_on = self.rt.store.waiting_on(id)?;
+        }
         Ok(rec)
     }
 
@@ -207,6 +255,9 @@ impl Service {
         let mut page = self.rt.store.list(filter)?;
         for r in &mut page.rows {
             self.overlay_live(r)?;
+            if r.waiting_for > 0 && r.status == Status::Pending {
+                r.waiting_on = self.rt.store.waiting_on(&r.operation_id)?;
+            }
         }
         Ok(json!({ "operations": page.rows, "total": page.total, "active": page.active }))
     }
@@ -276,6 +327,119 @@ impl Service {
         Ok(json!({ "deleted": cp.operation_id }))
     }
 
+    /// `release`: a held operation may start.
+    pub async fn release(&self, id: &OperationId) -> Result<Value> {
+        self.rt.store.release(id).done().await?;
+        self.rt.wake();
+        Ok(json!({ "operation_id": id, "released": true }))
+    }
+
+    /// `rerun`: a new operation with the same type, parameters (with
+    /// `edits` applied), label, queue, priority, GPUs and attempts.
+    pub async fn rerun(&self, id: &OperationId, edits: Value) -> Result<Value> {
+        let old = self.get_async(id).await?;
+        let mut params = match old.metadata.clone() {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        match edits {
+            Value::Null => {}
+            Value::Object(e) => params.extend(e),
+            _ => {
+                return Err(Error::BadRequest(
+                    "rerun: params must be an object of parameter edits (-p KEY=VALUE)".into(),
+                ))
+            }
+        }
+        let s = Submit {
+            kind: old.operation_type.as_str().to_string(),
+            params: Value::Object(params),
+            parent: None,
+            priority: old.priority,
+            gpus: old.gpus_requested,
+            key: None,
+            max_attempts: Some(old.max_attempts),
+            run_after: None,
+            phase: None,
+            fail_parent: false,
+            label: old.label.clone(),
+            queue: Some(old.queue.clone()),
+            hold: false,
+            after: Vec::new(),
+            after_any: Vec::new(),
+        };
+        let mut out = self.submit(s).await?;
+        out["rerun_of"] = json!(id);
+        Ok(out)
+    }
+
+    /// `clean`: delete finished operations, then their files.
+    pub async fn clean(
+        &self,
+        older_than: Option<String>,
+        status: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Value> {
+        let ended_before = match older_than {
+            None => None,
+            Some(d) => {
+                let dur = humantime::parse_duration(&d).map_err(|_| {
+                    Error::BadRequest(format!(
+                        "--older-than {d:?} is not a duration; write it like 7d, 12h or 30m"
+                    ))
+                })?;
+                let cut = chrono::Duration::from_std(dur)
+                    .ok()
+                    .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                    .ok_or_else(|| {
+                        Error::BadRequest(format!("--older-than {d:?} is too long ago"))
+                    })?;
+                Some(ids::timestamp(cut))
+            }
+        };
+        let statuses = status
+            .iter()
+            .map(|s| parse_status(s))
+            .collect::<Result<Vec<_>>>()?;
+        let filter = CleanFilter {
+            statuses,
+            ended_before,
+            dry_run,
+        };
+        let gone = self.rt.store.clean(filter).done().await?;
+        if !dry_run {
+            let paths = self.rt.config.paths();
+            for id in &gone {
+                paths.remove_checkpoints(id);
+                paths.remove_operation_files(id);
+            }
+        }
+        Ok(json!({ "deleted": gone.len(), "operations": gone, "dry_run": dry_run }))
+    }
+
+    /// `queues`: every named queue with its counts.
+    pub async fn queues(&self) -> Result<Value> {
+        let rows = self.blocking(|s| s.rt.store.queues()).await?;
+        Ok(json!({ "queues": rows }))
+    }
+
+    /// `queue_set`: pause, start or cap a queue.
+    pub async fn queue_set(
+        &self,
+        name: String,
+        paused: Option<bool>,
+        parallel: Option<i64>,
+    ) -> Result<Value> {
+        let change = QueueChange {
+            name,
+            paused,
+            parallel: parallel.map(Some),
+        };
+        let q = self.rt.store.set_queue(change).done().await?;
+        self.rt.wake();
+        Ok(json!({ "queue": q }))
+    }
+
     /// `health`.
     pub fn health(&self) -> Result<Value> {
         let counts = self.rt.store.counts()?;
@@ -319,4 +483,18 @@ pub fn parse_run_after(s: &str) -> Result<String> {
             "run_after: {s:?} is neither an RFC 3339 time (2026-11-22T18:00:00Z) nor a duration (10m, 2h)"
         ))),
     }
+}
+
+/// A status as the user typed it, or a sentence listing the valid ones.
+pub fn parse_status(s: &str) -> Result<Status> {
+    s.parse().map_err(|_| {
+        Error::BadRequest(format!(
+            "{s:?} is not a status; use one of {}",
+            Status::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }

@@ -257,6 +257,7 @@ impl Runtime {
             gpus: 0,
             max_attempts: 1,
             run_after: None,
+            options: Default::default(),
         };
         Ok(self.insert(op)?.0)
     }

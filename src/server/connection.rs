@@ -223,7 +223,7 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: T
         Err(e) => {
             let msg = match cmd {
                 None => "missing \"cmd\"; see the protocol in ARCHITECTURE.md".to_string(),
-                Some(c) => format!("bad {c:?} request: {e}"),
+                Some(c) => format!("bad {c:?} request: {}", plain_serde(&e.to_string())),
             };
             return out.send(&error_response("bad_request", &msg)).await;
         }
@@ -241,4 +241,21 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: T
         }
     }
     handlers::dispatch(request, service, out).await
+}
+
+/// A decoding error in words about the request: serde's `unknown variant
+/// `bogus`, expected one of `a`, `b`` becomes "`bogus` is not a valid
+/// value; use one of a, b".
+fn plain_serde(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        if let Some((bad, tail)) = rest.split_once('`') {
+            let choices = tail
+                .split_once("expected one of ")
+                .or_else(|| tail.split_once("expected "))
+                .map(|(_, c)| c.replace('`', ""))
+                .unwrap_or_default();
+            return format!("{bad:?} is not a valid value; use one of {choices}");
+        }
+    }
+    msg.to_string()
 }

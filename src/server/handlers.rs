@@ -22,8 +22,37 @@ fn reply(r: Result<Value, Error>) -> Value {
     }
 }
 
+/// Replace every id in a request by the operation it means (SPEC §12:
+/// full id, 8-hex tail, unique prefix, `last`), so each client gets short
+/// ids for free. Submits resolve theirs in the service.
+async fn resolve_ids(req: &mut Request, svc: &Service) -> Result<(), Error> {
+    let id = match req {
+        Request::Get { id }
+        | Request::Children { id }
+        | Request::Cancel { id, .. }
+        | Request::Resume { id }
+        | Request::Metrics { id, .. }
+        | Request::Watch { id, .. }
+        | Request::DeleteCheckpoint { id }
+        | Request::Logs { id, .. }
+        | Request::Release { id }
+        | Request::Rerun { id, .. }
+        | Request::Resolve { id } => Some(id),
+        Request::Checkpoints { id } => id.as_mut(),
+        Request::List(filter) => filter.parent.as_mut(),
+        _ => None,
+    };
+    if let Some(id) = id {
+        *id = svc.resolve_async(id).await?;
+    }
+    Ok(())
+}
+
 /// Answer one request. False when the client has gone.
-pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool {
+pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> bool {
+    if let Err(e) = resolve_ids(&mut req, svc).await {
+        return out.send(&err(&e)).await;
+    }
     let response = match req {
         Request::Submit(s) => reply(svc.submit(s).await),
         Request::SubmitBatch { operations } => reply(svc.submit_batch(operations).await),
@@ -67,6 +96,20 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
             return logs(svc, &id, tail_bytes.unwrap_or(65536), follow, out).await;
         }
         Request::Health => reply(svc.health_async().await),
+        Request::Release { id } => reply(svc.release(&id).await),
+        Request::Rerun { id, params } => reply(svc.rerun(&id, params).await),
+        Request::Clean {
+            older_than,
+            status,
+            dry_run,
+        } => reply(svc.clean(older_than, status, dry_run).await),
+        Request::Queues => reply(svc.queues().await),
+        Request::QueueSet {
+            name,
+            paused,
+            parallel,
+        } => reply(svc.queue_set(name, paused, parallel).await),
+        Request::Resolve { id } => reply(Ok(json!({ "operation_id": id }))),
     };
     out.send(&response).await
 }
@@ -156,8 +199,17 @@ async fn logs(
     out: &mut Responder,
 ) -> bool {
     let path = svc.rt.config.paths().log(id);
-    if let Err(e) = svc.get_async(id).await {
-        return out.send(&err(&e)).await;
+    match svc.get_async(id).await {
+        Err(e) => return out.send(&err(&e)).await,
+        Ok(op) if op.operation_type != crate::model::OperationType::Command => {
+            let e = Error::BadRequest(format!(
+                "operation {id} is a {} operation, and only command operations have logs; \
+                 `opsd show {id}` has its progress and result, `opsd metrics {id}` its series",
+                op.operation_type
+            ));
+            return out.send(&err(&e)).await;
+        }
+        Ok(_) => {}
     }
     let mut offset = match std::fs::metadata(&path) {
         Ok(m) => m.len().saturating_sub(tail),

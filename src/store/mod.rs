@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{Status, StopReason};
 use records::{
-    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
-    NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
+    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, CleanFilter, ListFilter, Listing,
+    MetricPoint, NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow, Recovery,
+    RunEnd, Submitted, TreeCancel,
 };
 use std::sync::Arc;
 
@@ -113,7 +114,17 @@ pub trait Backend: Send + Sync {
     fn recover(&self, auto_resume: bool) -> Result<Recovery>;
     /// Claim runnable operations within `plan`; each becomes `running`
     /// with its attempt counted. Not retried: the next round claims anew.
+    /// Held operations, ones whose dependencies are not met, and ones in
+    /// paused or full queues are left waiting.
     fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>>;
+    /// `opsd release`: a held pending operation may start.
+    fn release(&self, id: &OperationId) -> Ticket<()>;
+    /// Pause, start or cap a named queue (created if new).
+    fn set_queue(&self, change: QueueChange) -> Ticket<QueueRow>;
+    /// Delete finished operations matching `filter` (never active ones),
+    /// with their metrics and checkpoints; returns their ids (with
+    /// `dry_run`, the ids that would go, deleting nothing).
+    fn clean(&self, filter: CleanFilter) -> Ticket<Vec<OperationId>>;
 
     // The daemon's own bookkeeping: durable, retried until it lands.
 
@@ -157,6 +168,14 @@ pub trait Backend: Send + Sync {
     fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
     /// Operations per status.
     fn counts(&self) -> Result<Vec<(Status, i64)>>;
+    /// The id a user means (SPEC §12): a full id, its 8-hex tail, a
+    /// unique prefix, or `last`; ambiguous text is an error naming the
+    /// candidates.
+    fn resolve(&self, text: &str) -> Result<OperationId>;
+    /// Every named queue with its waiting and running counts.
+    fn queues(&self) -> Result<Vec<QueueRow>>;
+    /// The operations `id` still waits for (`--after`, `--after-any`).
+    fn waiting_on(&self, id: &OperationId) -> Result<Vec<OperationId>>;
 }
 
 /// Open the SQLite store at `path` with default settings (tests, tools).

@@ -30,6 +30,61 @@ pub struct NewOperation {
     pub max_attempts: i64,
     /// Not before this time (stored timestamp).
     pub run_after: Option<String>,
+    /// Label, queue, hold and dependencies (SPEC §12).
+    pub options: SubmitOptions,
+}
+
+/// What SPEC §12 adds to a submit: a label, a named queue, hold, and
+/// dependencies on other operations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubmitOptions {
+    /// Shown by `list`.
+    pub label: Option<String>,
+    /// The named queue (`default` when `None`).
+    pub queue: Option<String>,
+    /// Created held: not started until released.
+    pub hold: bool,
+    /// Start only after these complete (a failure or cancel cancels this one).
+    pub after: Vec<OperationId>,
+    /// Start only after these end, whatever the outcome.
+    pub after_any: Vec<OperationId>,
+}
+
+/// A named queue (SPEC §12), with what it holds now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRow {
+    /// Its name.
+    pub name: String,
+    /// Starts nothing new while paused.
+    pub paused: bool,
+    /// At most this many of its operations run at once (`None`: no cap).
+    pub parallel: Option<i64>,
+    /// Its operations waiting (pending or resuming).
+    pub waiting: i64,
+    /// Its operations running.
+    pub running: i64,
+}
+
+/// A change to a queue; `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueChange {
+    /// The queue (created if new).
+    pub name: String,
+    /// Pause (`true`) or start (`false`) it.
+    pub paused: Option<bool>,
+    /// Set the cap (`Some(None)` removes it).
+    pub parallel: Option<Option<i64>>,
+}
+
+/// Which finished operations `clean` removes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CleanFilter {
+    /// Only these final statuses (empty: completed, failed and cancelled).
+    pub statuses: Vec<Status>,
+    /// Only those that ended before this timestamp.
+    pub ended_before: Option<String>,
+    /// Only say which would go.
+    pub dry_run: bool,
 }
 
 /// Progress as stored and shown (SPEC §4).
@@ -124,6 +179,25 @@ pub struct OperationRecord {
     pub gpus_requested: i64,
     /// GPUs assigned (array of ids).
     pub gpus_assigned: Option<Value>,
+    /// Label given at submit.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The named queue it runs in.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Held until `opsd release`.
+    #[serde(default)]
+    pub held: bool,
+    /// Dependencies not met yet.
+    #[serde(default)]
+    pub waiting_for: i64,
+    /// The operations it still waits for (filled in by reads that show it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on: Vec<OperationId>,
+}
+
+fn default_queue() -> String {
+    "default".into()
 }
 
 impl OperationRecord {
@@ -169,6 +243,10 @@ pub struct ListFilter {
     pub active: bool,
     /// Only children of this operation.
     pub parent: Option<OperationId>,
+    /// Only operations with this label.
+    pub label: Option<String>,
+    /// Only operations in this queue.
+    pub queue: Option<String>,
     /// At most this many rows (default 50).
     pub limit: Option<i64>,
     /// Skip this many rows.

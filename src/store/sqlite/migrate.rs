@@ -13,8 +13,11 @@ use std::path::Path;
 /// The schema, applied as migration 1.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 
+/// Labels, queues, hold and dependencies (SPEC §12).
+pub const EVERYDAY_SQL: &str = include_str!("../../../migrations/everyday.sql");
+
 /// Migrations in order; index + 1 is the `user_version` after applying it.
-const MIGRATIONS: &[&str] = &[SCHEMA_SQL];
+const MIGRATIONS: &[&str] = &[SCHEMA_SQL, EVERYDAY_SQL];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -114,7 +117,19 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection> {
         return Err(refuse(format!("cannot switch to WAL mode (got {mode})")));
     }
     super::apply_pragmas(&conn)?;
-    migrate(&conn)?;
+    let conn = if migrate(&conn)? {
+        // A migration may edit a table's stored definition (widening a
+        // CHECK, the documented way); the schema cookie is bumped so every
+        // connection re-reads it, and this one is reopened to load it.
+        let cookie: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        conn.execute_batch(&format!("PRAGMA schema_version = {}", cookie + 1))?;
+        drop(conn);
+        let conn = Connection::open(path).map_err(|e| refuse(e.to_string()))?;
+        super::apply_pragmas(&conn)?;
+        conn
+    } else {
+        conn
+    };
     // Files made by opsd before it wrote an application_id get it now
     // (they passed the table check above).
     conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
@@ -122,9 +137,10 @@ pub fn open_and_migrate(path: &Path) -> Result<Connection> {
 }
 
 /// Apply every migration newer than the file's `user_version`, each in its
-/// own transaction together with the version bump.
-fn migrate(conn: &Connection) -> Result<()> {
+/// own transaction together with the version bump. True if any ran.
+fn migrate(conn: &Connection) -> Result<bool> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut ran = false;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = i as i64 + 1;
         conn.execute_batch(&format!(
@@ -136,6 +152,7 @@ fn migrate(conn: &Connection) -> Result<()> {
             Error::Internal(format!("migration to schema version {version} failed: {e}"))
         })?;
         tracing::info!(version, "database schema migrated");
+        ran = true;
     }
-    Ok(())
+    Ok(ran)
 }

@@ -7,14 +7,16 @@
 
 mod checkpointer;
 mod checkpoints;
+mod dependencies;
 mod metrics;
 pub mod migrate;
 mod operations;
+mod queues;
 pub(crate) mod writer;
 mod writes;
 
 use super::records::{
-    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
+    Checkpoint, CheckpointWrite, CleanFilter, QueueChange, QueueRow, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
     NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
 };
 use super::{AfterCommit, Backend, Ticket};
@@ -207,6 +209,21 @@ impl Backend for SqliteStore {
             .wait()
     }
 
+    fn release(&self, id: &OperationId) -> Ticket<()> {
+        self.writer
+            .ticket(self.caller(), writes::release::Release(id.clone()))
+    }
+
+    fn set_queue(&self, change: QueueChange) -> Ticket<QueueRow> {
+        self.writer
+            .ticket(self.caller(), writes::set_queue::SetQueue(change))
+    }
+
+    fn clean(&self, filter: CleanFilter) -> Ticket<Vec<OperationId>> {
+        self.writer
+            .ticket(self.caller(), writes::clean::Clean(filter))
+    }
+
     fn record_gpus(&self, id: &OperationId, gpus: Vec<String>) {
         let w = writes::record_gpus::RecordGpus {
             id: id.clone(),
@@ -299,6 +316,18 @@ impl Backend for SqliteStore {
     fn counts(&self) -> Result<Vec<(Status, i64)>> {
         self.read(operations::counts_by_status)
     }
+
+    fn resolve(&self, text: &str) -> Result<OperationId> {
+        self.read(|c| operations::resolve(c, text))
+    }
+
+    fn queues(&self) -> Result<Vec<QueueRow>> {
+        self.read(queues::list)
+    }
+
+    fn waiting_on(&self, id: &OperationId) -> Result<Vec<OperationId>> {
+        self.read(|c| dependencies::unmet(c, id))
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +358,7 @@ mod tests {
             gpus: 0,
             max_attempts: 1,
             run_after: None,
+            options: Default::default(),
         }
     }
 
@@ -366,7 +396,7 @@ mod tests {
             .read(|c| {
                 let mut stmt = c.prepare(
                     "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
-                     WHERE status = 'pending' AND operation_type = ?1 \
+                     WHERE status = 'pending' AND held = 0 AND waiting_for = 0 AND operation_type = ?1 \
                        AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
                      ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
                 )?;
@@ -423,15 +453,15 @@ mod tests {
             .unwrap();
         }
         let claimed = write(&store, |c| {
-            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10)
+            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10, &[])
         })
         .unwrap();
-        let ids: Vec<_> = claimed.iter().map(|c| c.id.clone()).collect();
+        let ids: Vec<_> = claimed.iter().map(|c| c.1.id.clone()).collect();
         assert_eq!(ids, vec![high.id, low.id]);
-        assert!(claimed.iter().all(|c| c.attempt == 1));
+        assert!(claimed.iter().all(|c| c.1.attempt == 1));
         // Claimed rows are no longer claimable; other types untouched.
         let again = write(&store, |c| {
-            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10)
+            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10, &[])
         })
         .unwrap();
         assert!(again.is_empty());
@@ -549,6 +579,56 @@ mod tests {
         assert_eq!(gone, vec![old.id]);
         let left = store.read(checkpoints::list).unwrap();
         assert_eq!(left.len(), 2);
+        store.close();
+    }
+
+    #[test]
+    fn the_migrated_schema_takes_the_dependency_stop_reason_on_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let id = store.submit(vec![new_op(OperationType::Dummy)]).wait().unwrap()[0]
+            .id
+            .clone();
+        let i = id.clone();
+        write(&store, move |c| {
+            c.execute(
+                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency' \
+                 WHERE operation_id = ?1",
+                [i.as_str()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(store.get(&id).unwrap().stop_reason, Some(StopReason::Dependency));
+        // Still refused: a value outside the vocabulary.
+        let i = id.clone();
+        let bad = write(&store, move |c| {
+            c.execute(
+                "UPDATE operations SET stop_reason = 'bogus' WHERE operation_id = ?1",
+                [i.as_str()],
+            )?;
+            Ok(())
+        });
+        assert!(bad.is_err());
+        store.close();
+    }
+
+    #[test]
+    fn short_ids_resolve_by_tail_prefix_and_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let mut a = new_op(OperationType::Dummy);
+        a.id = OperationId("op_dummy_20260101_000000_abcd0001".into());
+        let mut b = new_op(OperationType::Dummy);
+        b.id = OperationId("op_dummy_20260101_000001_abcd0002".into());
+        store.submit(vec![a, b]).wait().unwrap();
+        let r = |t: &str| store.resolve(t).map(|i| i.0);
+        assert_eq!(r("abcd0001").unwrap(), "op_dummy_20260101_000000_abcd0001");
+        assert_eq!(r("op_dummy_20260101_000001").unwrap(), "op_dummy_20260101_000001_abcd0002");
+        assert_eq!(r("last").unwrap(), "op_dummy_20260101_000001_abcd0002");
+        let amb = r("abcd").unwrap_err().to_string();
+        assert!(amb.contains("abcd0001") && amb.contains("abcd0002"), "{amb}");
+        assert!(matches!(store.resolve("ffff"), Err(Error::NotFound(_))));
         store.close();
     }
 }

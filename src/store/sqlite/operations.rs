@@ -25,13 +25,27 @@ pub(crate) fn insert(
     if let Some(key) = &op.idempotency_key {
         let existing = conn
             .prepare_cached(
-                "SELECT operation_id, status FROM operations WHERE idempotency_key = ?1",
+                "SELECT operation_id, status, operation_type, metadata FROM operations \
+                 WHERE idempotency_key = ?1",
             )?
             .query_row([key], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })
             .optional()?;
-        if let Some((id, status)) = existing {
+        if let Some((id, status, kind, metadata)) = existing {
+            let same = kind == op.kind.as_str()
+                && serde_json::from_str::<Value>(&metadata).ok().as_ref() == Some(&op.metadata);
+            if !same {
+                return Err(Error::BadRequest(format!(
+                    "key {key:?} was already used by operation {id} with a different type or \
+                     parameters; use a new key, or submit the same parameters to get {id} back"
+                )));
+            }
             let status = status.parse().map_err(Error::Internal)?;
             return Ok((OperationId(id), status, false));
         }
@@ -39,6 +53,11 @@ pub(crate) fn insert(
     if let Some(parent) = &op.parent {
         check_parent_takes_children(conn, parent)?;
     }
+    let opts = &op.options;
+    let queue = opts.queue.as_deref().unwrap_or("default");
+    super::queues::ensure(conn, queue, now)?;
+    let deps = super::dependencies::check(conn, &opts.after, &opts.after_any)?;
+    let waiting_for = deps.iter().filter(|d| !d.met).count() as i64;
     // Ids made in the same second share everything but 32 random bits;
     // at the rates group commit allows (thousands a second) two of them
     // collide every few seconds. A failed INSERT changes nothing, so draw
@@ -49,8 +68,10 @@ pub(crate) fn insert(
             .prepare_cached(
                 "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
                  priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
-                 fail_parent, gpus_requested, max_attempts, run_after) \
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 fail_parent, gpus_requested, max_attempts, run_after, label, queue, held, \
+                 waiting_for) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                 ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 id.as_str(),
@@ -66,6 +87,10 @@ pub(crate) fn insert(
                 op.gpus,
                 op.max_attempts,
                 op.run_after,
+                opts.label,
+                queue,
+                opts.hold as i64,
+                waiting_for,
             ]);
         match inserted {
             Ok(_) => break,
@@ -78,6 +103,7 @@ pub(crate) fn insert(
             Err(e) => return Err(e.into()),
         }
     }
+    super::dependencies::insert(conn, &id, &deps)?;
     Ok((id, Status::Pending, true))
 }
 
@@ -162,6 +188,14 @@ pub(crate) fn list(
         args.push(parent.0.clone());
         clauses.push(format!("parent_operation_id = ?{}", args.len()));
     }
+    if let Some(label) = &filter.label {
+        args.push(label.clone());
+        clauses.push(format!("label = ?{}", args.len()));
+    }
+    if let Some(queue) = &filter.queue {
+        args.push(queue.clone());
+        clauses.push(format!("queue = ?{}", args.len()));
+    }
     let where_sql = if clauses.is_empty() {
         String::new()
     } else {
@@ -214,31 +248,43 @@ pub(crate) fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> 
 
 /// Claim up to `limit` runnable operations of one type: `resuming` ones
 /// first, then `pending` ones by priority then age, asking for GPUs within
-/// `gpus` (`0..=0` for none). Each becomes `running` with `attempt + 1`, in
+/// `gpus` (`0..=0` for none), leaving out the queues in `closed` (paused,
+/// or at their parallel cap). Each becomes `running` with `attempt + 1`, in
 /// one statement per status: with a single writer no `SKIP LOCKED` is needed.
+/// Returns each claimed operation with its queue.
 pub(crate) fn claim(
     conn: &Connection,
     now: &str,
     kind: OperationType,
     gpus: std::ops::RangeInclusive<i64>,
     limit: usize,
-) -> Result<Vec<ClaimedOperation>> {
+    closed: &[String],
+) -> Result<Vec<(String, ClaimedOperation)>> {
     let mut claimed = Vec::new();
+    // Queue names are bound, never spliced: `?6`, `?7`...
+    let queue_term = if closed.is_empty() {
+        String::new()
+    } else {
+        let marks: Vec<String> = (0..closed.len()).map(|i| format!("?{}", i + 6)).collect();
+        format!(" AND queue NOT IN ({})", marks.join(","))
+    };
     for from in ["resuming", "pending"] {
         let left = limit - claimed.len();
         if left == 0 {
             break;
         }
         // Pending rows are found through the partial index on runnable
-        // rows, which needs the plain `operation_type = ?2`. Resuming rows
-        // have no such index: left to itself SQLite then walks every row of
-        // the type (all of history) and sorts them on each claim round.
-        // `+operation_type` keeps it on (status, created_at), where the few
-        // resuming rows are.
-        let kind_term = if from == "pending" {
-            "operation_type"
+        // rows (pending, not held, dependencies met), which needs the
+        // plain `operation_type = ?2` and the index's own WHERE terms.
+        // Resuming rows have no such index: left to itself SQLite then
+        // walks every row of the type (all of history) and sorts them on
+        // each claim round. `+operation_type` keeps it on (status,
+        // created_at), where the few resuming rows are. A resumed row has
+        // started before: hold and dependencies no longer apply to it.
+        let (kind_term, ready_term) = if from == "pending" {
+            ("operation_type", " AND held = 0 AND waiting_for = 0")
         } else {
-            "+operation_type"
+            ("+operation_type", "")
         };
         // `LIMIT ?5 + 0`, not `LIMIT ?5`: SQLite's planner reads a bare
         // bound LIMIT and re-prepares the statement whenever its value
@@ -246,42 +292,50 @@ pub(crate) fn claim(
         // re-prepare, tens of microseconds, in the writer thread). An
         // expression keeps the cached plan; the order is the index's
         // either way.
-        // `from` is one of two literals above, never user text.
+        // `from` and the terms are literals above, never user text.
         let sql = format!(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = ?1, updated_at = ?1, stop_reason = NULL, error_message = NULL \
              WHERE operation_id IN ( \
                  SELECT operation_id FROM operations \
-                 WHERE status = '{from}' AND {kind_term} = ?2 \
-                   AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1) \
+                 WHERE status = '{from}'{ready_term} AND {kind_term} = ?2 \
+                   AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1){queue_term} \
                  ORDER BY priority DESC, created_at, operation_id LIMIT ?5 + 0) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent"
+                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, \
+                 queue"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![now, kind.as_str(), gpus.start(), gpus.end(), left as i64],
-            |r| {
-                let order: (i64, String) = (r.get(7)?, r.get(8)?);
-                let op = ClaimedOperation {
-                    id: OperationId(r.get(0)?),
-                    kind,
-                    metadata: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null),
-                    attempt: r.get(2)?,
-                    parent: r.get::<_, Option<String>>(3)?.map(OperationId),
-                    progress_percent: r.get(4)?,
-                    gpus_requested: r.get(5)?,
-                    max_attempts: r.get(6)?,
-                    fail_parent: r.get::<_, i64>(9)? != 0,
-                };
-                Ok((order, op))
-            },
-        )?;
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            now.to_string().into(),
+            kind.as_str().to_string().into(),
+            (*gpus.start()).into(),
+            (*gpus.end()).into(),
+            (left as i64).into(),
+        ];
+        args.extend(closed.iter().map(|q| q.clone().into()));
+        let rows = stmt.query_map(params_from_iter(args), |r| {
+            let order: (i64, String) = (r.get(7)?, r.get(8)?);
+            let op = ClaimedOperation {
+                id: OperationId(r.get(0)?),
+                kind,
+                metadata: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null),
+                attempt: r.get(2)?,
+                parent: r.get::<_, Option<String>>(3)?.map(OperationId),
+                progress_percent: r.get(4)?,
+                gpus_requested: r.get(5)?,
+                max_attempts: r.get(6)?,
+                fail_parent: r.get::<_, i64>(9)? != 0,
+            };
+            Ok((order, r.get::<_, String>(10)?, op))
+        })?;
         // RETURNING does not keep the subquery's order: restore it, so
         // workers start the most urgent first.
         let mut batch = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        batch.sort_by(|(a, x), (b, y)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id)));
-        claimed.extend(batch.into_iter().map(|(_, op)| op));
+        batch.sort_by(|(a, _, x), (b, _, y)| {
+            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
+        });
+        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
     }
     Ok(claimed)
 }
@@ -410,14 +464,24 @@ pub(crate) fn cancel_tree(
     const TREE: &str = "WITH RECURSIVE tree(id) AS ( \
              SELECT ?1 UNION SELECT o.operation_id FROM operations o \
              JOIN tree t ON o.parent_operation_id = t.id) ";
-    conn.prepare_cached(&format!(
-        "{TREE} UPDATE operations SET status = 'cancelled', \
+    let stopped = conn
+        .prepare_cached(&format!(
+            "{TREE} UPDATE operations SET status = 'cancelled', \
              stop_reason = CASE WHEN operation_id = ?1 THEN ?2 ELSE 'parent' END, \
              completed_at = ?3, updated_at = ?3, eta_seconds = NULL, \
              error_message = CASE WHEN operation_id = ?1 THEN ?4 ELSE NULL END \
-         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming')"
-    ))?
-    .execute(params![root.as_str(), reason.as_str(), now, message])?;
+         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming') \
+         RETURNING operation_id"
+        ))?
+        .query_map(params![root.as_str(), reason.as_str(), now, message], |r| {
+            r.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Their dependents stop waiting (an `--after` one is cancelled too).
+    // A shutdown never cancels waiting work, so no reason here resumes.
+    for id in stopped {
+        super::dependencies::settle(conn, &OperationId(id), Status::Cancelled, now)?;
+    }
     let running = conn
         .prepare_cached(&format!(
             "{TREE} UPDATE operations SET \
@@ -561,7 +625,8 @@ pub(crate) const OPERATION_COLUMNS: &str =
     completed_at, updated_at, progress_percent, progress_message, current_step, \
     steps_completed, steps_total, items_processed, items_total, eta_seconds, \
     progress_context, metadata, result_summary, error_message, warnings, errors, \
-    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned";
+    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
+    label, queue, held, waiting_for";
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| {
@@ -617,5 +682,160 @@ pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operati
         fail_parent: r.get::<_, i64>(30)? != 0,
         gpus_requested: r.get(31)?,
         gpus_assigned: parse_json(32, r.get(32)?)?,
+        label: r.get(33)?,
+        queue: r.get(34)?,
+        held: r.get::<_, i64>(35)? != 0,
+        waiting_for: r.get(36)?,
+        waiting_on: Vec::new(),
     })
+}
+
+/// What the user typed for an id (SPEC §12): the full id, its 8-hex tail
+/// (or the start of it), any unique prefix of the full id, or `last`.
+/// Each is an index lookup (primary key, tail expression index, or
+/// creation time); an ambiguous one lists the candidates.
+pub(crate) fn resolve(conn: &Connection, text: &str) -> Result<OperationId> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::BadRequest(
+            "an operation id is empty; give the full id, its last 8 hex digits, or `last`".into(),
+        ));
+    }
+    if text == "last" {
+        return conn
+            .prepare_cached(
+                "SELECT operation_id FROM operations ORDER BY created_at DESC, operation_id DESC LIMIT 1",
+            )?
+            .query_row([], |r| r.get::<_, String>(0))
+            .optional()?
+            .map(OperationId)
+            .ok_or_else(|| Error::NotFound("there are no operations yet, so `last` names none".into()));
+    }
+    // Exact ids are the common case (scripts, the tests): one PK probe.
+    let exact: Option<String> = conn
+        .prepare_cached("SELECT operation_id FROM operations WHERE operation_id = ?1")?
+        .query_row([text], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = exact {
+        return Ok(OperationId(id));
+    }
+    let mut found: Vec<String> = conn
+        .prepare_cached(
+            "SELECT operation_id FROM operations WHERE operation_id >= ?1 AND operation_id < ?1 || char(1114111) \
+             ORDER BY operation_id LIMIT 6",
+        )?
+        .query_map([text], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let hex = text.len() <= 8 && text.chars().all(|c| c.is_ascii_hexdigit());
+    if found.is_empty() && hex {
+        let low = text.to_ascii_lowercase();
+        found = conn
+            .prepare_cached(
+                "SELECT operation_id FROM operations \
+                 WHERE substr(operation_id, -8) >= ?1 AND substr(operation_id, -8) < ?1 || 'g' \
+                 ORDER BY operation_id LIMIT 6",
+            )?
+            .query_map([low], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    }
+    match found.len() {
+        0 => Err(Error::NotFound(format!(
+            "no operation matches {text:?}; give the full id, its last 8 hex digits, a unique \
+             start of it, or `last` (`opsd list` shows the ids)"
+        ))),
+        1 => Ok(OperationId(found.remove(0))),
+        n => {
+            let more = if n > 5 { ", ..." } else { "" };
+            found.truncate(5);
+            Err(Error::BadRequest(format!(
+                "{text:?} matches more than one operation: {}{more}; give more of the id",
+                found.join(", ")
+            )))
+        }
+    }
+}
+
+/// `opsd release`: a held pending operation may start.
+pub(crate) fn release(conn: &Connection, id: &OperationId, now: &str) -> Result<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE operations SET held = 0, updated_at = ?2 \
+             WHERE operation_id = ?1 AND held = 1 AND status = 'pending'",
+        )?
+        .execute(params![id.as_str(), now])?;
+    if n == 1 {
+        return Ok(());
+    }
+    let rec = get(conn, id)?;
+    Err(Error::InvalidTransition(if rec.held {
+        format!("operation {id} is {}; only a pending operation is held", rec.status)
+    } else {
+        format!(
+            "operation {id} is not held (it is {}); only operations submitted with --hold need a release",
+            rec.status
+        )
+    }))
+}
+
+/// Finished operations matching `filter` that `clean` may delete: a
+/// parent only together with all its children, and never one an active
+/// operation still waits for.
+pub(crate) fn cleanable(
+    conn: &Connection,
+    filter: &crate::store::records::CleanFilter,
+) -> Result<Vec<OperationId>> {
+    let statuses: Vec<Status> = if filter.statuses.is_empty() {
+        vec![Status::Completed, Status::Failed, Status::Cancelled]
+    } else {
+        filter.statuses.clone()
+    };
+    if let Some(s) = statuses.iter().find(|s| s.is_active()) {
+        return Err(Error::BadRequest(format!(
+            "clean never deletes {s} operations; --status takes completed, failed or cancelled"
+        )));
+    }
+    let marks: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let before = filter.ended_before.clone().unwrap_or_else(|| "9999".into());
+    let ids: Vec<String> = conn
+        .prepare(&format!(
+            "SELECT operation_id FROM operations \
+             WHERE completed_at IS NOT NULL AND completed_at < ?1 AND status IN ({})",
+            marks.join(",")
+        ))?
+        .query_map([before], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut set: std::collections::HashSet<String> = ids.into_iter().collect();
+    // Drop, until nothing changes, parents with a child that stays.
+    loop {
+        let mut keep = Vec::new();
+        for id in &set {
+            let kids: Vec<String> = conn
+                .prepare_cached("SELECT operation_id FROM operations WHERE parent_operation_id = ?1")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if kids.iter().any(|k| !set.contains(k)) {
+                keep.push(id.clone());
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        for k in keep {
+            set.remove(&k);
+        }
+    }
+    let mut out: Vec<String> = set.into_iter().collect();
+    out.sort();
+    Ok(out.into_iter().map(OperationId).collect())
+}
+
+/// Delete one finished operation (its metrics, checkpoint and dependency
+/// rows go with it, by cascade).
+pub(crate) fn delete(conn: &Connection, id: &OperationId) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM operations WHERE operation_id = ?1 \
+         AND status IN ('completed','failed','cancelled')",
+    )?
+    .execute([id.as_str()])?;
+    Ok(())
 }

@@ -3,8 +3,9 @@
 //! its parent's stored progress refreshed.
 
 use super::super::writer::Write;
-use super::super::{checkpoints, metrics, operations as ops};
+use super::super::{checkpoints, dependencies, metrics, operations as ops};
 use crate::error::Result;
+use crate::model::{Status, StopReason};
 use crate::store::records::{RunEnd, RunOutcome};
 use rusqlite::Connection;
 
@@ -23,10 +24,19 @@ impl Write for Finish {
         match &end.outcome {
             RunOutcome::Retry { error, at } => {
                 ops::write_progress(c, id, &end.last.progress)?;
-                ops::requeue_for_retry(c, id, error, at, &now)?;
+                // A cancel that reached the row first makes it the cancel.
+                if ops::requeue_for_retry(c, id, error, at, &now)?
+                    && ops::status(c, id)? == Status::Cancelled
+                {
+                    dependencies::settle(c, id, Status::Cancelled, &now)?;
+                }
             }
             RunOutcome::Final(f) => {
-                ops::finish(c, id, f, &now)?;
+                // An operation stopped by a shutdown resumes at the next
+                // start: its dependents keep waiting.
+                if ops::finish(c, id, f, &now)? && f.stop_reason != Some(StopReason::Shutdown) {
+                    dependencies::settle(c, id, f.status, &now)?;
+                }
             }
         }
         if end.delete_checkpoint {

@@ -2,7 +2,7 @@
 //! `failed`/`crash`, then what a shutdown stopped (and crashed operations
 //! with a checkpoint, with auto-resume) goes back to `resuming`.
 
-use super::super::operations as ops;
+use super::super::{dependencies, operations as ops};
 use super::super::writer::Write;
 use crate::error::Result;
 use crate::store::records::Recovery;
@@ -24,6 +24,10 @@ impl Write for Recover {
                 Ok(()) => resumed.push(id),
                 Err(e) => tracing::warn!(operation = %id, "not resumed: {e}"),
             }
+        }
+        // Crashed operations that stay failed end their dependents' wait.
+        for id in crashed.iter().filter(|id| !resumed.contains(id)) {
+            dependencies::settle(c, id, crate::model::Status::Failed, &now)?;
         }
         Ok(Recovery { crashed, resumed })
     }

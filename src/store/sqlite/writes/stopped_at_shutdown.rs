@@ -3,7 +3,7 @@
 //! shutdown checkpoint, so the next start resumes from it.
 
 use super::super::writer::Write;
-use super::super::{checkpoints, operations as ops};
+use super::super::{checkpoints, dependencies, operations as ops};
 use crate::error::Result;
 use crate::ids::OperationId;
 use crate::model::{CheckpointType, Status, StopReason};
@@ -18,7 +18,7 @@ impl Write for StoppedAtShutdown {
     fn apply(&mut self, c: &Connection) -> Result<()> {
         let now = crate::ids::now();
         for (id, why) in &self.0 {
-            ops::finish(
+            let ended = ops::finish(
                 c,
                 id,
                 &Finish {
@@ -36,6 +36,8 @@ impl Write for StoppedAtShutdown {
             )?;
             if *why == StopReason::Shutdown {
                 checkpoints::set_type(c, id, CheckpointType::Shutdown)?;
+            } else if ended {
+                dependencies::settle(c, id, Status::Cancelled, &now)?;
             }
         }
         Ok(())

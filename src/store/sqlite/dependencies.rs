@@ -1,0 +1,145 @@
+//! SQL over `operation_dependencies` (SPEC §12): `--after` (needs the
+//! other operation `completed`) and `--after-any` (needs it ended). An
+//! operation's `waiting_for` counts its dependencies in state `waiting`;
+//! the claim takes only rows with none, through its partial index.
+
+use super::operations as ops;
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::Status;
+use rusqlite::{params, Connection};
+
+/// A dependency of a new operation, checked.
+pub(crate) struct Dep {
+    id: OperationId,
+    any: bool,
+    pub(crate) met: bool,
+}
+
+/// Check the dependencies of a new operation: each must exist; an
+/// `--after` one must not have failed or been cancelled already.
+pub(crate) fn check(
+    conn: &Connection,
+    after: &[OperationId],
+    after_any: &[OperationId],
+) -> Result<Vec<Dep>> {
+    let mut out: Vec<Dep> = Vec::new();
+    let tagged = after
+        .iter()
+        .map(|i| (i, false))
+        .chain(after_any.iter().map(|i| (i, true)));
+    for (id, any) in tagged {
+        if out.iter().any(|d| &d.id == id) {
+            continue;
+        }
+        let status = ops::status(conn, id).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "the dependency {id} does not exist; `opsd list` shows the ids"
+            )),
+            e => e,
+        })?;
+        let met = match (status, any) {
+            (Status::Completed, _) => true,
+            (s, true) if !s.is_active() => true,
+            (s, false) if !s.is_active() => {
+                return Err(Error::InvalidTransition(format!(
+                    "--after {id}: that operation is {s} and will not complete unless it is \
+                     resumed; resume it first, or use --after-any to start whatever its outcome"
+                )))
+            }
+            _ => false,
+        };
+        out.push(Dep {
+            id: id.clone(),
+            any,
+            met,
+        });
+    }
+    Ok(out)
+}
+
+/// Store the checked dependencies of a new operation.
+pub(crate) fn insert(conn: &Connection, id: &OperationId, deps: &[Dep]) -> Result<()> {
+    for d in deps {
+        conn.prepare_cached(
+            "INSERT INTO operation_dependencies (operation_id, depends_on, any_outcome, state) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            id.as_str(),
+            d.id.as_str(),
+            d.any as i64,
+            if d.met { "met" } else { "waiting" }
+        ])?;
+    }
+    Ok(())
+}
+
+/// `id` ended with `status`: its waiting dependents count it as met, or
+/// (an `--after` one, when it did not complete) are cancelled with
+/// `stop_reason = dependency`, and so on down the chain. Returns the
+/// operations cancelled that way.
+pub(crate) fn settle(
+    conn: &Connection,
+    id: &OperationId,
+    status: Status,
+    now: &str,
+) -> Result<Vec<OperationId>> {
+    let mut cancelled = Vec::new();
+    let mut work = vec![(id.clone(), status)];
+    while let Some((done, st)) = work.pop() {
+        let dependents = conn
+            .prepare_cached(
+                "SELECT operation_id, any_outcome FROM operation_dependencies \
+                 WHERE depends_on = ?1 AND state = 'waiting'",
+            )?
+            .query_map([done.as_str()], |r| {
+                Ok((OperationId(r.get(0)?), r.get::<_, i64>(1)? != 0))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (dep, any) in dependents {
+            let met = any || st == Status::Completed;
+            conn.prepare_cached(
+                "UPDATE operation_dependencies SET state = ?3 \
+                 WHERE operation_id = ?1 AND depends_on = ?2",
+            )?
+            .execute(params![
+                dep.as_str(),
+                done.as_str(),
+                if met { "met" } else { "broken" }
+            ])?;
+            conn.prepare_cached(
+                "UPDATE operations SET waiting_for = waiting_for - 1 \
+                 WHERE operation_id = ?1 AND waiting_for > 0",
+            )?
+            .execute([dep.as_str()])?;
+            if met {
+                continue;
+            }
+            let message = format!("its dependency {done} ended {st}, so it was not started");
+            let n = conn
+                .prepare_cached(
+                    "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                         completed_at = ?2, updated_at = ?2, eta_seconds = NULL, error_message = ?3 \
+                     WHERE operation_id = ?1 AND status = 'pending'",
+                )?
+                .execute(params![dep.as_str(), now, message])?;
+            if n == 1 {
+                cancelled.push(dep.clone());
+                work.push((dep, Status::Cancelled));
+            }
+        }
+    }
+    Ok(cancelled)
+}
+
+/// The operations `id` still waits for.
+pub(crate) fn unmet(conn: &Connection, id: &OperationId) -> Result<Vec<OperationId>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT depends_on FROM operation_dependencies \
+             WHERE operation_id = ?1 AND state = 'waiting' ORDER BY depends_on",
+        )?
+        .query_map([id.as_str()], |r| Ok(OperationId(r.get(0)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
