@@ -59,6 +59,11 @@ pub struct Config {
     /// closed (streams in progress are not idle); 0: never. Idle clients
     /// would otherwise hold file handles the daemon needs.
     pub idle_timeout_ms: u64,
+    /// A program (and its arguments) run when an operation ends, with
+    /// `OPSD_OPERATION_ID`, `OPSD_STATUS`, `OPSD_STOP_REASON` and
+    /// `OPSD_LABEL` set; empty: none. Its failure is logged and never
+    /// changes the operation.
+    pub on_finish: Vec<String>,
 }
 
 impl Default for Config {
@@ -87,6 +92,7 @@ impl Default for Config {
             gpu_sample_interval_ms: 5000,
             write_wait_ms: 30_000,
             idle_timeout_ms: 60_000,
+            on_finish: Vec::new(),
         }
     }
 }
@@ -116,6 +122,12 @@ impl Config {
                  a pipeline waits on a worker while its children run",
                 self.workers
             )));
+        }
+        if self.on_finish.first().is_some_and(|p| p.is_empty()) {
+            return Err(Error::BadRequest(
+                "config: on_finish must start with the program to run, e.g. [\"notify-send\", \"opsd\"]"
+                    .into(),
+            ));
         }
         if self.flush_interval_ms == 0 {
             return Err(Error::BadRequest(

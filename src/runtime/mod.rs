@@ -14,6 +14,7 @@ pub mod context;
 pub mod files;
 mod flusher;
 pub mod gpus;
+mod hooks;
 pub mod live;
 pub mod running;
 mod scheduler;
@@ -268,7 +269,12 @@ impl Runtime {
     /// their job returns. Returns the status before. Blocks on the writer:
     /// async callers run it on a blocking thread.
     pub fn cancel(&self, id: &OperationId, reason: Option<String>) -> Result<Status> {
-        self.cancel_tree(id, StopRequest::User, reason)
+        let before = self.cancel_tree(id, StopRequest::User, reason)?;
+        // A waiting one ends here; a running one ends in its worker.
+        if before != Status::Running {
+            hooks::on_finish(self, id);
+        }
+        Ok(before)
     }
 
     /// Stop one operation and its descendants for `why`, whatever its

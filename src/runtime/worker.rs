@@ -198,6 +198,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
             }
         }
         release(&rt2, id, &slot);
+        super::hooks::on_finish(&rt2, id);
     });
     rt.live.finish(&rt.store, &running, end, after);
 }

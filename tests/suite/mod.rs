@@ -4,6 +4,7 @@ mod cancel_trees;
 mod cli;
 mod command;
 mod durability;
+mod everyday;
 mod foreign_files;
 mod hardening;
 mod hostile_jobs;

@@ -1,0 +1,285 @@
+//! Everyday use (SPEC §12): dependencies, hold, queues, short ids, rerun,
+//! clean, the on_finish hook, and the CLI that drives them (`run`, `wait`,
+//! `list` at 80 columns, completions, man, global flags).
+
+use crate::common::{open_db, wait_until, Daemon};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn submit(d: &Daemon, v: Value) -> String {
+    let mut req = v;
+    req["cmd"] = json!("submit");
+    d.ok(req)["operation_id"].as_str().unwrap().to_string()
+}
+
+fn quick() -> Value {
+    json!({"steps": 1, "step_ms": 0})
+}
+
+#[test]
+fn after_waits_for_completion_and_a_failed_dependency_cancels_the_chain() {
+    let d = Daemon::start();
+    let first = submit(&d, json!({"type": "dummy", "params": {"steps": 3, "step_ms": 200}}));
+    let then = submit(&d, json!({"type": "dummy", "params": quick(), "after": [first]}));
+    // Waits while its dependency runs, and says for what.
+    let op = d.get(&then);
+    assert_eq!(op["status"], "pending", "{op}");
+    assert_eq!(op["waiting_on"], json!([first]), "{op}");
+    let done = d.wait_status(&then, "completed", 30);
+    let first_end = d.get(&first)["completed_at"].as_str().unwrap().to_string();
+    assert!(done["started_at"].as_str().unwrap() >= first_end.as_str(), "{done}");
+
+    // A failing dependency cancels its `--after` dependents, transitively;
+    // an `--after-any` one runs anyway.
+    let bad = submit(&d, json!({"type": "dummy", "params": {"steps": 2, "step_ms": 100, "fail_at_step": 2}}));
+    let a = submit(&d, json!({"type": "dummy", "params": quick(), "after": [bad]}));
+    let b = submit(&d, json!({"type": "dummy", "params": quick(), "after": [a]}));
+    let any = submit(&d, json!({"type": "dummy", "params": quick(), "after_any": [bad]}));
+    d.wait_status(&bad, "failed", 30);
+    for id in [&a, &b] {
+        let op = d.wait_status(id, "cancelled", 30);
+        assert_eq!(op["stop_reason"], "dependency", "{op}");
+        assert!(op["started_at"].is_null(), "{op}");
+    }
+    d.wait_status(&any, "completed", 30);
+
+    // `--after` an operation that already failed is refused, in words.
+    let r = d.req(json!({"cmd": "submit", "type": "dummy", "after": [bad]}));
+    assert_eq!(r["ok"], false);
+    assert!(r["error"]["message"].as_str().unwrap().contains("--after-any"), "{r}");
+}
+
+#[test]
+fn cancelling_a_waiting_dependency_cancels_its_dependents() {
+    let d = Daemon::start();
+    let held = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true}));
+    let next = submit(&d, json!({"type": "dummy", "params": quick(), "after": [held]}));
+    d.ok(json!({"cmd": "cancel", "id": held}));
+    let op = d.wait_status(&next, "cancelled", 10);
+    assert_eq!(op["stop_reason"], "dependency", "{op}");
+}
+
+#[test]
+fn hold_keeps_an_operation_waiting_until_released_across_a_kill_9() {
+    let mut d = Daemon::start();
+    let id = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true}));
+    let dep = submit(&d, json!({"type": "dummy", "params": quick(), "after": [id]}));
+    // Let a few claim rounds pass: nothing starts.
+    let other = submit(&d, json!({"type": "dummy", "params": quick()}));
+    d.wait_status(&other, "completed", 30);
+    assert_eq!(d.status(&id), "pending");
+    assert_eq!(d.get(&id)["held"], true);
+    // Hold and dependency are rows: they survive an unclean exit.
+    d.kill9();
+    d.spawn();
+    let other = submit(&d, json!({"type": "dummy", "params": quick()}));
+    d.wait_status(&other, "completed", 30);
+    assert_eq!(d.status(&id), "pending");
+    assert_eq!(d.status(&dep), "pending");
+    assert_eq!(d.get(&dep)["waiting_on"], json!([id]));
+    d.ok(json!({"cmd": "release", "id": id}));
+    d.wait_status(&id, "completed", 30);
+    d.wait_status(&dep, "completed", 30);
+    // Releasing what is not held says so.
+    let r = d.req(json!({"cmd": "release", "id": id}));
+    assert_eq!(r["ok"], false);
+    assert!(r["error"]["message"].as_str().unwrap().contains("not held"), "{r}");
+}
+
+#[test]
+fn a_paused_queue_starts_nothing_and_parallel_caps_it_across_a_restart() {
+    let mut d = Daemon::start();
+    d.ok(json!({"cmd": "queue_set", "name": "gpu", "paused": true}));
+    let ids: Vec<String> = (0..3)
+        .map(|_| submit(&d, json!({"type": "dummy", "params": {"steps": 4, "step_ms": 150}, "queue": "gpu"})))
+        .collect();
+    let other = submit(&d, json!({"type": "dummy", "params": quick()}));
+    d.wait_status(&other, "completed", 30);
+    for id in &ids {
+        assert_eq!(d.status(id), "pending");
+    }
+    // The pause and the cap are rows: a clean restart keeps them.
+    d.terminate();
+    d.spawn();
+    let other = submit(&d, json!({"type": "dummy", "params": quick()}));
+    d.wait_status(&other, "completed", 30);
+    for id in &ids {
+        assert_eq!(d.status(id), "pending");
+    }
+    let qs = d.ok(json!({"cmd": "queues"}));
+    let gpu = qs["queues"].as_array().unwrap().iter().find(|q| q["name"] == "gpu").unwrap().clone();
+    assert_eq!(gpu["paused"], true, "{qs}");
+    assert_eq!(gpu["waiting"], 3, "{qs}");
+    // Capped at 1 and started: they run one at a time.
+    d.ok(json!({"cmd": "queue_set", "name": "gpu", "parallel": 1}));
+    d.ok(json!({"cmd": "queue_set", "name": "gpu", "paused": false}));
+    let mut most = 0;
+    let all_done = wait_until(Duration::from_secs(60), || {
+        let running = ids.iter().filter(|id| d.status(id) == "running").count();
+        most = most.max(running);
+        ids.iter().all(|id| d.status(id) == "completed")
+    });
+    assert!(all_done, "{:?}", ids.iter().map(|i| d.status(i)).collect::<Vec<_>>());
+    assert_eq!(most, 1, "the cap of 1 was exceeded");
+    // Runs did not overlap.
+    let mut spans: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| {
+            let op = d.get(id);
+            (
+                op["started_at"].as_str().unwrap().to_string(),
+                op["completed_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "{spans:?}");
+    }
+    let bad = d.req(json!({"cmd": "queue_set", "name": "gpu", "parallel": 0}));
+    assert_eq!(bad["ok"], false, "{bad}");
+}
+
+#[test]
+fn short_ids_work_wherever_an_id_is_taken() {
+    let d = Daemon::start();
+    let id = submit(&d, json!({"type": "dummy", "params": quick()}));
+    d.wait_status(&id, "completed", 30);
+    let tail = &id[id.len() - 8..];
+    for text in [tail, &id[..id.len() - 3], "last"] {
+        let op = d.ok(json!({"cmd": "get", "id": text}));
+        assert_eq!(op["operation"]["operation_id"], id.as_str(), "{text}");
+    }
+    let m = d.ok(json!({"cmd": "metrics", "id": tail}));
+    assert!(m["metrics"].is_array());
+    // As a dependency too.
+    let next = submit(&d, json!({"type": "dummy", "params": quick(), "after": [tail]}));
+    d.wait_status(&next, "completed", 30);
+    // An ambiguous prefix lists the candidates.
+    let r = d.req(json!({"cmd": "get", "id": "op_dummy_"}));
+    assert_eq!(r["ok"], false);
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&id) && msg.contains(&next), "{msg}");
+    let r = d.req(json!({"cmd": "get", "id": "zzzz"}));
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+#[test]
+fn rerun_copies_type_parameters_label_and_queue_with_edits() {
+    let d = Daemon::start();
+    let id = submit(
+        &d,
+        json!({"type": "dummy", "params": {"steps": 2, "step_ms": 0}, "label": "sweep a", "queue": "night"}),
+    );
+    d.wait_status(&id, "completed", 30);
+    let r = d.ok(json!({"cmd": "rerun", "id": "last", "params": {"steps": 3}}));
+    let new = r["operation_id"].as_str().unwrap();
+    assert_ne!(new, id);
+    let op = d.wait_status(new, "completed", 30);
+    assert_eq!(op["metadata"]["steps"], 3, "{op}");
+    assert_eq!(op["metadata"]["step_ms"], 0, "{op}");
+    assert_eq!(op["label"], "sweep a");
+    assert_eq!(op["queue"], "night");
+    let bad = d.req(json!({"cmd": "rerun", "id": id, "params": {"stepz": 3}}));
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"]["message"].as_str().unwrap().contains("stepz"), "{bad}");
+}
+
+#[test]
+fn clean_deletes_finished_operations_with_their_rows_and_files_never_active_ones() {
+    let d = Daemon::start();
+    let done = submit(&d, json!({"type": "command", "params": {"argv": ["sh", "-c", "echo hi"]}}));
+    d.wait_status(&done, "completed", 30);
+    let failed = submit(&d, json!({"type": "dummy", "params": {"steps": 1, "step_ms": 0, "fail_at_step": 1}}));
+    d.wait_status(&failed, "failed", 30);
+    let active = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true}));
+    let log = d.state().join("logs").join(format!("{done}.log"));
+    assert!(log.exists());
+    // A dry run deletes nothing.
+    let r = d.ok(json!({"cmd": "clean", "dry_run": true}));
+    assert_eq!(r["deleted"], 2, "{r}");
+    assert_eq!(d.status(&done), "completed");
+    // Only failed ones.
+    let r = d.ok(json!({"cmd": "clean", "status": ["failed"]}));
+    assert_eq!(r["operations"], json!([failed]), "{r}");
+    // Nothing older than an hour.
+    let r = d.ok(json!({"cmd": "clean", "older_than": "1h"}));
+    assert_eq!(r["deleted"], 0, "{r}");
+    let r = d.ok(json!({"cmd": "clean"}));
+    assert_eq!(r["operations"], json!([done]), "{r}");
+    assert!(!log.exists());
+    let db = open_db(&d.db());
+    let left: i64 = db
+        .query_row("SELECT count(*) FROM operations", [], |r| r.get(0))
+        .unwrap();
+    let points: i64 = db
+        .query_row("SELECT count(*) FROM operation_metrics", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((left, points), (1, 0));
+    assert_eq!(d.status(&active), "pending");
+    let r = d.req(json!({"cmd": "clean", "status": ["running"]}));
+    assert_eq!(r["ok"], false, "{r}");
+    let r = d.req(json!({"cmd": "clean", "older_than": "soon"}));
+    assert!(r["error"]["message"].as_str().unwrap().contains("7d"), "{r}");
+}
+
+#[test]
+fn a_key_reused_with_other_parameters_names_the_first_operation() {
+    let d = Daemon::start();
+    let a = submit(&d, json!({"type": "dummy", "params": quick(), "key": "k1"}));
+    let again = submit(&d, json!({"type": "dummy", "params": quick(), "key": "k1"}));
+    assert_eq!(a, again);
+    let r = d.req(json!({"cmd": "submit", "type": "dummy", "params": {"steps": 5}, "key": "k1"}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains(&a), "{r}");
+}
+
+#[test]
+fn user_errors_read_as_sentences() {
+    let d = Daemon::start();
+    let r = d.req(json!({"cmd": "list", "status": ["bogus"]}));
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(!msg.contains("unknown variant"), "{msg}");
+    assert!(msg.contains("\"bogus\" is not a valid value") && msg.contains("pending"), "{msg}");
+    // Logs of an operation that has none say so.
+    let id = submit(&d, json!({"type": "dummy", "params": quick()}));
+    let r = d.req(json!({"cmd": "logs", "id": id}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("only command operations have logs"), "{r}");
+}
+
+#[test]
+fn on_finish_runs_with_the_outcome_and_its_failure_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hook.txt");
+    let script = format!(
+        "echo \"$OPSD_OPERATION_ID $OPSD_STATUS $OPSD_STOP_REASON $OPSD_LABEL\" >> {}; exit 3",
+        out.display()
+    );
+    let cfg = format!(
+        "flush_interval_ms = 50\nshutdown_grace_seconds = 10\non_finish = [\"sh\", \"-c\", {}]\n",
+        toml_string(&script)
+    );
+    let d = Daemon::start_with(&cfg);
+    let ok = submit(&d, json!({"type": "dummy", "params": quick(), "label": "nightly"}));
+    let bad = submit(&d, json!({"type": "dummy", "params": {"steps": 1, "step_ms": 0, "fail_at_step": 1}}));
+    let waiting = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true}));
+    d.ok(json!({"cmd": "cancel", "id": waiting}));
+    d.wait_status(&ok, "completed", 30);
+    d.wait_status(&bad, "failed", 30);
+    let seen = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&out).map(|t| t.lines().count() >= 3).unwrap_or(false)
+    });
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(seen, "{text}");
+    assert!(text.contains(&format!("{ok} completed  nightly")), "{text}");
+    assert!(text.contains(&format!("{bad} failed error")), "{text}");
+    assert!(text.contains(&format!("{waiting} cancelled user")), "{text}");
+    // The hook exited 3: logged, and the operation is still completed.
+    assert_eq!(d.status(&ok), "completed");
+    assert!(wait_until(Duration::from_secs(10), || d.log().contains("on_finish")), "{}", d.log());
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
