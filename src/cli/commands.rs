@@ -30,24 +30,34 @@ impl From<crate::error::Error> for Failure {
     }
 }
 
-/// Run a parsed subcommand.
-pub fn run(cmd: Command) -> ExitCode {
+/// Run a parsed subcommand with the global socket and output options.
+pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
     let result = match cmd {
-        Command::Serve(a) => serve(a),
-        Command::Submit(a) => submit(a),
-        Command::List(a) => list(a),
-        Command::Show(a) => show(&a.id, &a.client),
-        Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, &a.client),
-        Command::Cancel(a) => cancel(&a.id, a.reason, &a.client),
-        Command::Resume(a) => simple(&a.client, json!({"cmd": "resume", "id": a.id}), |v| {
+        Command::Serve(a) => serve(a, c),
+        Command::Submit(a) => submit(a, c),
+        Command::List(a) => list(a, c),
+        Command::Show(a) => show(&a.id, c),
+        Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, c),
+        Command::Cancel(a) => cancel(&a.id, a.reason, c),
+        Command::Resume(a) => simple(c, json!({"cmd": "resume", "id": a.id}), |v| {
             format!("{} is resuming", output::text(&v["operation_id"]))
         }),
-        Command::Metrics(a) => metrics(a),
-        Command::Children(a) => children(&a.id, &a.client),
-        Command::Logs(a) => logs(a),
-        Command::Checkpoints(a) => checkpoints(a),
-        Command::Health(a) => health(&a.client),
-        Command::Demo(a) => super::demo::run(a),
+        Command::Metrics(a) => metrics(a, c),
+        Command::Children(a) => children(&a.id, c),
+        Command::Logs(a) => logs(a, c),
+        Command::Checkpoints(a) => checkpoints(a, c),
+        Command::Health(_) => health(c),
+        Command::Demo(a) => super::demo::run(a, c.json),
+        Command::Run(a) => super::everyday::run(a, c),
+        Command::Wait(a) => super::everyday::wait(a, c),
+        Command::Release(a) => simple(c, json!({"cmd": "release", "id": a.id}), |v| {
+            format!("{} is released", output::text(&v["operation_id"]))
+        }),
+        Command::Rerun(a) => super::everyday::rerun(a, c),
+        Command::Clean(a) => super::everyday::clean(a, c),
+        Command::Queue(a) => super::everyday::queue(a, c),
+        Command::Completions(a) => super::everyday::completions(a),
+        Command::Man => super::everyday::man(),
     };
     // Written without `eprintln!`, which panics when stderr is full.
     let say = |m: &str| {
@@ -67,7 +77,7 @@ pub fn run(cmd: Command) -> ExitCode {
     }
 }
 
-type Outcome = Result<ExitCode, Failure>;
+pub(super) type Outcome = Result<ExitCode, Failure>;
 
 /// `println!` for what goes to stdout: a reader that closed the pipe
 /// (`opsd metrics ID | head`) ends the command quietly, as `ls | head` does.
@@ -83,7 +93,7 @@ macro_rules! out {
 
 /// Write to stdout; on a closed pipe exit 0 at once, on any other failure
 /// (a full disk) say so and exit 1.
-fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+pub(super) fn write_stdout(args: std::fmt::Arguments, newline: bool) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     let r = o
@@ -100,7 +110,7 @@ fn write_stdout(args: std::fmt::Arguments, newline: bool) {
     }
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     let mut v = v.clone();
     if let Value::Object(m) = &mut v {
         m.remove("ok");
@@ -118,7 +128,7 @@ fn simple(client: &ClientOpts, req: Value, human: impl Fn(&Value) -> String) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(a: super::ServeArgs) -> Outcome {
+fn serve(a: super::ServeArgs, c: &ClientOpts) -> Outcome {
     let mut config = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -129,8 +139,8 @@ fn serve(a: super::ServeArgs) -> Outcome {
     if a.db.is_some() {
         config.db = a.db;
     }
-    if a.socket.is_some() {
-        config.socket = a.socket;
+    if c.socket.is_some() {
+        config.socket = c.socket.clone();
     }
     crate::daemon::serve(config)?;
     Ok(ExitCode::SUCCESS)
@@ -192,25 +202,46 @@ pub fn absolutize(kind: &str, params: &mut Value) {
     }
 }
 
-fn submit(a: super::SubmitArgs) -> Outcome {
+fn submit(a: super::SubmitArgs, c: &ClientOpts) -> Outcome {
     let mut params = build_params(a.params_json.as_deref(), &a.params)?;
     absolutize(&a.kind, &mut params);
-    let mut req = json!({ "cmd": "submit", "type": a.kind, "params": params, "priority": a.priority, "gpus": a.gpus });
+    submit_with(&a.kind, params, &a.opts, c)
+}
+
+/// Submit `kind` with `params` and the shared submit options; print the id.
+pub(super) fn submit_with(
+    kind: &str,
+    params: Value,
+    o: &super::SubmitOpts,
+    c: &ClientOpts,
+) -> Outcome {
+    let mut req = json!({ "cmd": "submit", "type": kind, "params": params, "priority": o.priority, "gpus": o.gpus });
     for (k, v) in [
-        ("parent", a.parent),
-        ("key", a.key),
-        ("run_after", a.run_after),
+        ("parent", &o.parent),
+        ("key", &o.key),
+        ("run_after", &o.run_after),
+        ("label", &o.label),
+        ("queue", &o.queue),
     ] {
         if let Some(v) = v {
             req[k] = json!(v);
         }
     }
-    if let Some(n) = a.max_attempts {
+    if let Some(n) = o.max_attempts {
         req["max_attempts"] = json!(n);
     }
-    let v = call(&a.client.socket_path(), &req)?;
+    if o.hold {
+        req["hold"] = json!(true);
+    }
+    if !o.after.is_empty() {
+        req["after"] = json!(o.after);
+    }
+    if !o.after_any.is_empty() {
+        req["after_any"] = json!(o.after_any);
+    }
+    let v = call(&c.socket_path(), &req)?;
     let id = output::text(&v["operation_id"]);
-    if a.client.json {
+    if c.json {
         outln!(
             "{}",
             json!({ "operation_id": v["operation_id"], "status": v["status"] })
@@ -221,30 +252,55 @@ fn submit(a: super::SubmitArgs) -> Outcome {
             eprintln!("(already submitted with this key; this is the first operation)");
         }
     }
-    if a.watch {
-        return watch(&id, false, &a.client);
+    if o.watch {
+        return watch(&id, false, c);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(a: super::ListArgs) -> Outcome {
+fn list(a: super::ListArgs, c: &ClientOpts) -> Outcome {
+    // Statuses are checked here so a typo reads as a sentence.
+    for s in &a.status {
+        crate::service::parse_status(s).map_err(|e| Failure::Usage(format!("--status: {e}")))?;
+    }
     let mut req = json!({ "cmd": "list", "status": a.status, "active": a.active, "limit": a.limit, "offset": a.offset });
     if let Some(t) = a.kind {
+        t.parse::<crate::model::OperationType>().map_err(|_| {
+            Failure::Usage(format!(
+                "--type: {t:?} is not an operation type; use one of {}",
+                crate::model::OperationType::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
         req["type"] = json!(t);
     }
-    if let Some(p) = a.parent {
-        req["parent"] = json!(p);
+    for (k, v) in [("parent", a.parent), ("label", a.label), ("queue", a.queue)] {
+        if let Some(v) = v {
+            req[k] = json!(v);
+        }
     }
-    let v = call(&a.client.socket_path(), &req)?;
-    if a.client.json {
+    let v = call(&c.socket_path(), &req)?;
+    if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
     let ops = v["operations"].as_array().cloned().unwrap_or_default();
     if ops.is_empty() {
-        eprintln!("no operations match; submit one with `opsd submit dummy`");
+        eprintln!("no operations match; submit one with `opsd submit dummy` or `opsd run -- PROGRAM`");
     } else {
-        outln!("{}", output::operations_table(&ops));
+        // Paused queues, to say why something waits.
+        let paused: Vec<String> = call(&c.socket_path(), &json!({ "cmd": "queues" }))
+            .ok()
+            .and_then(|q| q["queues"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|q| q["paused"] == true)
+            .filter_map(|q| q["name"].as_str().map(str::to_string))
+            .collect();
+        outln!("{}", super::everyday::list_table(&ops, &paused, a.wide));
     }
     eprintln!(
         "{} shown of {} matching · {} active",
@@ -286,7 +342,7 @@ fn exit_for(op: &Value) -> ExitCode {
     }
 }
 
-fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
+pub(super) fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
     match watching::watch(&c.socket_path(), id, c.json, &interrupted)? {
@@ -332,8 +388,8 @@ fn print_point(p: &Value) {
     );
 }
 
-fn metrics(a: super::MetricsArgs) -> Outcome {
-    let mut client = Client::connect(&a.client.socket_path())?;
+fn metrics(a: super::MetricsArgs, c: &ClientOpts) -> Outcome {
+    let mut client = Client::connect(&c.socket_path())?;
     client
         .send(&json!({ "cmd": "metrics", "id": a.id, "cursor": a.cursor, "follow": a.follow }))?;
     let mut all = Vec::new();
@@ -341,7 +397,7 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
     while let Some(v) = client.recv()? {
         cursor = v["cursor"].as_i64().unwrap_or(cursor);
         let points = v["metrics"].as_array().cloned().unwrap_or_default();
-        if a.follow && !a.client.json {
+        if a.follow && !c.json {
             points.iter().for_each(print_point);
         }
         all.extend(points);
@@ -349,7 +405,7 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
             break;
         }
     }
-    if a.client.json {
+    if c.json {
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
@@ -377,13 +433,13 @@ fn children(id: &str, c: &ClientOpts) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn logs(a: super::LogsArgs) -> Outcome {
-    let mut client = Client::connect(&a.client.socket_path())?;
+fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
+    let mut client = Client::connect(&c.socket_path())?;
     client.send(&json!({ "cmd": "logs", "id": a.id, "follow": a.follow }))?;
     let mut text = String::new();
     while let Some(v) = client.recv()? {
         let chunk = v["text"].as_str().unwrap_or("");
-        if a.client.json {
+        if c.json {
             text.push_str(chunk);
         } else {
             out!("{chunk}");
@@ -392,13 +448,13 @@ fn logs(a: super::LogsArgs) -> Outcome {
             break;
         }
     }
-    if a.client.json {
+    if c.json {
         outln!("{}", json!({ "operation_id": a.id, "text": text }));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
+fn checkpoints(a: super::CheckpointsArgs, c: &ClientOpts) -> Outcome {
     let req = match a.args.as_slice() {
         [] => json!({ "cmd": "checkpoints" }),
         [verb, id] if verb == "delete" => json!({ "cmd": "delete_checkpoint", "id": id }),
@@ -409,8 +465,8 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
             ))
         }
     };
-    let v = call(&a.client.socket_path(), &req)?;
-    if a.client.json {
+    let v = call(&c.socket_path(), &req)?;
+    if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }

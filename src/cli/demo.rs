@@ -22,7 +22,7 @@ use std::sync::Arc;
 const GOOG_CSV: &[u8] = include_bytes!("../../data/GOOG.csv");
 
 /// Run the demo.
-pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
+pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode, Failure> {
     if !(1..=1000).contains(&a.epochs) {
         return Err(Failure::Usage("--epochs must be between 1 and 1000".into()));
     }
@@ -52,7 +52,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
         state_dir.display()
     );
     let daemon = Daemon::start(config)?;
-    let result = run_pipeline(&socket, &data, a.epochs, a.json, &state_dir);
+    let result = run_pipeline(&socket, &data, a.epochs, json, &state_dir);
     daemon.stop(&|| false);
     result
 }

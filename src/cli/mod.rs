@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod everyday;
 mod output;
 mod watch;
 
@@ -16,6 +17,9 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "opsd", version, about, long_about = None)]
 pub struct Cli {
+    /// Socket and output options, taken before or after the subcommand.
+    #[command(flatten)]
+    pub client: ClientOpts,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +74,22 @@ pub enum Command {
     Health(NoArgs),
     /// First run: trains a model and backtests it on bundled data, live.
     Demo(DemoArgs),
+    /// Run a program as a `command` operation: `opsd run [OPTIONS] -- PROGRAM ARGS...`.
+    Run(everyday::RunArgs),
+    /// Wait until operations end: exit 0 if all completed, 1 otherwise.
+    Wait(everyday::WaitArgs),
+    /// Let a held operation (`--hold`) start.
+    Release(IdArgs),
+    /// Submit a new operation like another, with edited parameters.
+    Rerun(everyday::RerunArgs),
+    /// Delete finished operations with their metrics, checkpoints and logs.
+    Clean(everyday::CleanArgs),
+    /// Named queues: list, pause, start, set --parallel.
+    Queue(everyday::QueueArgs),
+    /// Shell completions: `opsd completions bash|zsh|fish`.
+    Completions(everyday::CompletionsArgs),
+    /// The manual page (roff), e.g. `opsd man | man -l -`.
+    Man,
 }
 
 /// `serve` options.
@@ -81,9 +101,6 @@ pub struct ServeArgs {
     /// The SQLite database file [default: <state dir>/opsd.db].
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// The Unix socket to listen on.
-    #[arg(long, env = "OPSD_SOCKET")]
-    pub socket: Option<PathBuf>,
     /// A TOML config file (see README, "Configuration").
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -100,6 +117,14 @@ pub struct SubmitArgs {
     /// All parameters as a JSON object, or @FILE to read it from a file.
     #[arg(long = "params", value_name = "JSON|@FILE")]
     pub params_json: Option<String>,
+    /// Options every submit takes.
+    #[command(flatten)]
+    pub opts: SubmitOpts,
+}
+
+/// Options of `submit` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct SubmitOpts {
     /// Make this a child of another operation.
     #[arg(long)]
     pub parent: Option<String>,
@@ -118,12 +143,24 @@ pub struct SubmitArgs {
     /// Do not start before this: a duration (10m, 2h) or an RFC 3339 time.
     #[arg(long)]
     pub run_after: Option<String>,
+    /// A label for people, shown by `list` (and `list --label`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Start only after this operation completes; if it fails or is cancelled, this one is cancelled (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub after: Vec<String>,
+    /// Start only after this operation ends, whatever the outcome (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub after_any: Vec<String>,
+    /// The named queue to wait in (see `opsd queue`) [default: default].
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Create it held: it does not start until `opsd release ID`.
+    #[arg(long)]
+    pub hold: bool,
     /// Watch it until it ends (exit status as `watch`).
     #[arg(long)]
     pub watch: bool,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `list` options.
@@ -141,25 +178,28 @@ pub struct ListArgs {
     /// Only children of this operation.
     #[arg(long)]
     pub parent: Option<String>,
+    /// Only operations with this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only operations in this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Full ids and every column, whatever the terminal's width.
+    #[arg(long)]
+    pub wide: bool,
     /// At most this many rows.
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
     /// Skip this many rows.
     #[arg(long, default_value_t = 0)]
     pub offset: i64,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// Commands that take one operation id.
 #[derive(Debug, Args)]
 pub struct IdArgs {
-    /// The operation id (op_...).
+    /// The operation: its id, the last 8 hex digits, a unique start, or `last`.
     pub id: String,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `watch` options.
@@ -170,9 +210,6 @@ pub struct WatchArgs {
     /// On Ctrl-C, cancel the operation without asking.
     #[arg(long)]
     pub cancel_on_interrupt: bool,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `cancel` options.
@@ -183,9 +220,6 @@ pub struct CancelArgs {
     /// Why (kept with the operation).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `metrics` options.
@@ -199,9 +233,6 @@ pub struct MetricsArgs {
     /// Keep printing new points until the operation ends.
     #[arg(long)]
     pub follow: bool,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `logs` options.
@@ -212,9 +243,6 @@ pub struct LogsArgs {
     /// Keep printing new output until the operation ends.
     #[arg(long)]
     pub follow: bool,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// `checkpoints` options.
@@ -222,18 +250,11 @@ pub struct LogsArgs {
 pub struct CheckpointsArgs {
     /// An operation id, or `delete ID`.
     pub args: Vec<String>,
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
 }
 
 /// Only the shared client options.
 #[derive(Debug, Args)]
-pub struct NoArgs {
-    /// Socket and output options.
-    #[command(flatten)]
-    pub client: ClientOpts,
-}
+pub struct NoArgs {}
 
 /// `demo` options.
 #[derive(Debug, Args)]
@@ -244,16 +265,13 @@ pub struct DemoArgs {
     /// Training epochs for the demo's model.
     #[arg(long, default_value_t = 20)]
     pub epochs: i64,
-    /// Machine-readable JSON results on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Serve(_)));
-    commands::run(cli.command)
+    commands::run(cli.command, &cli.client)
 }
 
 fn init_logging(daemon: bool) {

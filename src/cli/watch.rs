@@ -60,9 +60,7 @@ pub fn watch(
     quiet: bool,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<WatchEnd, ClientError> {
-    let mut client = Client::connect(socket)?;
-    client.send(&json!({ "cmd": "watch", "id": id }))?;
-    client.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut client = open_stream(socket, id)?;
     let multi = MultiProgress::with_draw_target(if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {
@@ -91,11 +89,6 @@ pub fn watch(
         }
         let msg = match client.recv() {
             Ok(Some(m)) => m,
-            Ok(None) => {
-                return Err(ClientError::Protocol(
-                    "the daemon closed the watch stream".into(),
-                ))
-            }
             Err(ClientError::Io(e))
                 if matches!(
                     e.kind(),
@@ -103,6 +96,17 @@ pub fn watch(
                 ) =>
             {
                 continue
+            }
+            // The daemon went away (a restart): follow the operation on
+            // the next daemon, as the run itself continues there.
+            Ok(None) | Err(ClientError::Io(_)) => {
+                if !quiet {
+                    multi.suspend(|| {
+                        eprintln!("the daemon closed the connection; reconnecting to follow {id}...")
+                    });
+                }
+                client = reconnect(socket, id, interrupted)?;
+                continue;
             }
             Err(e) => return Err(e),
         };
@@ -112,6 +116,16 @@ pub fn watch(
             for k in kids {
                 update(&bar_for(k, true), k);
             }
+        }
+        // Stopped by a daemon shutdown: it resumes when the daemon is
+        // back, so keep following it there.
+        if msg["event"] == "end" && op["stop_reason"] == "shutdown" {
+            if !quiet {
+                multi.suspend(|| eprintln!("the daemon is restarting; {id} resumes after it..."));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            client = reconnect(socket, id, interrupted)?;
+            continue;
         }
         if msg["event"] == "end" {
             for b in bars.values() {
@@ -126,6 +140,38 @@ pub fn watch(
             }
             return Ok(WatchEnd::Finished(op.clone()));
         }
+    }
+}
+
+/// How long `watch` keeps trying to reach a daemon that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+fn open_stream(socket: &Path, id: &str) -> Result<Client, ClientError> {
+    let mut client = Client::connect(socket)?;
+    client.send(&json!({ "cmd": "watch", "id": id }))?;
+    client.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(client)
+}
+
+/// Open the watch stream again once the daemon answers (a restart takes
+/// a moment), for up to [`RECONNECT_FOR`].
+fn reconnect(
+    socket: &Path,
+    id: &str,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<Client, ClientError> {
+    let start = std::time::Instant::now();
+    loop {
+        match open_stream(socket, id) {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() >= RECONNECT_FOR => return Err(e),
+            Err(ClientError::Connect { .. }) | Err(ClientError::Io(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if interrupted.load(Ordering::Acquire) {
+            return Err(ClientError::Protocol("interrupted while reconnecting".into()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
