@@ -481,9 +481,11 @@ pub fn list_table(ops: &[Value], paused: &[String], wide: bool) -> String {
         .map(|op| {
             let id = output::text(&op["operation_id"]);
             let status = output::text(&op["status"]);
+            // A waiting operation shows why it waits (that it is pending
+            // goes without saying).
             let mut shown = status.clone();
             if let Some(r) = waiting_reason(op, paused) {
-                shown = format!("{shown}: {r}");
+                shown = r;
             } else if let Some(r) = op["stop_reason"].as_str() {
                 shown = format!("{shown} ({r})");
             }
@@ -515,7 +517,7 @@ pub fn list_table(ops: &[Value], paused: &[String], wide: bool) -> String {
         header.push("GPUS");
     }
     // Widths: every column as wide as its widest cell, then NAME and
-    // STATUS give way (NAME first, down to 12) until the row fits. Each
+    // STATUS give way (NAME first, down to 10) until the row fits. Each
     // column costs 2 more for its padding.
     let n = header.len();
     let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -527,9 +529,9 @@ pub fn list_table(ops: &[Value], paused: &[String], wide: bool) -> String {
     if !wide {
         let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * n;
         while total(&w) > width {
-            if w[2] > 12 {
+            if w[2] > 10 {
                 w[2] -= 1;
-            } else if w[3] > 18 {
+            } else if w[3] > 16 {
                 w[3] -= 1;
             } else if w[2] > 4 {
                 w[2] -= 1;

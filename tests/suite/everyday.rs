@@ -283,3 +283,207 @@ fn on_finish_runs_with_the_outcome_and_its_failure_changes_nothing() {
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+fn cli_env(d: &Daemon, args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> std::process::Output {
+    let mut cmd = std::process::Command::new(crate::common::bin());
+    // `--socket` first: after `run --` everything is the program's.
+    cmd.arg("--socket").arg(&d.socket).args(args).current_dir(cwd);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn run_takes_the_shell_environment_and_directory_and_shows_the_command() {
+    let d = Daemon::start();
+    let here = tempfile::tempdir().unwrap();
+    let bin = here.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // A program found only on the PATH this shell prepended.
+    let tool = bin.join("my-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho \"tool $MYVAR in $(pwd)\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let o = cli_env(
+        &d,
+        &["run", "--label", "nightly", "--", "my-tool", "--flag"],
+        &[("MYVAR", "x42"), ("PATH", &path)],
+        here.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = stdout(&o);
+    let op = d.wait_status(&id, "completed", 30);
+    assert_eq!(op["metadata"]["argv"], json!(["my-tool", "--flag"]));
+    let log = std::fs::read_to_string(d.state().join("logs").join(format!("{id}.log"))).unwrap();
+    let dir = here.path().canonicalize().unwrap();
+    assert!(log.contains(&format!("tool x42 in {}", dir.display())), "{log}");
+    // `--no-env`: the daemon's environment (no MYVAR there).
+    let o = cli_env(
+        &d,
+        &["run", "--no-env", "--", "sh", "-c", "echo \"[$MYVAR]\""],
+        &[("MYVAR", "x42")],
+        here.path(),
+    );
+    let id2 = stdout(&o);
+    d.wait_status(&id2, "completed", 30);
+    let log = std::fs::read_to_string(d.state().join("logs").join(format!("{id2}.log"))).unwrap();
+    assert!(log.contains("[]"), "{log}");
+    // `list` shows the label, and the command line when there is none.
+    let o = cli_env(&d, &["list"], &[("COLUMNS", "80"), ("NO_COLOR", "1")], here.path());
+    let text = stdout(&o);
+    assert!(text.contains("nightly"), "{text}");
+    assert!(text.contains("sh -c"), "{text}");
+    assert!(text.contains(&id[id.len() - 8..]), "{text}");
+    // `show` has the command too.
+    let o = d.cli(&["show", &id[id.len() - 8..]]);
+    assert!(stdout(&o).contains("my-tool"), "{}", stdout(&o));
+}
+
+#[test]
+fn list_fits_80_columns_and_says_why_operations_wait() {
+    let d = Daemon::start();
+    let long = "x".repeat(150);
+    let running = submit(&d, json!({"type": "command", "params": {"argv": ["sh", "-c", format!("sleep 30 # {long}")]}}));
+    d.wait_status(&running, "running", 30);
+    let held = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true, "label": long}));
+    let after = submit(&d, json!({"type": "dummy", "params": quick(), "after": [running]}));
+    let later = submit(&d, json!({"type": "dummy", "params": quick(), "run_after": "2h"}));
+    d.ok(json!({"cmd": "queue_set", "name": "slow", "paused": true}));
+    let paused = submit(&d, json!({"type": "dummy", "params": quick(), "queue": "slow"}));
+    let here = tempfile::tempdir().unwrap();
+    let o = cli_env(&d, &["list"], &[("COLUMNS", "80"), ("NO_COLOR", "1")], here.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "{} columns: {line:?}\n{text}", line.chars().count());
+    }
+    let line_of = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(&id[id.len() - 8..]))
+            .unwrap_or_else(|| panic!("{id} not listed:\n{text}"))
+            .to_string()
+    };
+    assert!(line_of(&held).contains("held"), "{text}");
+    assert!(line_of(&after).contains(&format!("after {}", &running[running.len() - 8..])), "{text}");
+    assert!(line_of(&later).contains("not before"), "{text}");
+    assert!(line_of(&paused).contains("queue slow paused"), "{text}");
+    assert!(!text.contains('\u{1b}'), "NO_COLOR: {text:?}");
+    // `--wide` shows full ids.
+    let o = cli_env(&d, &["list", "--wide"], &[("COLUMNS", "80"), ("NO_COLOR", "1")], here.path());
+    assert!(stdout(&o).contains(&held), "{}", stdout(&o));
+    d.ok(json!({"cmd": "cancel", "id": running}));
+}
+
+#[test]
+fn wait_exits_0_when_all_completed_and_1_otherwise() {
+    let d = Daemon::start();
+    let a = submit(&d, json!({"type": "dummy", "params": {"steps": 2, "step_ms": 100}}));
+    let b = submit(&d, json!({"type": "dummy", "params": quick()}));
+    let o = d.cli(&["wait", &a[a.len() - 8..], &b]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(d.status(&a), "completed");
+    let bad = submit(&d, json!({"type": "dummy", "params": {"steps": 1, "step_ms": 0, "fail_at_step": 1}}));
+    let o = d.cli(&["wait", &a, &bad]);
+    assert_eq!(o.status.code(), Some(1));
+    // A timeout ends the wait with 1 and says what is left.
+    let held = submit(&d, json!({"type": "dummy", "params": quick(), "hold": true}));
+    let o = d.cli(&["wait", "last", "--timeout", "300ms"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("timed out") && err.contains(&held), "{err}");
+}
+
+#[test]
+fn the_cli_drives_hold_release_queue_rerun_and_clean() {
+    let d = Daemon::start();
+    let o = d.cli(&["submit", "dummy", "-p", "steps=1", "-p", "step_ms=0", "--hold", "--label", "h"]);
+    let id = stdout(&o);
+    assert_eq!(d.get(&id)["held"], true);
+    let o = d.cli(&["release", &id[id.len() - 8..]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.wait_status(&id, "completed", 30);
+    let o = d.cli(&["rerun", "last", "-p", "steps=2"]);
+    let new = stdout(&o);
+    let op = d.wait_status(&new, "completed", 30);
+    assert_eq!((op["metadata"]["steps"].clone(), op["label"].clone()), (json!(2), json!("h")));
+    assert!(d.cli(&["queue", "pause", "q1"]).status.success());
+    assert!(d.cli(&["queue", "set", "q1", "--parallel", "2"]).status.success());
+    let o = d.cli(&["queue", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let q = v["queues"].as_array().unwrap().iter().find(|q| q["name"] == "q1").unwrap();
+    assert_eq!((q["paused"].clone(), q["parallel"].clone()), (json!(true), json!(2)));
+    let o = d.cli(&["submit", "dummy", "--queue", "q1", "-p", "steps=1", "-p", "step_ms=0"]);
+    let queued = stdout(&o);
+    assert!(d.cli(&["queue", "start", "q1"]).status.success());
+    d.wait_status(&queued, "completed", 30);
+    let o = d.cli(&["clean", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("would delete 3"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = d.cli(&["clean"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("deleted 3"), "{}", String::from_utf8_lossy(&o.stderr));
+    // An unknown status is a sentence, exit 2.
+    let o = d.cli(&["list", "--status", "bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("\"bogus\" is not a status") && !err.contains("variant"), "{err}");
+}
+
+#[test]
+fn global_flags_go_before_or_after_the_subcommand() {
+    let d = Daemon::start();
+    let sock = d.socket.display().to_string();
+    let o = std::process::Command::new(crate::common::bin())
+        .args(["--json", "--socket", &sock, "list"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["operations"].is_array(), "{v}");
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(crate::common::bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("opsd") && text.contains("rerun"), "{shell}: {text}");
+    }
+    let o = std::process::Command::new(crate::common::bin())
+        .arg("man")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.starts_with(".ie") || text.contains(".TH opsd"), "{text}");
+}
+
+#[test]
+fn watch_follows_an_operation_across_a_daemon_restart() {
+    let mut d = Daemon::start();
+    let id = submit(&d, json!({"type": "dummy", "params": {"steps": 30, "step_ms": 100}}));
+    d.wait_status(&id, "running", 30);
+    let mut watcher = std::process::Command::new(crate::common::bin())
+        .args(["watch", &id[id.len() - 8..], "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.terminate();
+    d.spawn();
+    let status = crate::common::wait_child(&mut watcher, Duration::from_secs(60));
+    let mut err = String::new();
+    use std::io::Read;
+    watcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(d.status(&id), "completed");
+}
