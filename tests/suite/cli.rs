@@ -28,8 +28,9 @@ fn submit_watch_show_list_metrics_via_the_cli() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["total"], 1);
     assert_eq!(v["active"], 0);
+    // `list` shows the 8-hex tail (SPEC §12); `--wide` the full id.
     let o = d.cli(&["list"]);
-    assert!(stdout(&o).contains(&id));
+    assert!(stdout(&o).contains(&id[id.len() - 8..]));
     let o = d.cli(&["metrics", &id, "--json", "--cursor", "1"]);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["cursor"], 3);
@@ -75,7 +76,7 @@ fn exit_codes_follow_the_contract() {
     let o = d.cli(&["cancel", "op_dummy_nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("no operation op_dummy_nope"),
+        stderr(&o).contains("no operation matches \"op_dummy_nope\""),
         "{}",
         stderr(&o)
     );
