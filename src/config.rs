@@ -55,6 +55,9 @@ pub struct Config {
     /// milliseconds. The daemon's own writes (final rows, progress) wait
     /// as long as it takes.
     pub write_wait_ms: u64,
+    /// The web dashboard's address, `"127.0.0.1:PORT"` (loopback only);
+    /// unset: no dashboard is started.
+    pub http: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             nvidia_smi: "nvidia-smi".into(),
             gpu_sample_interval_ms: 5000,
             write_wait_ms: 30_000,
+            http: None,
         }
     }
 }
@@ -111,6 +115,9 @@ impl Config {
                  a pipeline waits on a worker while its children run",
                 self.workers
             )));
+        }
+        if let Some(addr) = &self.http {
+            crate::http::loopback_addr(addr)?;
         }
         if self.flush_interval_ms == 0 {
             return Err(Error::BadRequest(

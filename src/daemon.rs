@@ -59,6 +59,18 @@ impl Daemon {
             let _guard = tokio.enter();
             server::bind(&socket, config.socket_group.as_deref())?
         };
+        // The dashboard, only when configured: bound now, so a taken port
+        // or a missing token file stops the start before any work.
+        let http = match &config.http {
+            Some(addr) => {
+                let _guard = tokio.enter();
+                Some((
+                    crate::http::bind(addr)?,
+                    crate::http::ensure_token(&config.state_dir)?,
+                ))
+            }
+            None => None,
+        };
         // Processes a job's program leaves behind (setsid) are adopted by
         // the daemon, so the job can kill them; adopted zombies are reaped.
         crate::jobs::command::procs::adopt_orphans();
@@ -67,6 +79,10 @@ impl Daemon {
         let service = Service {
             rt: runtime.clone(),
         };
+        if let Some((l, token)) = http {
+            tracing::info!(addr = ?l.local_addr().ok(), "dashboard is up (`opsd dashboard` prints its URL)");
+            tokio.spawn(crate::http::serve(l, service.clone(), token, stop_rx.clone()));
+        }
         tokio.spawn(server::serve(listener, access, service, stop_rx));
         tracing::info!(socket = %socket.display(), db = %runtime.store.path().display(), "opsd is ready");
         Ok(Daemon {

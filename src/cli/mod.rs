@@ -5,6 +5,7 @@
 mod commands;
 mod demo;
 mod output;
+mod plot;
 mod watch;
 
 use clap::{Args, Parser, Subcommand};
@@ -70,6 +71,8 @@ pub enum Command {
     Health(NoArgs),
     /// First run: trains a model and backtests it on bundled data, live.
     Demo(DemoArgs),
+    /// Print the web dashboard's URL (with its token); needs `http` in the daemon's config.
+    Dashboard(NoArgs),
 }
 
 /// `serve` options.
@@ -191,12 +194,19 @@ pub struct CancelArgs {
 /// `metrics` options.
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// The operation id.
-    pub id: String,
+    /// The operation id (several only with --plot: their curves overlaid).
+    #[arg(required = true, num_args = 1..)]
+    pub ids: Vec<String>,
+    /// Draw this metric as a chart in the terminal instead of printing points.
+    #[arg(long, value_name = "KEY")]
+    pub plot: Option<String>,
+    /// The x axis of --plot [default: `step`, else `epoch`, else the point's sequence number].
+    #[arg(long, value_name = "KEY", requires = "plot")]
+    pub x: Option<String>,
     /// Only points after this sequence number.
     #[arg(long, default_value_t = 0)]
     pub cursor: i64,
-    /// Keep printing new points until the operation ends.
+    /// Keep printing new points (with --plot: redraw) until the operation ends.
     #[arg(long)]
     pub follow: bool,
     /// Socket and output options.
