@@ -178,7 +178,9 @@ fn format_tick(v: f64) -> String {
         return format!("{v}");
     }
     let a = v.abs();
-    if !(1e-3..1e6).contains(&a) {
+    if v.fract() == 0.0 && a < 1e6 {
+        format!("{v:.0}")
+    } else if !(1e-3..1e6).contains(&a) {
         format!("{v:.2e}")
     } else if a >= 1000.0 {
         format!("{v:.0}")
@@ -251,7 +253,15 @@ pub fn command(
                 .iter()
                 .map(|(id, p, _, _)| series(short_id(id), p, key, a.x.as_deref()))
                 .collect();
-            let title = format!("{key} over {}", a.x.as_deref().unwrap_or("step"));
+            let x = a.x.as_deref().unwrap_or_else(|| {
+                let first = runs.iter().find_map(|r| r.1.first());
+                match first.map(|p| &p["data"]) {
+                    Some(d) if d["step"].is_number() => "step",
+                    Some(d) if d["epoch"].is_number() => "epoch",
+                    _ => "seq",
+                }
+            });
+            let title = format!("{key} over {x}");
             match render(&list, &title, cols, rows.saturating_sub(1), color) {
                 Some(chart) => {
                     let mut out = std::io::stdout().lock();
@@ -389,6 +399,7 @@ mod tests {
         assert_eq!(format_tick(0.693147), "0.693");
         assert_eq!(format_tick(12.345), "12.3");
         assert_eq!(format_tick(12345.6), "12346");
+        assert_eq!(format_tick(30.0), "30");
         assert_eq!(format_tick(0.00001), "1.00e-5");
     }
 }

@@ -34,9 +34,13 @@ progress{width:140px}pre{background:#f6f6f6;padding:8px;overflow:auto;max-height
 figure{display:inline-block;margin:6px}.running{color:#1f77b4}.failed{color:#c0392b}\
 .completed{color:#2e7d32}.cancelled{color:#888}a{color:#1f5fa0}";
 
+/// The page head; `polled()` counts live refreshes in `<body data-polls>`
+/// (shows that a page is live, and lets a test see it).
 fn head(title: &str) -> String {
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style>\
+         <script>function polled(){{const b=document.body;b.dataset.polls=1+(+b.dataset.polls||0)}}</script>\
+         </head><body data-polls=\"0\">",
         esc(title)
     )
 }
@@ -89,7 +93,7 @@ pub fn index(list: &Value, token: &str) -> String {
          document.getElementById('ops').innerHTML=v.operations.map(o=>{{const p=(o.progress_percent||0).toFixed(1);\
          return '<tr data-id=\"'+e(o.operation_id)+'\"><td><a href=\"/op/'+e(o.operation_id)+'?token='+T+'\">'+e(o.operation_id)+'</a></td><td>'+e(o.operation_type)+\
          '</td><td class=\"'+e(o.status)+'\">'+e(o.status)+'</td><td><progress max=\"100\" value=\"'+p+'\"></progress> '+p+'%</td><td>'+\
-         e(o.progress_message)+'</td><td>'+e(o.created_at)+'</td></tr>'}}).join('')}}}}catch(x){{}}\
+         e(o.progress_message)+'</td><td>'+e(o.created_at)+'</td></tr>'}}).join('');polled()}}}}catch(x){{}}\
          setTimeout(poll,1000)}}\nsetTimeout(poll,1000);\n</script></body></html>",
         tok = serde_json::to_string(token).unwrap_or_default()
     );
@@ -182,7 +186,7 @@ pub fn operation(op: &Value, main: &str, token: &str) -> String {
         "<script>\nconst T={tok},ID={id};\n\
          function active(){{const e=document.getElementById('status');return e&&['pending','resuming','running'].includes(e.textContent)}}\n\
          async function poll(){{if(!active())return;try{{const r=await fetch('/op/'+ID+'?part=1&token='+T);\
-         if(r.ok)document.getElementById('main').innerHTML=await r.text()}}catch(x){{}}setTimeout(poll,1500)}}\n\
+         if(r.ok){{document.getElementById('main').innerHTML=await r.text();polled()}}}}catch(x){{}}setTimeout(poll,1500)}}\n\
          setTimeout(poll,1500);\n</script></body></html>",
         tok = serde_json::to_string(token).unwrap_or_default(),
         id = serde_json::to_string(&id).unwrap_or_default(),

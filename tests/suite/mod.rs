@@ -1,8 +1,10 @@
 //! The integration test modules.
 
 mod cancel_trees;
+mod charts;
 mod cli;
 mod command;
+mod dashboard;
 mod durability;
 mod foreign_files;
 mod hostile_jobs;
