@@ -11,5 +11,6 @@ mod hostile_jobs;
 mod jobs;
 mod lifecycle;
 mod protocol;
+mod python_client;
 mod research;
 mod write_failures;
