@@ -251,13 +251,23 @@ pub struct DemoArgs {
     /// Keep the demo's state directory here (default: a fresh temporary one).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Keep the temporary state directory (database, model, metrics) after the demo.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also serve the web dashboard here while the demo runs, e.g. 127.0.0.1:8470.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Training epochs for the demo's model.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = DEMO_EPOCHS)]
     pub epochs: i64,
     /// Machine-readable JSON results on stdout.
     #[arg(long)]
     pub json: bool,
 }
+
+/// The demo's default epochs: enough for a curve worth watching (several
+/// seconds on a small machine), few enough to finish in well under 20 s.
+pub const DEMO_EPOCHS: i64 = 150;
 
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {

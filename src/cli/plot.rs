@@ -384,7 +384,7 @@ mod tests {
         };
         assert!(render(&[empty], "t", 80, 24, false).is_none());
         let a = series("a", &points(5, |i| i as f64), "train_loss", None);
-        assert!(render(&[a.clone()], "t", 20, 24, false).is_none());
+        assert!(render(&[a.clone()], "t", 16, 24, false).is_none());
         assert!(render(&[a], "t", 80, 5, false).is_none());
     }
 

@@ -119,3 +119,46 @@ fn follow_draws_until_the_run_ends_with_every_point() {
     assert_eq!(text.matches("value over step").count(), 1, "{text}");
     assert!(text.contains("12 points"), "{text}");
 }
+
+/// `opsd demo`: ends with the loss curves and the results, leaves no
+/// temporary directory behind unless `--keep`, prints the dashboard URL
+/// when asked to serve one.
+#[test]
+fn the_demo_draws_the_loss_curve_and_cleans_up_unless_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let run = |extra: &[&str]| {
+        let o = Command::new(bin())
+            .args(["demo", "--epochs", "5"])
+            .args(extra)
+            .env("TMPDIR", tmp.path())
+            .env("COLUMNS", "90")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{out}\n{err}");
+        (out, err)
+    };
+    let (out, err) = run(&["--http", &http]);
+    assert!(out.contains("loss per epoch of"), "{out}");
+    assert!(out.contains("train_loss (last") && out.contains("val_loss (last"), "{out}");
+    assert!(out.contains("5 points"), "{out}");
+    assert!(out.contains("buy and hold return (same period)"), "{out}");
+    assert!(err.contains(&format!("dashboard: http://{http}/?token=")), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?} behind");
+    let (_, err) = run(&["--keep"]);
+    let kept: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("opsd.db").exists());
+    assert!(err.contains("sqlite3"), "{err}");
+}
