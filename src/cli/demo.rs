@@ -93,7 +93,10 @@ fn run_pipeline(
         socket,
         &json!({ "cmd": "submit", "type": "pipeline", "params": {
             "data": data,
-            "training": { "epochs": epochs, "seed": 42, "hidden": [64, 32] },
+            "training": {
+                "epochs": epochs, "seed": 42,
+                "hidden": [128, 64], "batch_size": 32, "learning_rate": 0.0002,
+            },
             "backtest": { "cash": 10000, "commission": 0.002 },
         }}),
     )?;

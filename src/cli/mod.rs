@@ -267,7 +267,7 @@ pub struct DemoArgs {
 
 /// The demo's default epochs: enough for a curve worth watching (several
 /// seconds on a small machine), few enough to finish in well under 20 s.
-pub const DEMO_EPOCHS: i64 = 150;
+pub const DEMO_EPOCHS: i64 = 300;
 
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {
