@@ -6,7 +6,8 @@
 //! Pages: `/` (operations, live), `/op/ID` (one operation with SVG metric
 //! curves); JSON: `/api/operations`, `/api/operations/ID`,
 //! `/api/operations/ID/metrics?cursor=N`, the socket's `list`, `get` and
-//! `metrics` answers.
+//! `metrics` answers. What open pages poll (`/live/...`) is shared between
+//! tabs for a second, so open tabs cost the daemon little.
 
 mod pages;
 mod svg;
@@ -27,6 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The name of the token file in the state directory.
@@ -107,6 +109,39 @@ pub fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
 struct App {
     svc: Service,
     token: Arc<str>,
+    live: Arc<LiveCache>,
+}
+
+/// How long a live answer (what open pages poll) is shared between tabs.
+const LIVE_FRESH: Duration = Duration::from_millis(900);
+
+/// The answers open pages poll for (`/live/...`), shared for
+/// [`LIVE_FRESH`]: ten tabs on the same page cost the daemon one read a
+/// second, not ten. One lock, so concurrent polls wait for a single read.
+/// The `/api` endpoints are never cached: they answer as the socket does.
+#[derive(Default)]
+struct LiveCache {
+    entries: tokio::sync::Mutex<HashMap<String, (Instant, Arc<str>)>>,
+}
+
+impl LiveCache {
+    async fn get<F>(&self, key: &str, make: F) -> Result<Arc<str>>
+    where
+        F: std::future::Future<Output = Result<String>>,
+    {
+        let mut map = self.entries.lock().await;
+        if let Some((at, body)) = map.get(key) {
+            if at.elapsed() < LIVE_FRESH {
+                return Ok(body.clone());
+            }
+        }
+        let body: Arc<str> = make.await?.into();
+        if map.len() >= 64 {
+            map.retain(|_, (at, _)| at.elapsed() < LIVE_FRESH);
+        }
+        map.insert(key.to_string(), (Instant::now(), body.clone()));
+        Ok(body)
+    }
 }
 
 /// Serve the dashboard on `listener` until `stop` turns true.
@@ -119,10 +154,13 @@ pub async fn serve(
     let app = App {
         svc,
         token: token.into(),
+        live: Arc::new(LiveCache::default()),
     };
     let router = Router::new()
         .route("/", get(index))
         .route("/op/:id", get(operation_page))
+        .route("/live/operations", get(live_list))
+        .route("/live/op/:id", get(live_operation))
         .route("/api/operations", get(api_list))
         .route("/api/operations/:id", get(api_get))
         .route("/api/operations/:id/children", get(api_children))
@@ -299,35 +337,71 @@ async fn index(State(app): State<App>) -> Response {
     }
 }
 
-async fn operation_page(
-    State(app): State<App>,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+/// What the `/` page polls: the newest 100 operations as the socket's
+/// `list` JSON, shared between tabs for a second.
+async fn live_list(State(app): State<App>) -> Response {
+    let svc = app.svc.clone();
+    let body = app
+        .live
+        .get("list", async move {
+            let filter = ListFilter {
+                limit: Some(100),
+                ..ListFilter::default()
+            };
+            Ok(ok_response(svc.list_async(filter).await?).to_string())
+        })
+        .await;
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b.to_string()).into_response(),
+        Err(e) => reply(Err(e)),
+    }
+}
+
+/// What an `/op/ID` page polls: its changing part as HTML, shared between
+/// tabs for a second.
+async fn live_operation(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
     let id = OperationId::from(id.as_str());
-    let op = match app.svc.get_async(&id).await {
-        Ok(op) => serde_json::to_value(op).unwrap_or(Value::Null),
-        Err(e) => return page_error(e),
-    };
+    let key = format!("op {id}");
+    let a = app.clone();
+    let body = app
+        .live
+        .get(&key, async move {
+            let op = serde_json::to_value(a.svc.get_async(&id).await?).unwrap_or(Value::Null);
+            Ok(operation_body(&a, &id, &op).await)
+        })
+        .await;
+    match body {
+        Ok(b) => Html(b.to_string()).into_response(),
+        Err(e) => page_error(e),
+    }
+}
+
+/// The changing part of `/op/ID`: children, metrics and log read now.
+async fn operation_body(app: &App, id: &OperationId, op: &Value) -> String {
     let children = app
         .svc
-        .children_async(&id)
+        .children_async(id)
         .await
         .map(|v| v["operations"].clone())
         .unwrap_or(Value::Null);
     let metrics = app
         .svc
-        .metrics_async(&id, 0, 100_000)
+        .metrics_async(id, 0, 100_000)
         .await
         .map(|v| v["metrics"].as_array().cloned().unwrap_or_default())
         .unwrap_or_default();
-    let log = log_tail(&app.svc, &id, 8192);
-    let body = pages::operation_main(&op, &children, &metrics, log.as_deref(), &app.token);
-    if q.contains_key("part") {
-        Html(body).into_response()
-    } else {
-        Html(pages::operation(&op, &body, &app.token)).into_response()
-    }
+    let log = log_tail(&app.svc, id, 8192);
+    pages::operation_main(op, &children, &metrics, log.as_deref(), &app.token)
+}
+
+async fn operation_page(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = OperationId::from(id.as_str());
+    let op = match app.svc.get_async(&id).await {
+        Ok(op) => serde_json::to_value(op).unwrap_or(Value::Null),
+        Err(e) => return page_error(e),
+    };
+    let body = operation_body(&app, &id, &op).await;
+    Html(pages::operation(&op, &body, &app.token)).into_response()
 }
 
 /// The last `bytes` of a command's log, when it has one.

@@ -87,7 +87,7 @@ pub fn index(list: &Value, token: &str) -> String {
         s,
         "<script>\nconst T={tok};\n\
          function e(s){{return String(s==null?'':s).replace(/[&<>\"']/g,c=>'&#'+c.charCodeAt(0)+';')}}\n\
-         async function poll(){{try{{const r=await fetch('/api/operations?limit=100&token='+T);\
+         async function poll(){{try{{const r=await fetch('/live/operations?token='+T);\
          if(r.ok){{const v=await r.json();\
          document.getElementById('summary').textContent=v.total+' operations, '+v.active+' active';\
          document.getElementById('ops').innerHTML=v.operations.map(o=>{{const p=(o.progress_percent||0).toFixed(1);\
@@ -101,7 +101,7 @@ pub fn index(list: &Value, token: &str) -> String {
 }
 
 /// `/op/ID`'s changing part: progress, parameters, result, children, log
-/// tail and one SVG chart per metric (also served alone with `?part=1`).
+/// tail and one SVG chart per metric (also served alone at `/live/op/ID`).
 pub fn operation_main(
     op: &Value,
     children: &Value,
@@ -185,7 +185,7 @@ pub fn operation(op: &Value, main: &str, token: &str) -> String {
         s,
         "<script>\nconst T={tok},ID={id};\n\
          function active(){{const e=document.getElementById('status');return e&&['pending','resuming','running'].includes(e.textContent)}}\n\
-         async function poll(){{if(!active())return;try{{const r=await fetch('/op/'+ID+'?part=1&token='+T);\
+         async function poll(){{if(!active())return;try{{const r=await fetch('/live/op/'+ID+'?token='+T);\
          if(r.ok){{document.getElementById('main').innerHTML=await r.text();polled()}}}}catch(x){{}}setTimeout(poll,1500)}}\n\
          setTimeout(poll,1500);\n</script></body></html>",
         tok = serde_json::to_string(token).unwrap_or_default(),

@@ -65,7 +65,14 @@ fn every_request_needs_the_token_and_the_api_answers_as_the_socket() {
     assert!(t.len() >= 32);
     let id = d.submit("dummy", json!({ "steps": 5, "step_ms": 1 }));
     d.wait_status(&id, "completed", 30);
-    for path in ["/", &format!("/op/{id}"), "/api/operations", "/api/operations?token=wrong"] {
+    for path in [
+        "/",
+        &format!("/op/{id}"),
+        "/api/operations",
+        "/api/operations?token=wrong",
+        "/live/operations",
+        &format!("/live/op/{id}"),
+    ] {
         assert_eq!(get(port, path, None).0, 401, "{path}");
     }
     assert_eq!(get(port, "/api/operations", Some("wrong")).0, 401);
@@ -78,6 +85,11 @@ fn every_request_needs_the_token_and_the_api_answers_as_the_socket() {
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, d.ok(json!({ "cmd": "list" })));
+    // What the `/` page polls is the same list (its first 100).
+    let (st, body) = get(port, "/live/operations", Some(&t));
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, d.ok(json!({ "cmd": "list", "limit": 100 })));
     let (_, body) = get(port, &format!("/api/operations/{id}/metrics?cursor=2"), Some(&t));
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, d.ok(json!({ "cmd": "metrics", "id": id, "cursor": 2 })));
