@@ -163,10 +163,16 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
             .unwrap()
             .to_string();
     }
-    while call(&mut conn, &json!({"cmd": "get", "id": last}))["operation"]["status"] != "completed" {
+    while call(&mut conn, &json!({"cmd": "get", "id": last}))["operation"]["status"] != "completed"
+    {
         std::thread::sleep(Duration::from_millis(2));
     }
-    while call(&mut conn, &json!({"cmd": "list", "active": true, "limit": 0}))["active"] != 0 {
+    while call(
+        &mut conn,
+        &json!({"cmd": "list", "active": true, "limit": 0}),
+    )["active"]
+        != 0
+    {
         std::thread::sleep(Duration::from_millis(2));
     }
     let rate = ops as f64 / t.elapsed().as_secs_f64();
@@ -176,7 +182,11 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
     }
     let cpu = process_cpu() - cpu0 - POLLER_CPU_NS.load(Ordering::Relaxed) as f64 * 1e-9;
     daemon.stop(&|| false);
-    (rate, cpu * 1e6 / ops as f64, answered.load(Ordering::Relaxed))
+    (
+        rate,
+        cpu * 1e6 / ops as f64,
+        answered.load(Ordering::Relaxed),
+    )
 }
 
 /// The daemon's CPU per second over `secs` with `mode`'s pollers, on a
@@ -206,9 +216,17 @@ fn steady(rows: usize, mode: Mode, secs: u64) -> (f64, u64) {
     let one = json!({"type": "dummy", "params": {"steps": 0}});
     for b in 0..rows.div_ceil(BATCH) {
         let n = BATCH.min(rows - b * BATCH);
-        call(&mut conn, &json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}));
+        call(
+            &mut conn,
+            &json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}),
+        );
     }
-    while call(&mut conn, &json!({"cmd": "list", "active": true, "limit": 0}))["active"] != 0 {
+    while call(
+        &mut conn,
+        &json!({"cmd": "list", "active": true, "limit": 0}),
+    )["active"]
+        != 0
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -250,7 +268,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let ops: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let modes = [Mode::Off, Mode::Idle, Mode::Tabs(10), Mode::Api(10)];
@@ -306,7 +327,5 @@ fn main() {
             runs.join(" / "),
         );
     }
-    println!(
-        "\n{polls} poll requests answered; {ops} operations per run, {WORKERS} workers."
-    );
+    println!("\n{polls} poll requests answered; {ops} operations per run, {WORKERS} workers.");
 }

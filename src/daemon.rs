@@ -81,7 +81,12 @@ impl Daemon {
         };
         if let Some((l, token)) = http {
             tracing::info!(addr = ?l.local_addr().ok(), "dashboard is up (`opsd dashboard` prints its URL)");
-            tokio.spawn(crate::http::serve(l, service.clone(), token, stop_rx.clone()));
+            tokio.spawn(crate::http::serve(
+                l,
+                service.clone(),
+                token,
+                stop_rx.clone(),
+            ));
         }
         tokio.spawn(server::serve(listener, access, service, stop_rx));
         tracing::info!(socket = %socket.display(), db = %runtime.store.path().display(), "opsd is ready");

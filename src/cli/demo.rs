@@ -8,9 +8,9 @@
 //! is removed at the end unless `--keep`.
 
 use super::commands::Failure;
-use super::{output, plot};
 use super::watch::{self as watching, WatchEnd};
 use super::DemoArgs;
+use super::{output, plot};
 use crate::client::call;
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -61,7 +61,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Failure> {
     eprintln!(
         "opsd demo: a daemon runs in this process; its state is in {}{}",
         state_dir.display(),
-        if keep { "" } else { " (removed at the end; --keep keeps it)" }
+        if keep {
+            ""
+        } else {
+            " (removed at the end; --keep keeps it)"
+        }
     );
     let daemon = Daemon::start(config)?;
     if let Some(addr) = &a.http {

@@ -115,17 +115,11 @@ pub fn render(
         })
         .collect();
     let shapes: Vec<Shape> = shapes.iter().map(|p| Shape::Lines(p)).collect();
-    let mut chart = Chart::new_with_y_range(
-        w,
-        h,
-        xmin as f32,
-        xmax as f32,
-        ymin as f32,
-        ymax as f32,
-    );
+    let mut chart =
+        Chart::new_with_y_range(w, h, xmin as f32, xmax as f32, ymin as f32, ymax as f32);
     let mut c = chart
         .x_label_format(LabelFormat::Custom(Box::new(|v| format_tick(v as f64))))
-        .y_label_format(LabelFormat::Custom(Box::new(move |v| ylabel(v))));
+        .y_label_format(LabelFormat::Custom(Box::new(ylabel)));
     for (i, s) in shapes.iter().enumerate() {
         c = if color {
             let (r, g, b) = COLORS[i % COLORS.len()];
@@ -148,7 +142,7 @@ pub fn render(
             let (r, g, b) = COLORS[i % COLORS.len()];
             format!("\x1b[38;2;{r};{g};{b}m━━\x1b[0m")
         } else {
-            format!("{}", ["━━", "──", "┅┅", "┄┄", "══", "╍╍"][i % 6])
+            ["━━", "──", "┅┅", "┄┄", "══", "╍╍"][i % 6].to_string()
         };
         let last = s.points.last().map(|p| p.1).unwrap_or(f64::NAN);
         let text = format!(
@@ -217,7 +211,6 @@ pub fn terminal_size(fd: i32) -> (usize, usize) {
     (env("COLUMNS").unwrap_or(c), env("LINES").unwrap_or(r))
 }
 
-
 /// `opsd metrics ID... --plot KEY [--x KEY] [--follow]`. `fetch(id, cursor)`
 /// returns the points after `cursor`, the next cursor and whether the
 /// operation has stopped. With `--follow` the chart is redrawn as points
@@ -284,16 +277,27 @@ pub fn command(
 }
 
 /// Why nothing could be drawn, and what to try.
-fn no_chart(runs: &[(String, Vec<Value>, i64, bool)], key: &str, cols: usize, rows: usize) -> Failure {
+fn no_chart(
+    runs: &[(String, Vec<Value>, i64, bool)],
+    key: &str,
+    cols: usize,
+    rows: usize,
+) -> Failure {
     let mut keys = std::collections::BTreeSet::new();
     for (_, points, _, _) in runs {
         for p in points {
             if let Value::Object(m) = &p["data"] {
-                keys.extend(m.iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k.clone()));
+                keys.extend(
+                    m.iter()
+                        .filter(|(_, v)| v.is_number())
+                        .map(|(k, _)| k.clone()),
+                );
             }
         }
     }
-    let any = runs.iter().any(|r| !series("", &r.1, key, None).points.is_empty());
+    let any = runs
+        .iter()
+        .any(|r| !series("", &r.1, key, None).points.is_empty());
     if any {
         return Failure::Request(format!(
             "the terminal ({cols}x{rows}) is too small for a chart; make it larger or set COLUMNS and LINES"
@@ -302,7 +306,10 @@ fn no_chart(runs: &[(String, Vec<Value>, i64, bool)], key: &str, cols: usize, ro
     if keys.is_empty() {
         Failure::Request(format!(
             "no metric points yet for {}; try again once it has recorded some, or add --follow",
-            runs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join(", ")
+            runs.iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     } else {
         Failure::Request(format!(
@@ -354,19 +361,37 @@ mod tests {
 
     #[test]
     fn chart_fits_the_box_and_names_every_run() {
-        let a = series("abc123", &points(30, |i| 1.0 / (i + 1) as f64), "train_loss", None);
-        let b = series("def456", &points(20, |i| 0.5 + 0.01 * i as f64), "train_loss", None);
+        let a = series(
+            "abc123",
+            &points(30, |i| 1.0 / (i + 1) as f64),
+            "train_loss",
+            None,
+        );
+        let b = series(
+            "def456",
+            &points(20, |i| 0.5 + 0.01 * i as f64),
+            "train_loss",
+            None,
+        );
         for (cols, rows) in [(80, 24), (60, 16), (120, 40), (40, 12)] {
             for color in [false, true] {
                 let out = render(&[a.clone(), b.clone()], "train_loss", cols, rows, color)
                     .expect("a chart fits");
                 let lines: Vec<&str> = out.lines().collect();
-                assert!(lines.len() <= rows, "{} lines > {rows}:\n{out}", lines.len());
+                assert!(
+                    lines.len() <= rows,
+                    "{} lines > {rows}:\n{out}",
+                    lines.len()
+                );
                 for l in &lines {
                     assert!(width(l) <= cols, "line wider than {cols}: {l:?}");
                 }
                 // Uses most of the box: a chart, not a thumbnail.
-                assert!(lines.len() + 2 >= rows, "{} lines for {rows} rows", lines.len());
+                assert!(
+                    lines.len() + 2 >= rows,
+                    "{} lines for {rows} rows",
+                    lines.len()
+                );
                 let legend = &lines[lines.len() - 2..];
                 assert!(legend[0].contains("abc123") && legend[0].contains("30 points"));
                 assert!(legend[1].contains("def456") && legend[1].contains("20 points"));
@@ -384,7 +409,7 @@ mod tests {
         };
         assert!(render(&[empty], "t", 80, 24, false).is_none());
         let a = series("a", &points(5, |i| i as f64), "train_loss", None);
-        assert!(render(&[a.clone()], "t", 16, 24, false).is_none());
+        assert!(render(std::slice::from_ref(&a), "t", 16, 24, false).is_none());
         assert!(render(&[a], "t", 80, 5, false).is_none());
     }
 
@@ -396,7 +421,7 @@ mod tests {
 
     #[test]
     fn ticks_are_short() {
-        assert_eq!(format_tick(0.693147), "0.693");
+        assert_eq!(format_tick(0.5432), "0.543");
         assert_eq!(format_tick(12.345), "12.3");
         assert_eq!(format_tick(12345.6), "12346");
         assert_eq!(format_tick(30.0), "30");

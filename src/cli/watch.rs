@@ -170,10 +170,10 @@ fn curve_source<'a>(op: &'a Value, children: &'a [Value]) -> Option<&'a str> {
     if has_curve(op) {
         return op["operation_id"].as_str();
     }
-    let kids = children.iter().filter(|k| has_curve(k));
+    let mut kids = children.iter().filter(|k| has_curve(k));
     kids.clone()
         .find(|k| k["status"] == "running")
-        .or_else(|| kids.filter(|k| k["status"] != "pending").last())
+        .or_else(|| kids.rfind(|k| k["status"] != "pending"))
         .and_then(|k| k["operation_id"].as_str())
 }
 
@@ -273,7 +273,8 @@ mod tests {
         assert_eq!(curve_source(&op, &kids), Some("op_training_a"));
         let t = json!({"operation_id": "op_training_c", "operation_type": "training"});
         assert_eq!(curve_source(&t, &[]), Some("op_training_c"));
-        let pending = vec![json!({"operation_id": "x", "operation_type": "training", "status": "pending"})];
+        let pending =
+            vec![json!({"operation_id": "x", "operation_type": "training", "status": "pending"})];
         assert_eq!(curve_source(&op, &pending), None);
     }
 

@@ -236,11 +236,7 @@ fn reply(r: Result<Value>) -> Response {
                 "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            (
-                status,
-                axum::Json(error_response(e.code(), &e.to_string())),
-            )
-                .into_response()
+            (status, axum::Json(error_response(e.code(), &e.to_string()))).into_response()
         }
     }
 }
@@ -299,7 +295,11 @@ async fn api_get(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Respon
 }
 
 async fn api_children(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
-    reply(app.svc.children_async(&OperationId::from(id.as_str())).await)
+    reply(
+        app.svc
+            .children_async(&OperationId::from(id.as_str()))
+            .await,
+    )
 }
 
 async fn api_metrics(
@@ -310,9 +310,9 @@ async fn api_metrics(
     let num = |k: &str, d: i64| -> Result<i64> {
         match q.get(k) {
             None => Ok(d),
-            Some(v) => v.parse().map_err(|_| {
-                Error::BadRequest(format!("{k} must be a whole number (got {v:?})"))
-            }),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::BadRequest(format!("{k} must be a whole number (got {v:?})"))),
         }
     };
     let (cursor, limit) = match (num("cursor", 0), num("limit", 1000)) {
@@ -477,7 +477,10 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(ensure_token(dir.path()).unwrap(), t);
-        assert_ne!(ensure_token(tempfile::tempdir().unwrap().path()).unwrap(), t);
+        assert_ne!(
+            ensure_token(tempfile::tempdir().unwrap().path()).unwrap(),
+            t
+        );
     }
 
     #[test]

@@ -132,7 +132,13 @@ mod tests {
             .skip(1)
             .find(|s| s.contains("stroke=\"#1F77B4\""))
             .expect("the curve");
-        let points = line.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(points.split_whitespace().count(), 17, "{line}");
     }
 }

@@ -57,8 +57,15 @@ fn several_runs_overlaid_fit_the_terminal_with_a_legend() {
         );
         let lines: Vec<&str> = text.lines().collect();
         // One row is left for the shell prompt.
-        assert!(lines.len() < rows, "{} lines for {rows} rows:\n{text}", lines.len());
-        assert!(lines.len() + 4 >= rows, "the chart uses the height:\n{text}");
+        assert!(
+            lines.len() < rows,
+            "{} lines for {rows} rows:\n{text}",
+            lines.len()
+        );
+        assert!(
+            lines.len() + 4 >= rows,
+            "the chart uses the height:\n{text}"
+        );
         for l in &lines {
             assert!(width(l) <= cols, "wider than {cols}: {l:?}");
         }
@@ -147,10 +154,16 @@ fn the_demo_draws_the_loss_curve_and_cleans_up_unless_kept() {
     };
     let (out, err) = run(&["--http", &http]);
     assert!(out.contains("loss per epoch of"), "{out}");
-    assert!(out.contains("train_loss (last") && out.contains("val_loss (last"), "{out}");
+    assert!(
+        out.contains("train_loss (last") && out.contains("val_loss (last"),
+        "{out}"
+    );
     assert!(out.contains("5 points"), "{out}");
     assert!(out.contains("buy and hold return (same period)"), "{out}");
-    assert!(err.contains(&format!("dashboard: http://{http}/?token=")), "{err}");
+    assert!(
+        err.contains(&format!("dashboard: http://{http}/?token=")),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?} behind");
     let (_, err) = run(&["--keep"]);

@@ -90,7 +90,11 @@ fn every_request_needs_the_token_and_the_api_answers_as_the_socket() {
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, d.ok(json!({ "cmd": "list", "limit": 100 })));
-    let (_, body) = get(port, &format!("/api/operations/{id}/metrics?cursor=2"), Some(&t));
+    let (_, body) = get(
+        port,
+        &format!("/api/operations/{id}/metrics?cursor=2"),
+        Some(&t),
+    );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, d.ok(json!({ "cmd": "metrics", "id": id, "cursor": 2 })));
     assert_eq!(v["metrics"].as_array().unwrap().len(), 3);
@@ -105,7 +109,11 @@ fn every_request_needs_the_token_and_the_api_answers_as_the_socket() {
     assert!(out.status.success());
     let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(url, format!("http://127.0.0.1:{port}/?token={t}"));
-    let (st, page) = get(port, url.trim_start_matches(&format!("http://127.0.0.1:{port}")), None);
+    let (st, page) = get(
+        port,
+        url.trim_start_matches(&format!("http://127.0.0.1:{port}")),
+        None,
+    );
     assert_eq!(st, 200);
     assert!(page.contains(&id));
     // The token stays across restarts.
@@ -134,7 +142,10 @@ fn a_non_loopback_address_is_refused_at_start_and_unset_starts_nothing() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("loopback") && err.contains("0.0.0.0:8470"), "{err}");
+    assert!(
+        err.contains("loopback") && err.contains("0.0.0.0:8470"),
+        "{err}"
+    );
     assert!(!dir.path().join("opsd.db").exists());
     // No `http`: no token, no listener, and `opsd dashboard` says what to set.
     let d = Daemon::start();
@@ -146,10 +157,14 @@ fn a_non_loopback_address_is_refused_at_start_and_unset_starts_nothing() {
 }
 
 fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// The DOM after Chromium loaded `url` and ran its scripts.
@@ -190,7 +205,13 @@ fn curve_points(dom: &str, key: &str) -> usize {
         .skip(1)
         .find(|s| s.to_ascii_lowercase().contains("stroke=\"#1f77b4\""))
         .unwrap_or_else(|| panic!("no curve in the {key} figure"));
-    let pts = line.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    let pts = line
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     pts.split_whitespace().count()
 }
 
@@ -212,11 +233,17 @@ fn a_browser_sees_the_operations_and_one_curve_point_per_metric_point() {
     d.wait_status(&id, "completed", 120);
     let points = d.metrics(&id).len();
     assert_eq!(points, 7);
-    let dom = dump_dom(&browser, &format!("http://127.0.0.1:{port}/op/{id}?token={t}"));
+    let dom = dump_dom(
+        &browser,
+        &format!("http://127.0.0.1:{port}/op/{id}?token={t}"),
+    );
     for key in ["train_loss", "val_loss", "train_accuracy", "val_accuracy"] {
         assert_eq!(curve_points(&dom, key), points, "{key}");
     }
-    assert!(dom.contains("id=\"status\" class=\"completed\">completed"), "{dom}");
+    assert!(
+        dom.contains("id=\"status\" class=\"completed\">completed"),
+        "{dom}"
+    );
     assert!(dom.contains("\"epochs\": 7"), "the parameters are shown");
     assert!(dom.contains("<h2>Result</h2>"));
     // The list page, after its script has polled the API at least once.
@@ -227,7 +254,10 @@ fn a_browser_sees_the_operations_and_one_curve_point_per_metric_point() {
     assert!(dom.contains("<progress"));
     // Without the token the browser gets the 401 text, not the page.
     let dom = dump_dom(&browser, &format!("http://127.0.0.1:{port}/op/{id}"));
-    assert!(dom.contains("no valid token") && !dom.contains("<figure"), "{dom}");
+    assert!(
+        dom.contains("no valid token") && !dom.contains("<figure"),
+        "{dom}"
+    );
 }
 
 #[test]
@@ -256,6 +286,9 @@ fn the_pages_refresh_a_running_operation_without_a_reload() {
     // A finished operation's page stops polling.
     d.ok(json!({ "cmd": "cancel", "id": id }));
     d.wait_status(&id, "cancelled", 30);
-    let dom = dump_dom(&browser, &format!("http://127.0.0.1:{port}/op/{id}?token={t}"));
+    let dom = dump_dom(
+        &browser,
+        &format!("http://127.0.0.1:{port}/op/{id}?token={t}"),
+    );
     assert!(dom.contains("data-polls=\"0\""), "{dom}");
 }

@@ -155,6 +155,10 @@ print(default_socket_path())
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        ["/run/user/1234/opsd.sock", "/srv/opsd/opsd.sock", "/x/y.sock"]
+        [
+            "/run/user/1234/opsd.sock",
+            "/srv/opsd/opsd.sock",
+            "/x/y.sock"
+        ]
     );
 }
