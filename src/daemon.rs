@@ -53,14 +53,9 @@ impl Daemon {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the I/O runtime", e))?;
-        // Bind before starting work so a second daemon on the same socket
-        // is refused before it touches anything.
-        let (listener, access) = {
-            let _guard = tokio.enter();
-            server::bind(&socket, config.socket_group.as_deref())?
-        };
-        // The dashboard, only when configured: bound now, so a taken port
-        // or a missing token file stops the start before any work.
+        // The dashboard, only when configured: bound now (before the socket,
+        // so a client that sees the socket finds the dashboard and its token
+        // too), and a taken port stops the start before any work.
         let http = match &config.http {
             Some(addr) => {
                 let _guard = tokio.enter();
@@ -70,6 +65,12 @@ impl Daemon {
                 ))
             }
             None => None,
+        };
+        // Bind before starting work so a second daemon on the same socket
+        // is refused before it touches anything.
+        let (listener, access) = {
+            let _guard = tokio.enter();
+            server::bind(&socket, config.socket_group.as_deref())?
         };
         // Processes a job's program leaves behind (setsid) are adopted by
         // the daemon, so the job can kill them; adopted zombies are reaped.
