@@ -59,6 +59,9 @@ pub struct Config {
     /// closed (streams in progress are not idle); 0: never. Idle clients
     /// would otherwise hold file handles the daemon needs.
     pub idle_timeout_ms: u64,
+    /// The web dashboard's address, `"127.0.0.1:PORT"` (loopback only);
+    /// unset: no dashboard is started.
+    pub http: Option<String>,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             gpu_sample_interval_ms: 5000,
             write_wait_ms: 30_000,
             idle_timeout_ms: 60_000,
+            http: None,
         }
     }
 }
@@ -116,6 +120,9 @@ impl Config {
                  a pipeline waits on a worker while its children run",
                 self.workers
             )));
+        }
+        if let Some(addr) = &self.http {
+            crate::http::loopback_addr(addr)?;
         }
         if self.flush_interval_ms == 0 {
             return Err(Error::BadRequest(
