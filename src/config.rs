@@ -64,6 +64,9 @@ pub struct Config {
     /// `OPSD_LABEL` set; empty: none. Its failure is logged and never
     /// changes the operation.
     pub on_finish: Vec<String>,
+    /// The web dashboard's address, `"127.0.0.1:PORT"` (loopback only);
+    /// unset: no dashboard is started.
+    pub http: Option<String>,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             write_wait_ms: 30_000,
             idle_timeout_ms: 60_000,
             on_finish: Vec::new(),
+            http: None,
         }
     }
 }
@@ -128,6 +132,9 @@ impl Config {
                 "config: on_finish must start with the program to run, e.g. [\"notify-send\", \"opsd\"]"
                     .into(),
             ));
+        }
+        if let Some(addr) = &self.http {
+            crate::http::loopback_addr(addr)?;
         }
         if self.flush_interval_ms == 0 {
             return Err(Error::BadRequest(

@@ -55,6 +55,19 @@ impl Daemon {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the I/O runtime", e))?;
+        // The dashboard, only when configured: bound now (before the socket,
+        // so a client that sees the socket finds the dashboard and its token
+        // too), and a taken port stops the start before any work.
+        let http = match &config.http {
+            Some(addr) => {
+                let _guard = tokio.enter();
+                Some((
+                    crate::http::bind(addr)?,
+                    crate::http::ensure_token(&config.state_dir)?,
+                ))
+            }
+            None => None,
+        };
         // Bind before starting work so a second daemon on the same socket
         // is refused before it touches anything.
         let (listener, access) = {
@@ -69,6 +82,15 @@ impl Daemon {
         let service = Service {
             rt: runtime.clone(),
         };
+        if let Some((l, token)) = http {
+            tracing::info!(addr = ?l.local_addr().ok(), "dashboard is up (`opsd dashboard` prints its URL)");
+            tokio.spawn(crate::http::serve(
+                l,
+                service.clone(),
+                token,
+                stop_rx.clone(),
+            ));
+        }
         tokio.spawn(server::serve(listener, access, service, stop_rx));
         tracing::info!(socket = %socket.display(), db = %runtime.store.location(), "opsd is ready");
         Ok(Daemon {

@@ -456,6 +456,7 @@ impl Service {
             "state_dir": cfg.state_dir,
             "db": self.rt.store.location(),
             "socket": cfg.socket_path(),
+            "http": cfg.http,
             "workers": cfg.workers,
             "concurrency": cfg.concurrency,
             "running": self.rt.running_ids(),

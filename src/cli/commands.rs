@@ -58,6 +58,7 @@ pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
         Command::Queue(a) => super::everyday::queue(a, c),
         Command::Completions(a) => super::everyday::completions(a),
         Command::Man => super::everyday::man(),
+        Command::Dashboard(_) => dashboard(c),
     };
     // Written without `eprintln!`, which panics when stderr is full.
     let say = |m: &str| {
@@ -389,9 +390,17 @@ fn print_point(p: &Value) {
 }
 
 fn metrics(a: super::MetricsArgs, c: &ClientOpts) -> Outcome {
+    if a.plot.is_some() {
+        let socket = c.socket_path();
+        return super::plot::command(&a, |id, cursor| fetch_metrics(&socket, id, cursor));
+    }
+    let [id] = a.ids.as_slice() else {
+        return Err(Failure::Usage(
+            "several ids need --plot KEY (their curves are drawn on one chart)".into(),
+        ));
+    };
     let mut client = Client::connect(&c.socket_path())?;
-    client
-        .send(&json!({ "cmd": "metrics", "id": a.id, "cursor": a.cursor, "follow": a.follow }))?;
+    client.send(&json!({ "cmd": "metrics", "id": id, "cursor": a.cursor, "follow": a.follow }))?;
     let mut all = Vec::new();
     let mut cursor = a.cursor;
     while let Some(v) = client.recv()? {
@@ -414,6 +423,37 @@ fn metrics(a: super::MetricsArgs, c: &ClientOpts) -> Outcome {
     } else if !a.follow {
         all.iter().for_each(print_point);
         eprintln!("cursor: {cursor} (pass --cursor {cursor} to get only newer points)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The points of `id` after `cursor`, the next cursor, and whether `id`
+/// has stopped (read first, so no point recorded before the end is missed).
+fn fetch_metrics(
+    socket: &std::path::Path,
+    id: &str,
+    cursor: i64,
+) -> Result<(Vec<Value>, i64, bool), Failure> {
+    let op = call(socket, &json!({ "cmd": "get", "id": id }))?;
+    let over = !matches!(
+        op["operation"]["status"].as_str(),
+        Some("pending" | "resuming" | "running")
+    );
+    let v = call(
+        socket,
+        &json!({ "cmd": "metrics", "id": id, "cursor": cursor, "limit": 100000 }),
+    )?;
+    let points = v["metrics"].as_array().cloned().unwrap_or_default();
+    Ok((points, v["cursor"].as_i64().unwrap_or(cursor), over))
+}
+
+fn dashboard(c: &ClientOpts) -> Outcome {
+    let v = call(&c.socket_path(), &json!({ "cmd": "health" }))?;
+    let url = crate::http::dashboard_url(&v).map_err(Failure::Request)?;
+    if c.json {
+        println!("{}", json!({ "url": url }));
+    } else {
+        println!("{url}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod everyday;
 mod output;
+mod plot;
 mod watch;
 
 use clap::{Args, Parser, Subcommand};
@@ -90,6 +91,8 @@ pub enum Command {
     Completions(everyday::CompletionsArgs),
     /// The manual page (roff), e.g. `opsd man | man -l -`.
     Man,
+    /// Print the web dashboard's URL (with its token); needs `http` in the daemon's config.
+    Dashboard(NoArgs),
 }
 
 /// `serve` options.
@@ -225,12 +228,19 @@ pub struct CancelArgs {
 /// `metrics` options.
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// The operation id.
-    pub id: String,
+    /// The operation id (several only with --plot: their curves overlaid).
+    #[arg(required = true, num_args = 1..)]
+    pub ids: Vec<String>,
+    /// Draw this metric as a chart in the terminal instead of printing points.
+    #[arg(long, value_name = "KEY")]
+    pub plot: Option<String>,
+    /// The x axis of --plot [default: `step`, else `epoch`, else the point's sequence number].
+    #[arg(long, value_name = "KEY", requires = "plot")]
+    pub x: Option<String>,
     /// Only points after this sequence number.
     #[arg(long, default_value_t = 0)]
     pub cursor: i64,
-    /// Keep printing new points until the operation ends.
+    /// Keep printing new points (with --plot: redraw) until the operation ends.
     #[arg(long)]
     pub follow: bool,
 }
@@ -262,10 +272,20 @@ pub struct DemoArgs {
     /// Keep the demo's state directory here (default: a fresh temporary one).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Keep the temporary state directory (database, model, metrics) after the demo.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also serve the web dashboard here while the demo runs, e.g. 127.0.0.1:8470.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Training epochs for the demo's model.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = DEMO_EPOCHS)]
     pub epochs: i64,
 }
+
+/// The demo's default epochs: enough for a curve worth watching (several
+/// seconds on a small machine), few enough to finish in well under 20 s.
+pub const DEMO_EPOCHS: i64 = 300;
 
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {

@@ -2,7 +2,7 @@
 //! the daemon's `watch` stream. Ctrl-C stops watching and asks whether to
 //! cancel (or cancels at once with `--cancel-on-interrupt`).
 
-use super::output;
+use super::{output, plot};
 use crate::client::{Client, ClientError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How watching ended.
 pub enum WatchEnd {
@@ -67,11 +67,25 @@ pub fn watch(
         ProgressDrawTarget::stderr()
     });
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // The live loss curve, always the last thing drawn, only on a terminal.
+    let mut curve = (!quiet && std::io::stderr().is_terminal()).then(|| Curve {
+        bar: multi.add(ProgressBar::new(1).with_style(
+            ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )),
+        source: None,
+        points: Vec::new(),
+        cursor: 0,
+        fetched: None,
+    });
+    let curve_bar = curve.as_ref().map(|c| c.bar.clone());
     let mut bar_for = |op: &Value, indent: bool| -> ProgressBar {
         let key = op["operation_id"].as_str().unwrap_or("").to_string();
         bars.entry(key)
             .or_insert_with(|| {
-                let b = multi.add(ProgressBar::new(1000));
+                let b = match &curve_bar {
+                    Some(c) => multi.insert_before(c, ProgressBar::new(1000)),
+                    None => multi.add(ProgressBar::new(1000)),
+                };
                 b.set_style(style());
                 b.set_prefix(if indent {
                     format!("  └ {}", label(op))
@@ -112,10 +126,12 @@ pub fn watch(
         };
         let op = &msg["operation"];
         update(&bar_for(op, false), op);
-        if let Some(kids) = msg["children"].as_array() {
-            for k in kids {
-                update(&bar_for(k, true), k);
-            }
+        let kids = msg["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        for k in kids {
+            update(&bar_for(k, true), k);
+        }
+        if let Some(c) = curve.as_mut() {
+            c.update(socket, op, kids, 2 + kids.len());
         }
         // Stopped by a daemon shutdown: it resumes when the daemon is
         // back, so keep following it there.
@@ -128,6 +144,9 @@ pub fn watch(
             continue;
         }
         if msg["event"] == "end" {
+            if let Some(c) = &curve {
+                c.bar.finish_and_clear();
+            }
             for b in bars.values() {
                 b.abandon();
             }
@@ -175,6 +194,96 @@ fn reconnect(
     }
 }
 
+/// The small live loss curve under the bars: whose metrics it follows
+/// (the watched training or command, else its running one of those
+/// children), the points so far and when they were last fetched.
+struct Curve {
+    bar: ProgressBar,
+    source: Option<String>,
+    points: Vec<Value>,
+    cursor: i64,
+    fetched: Option<Instant>,
+}
+
+/// Types whose metric points carry a loss worth drawing.
+fn has_curve(op: &Value) -> bool {
+    matches!(op["operation_type"].as_str(), Some("training" | "command"))
+}
+
+/// The operation whose curve to show: the watched one, else the running
+/// child that has one, else the last child that had one.
+fn curve_source<'a>(op: &'a Value, children: &'a [Value]) -> Option<&'a str> {
+    if has_curve(op) {
+        return op["operation_id"].as_str();
+    }
+    let mut kids = children.iter().filter(|k| has_curve(k));
+    kids.clone()
+        .find(|k| k["status"] == "running")
+        .or_else(|| kids.rfind(|k| k["status"] != "pending"))
+        .and_then(|k| k["operation_id"].as_str())
+}
+
+/// The loss series of these points, labelled by key: `train_loss` and
+/// `val_loss` for a training, else every key with `loss` in its name.
+pub fn loss_series(points: &[Value]) -> Vec<plot::Series> {
+    let mut keys: Vec<String> = Vec::new();
+    for p in points {
+        if let Value::Object(m) = &p["data"] {
+            for (k, v) in m {
+                if k.contains("loss") && v.is_number() && !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    keys.sort_by_key(|k| (k != "train_loss", k != "loss", k.clone()));
+    keys.iter()
+        .take(4)
+        .map(|k| plot::series(k, points, k, None))
+        .collect()
+}
+
+/// The box for the live curve under `bars` lines of bars on a terminal of
+/// `cols` × `rows`: none unless at least 12 rows are left over.
+pub fn curve_box(cols: usize, rows: usize, bars: usize) -> Option<(usize, usize)> {
+    let left = rows.checked_sub(bars + 2)?;
+    (left >= 12 && cols >= 40).then(|| (cols.min(100) - 1, left.min(18)))
+}
+
+impl Curve {
+    fn update(&mut self, socket: &Path, op: &Value, children: &[Value], bars: usize) {
+        let source = curve_source(op, children).map(str::to_string);
+        if source != self.source {
+            self.source = source;
+            self.points.clear();
+            self.cursor = 0;
+            self.fetched = None;
+        }
+        let Some(id) = self.source.clone() else {
+            return;
+        };
+        if self
+            .fetched
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.fetched = Some(Instant::now());
+        let req = json!({ "cmd": "metrics", "id": id, "cursor": self.cursor, "limit": 100000 });
+        if let Ok(v) = crate::client::call(socket, &req) {
+            self.cursor = v["cursor"].as_i64().unwrap_or(self.cursor);
+            self.points
+                .extend(v["metrics"].as_array().cloned().unwrap_or_default());
+        }
+        let (cols, rows) = plot::terminal_size(2);
+        let chart = curve_box(cols, rows, bars).and_then(|(w, h)| {
+            let title = format!("  loss of {} (live)", plot::short_id(&id));
+            plot::render(&loss_series(&self.points), &title, w, h, true)
+        });
+        self.bar.set_message(chart.unwrap_or_default());
+    }
+}
+
 fn print_final(op: &Value, children: &[Value]) {
     let mut rows: Vec<Value> = vec![op.clone()];
     rows.extend(children.iter().cloned());
@@ -194,4 +303,40 @@ pub fn ask_cancel(id: &str) -> bool {
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_curve_follows_the_running_training_child() {
+        let op = json!({"operation_id": "op_pipeline_1", "operation_type": "pipeline"});
+        let kids = vec![
+            json!({"operation_id": "op_training_a", "operation_type": "training", "status": "completed"}),
+            json!({"operation_id": "op_backtest_b", "operation_type": "backtest", "status": "running"}),
+        ];
+        assert_eq!(curve_source(&op, &kids), Some("op_training_a"));
+        let t = json!({"operation_id": "op_training_c", "operation_type": "training"});
+        assert_eq!(curve_source(&t, &[]), Some("op_training_c"));
+        let pending =
+            vec![json!({"operation_id": "x", "operation_type": "training", "status": "pending"})];
+        assert_eq!(curve_source(&op, &pending), None);
+    }
+
+    #[test]
+    fn loss_keys_train_first_and_the_box_needs_room() {
+        let pts: Vec<Value> = (1..=3)
+            .map(|i| json!({"seq": i, "data": {"epoch": i, "val_loss": 1.0, "train_loss": 0.5, "train_accuracy": 0.6}}))
+            .collect();
+        let s = loss_series(&pts);
+        assert_eq!(
+            s.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(),
+            ["train_loss", "val_loss"]
+        );
+        assert_eq!(s[0].points.len(), 3);
+        assert_eq!(curve_box(120, 24, 2), Some((99, 18)));
+        assert_eq!(curve_box(80, 16, 3), None);
+        assert_eq!(curve_box(30, 60, 1), None);
+    }
 }

@@ -1,8 +1,10 @@
 //! The integration test modules.
 
 mod cancel_trees;
+mod charts;
 mod cli;
 mod command;
+mod dashboard;
 mod durability;
 mod everyday;
 mod foreign_files;
@@ -11,5 +13,6 @@ mod hostile_jobs;
 mod jobs;
 mod lifecycle;
 mod protocol;
+mod python_client;
 mod research;
 mod write_failures;

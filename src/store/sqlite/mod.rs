@@ -473,6 +473,58 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_that_reaches_a_failing_run_first_wins_over_its_retry() {
+        use crate::store::records::{ProgressWrite, RunEnd, RunOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
+        let mut op = new_op(OperationType::Dummy);
+        op.max_attempts = 3;
+        let id = op.id.clone();
+        store.submit(vec![op]).wait().unwrap();
+        let plan = ClaimPlan {
+            per_type: vec![(OperationType::Dummy, 1)],
+            total: 1,
+            free_gpus: 0,
+        };
+        assert_eq!(store.claim(plan).unwrap().len(), 1);
+        // The cancel lands while the worker is recording a failure with
+        // attempts left: its stop marker must turn the retry into the cancel.
+        let tc = store
+            .cancel_tree(&id, crate::model::StopReason::User, None)
+            .wait()
+            .unwrap();
+        assert_eq!(tc.before, Status::Running);
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.finish(
+            RunEnd {
+                id: id.clone(),
+                parent: None,
+                last: ProgressWrite {
+                    id: id.clone(),
+                    attempt: 1,
+                    progress: Default::default(),
+                    points: Vec::new(),
+                },
+                outcome: RunOutcome::Retry {
+                    error: "boom".into(),
+                    at: "2099-01-01T00:00:00.000000Z".into(),
+                },
+                delete_checkpoint: false,
+            },
+            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        );
+        assert!(rx.recv().unwrap());
+        let rec = store.get(&id).unwrap();
+        assert_eq!(
+            rec.status,
+            Status::Cancelled,
+            "the retry swallowed the cancel"
+        );
+        assert_eq!(rec.stop_reason, Some(crate::model::StopReason::User));
+        store.close();
+    }
+
+    #[test]
     fn a_colliding_id_gets_a_new_suffix_instead_of_failing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
