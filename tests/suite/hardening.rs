@@ -534,9 +534,10 @@ fn health_and_cancel_work_with_every_handle_taken_by_idle_clients() {
 #[test]
 fn a_follow_client_that_leaves_releases_its_handle_while_the_job_runs() {
     let d = Daemon::start();
-    // One step that lasts long: no metric point arrives to be written to
-    // the departed client, so only reading its EOF can notice it.
-    let id = d.submit("dummy", json!({ "steps": 2, "step_ms": 120_000 }));
+    // A program that sleeps: no metric point or output arrives to be
+    // written to the departed client, so only reading its EOF can notice
+    // it. (A command: only command operations have logs.)
+    let id = d.submit("command", json!({ "argv": ["sleep", "120"] }));
     d.wait_status(&id, "running", 30);
     let pid = daemon_pid(&d);
     std::thread::sleep(Duration::from_millis(300)); // let startup handles settle
