@@ -9,6 +9,8 @@
 //! still training). Counting that part as done made a pipeline read 57 %
 //! while its only child, training at 43 %, stood for 5 + 0.43 × 75 ≈ 37 %.
 
+use crate::model::Status;
+
 /// One child's contribution: its percent done and its phase range, if any.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ChildProgress {
@@ -16,6 +18,30 @@ pub struct ChildProgress {
     pub percentage: f64,
     /// Its phase range in percent of the parent.
     pub phase: Option<(f64, f64)>,
+}
+
+impl ChildProgress {
+    /// A child's contribution from what is known of it: a completed child
+    /// counts as 100 % whatever it last reported (its final progress write
+    /// may say less).
+    pub fn of(status: Status, percentage: f64, phase: Option<(f64, f64)>) -> ChildProgress {
+        ChildProgress {
+            percentage: if status == Status::Completed {
+                100.0
+            } else {
+                percentage
+            },
+            phase,
+        }
+    }
+}
+
+/// A running parent's percentage from its children, `None` while it has
+/// none (then its own progress stands). Once it has children its own part
+/// (setup) counts as done. The one rule both the stored aggregate and the
+/// live view use.
+pub fn running_parent(children: &[ChildProgress]) -> Option<f64> {
+    (!children.is_empty()).then(|| parent_percentage(100.0, children))
 }
 
 /// The parent's percentage from its own progress and its children's.

@@ -2,49 +2,67 @@
 //! JSON response object per line (`watch` and `metrics` with `follow`
 //! stream several). Requests are tagged by `"cmd"`; every response has
 //! `"ok"`, and failures carry `"error": {"code", "message"}`.
+//!
+//! Both directions are typed here and shared by the server and the one
+//! client (`crate::client`): [`Request`] is what clients send, [`Reply`]
+//! wraps each answer type, [`ErrorReply`] is every failure.
 
 use crate::ids::OperationId;
-use crate::model::OperationType;
-use crate::store::records::ListFilter;
+use crate::model::{OperationType, Status, StopReason};
+use crate::store::records::{self, Checkpoint, ListFilter, MetricPoint, OperationRecord, Progress};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 
 /// Largest request line accepted.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// A submit (also used inside `submit_batch`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A submit (also used inside `submit_batch`). It is also the options of
+/// `opsd submit` (clap), so the command line and the wire declare them once.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
-    /// The operation type.
+    /// Operation type: dummy, command, training, backtest or pipeline.
     #[serde(rename = "type")]
+    #[arg(value_name = "TYPE")]
     pub kind: String,
-    /// Parameters (validated by the job type).
+    /// Parameters, validated by the job type (on the command line: --param, --params).
     #[serde(default)]
+    #[arg(skip)]
     pub params: Value,
-    /// Parent operation id.
+    /// Make this a child of another operation.
     #[serde(default)]
+    #[arg(long)]
     pub parent: Option<OperationId>,
-    /// Higher runs first [0].
+    /// Higher runs first.
     #[serde(default)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
-    /// GPUs to reserve [0].
+    /// GPUs to reserve; the operation waits until that many are free.
     #[serde(default)]
+    #[arg(long, default_value_t = 0)]
     pub gpus: i64,
-    /// Idempotency key.
+    /// Idempotency key: submitting the same key again returns the first operation.
     #[serde(default)]
+    #[arg(long)]
     pub key: Option<String>,
-    /// Starts allowed in all [1].
+    /// Starts allowed in all; failures retry with exponential backoff [1].
     #[serde(default)]
+    #[arg(long)]
     pub max_attempts: Option<i64>,
-    /// Not before: an RFC 3339 time or a duration such as `10m`.
+    /// Do not start before this: a duration (10m, 2h) or an RFC 3339 time.
     #[serde(default)]
+    #[arg(long)]
     pub run_after: Option<String>,
     /// Phase range in the parent, percent.
     #[serde(default)]
+    #[arg(skip)]
     pub phase: Option<(f64, f64)>,
     /// Failing fails the parent.
     #[serde(default)]
+    #[arg(skip)]
     pub fail_parent: bool,
 }
 
@@ -136,6 +154,23 @@ pub enum Request {
 }
 
 impl Submit {
+    /// A submit of `kind` with `params` and every option at its default:
+    /// what a client starts from before setting the options it needs.
+    pub fn new(kind: impl Into<String>, params: Value) -> Submit {
+        Submit {
+            kind: kind.into(),
+            params,
+            parent: None,
+            priority: 0,
+            gpus: 0,
+            key: None,
+            max_attempts: None,
+            run_after: None,
+            phase: None,
+            fail_parent: false,
+        }
+    }
+
     /// The type, or an error listing the known ones.
     pub fn kind(&self) -> Result<OperationType, String> {
         self.kind.parse::<OperationType>().map_err(|_| {
@@ -152,17 +187,426 @@ impl Submit {
     }
 }
 
-/// An error response line.
-pub fn error_response(code: &str, message: &str) -> Value {
-    json!({ "ok": false, "error": { "code": code, "message": message } })
+impl From<Submit> for Request {
+    fn from(s: Submit) -> Request {
+        Request::Submit(s)
+    }
 }
 
-/// A success response: `fields` (an object) with `"ok": true` added.
-pub fn ok_response(mut fields: Value) -> Value {
-    if let Value::Object(m) = &mut fields {
-        m.insert("ok".into(), Value::Bool(true));
-        fields
-    } else {
-        json!({ "ok": true, "value": fields })
+impl Request {
+    /// `get` of `id`.
+    pub fn get(id: impl Into<OperationId>) -> Request {
+        Request::Get { id: id.into() }
+    }
+
+    /// `children` of `id`.
+    pub fn children(id: impl Into<OperationId>) -> Request {
+        Request::Children { id: id.into() }
+    }
+
+    /// `cancel` of `id` with no reason and the default wait.
+    pub fn cancel(id: impl Into<OperationId>) -> Request {
+        Request::Cancel {
+            id: id.into(),
+            reason: None,
+            wait_ms: None,
+        }
+    }
+
+    /// `resume` of `id`.
+    pub fn resume(id: impl Into<OperationId>) -> Request {
+        Request::Resume { id: id.into() }
+    }
+
+    /// `metrics` of `id` after `cursor`, one page, default limit.
+    pub fn metrics(id: impl Into<OperationId>, cursor: i64) -> Request {
+        Request::Metrics {
+            id: id.into(),
+            cursor,
+            limit: None,
+            follow: false,
+        }
+    }
+
+    /// `watch` of `id` at the default interval.
+    pub fn watch(id: impl Into<OperationId>) -> Request {
+        Request::Watch {
+            id: id.into(),
+            interval_ms: None,
+        }
+    }
+
+    /// `checkpoints`, of `id` or of every operation.
+    pub fn checkpoints(id: Option<OperationId>) -> Request {
+        Request::Checkpoints { id }
+    }
+
+    /// `logs` of `id`: the default tail, followed or not.
+    pub fn logs(id: impl Into<OperationId>, follow: bool) -> Request {
+        Request::Logs {
+            id: id.into(),
+            tail_bytes: None,
+            follow,
+        }
+    }
+
+    /// The request as one line, `\n` included, ready to write to the socket.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Every successful response: `"ok": true` followed by the fields of the
+/// body (`T` is one of the response types below).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply<T> {
+    /// Always true here; failures are [`ErrorReply`].
+    pub ok: bool,
+    /// The response's own fields, at the top level of the object.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+impl<T> Reply<T> {
+    /// `body` as a successful response.
+    pub fn ok(body: T) -> Reply<T> {
+        Reply { ok: true, body }
+    }
+}
+
+/// Every failed response: `{"ok": false, "error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Always false.
+    pub ok: bool,
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// The `error` object of a failed response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code (`not_found`, `bad_request`, ...; SPEC §7).
+    pub code: String,
+    /// A sentence for people saying what to do next.
+    pub message: String,
+}
+
+/// An error response line.
+pub fn error_response(code: &str, message: &str) -> ErrorReply {
+    ErrorReply {
+        ok: false,
+        error: ErrorBody {
+            code: code.to_string(),
+            message: message.to_string(),
+        },
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    /// The response as its JSON line (without the newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Marks a stream's messages: `update` while it runs, `end` for the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// Something changed (watch).
+    Update,
+    /// The operation is over; nothing follows.
+    End,
+}
+
+/// The answer to `submit` (also each entry of `submit_batch`'s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The operation's id.
+    pub operation_id: OperationId,
+    /// Its status now.
+    pub status: Status,
+    /// False when an idempotency key returned the first operation.
+    pub created: bool,
+}
+
+impl From<records::Submitted> for Submitted {
+    fn from(s: records::Submitted) -> Submitted {
+        Submitted {
+            operation_id: s.id,
+            status: s.status,
+            created: s.created,
+        }
+    }
+}
+
+/// The answer to `submit_batch`, in the order submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedBatch {
+    /// One entry per submit.
+    pub operations: Vec<Submitted>,
+}
+
+/// The answer to `get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Got {
+    /// The operation, live progress included.
+    pub operation: OperationView,
+}
+
+/// The answer to `list` (and, without the counts, to `children`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The rows, newest first (`children`: oldest first).
+    pub operations: Vec<OperationView>,
+    /// Rows matching the filter in all (`list` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    /// Active operations overall (`list` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<i64>,
+}
+
+/// The answer to `cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// Its status before the cancel.
+    pub previous_status: Status,
+    /// Its status now (`running` when it has not stopped within the wait).
+    pub status: Status,
+    /// Why it stopped, once it has.
+    pub stop_reason: Option<StopReason>,
+}
+
+/// The answer to `resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// `resuming`.
+    pub status: Status,
+}
+
+/// One page of metric points (`metrics`; each message of a followed one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsPage {
+    /// Points after the cursor asked for, in order.
+    pub metrics: Vec<MetricPoint>,
+    /// Pass this as `cursor` to get only newer points.
+    pub cursor: i64,
+    /// `end` on a followed stream's last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<StreamEvent>,
+}
+
+/// One message of a `watch` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchUpdate {
+    /// `update`, or `end` for the last.
+    pub event: StreamEvent,
+    /// The watched operation.
+    pub operation: OperationView,
+    /// Its children.
+    pub children: Vec<OperationView>,
+}
+
+/// The answer to `checkpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointList {
+    /// The checkpoints asked for.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// The answer to `delete_checkpoint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Whose checkpoint was deleted.
+    pub deleted: OperationId,
+}
+
+/// One message of `logs`: text from the log and the offset after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The text (lossy UTF-8).
+    pub text: String,
+    /// Byte offset in the log after this text.
+    pub offset: u64,
+    /// `end` on a followed stream's last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<StreamEvent>,
+}
+
+/// The answer to `health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The daemon's version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: f64,
+    /// False while it shuts down (submits are refused).
+    pub accepting: bool,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Where its database is.
+    pub db: String,
+    /// The socket it listens on.
+    pub socket: PathBuf,
+    /// Worker threads.
+    pub workers: usize,
+    /// Most operations of each type running at once.
+    pub concurrency: BTreeMap<OperationType, usize>,
+    /// Operations running now.
+    pub running: Vec<OperationId>,
+    /// Operations per status.
+    pub counts: BTreeMap<String, i64>,
+    /// GPUs and who holds them.
+    pub gpus: Value,
+    /// What start-up recovery did.
+    pub recovery: Value,
+    /// "ok", or why writes are not landing and since when.
+    pub store: String,
+}
+
+/// One operation as the socket shows it (SPEC §5 and §10: the field names
+/// are the contract scripts read). Built from the store's row with the
+/// live progress of a running operation laid over it, so the store's
+/// columns can change without changing the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationView {
+    /// The id.
+    pub operation_id: OperationId,
+    /// The parent's id, for a child.
+    pub parent_operation_id: Option<OperationId>,
+    /// What kind of job.
+    pub operation_type: OperationType,
+    /// Where it is in its life.
+    pub status: Status,
+    /// Why it stopped (cancelled or failed).
+    pub stop_reason: Option<StopReason>,
+    /// Higher is claimed first.
+    pub priority: i64,
+    /// Runs started so far.
+    pub attempt: i64,
+    /// Runs allowed in all.
+    pub max_attempts: i64,
+    /// Not started before this time.
+    pub run_after: Option<String>,
+    /// When it was submitted.
+    pub created_at: String,
+    /// When its current run started.
+    pub started_at: Option<String>,
+    /// When it became completed, failed or cancelled.
+    pub completed_at: Option<String>,
+    /// When anything about it last changed.
+    pub updated_at: String,
+    /// Percent done, 0-100 (a parent's: its children's aggregate).
+    pub progress_percent: f64,
+    /// The latest progress message.
+    pub progress_message: Option<String>,
+    /// The step it is in.
+    pub current_step: Option<String>,
+    /// How many steps are done.
+    pub steps_completed: Option<i64>,
+    /// How many steps there are.
+    pub steps_total: Option<i64>,
+    /// How many items are done.
+    pub items_processed: Option<i64>,
+    /// How many items there are.
+    pub items_total: Option<i64>,
+    /// Seconds left at the rate so far.
+    pub eta_seconds: Option<f64>,
+    /// The job's details of its progress (a JSON object).
+    pub progress_context: Option<Value>,
+    /// The parameters it was submitted with, as validated.
+    pub metadata: Value,
+    /// What it produced, once completed.
+    pub result_summary: Option<Value>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Warnings raised while it ran (array).
+    pub warnings: Value,
+    /// Errors raised while it ran (array).
+    pub errors: Value,
+    /// The key it was submitted with.
+    pub idempotency_key: Option<String>,
+    /// Where its share of the parent's progress starts, percent.
+    pub phase_start: Option<f64>,
+    /// Where that share ends, percent.
+    pub phase_end: Option<f64>,
+    /// Whether its failure fails the parent.
+    pub fail_parent: bool,
+    /// GPUs it asked for.
+    pub gpus_requested: i64,
+    /// GPUs it holds or held (array of ids).
+    pub gpus_assigned: Option<Value>,
+}
+
+impl OperationView {
+    /// Lay `p` over the stored progress (a running operation's live value).
+    pub fn set_progress(&mut self, p: Progress) {
+        self.progress_percent = p.percentage;
+        self.progress_message = p.message;
+        self.current_step = p.current_step;
+        self.steps_completed = p.steps_completed;
+        self.steps_total = p.steps_total;
+        self.items_processed = p.items_processed;
+        self.items_total = p.items_total;
+        self.eta_seconds = p.eta_seconds;
+        self.progress_context = p.context;
+    }
+
+    /// Its phase range in the parent, when it has one.
+    pub fn phase(&self) -> Option<(f64, f64)> {
+        self.phase_start.zip(self.phase_end)
+    }
+}
+
+impl From<OperationRecord> for OperationView {
+    fn from(r: OperationRecord) -> OperationView {
+        let progress = r.progress();
+        let mut v = OperationView {
+            operation_id: r.operation_id,
+            parent_operation_id: r.parent_operation_id,
+            operation_type: r.operation_type,
+            status: r.status,
+            stop_reason: r.stop_reason,
+            priority: r.priority,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            run_after: r.run_after,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+            updated_at: r.updated_at,
+            progress_percent: 0.0,
+            progress_message: None,
+            current_step: None,
+            steps_completed: None,
+            steps_total: None,
+            items_processed: None,
+            items_total: None,
+            eta_seconds: None,
+            progress_context: None,
+            metadata: r.metadata,
+            result_summary: r.result_summary,
+            error_message: r.error_message,
+            warnings: r.warnings,
+            errors: r.errors,
+            idempotency_key: r.idempotency_key,
+            phase_start: r.phase_start,
+            phase_end: r.phase_end,
+            fail_parent: r.fail_parent,
+            gpus_requested: r.gpus_requested,
+            gpus_assigned: r.gpus_assigned,
+        };
+        v.set_progress(progress);
+        v
     }
 }

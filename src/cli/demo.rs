@@ -9,7 +9,8 @@ use super::commands::Failure;
 use super::output;
 use super::watch::{self as watching, WatchEnd};
 use super::DemoArgs;
-use crate::client::call;
+use crate::client::Client;
+use crate::protocol::Submit;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use serde_json::{json, Value};
@@ -64,18 +65,13 @@ fn run_pipeline(
     json_out: bool,
     state_dir: &Path,
 ) -> Result<ExitCode, Failure> {
-    let submitted = call(
-        socket,
-        &json!({ "cmd": "submit", "type": "pipeline", "params": {
-            "data": data,
-            "training": { "epochs": epochs, "seed": 42 },
-            "backtest": { "cash": 10000, "commission": 0.002 },
-        }}),
-    )?;
-    let id = submitted["operation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let params = json!({
+        "data": data,
+        "training": { "epochs": epochs, "seed": 42 },
+        "backtest": { "cash": 10000, "commission": 0.002 },
+    });
+    let submitted = Client::connect(socket)?.submit(Submit::new("pipeline", params))?;
+    let id = submitted.operation_id.to_string();
     eprintln!(
         "Submitted {id}: train a small neural network on GOOG daily bars, then backtest it \
          on the test split it never trained on.\n"
@@ -83,7 +79,7 @@ fn run_pipeline(
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
     let op = match watching::watch(socket, &id, json_out, &interrupted)? {
-        WatchEnd::Finished(op) => op,
+        WatchEnd::Finished(op) => serde_json::to_value(op).unwrap_or_default(),
         WatchEnd::Interrupted => {
             eprintln!("interrupted: the pipeline is cancelled with the demo daemon");
             return Ok(ExitCode::from(1));
