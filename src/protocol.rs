@@ -193,35 +193,45 @@ impl From<Submit> for Request {
     }
 }
 
+impl AsRef<str> for OperationId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+fn id_of(id: impl AsRef<str>) -> OperationId {
+    OperationId::from(id.as_ref())
+}
+
 impl Request {
     /// `get` of `id`.
-    pub fn get(id: impl Into<OperationId>) -> Request {
-        Request::Get { id: id.into() }
+    pub fn get(id: impl AsRef<str>) -> Request {
+        Request::Get { id: id_of(id) }
     }
 
     /// `children` of `id`.
-    pub fn children(id: impl Into<OperationId>) -> Request {
-        Request::Children { id: id.into() }
+    pub fn children(id: impl AsRef<str>) -> Request {
+        Request::Children { id: id_of(id) }
     }
 
     /// `cancel` of `id` with no reason and the default wait.
-    pub fn cancel(id: impl Into<OperationId>) -> Request {
+    pub fn cancel(id: impl AsRef<str>) -> Request {
         Request::Cancel {
-            id: id.into(),
+            id: id_of(id),
             reason: None,
             wait_ms: None,
         }
     }
 
     /// `resume` of `id`.
-    pub fn resume(id: impl Into<OperationId>) -> Request {
-        Request::Resume { id: id.into() }
+    pub fn resume(id: impl AsRef<str>) -> Request {
+        Request::Resume { id: id_of(id) }
     }
 
     /// `metrics` of `id` after `cursor`, one page, default limit.
-    pub fn metrics(id: impl Into<OperationId>, cursor: i64) -> Request {
+    pub fn metrics(id: impl AsRef<str>, cursor: i64) -> Request {
         Request::Metrics {
-            id: id.into(),
+            id: id_of(id),
             cursor,
             limit: None,
             follow: false,
@@ -229,9 +239,9 @@ impl Request {
     }
 
     /// `watch` of `id` at the default interval.
-    pub fn watch(id: impl Into<OperationId>) -> Request {
+    pub fn watch(id: impl AsRef<str>) -> Request {
         Request::Watch {
-            id: id.into(),
+            id: id_of(id),
             interval_ms: None,
         }
     }
@@ -242,9 +252,9 @@ impl Request {
     }
 
     /// `logs` of `id`: the default tail, followed or not.
-    pub fn logs(id: impl Into<OperationId>, follow: bool) -> Request {
+    pub fn logs(id: impl AsRef<str>, follow: bool) -> Request {
         Request::Logs {
-            id: id.into(),
+            id: id_of(id),
             tail_bytes: None,
             follow,
         }
@@ -255,6 +265,13 @@ impl Request {
         let mut line = serde_json::to_vec(self).unwrap_or_default();
         line.push(b'\n');
         line
+    }
+}
+
+impl fmt::Display for Request {
+    /// The request as its JSON line (without the newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -207,7 +207,10 @@ impl Service {
         Ok(v)
     }
 
-    fn views(&self, rows: Vec<crate::store::records::OperationRecord>) -> Result<Vec<OperationView>> {
+    fn views(
+        &self,
+        rows: Vec<crate::store::records::OperationRecord>,
+    ) -> Result<Vec<OperationView>> {
         rows.into_iter().map(|r| self.view(r)).collect()
     }
 

@@ -195,7 +195,10 @@ pub async fn handle(
         if out.inbuf.len() > MAX_REQUEST_BYTES {
             if !discarding {
                 let msg = format!("request line over {} bytes", MAX_REQUEST_BYTES);
-                if !out.send(&error_response("too_large", &msg).to_string()).await {
+                if !out
+                    .send(&error_response("too_large", &msg).to_string())
+                    .await
+                {
                     return;
                 }
             }

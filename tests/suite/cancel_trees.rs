@@ -6,8 +6,13 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn submit_child(d: &Daemon, parent: &str) -> Value {
-    d.req(json!({ "cmd": "submit", "type": "dummy", "parent": parent,
-                  "params": { "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 } }))
+    d.req(Submit {
+        parent: Some(id_of(&parent)),
+        ..Submit::new(
+            "dummy",
+            json!({ "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 }),
+        )
+    })
 }
 
 #[test]
@@ -19,7 +24,11 @@ fn children_of_a_cancelled_or_stopping_parent_are_refused() {
         json!({ "steps": 100, "step_ms": 1000, "checkpoint_every": 1000 }),
     );
     d.wait_status(&parent, "running", 20);
-    let r = d.ok(json!({ "cmd": "cancel", "id": parent, "wait_ms": 0 }));
+    let r = d.ok(Request::Cancel {
+        id: id_of(&parent),
+        reason: None,
+        wait_ms: Some(0),
+    });
     assert_eq!(r["previous_status"], "running");
     // Still winding down: a new child is refused.
     let r = submit_child(&d, &parent);
@@ -60,8 +69,13 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
                     std::thread::sleep(Duration::from_millis(5));
                     let r = request(
                         &sock,
-                        &json!({ "cmd": "submit", "type": "dummy", "parent": parent,
-                        "params": { "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 } }),
+                        Submit {
+                            parent: Some(id_of(&parent)),
+                            ..Submit::new(
+                                "dummy",
+                                json!({ "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 }),
+                            )
+                        },
                     );
                     if r["ok"] == true {
                         accepted.push(r["operation_id"].as_str().unwrap().to_string());
@@ -72,7 +86,11 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    d.ok(json!({ "cmd": "cancel", "id": parent, "wait_ms": 0 }));
+    d.ok(Request::Cancel {
+        id: id_of(&parent),
+        reason: None,
+        wait_ms: Some(0),
+    });
     let accepted: Vec<String> = threads
         .into_iter()
         .flat_map(|t| t.join().unwrap())
@@ -88,7 +106,12 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
     }
     // And nothing of the tree is still going a moment later.
     std::thread::sleep(Duration::from_millis(300));
-    let active = d.ok(json!({ "cmd": "list", "parent": parent, "active": true, "limit": 1000 }));
+    let active = d.ok(Request::List(ListFilter {
+        parent: Some(id_of(&parent)),
+        active: true,
+        limit: Some(1000),
+        ..ListFilter::default()
+    }));
     assert_eq!(
         active["operations"].as_array().unwrap().len(),
         0,
@@ -101,8 +124,13 @@ fn a_failed_attempt_waiting_to_retry_says_so_not_resuming() {
     let d = Daemon::start_with(
         "flush_interval_ms = 50\nretry_base_delay_ms = 3000\ncheckpoint_min_interval_ms = 0\n",
     );
-    let r = d.ok(json!({ "cmd": "submit", "type": "dummy", "max_attempts": 3,
-                         "params": { "steps": 4, "step_ms": 20, "fail_at_step": 3 } }));
+    let r = d.ok(Submit {
+        max_attempts: Some(3),
+        ..Submit::new(
+            "dummy",
+            json!({ "steps": 4, "step_ms": 20, "fail_at_step": 3 }),
+        )
+    });
     let id = r["operation_id"].as_str().unwrap().to_string();
     // The second attempt resumes from a checkpoint, then fails again.
     let mut last = Value::Null;
@@ -118,5 +146,5 @@ fn a_failed_attempt_waiting_to_retry_says_so_not_resuming() {
         msg.contains("attempt 2 of 3 failed") && msg.contains("retrying"),
         "stale message while waiting to retry: {msg:?}"
     );
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
 }

@@ -77,7 +77,7 @@ fn hostile_setsid_grandchild_dies_on_cancel() {
     let _reap = Reap(gc);
     assert!(alive(gc), "the grandchild did not start");
     d.wait_status(&id, "running", 10);
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     d.wait_status(&id, "cancelled", 15);
     assert!(
         wait_until(Duration::from_secs(5), || gone(gc)),
@@ -124,9 +124,13 @@ fn checkpoint_path_is_refused(path: &str) {
         last["warnings"].to_string().contains(path)
     });
     assert!(reported, "no warning naming {path}: {last}");
-    d.ok(json!({ "cmd": "cancel", "id": id, "wait_ms": 0 }));
+    d.ok(Request::Cancel {
+        id: id_of(&id),
+        reason: None,
+        wait_ms: Some(0),
+    });
     let op = d.wait_status(&id, "cancelled", 10);
-    let cps = d.ok(json!({ "cmd": "checkpoints", "id": id }));
+    let cps = d.ok(Request::checkpoints(Some(id_of(&id))));
     assert!(
         !cps.to_string().contains(path),
         "a checkpoint points at {path}: {cps}"
