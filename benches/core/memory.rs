@@ -8,6 +8,8 @@
 
 use crate::daemon::{line, Conn};
 use crate::stats::{verdict, Table};
+use opsd::protocol::{Request, Submit};
+use opsd::store::records::ListFilter;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -90,16 +92,18 @@ impl Proc {
 fn serve_reads(socket: &Path, ids: &[String], gets: usize) {
     let mut conn = Conn::connect(socket);
     for i in 0..gets {
-        conn.raw(&line(
-            &json!({"cmd": "get", "id": ids[(i * 7_919) % ids.len()]}),
-        ));
+        conn.raw(&line(Request::get(&ids[(i * 7_919) % ids.len()])));
     }
-    let running = line(&json!({"cmd": "list", "status": ["running"], "limit": 50}));
+    let running = line(Request::List(ListFilter {
+        status: vec![opsd::model::Status::Running],
+        limit: Some(50),
+        ..ListFilter::default()
+    }));
     for _ in 0..100 {
         conn.raw(&running);
     }
     for _ in 0..20 {
-        conn.raw(&line(&json!({"cmd": "list"})));
+        conn.raw(&line(Request::List(ListFilter::default())));
     }
 }
 
@@ -121,7 +125,7 @@ pub fn run(empty_dir: &Path, big_dir: &Path, rows: usize, ids: &[String]) {
     ]);
     {
         let mut c = Conn::connect(&p.socket);
-        let submit = line(&json!({"cmd": "submit", "type": "dummy", "params": {"steps": 0}}));
+        let submit = line(Submit::new("dummy", json!({"steps": 0})));
         for _ in 0..1_000 {
             c.raw(&submit);
         }
