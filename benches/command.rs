@@ -6,13 +6,15 @@
 //! Plain `fn main` (no harness): it prints a table. `OPSD_BENCH_QUICK=1`
 //! runs a smaller version.
 
+#[path = "support/serve.rs"]
+mod serve;
+
 use opsd::client::Client;
 use opsd::protocol::{Request, Submit};
 use serde_json::{json, Value};
 
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 struct Daemon {
@@ -26,32 +28,9 @@ impl Daemon {
     fn start(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_path_buf();
-        let cfg = state.join("opsd.toml");
-        std::fs::write(&cfg, config).expect("config");
-        let socket = state.join("opsd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_opsd"))
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&cfg)
-            .env("OPSD_LOG", "warn")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start opsd");
-        let start = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (mut child, socket) =
+            serve::spawn(Path::new(env!("CARGO_BIN_EXE_opsd")), &state, config);
+        serve::wait_ready(&mut child, &socket, Duration::from_secs(30));
         Daemon {
             _dir: dir,
             state,

@@ -12,6 +12,9 @@
 //! Run: `cargo build --release && cargo bench --bench durability`
 //! (`-- quick` for fewer rows and runs). Medians of several runs.
 
+#[path = "support/serve.rs"]
+mod serve;
+
 use opsd::client::Client;
 use opsd::config::Config;
 use opsd::control::{ProgressUpdate, RunControl};
@@ -21,7 +24,7 @@ use serde_json::{json, Value};
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -56,22 +59,7 @@ fn release_bin() -> PathBuf {
 }
 
 fn spawn(dir: &Path, config: &str) -> (Child, PathBuf) {
-    let cfg = dir.join("opsd.toml");
-    std::fs::write(&cfg, config).expect("config");
-    let socket = dir.join("opsd.sock");
-    let child = Command::new(release_bin())
-        .args(["serve", "--state-dir"])
-        .arg(dir)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&cfg)
-        .env("OPSD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    (child, socket)
+    serve::spawn(&release_bin(), dir, config)
 }
 
 fn sigterm(child: &Child) {
@@ -85,10 +73,7 @@ fn shutdown_with_eight(runs: usize) -> f64 {
     for _ in 0..runs {
         let dir = tempfile::tempdir().expect("tmp");
         let (mut child, socket) = spawn(dir.path(), "[concurrency]\ndummy = 8\n");
-        assert!(wait_until(Duration::from_secs(10), || UnixStream::connect(
-            &socket
-        )
-        .is_ok()));
+        serve::wait_ready(&mut child, &socket, Duration::from_secs(10));
         let ids: Vec<String> = (0..8)
             .map(|_| {
                 request(

@@ -494,75 +494,78 @@ pub struct Health {
 /// One operation as the socket shows it (SPEC §5 and §10: the field names
 /// are the contract scripts read). Built from the store's row with the
 /// live progress of a running operation laid over it, so the store's
-/// columns can change without changing the API.
+/// columns can change without changing the API. Fields are in name
+/// order, the order the daemon has always written them in (it used to
+/// serialize the row through a sorted JSON map), so the bytes on the wire
+/// stay the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperationView {
-    /// The id.
-    pub operation_id: OperationId,
-    /// The parent's id, for a child.
-    pub parent_operation_id: Option<OperationId>,
-    /// What kind of job.
-    pub operation_type: OperationType,
-    /// Where it is in its life.
-    pub status: Status,
-    /// Why it stopped (cancelled or failed).
-    pub stop_reason: Option<StopReason>,
-    /// Higher is claimed first.
-    pub priority: i64,
     /// Runs started so far.
     pub attempt: i64,
-    /// Runs allowed in all.
-    pub max_attempts: i64,
-    /// Not started before this time.
-    pub run_after: Option<String>,
-    /// When it was submitted.
-    pub created_at: String,
-    /// When its current run started.
-    pub started_at: Option<String>,
     /// When it became completed, failed or cancelled.
     pub completed_at: Option<String>,
-    /// When anything about it last changed.
-    pub updated_at: String,
-    /// Percent done, 0-100 (a parent's: its children's aggregate).
-    pub progress_percent: f64,
-    /// The latest progress message.
-    pub progress_message: Option<String>,
+    /// When it was submitted.
+    pub created_at: String,
     /// The step it is in.
     pub current_step: Option<String>,
-    /// How many steps are done.
-    pub steps_completed: Option<i64>,
-    /// How many steps there are.
-    pub steps_total: Option<i64>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Errors raised while it ran (array).
+    pub errors: Value,
+    /// Seconds left at the rate so far.
+    pub eta_seconds: Option<f64>,
+    /// Whether its failure fails the parent.
+    pub fail_parent: bool,
+    /// GPUs it holds or held (array of ids).
+    pub gpus_assigned: Option<Value>,
+    /// GPUs it asked for.
+    pub gpus_requested: i64,
+    /// The key it was submitted with.
+    pub idempotency_key: Option<String>,
     /// How many items are done.
     pub items_processed: Option<i64>,
     /// How many items there are.
     pub items_total: Option<i64>,
-    /// Seconds left at the rate so far.
-    pub eta_seconds: Option<f64>,
-    /// The job's details of its progress (a JSON object).
-    pub progress_context: Option<Value>,
+    /// Runs allowed in all.
+    pub max_attempts: i64,
     /// The parameters it was submitted with, as validated.
     pub metadata: Value,
-    /// What it produced, once completed.
-    pub result_summary: Option<Value>,
-    /// Why it failed.
-    pub error_message: Option<String>,
-    /// Warnings raised while it ran (array).
-    pub warnings: Value,
-    /// Errors raised while it ran (array).
-    pub errors: Value,
-    /// The key it was submitted with.
-    pub idempotency_key: Option<String>,
-    /// Where its share of the parent's progress starts, percent.
-    pub phase_start: Option<f64>,
+    /// The id.
+    pub operation_id: OperationId,
+    /// What kind of job.
+    pub operation_type: OperationType,
+    /// The parent's id, for a child.
+    pub parent_operation_id: Option<OperationId>,
     /// Where that share ends, percent.
     pub phase_end: Option<f64>,
-    /// Whether its failure fails the parent.
-    pub fail_parent: bool,
-    /// GPUs it asked for.
-    pub gpus_requested: i64,
-    /// GPUs it holds or held (array of ids).
-    pub gpus_assigned: Option<Value>,
+    /// Where its share of the parent's progress starts, percent.
+    pub phase_start: Option<f64>,
+    /// Higher is claimed first.
+    pub priority: i64,
+    /// The job's details of its progress (a JSON object).
+    pub progress_context: Option<Value>,
+    /// The latest progress message.
+    pub progress_message: Option<String>,
+    /// Percent done, 0-100 (a parent's: its children's aggregate).
+    pub progress_percent: f64,
+    /// What it produced, once completed.
+    pub result_summary: Option<Value>,
+    /// Not started before this time.
+    pub run_after: Option<String>,
+    /// When its current run started.
+    pub started_at: Option<String>,
+    /// Where it is in its life.
+    pub status: Status,
+    /// How many steps are done.
+    pub steps_completed: Option<i64>,
+    /// How many steps there are.
+    pub steps_total: Option<i64>,
+    /// Why it stopped (cancelled or failed).
+    pub stop_reason: Option<StopReason>,
+    /// When anything about it last changed.
+    pub updated_at: String,
+    /// Warnings raised while it ran (array).
+    pub warnings: Value,
 }
 
 impl OperationView {
@@ -589,39 +592,39 @@ impl From<OperationRecord> for OperationView {
     fn from(r: OperationRecord) -> OperationView {
         let progress = r.progress();
         let mut v = OperationView {
-            operation_id: r.operation_id,
-            parent_operation_id: r.parent_operation_id,
-            operation_type: r.operation_type,
-            status: r.status,
-            stop_reason: r.stop_reason,
-            priority: r.priority,
             attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            run_after: r.run_after,
-            created_at: r.created_at,
-            started_at: r.started_at,
             completed_at: r.completed_at,
-            updated_at: r.updated_at,
-            progress_percent: 0.0,
-            progress_message: None,
+            created_at: r.created_at,
             current_step: None,
-            steps_completed: None,
-            steps_total: None,
+            error_message: r.error_message,
+            errors: r.errors,
+            eta_seconds: None,
+            fail_parent: r.fail_parent,
+            gpus_assigned: r.gpus_assigned,
+            gpus_requested: r.gpus_requested,
+            idempotency_key: r.idempotency_key,
             items_processed: None,
             items_total: None,
-            eta_seconds: None,
-            progress_context: None,
+            max_attempts: r.max_attempts,
             metadata: r.metadata,
-            result_summary: r.result_summary,
-            error_message: r.error_message,
-            warnings: r.warnings,
-            errors: r.errors,
-            idempotency_key: r.idempotency_key,
-            phase_start: r.phase_start,
+            operation_id: r.operation_id,
+            operation_type: r.operation_type,
+            parent_operation_id: r.parent_operation_id,
             phase_end: r.phase_end,
-            fail_parent: r.fail_parent,
-            gpus_requested: r.gpus_requested,
-            gpus_assigned: r.gpus_assigned,
+            phase_start: r.phase_start,
+            priority: r.priority,
+            progress_context: None,
+            progress_message: None,
+            progress_percent: 0.0,
+            result_summary: r.result_summary,
+            run_after: r.run_after,
+            started_at: r.started_at,
+            status: r.status,
+            steps_completed: None,
+            steps_total: None,
+            stop_reason: r.stop_reason,
+            updated_at: r.updated_at,
+            warnings: r.warnings,
         };
         v.set_progress(progress);
         v
