@@ -94,6 +94,13 @@ mod tests {
         }
     }
 
+    fn unranged(p: f64) -> ChildProgress {
+        ChildProgress {
+            percentage: p,
+            phase: None,
+        }
+    }
+
     #[test]
     fn pipeline_weights() {
         // Setup done (own 100 %), training half done, backtest not started.
@@ -123,36 +130,28 @@ mod tests {
 
     #[test]
     fn unranged_children_share_equally() {
-        let kids = [
-            ChildProgress {
-                percentage: 100.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 50.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 0.0,
-                phase: None,
-            },
-        ];
+        let kids = [unranged(100.0), unranged(50.0), unranged(0.0)];
         assert!((parent_percentage(0.0, &kids) - 50.0).abs() < 1e-9);
     }
 
     #[test]
+    fn a_completed_child_counts_whole_and_no_children_leave_the_parent_alone() {
+        let done = ChildProgress::of(Status::Completed, 80.0, Some((0.0, 50.0)));
+        assert_eq!(done.percentage, 100.0);
+        assert_eq!(
+            ChildProgress::of(Status::Running, 80.0, None).percentage,
+            80.0
+        );
+        assert_eq!(running_parent(&[]), None);
+        assert_eq!(
+            running_parent(&[done, ranged(0.0, 50.0, 100.0)]),
+            Some(50.0)
+        );
+    }
+
+    #[test]
     fn mixed_ranges() {
-        let kids = [
-            ranged(100.0, 0.0, 40.0),
-            ChildProgress {
-                percentage: 50.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 0.0,
-                phase: None,
-            },
-        ];
+        let kids = [ranged(100.0, 0.0, 40.0), unranged(50.0), unranged(0.0)];
         // 40 + 30 * 0.5 + 30 * 0.
         assert!((parent_percentage(0.0, &kids) - 55.0).abs() < 1e-9);
         assert_eq!(parent_percentage(42.0, &[]), 42.0);

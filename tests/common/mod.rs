@@ -258,6 +258,53 @@ pub fn request_json(socket: &Path, v: &Value) -> Value {
         .unwrap_or_else(|| panic!("no response to {v}"))
 }
 
+/// Wait for a child with a deadline, then read everything it wrote to
+/// its (piped) stderr.
+pub fn wait_stderr(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let status = wait_child(child, limit);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status, err)
+}
+
+/// The pid a test script wrote to `path`, once it is there (20 s at most).
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        }),
+        "no pid in {}",
+        path.display()
+    );
+    pid.unwrap_or_default()
+}
+
+/// The database at `path` passes `PRAGMA integrity_check` and has no
+/// operation left `running` (after the daemon that used it has stopped or
+/// settled).
+pub fn assert_sound(path: &Path) {
+    let db = open_db(path);
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let running: i64 = db
+        .query_row(
+            "SELECT count(*) FROM operations WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(running, 0, "operations left running in {}", path.display());
+}
+
 /// Poll `f` every 10 ms until true or `limit`; returns whether it became true.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -30,22 +30,6 @@ fn submit_toy(d: &Daemon, flags: &[&str], extra: Value) -> String {
     d.submit("command", params)
 }
 
-/// The pid written to `path` by the toy script, once it is there.
-fn read_pid(path: &Path) -> i32 {
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            pid.is_some()
-        }),
-        "no pid in {}",
-        path.display()
-    );
-    pid.unwrap_or_default()
-}
-
 /// Gone, or a zombie waiting for init: not running either way.
 fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

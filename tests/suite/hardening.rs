@@ -116,14 +116,7 @@ fn with_closed_stdout(d: &Daemon, args: &[&str], lines: usize) -> (Option<i32>, 
     } else {
         drop(stdout);
     }
-    let status = wait_child(&mut child, Duration::from_secs(60));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = wait_stderr(&mut child, Duration::from_secs(60));
     (status.code(), err)
 }
 

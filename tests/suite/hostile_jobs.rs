@@ -15,22 +15,6 @@ fn hostile(flags: &[&str]) -> Value {
     json!({ "argv": argv, "grace_seconds": 5 })
 }
 
-/// The pid the script wrote to `path`.
-fn read_pid(path: &Path) -> i32 {
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            pid.is_some()
-        }),
-        "no pid in {}",
-        path.display()
-    );
-    pid.unwrap_or_default()
-}
-
 /// The process is gone: not running and not a zombie either (a zombie
 /// reparented to the daemon must be reaped by it).
 fn gone(pid: i32) -> bool {

@@ -117,19 +117,7 @@ fn a_locked_database_strands_nothing_and_reads_keep_answering() {
     assert_eq!(r["previous_status"], "running", "{r}");
     d.wait_status(&to_cancel, "cancelled", 20);
     assert!(wait_until(Duration::from_secs(10), || health(&d)["store"] == "ok"));
-    let db = open_db(&d.db());
-    let running: i64 = db
-        .query_row(
-            "SELECT count(*) FROM operations WHERE status = 'running'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(running, 0);
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_sound(&d.db());
 }
 
 #[test]
@@ -286,17 +274,5 @@ fn a_full_disk_is_reported_and_recovered_from_by_itself() {
         == "ok"));
     nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_child(&mut child.0, Duration::from_secs(30));
-    let db = open_db(&state.join("opsd.db"));
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let running: i64 = db
-        .query_row(
-            "SELECT count(*) FROM operations WHERE status = 'running'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(running, 0);
+    assert_sound(&state.join("opsd.db"));
 }
