@@ -630,3 +630,117 @@ impl From<OperationRecord> for OperationView {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> OperationRecord {
+        OperationRecord {
+            operation_id: OperationId::from("op_dummy_20260101_000000_deadbeef"),
+            parent_operation_id: Some(OperationId::from("op_pipeline_x")),
+            operation_type: OperationType::Dummy,
+            status: Status::Running,
+            stop_reason: Some(StopReason::User),
+            priority: 3,
+            attempt: 2,
+            max_attempts: 4,
+            run_after: Some("2026-01-01T00:00:00.000000Z".into()),
+            created_at: "c".into(),
+            started_at: Some("s".into()),
+            completed_at: None,
+            updated_at: "u".into(),
+            progress_percent: 42.5,
+            progress_message: Some("m".into()),
+            current_step: Some("step".into()),
+            steps_completed: Some(1),
+            steps_total: Some(2),
+            items_processed: Some(3),
+            items_total: Some(4),
+            eta_seconds: Some(5.5),
+            progress_context: Some(json!({ "epoch": 1 })),
+            metadata: json!({ "steps": 2 }),
+            result_summary: Some(json!({ "r": 1 })),
+            error_message: Some("e".into()),
+            warnings: json!(["w"]),
+            errors: json!([]),
+            idempotency_key: Some("k".into()),
+            phase_start: Some(5.0),
+            phase_end: Some(80.0),
+            fail_parent: true,
+            gpus_requested: 1,
+            gpus_assigned: Some(json!(["0"])),
+        }
+    }
+
+    /// The wire view is the record's JSON to the letter (SPEC §10: scripts
+    /// read these names), and its text is the record's as it used to be
+    /// written, through a sorted map.
+    #[test]
+    fn the_view_of_a_record_is_the_records_json() {
+        let rec = record();
+        let as_row = serde_json::to_value(&rec).unwrap();
+        let view = OperationView::from(rec);
+        assert_eq!(serde_json::to_value(&view).unwrap(), as_row);
+        assert_eq!(serde_json::to_string(&view).unwrap(), as_row.to_string());
+        let back: OperationView = serde_json::from_value(as_row).unwrap();
+        assert_eq!(back, view);
+    }
+
+    /// Answers are `"ok": true` plus the body's fields; failures carry the
+    /// error object; stream markers appear only where they belong.
+    #[test]
+    fn replies_frame_their_bodies() {
+        let page = MetricsPage {
+            metrics: vec![],
+            cursor: 7,
+            event: None,
+        };
+        assert_eq!(
+            serde_json::to_value(Reply::ok(page)).unwrap(),
+            json!({ "ok": true, "metrics": [], "cursor": 7 })
+        );
+        let end = LogChunk {
+            text: String::new(),
+            offset: 3,
+            event: Some(StreamEvent::End),
+        };
+        assert_eq!(
+            serde_json::to_value(Reply::ok(end)).unwrap(),
+            json!({ "ok": true, "text": "", "offset": 3, "event": "end" })
+        );
+        assert_eq!(
+            error_response("not_found", "no such operation").to_string(),
+            r#"{"ok":false,"error":{"code":"not_found","message":"no such operation"}}"#
+        );
+        let kids = Listed {
+            operations: vec![],
+            total: None,
+            active: None,
+        };
+        assert_eq!(
+            serde_json::to_value(Reply::ok(kids)).unwrap(),
+            json!({ "ok": true, "operations": [] })
+        );
+    }
+
+    /// What the typed constructors send is what scripts send by hand.
+    #[test]
+    fn requests_serialize_as_the_protocol_says() {
+        let v = |r: Request| serde_json::to_value(r).unwrap();
+        assert_eq!(
+            v(Request::get("op_a")),
+            json!({ "cmd": "get", "id": "op_a" })
+        );
+        assert_eq!(v(Request::Health), json!({ "cmd": "health" }));
+        let s = v(Submit::new("dummy", json!({ "steps": 1 })).into());
+        assert_eq!(s["cmd"], "submit");
+        assert_eq!(s["type"], "dummy");
+        assert_eq!(s["params"], json!({ "steps": 1 }));
+        let back: Request = serde_json::from_value(s).unwrap();
+        assert!(matches!(back, Request::Submit(b) if b.kind == "dummy" && b.priority == 0));
+        let line = Request::cancel("op_a").to_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+    }
+}

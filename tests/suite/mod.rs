@@ -11,4 +11,5 @@ mod jobs;
 mod lifecycle;
 mod protocol;
 mod research;
+mod typed_protocol;
 mod write_failures;
