@@ -54,7 +54,7 @@ impl Daemon {
     }
 
     fn status(&self, id: &str) -> String {
-        let r = self.req(Request::get(&id));
+        let r = self.req(Request::get(id));
         r["operation"]["status"]
             .as_str()
             .unwrap_or_default()

@@ -87,7 +87,7 @@ fn shutdown_with_eight(runs: usize) -> f64 {
             .collect();
         assert!(wait_until(Duration::from_secs(10), || {
             ids.iter().all(|id| {
-                request(&socket, Request::get(&id))["operation"]["steps_completed"]
+                request(&socket, Request::get(id))["operation"]["steps_completed"]
                     .as_i64()
                     .unwrap_or(0)
                     >= 2

@@ -343,8 +343,12 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
     if a.client.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&MetricsPage {
+                metrics: all,
+                cursor,
+                event: None,
+            })
+            .unwrap_or_default()
         );
     } else if !a.follow {
         all.iter().for_each(print_point);
@@ -356,7 +360,11 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
 fn children(id: &str, c: &ClientOpts) -> Outcome {
     let ops = connect(c)?.children(&op_id(id))?;
     if c.json {
-        print_json(&json!({ "operations": ops }));
+        print_json(&crate::protocol::Listed {
+            operations: ops,
+            total: None,
+            active: None,
+        });
     } else {
         if ops.is_empty() {
             eprintln!("{id} has no children");

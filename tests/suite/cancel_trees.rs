@@ -7,7 +7,7 @@ use std::time::Duration;
 
 fn submit_child(d: &Daemon, parent: &str) -> Value {
     d.req(Submit {
-        parent: Some(id_of(&parent)),
+        parent: Some(id_of(parent)),
         ..Submit::new(
             "dummy",
             json!({ "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 }),

@@ -169,7 +169,7 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         }
         if round % 4 == 0 {
             if let Some(id) = acknowledged.last() {
-                let _ = d.req(Request::cancel(&id));
+                let _ = d.req(Request::cancel(id));
             }
         }
         std::thread::sleep(Duration::from_millis(seed % 60));

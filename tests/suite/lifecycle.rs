@@ -280,7 +280,7 @@ fn metrics_cursor_has_no_gaps_or_repeats_while_running() {
         let over = d.status(&id) == "completed";
         let r = d.ok(Request::Metrics {
             id: id_of(&id),
-            cursor: cursor,
+            cursor,
             limit: Some(7),
             follow: false,
         });
