@@ -286,6 +286,16 @@ pub fn read_pid(path: &Path) -> i32 {
     pid.unwrap_or_default()
 }
 
+/// A process's resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The database at `path` passes `PRAGMA integrity_check` and has no
 /// operation left `running` (after the daemon that used it has stopped or
 /// settled).

@@ -53,15 +53,6 @@ fn seqs(d: &Daemon, id: &str) -> Vec<i64> {
         .collect()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The GPUs assigned to a running operation (recorded just after its claim).
 fn wait_gpus(d: &Daemon, id: &str) -> Value {
     let mut last = Value::Null;

@@ -136,15 +136,6 @@ fn hostile_checkpoint_path_proc_is_refused_and_cancel_still_works() {
     checkpoint_path_is_refused("/proc");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn hostile_metric_burst_keeps_memory_bounded_and_loses_no_point() {
     const POINTS: i64 = 300_000;
