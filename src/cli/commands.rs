@@ -3,8 +3,12 @@
 
 use super::watch::{self as watching, WatchEnd};
 use super::{output, ClientOpts, Command};
-use crate::client::{call, Client, ClientError};
+use crate::client::{Client, ClientError};
 use crate::config::Config;
+use crate::ids::OperationId;
+use crate::model::Status;
+use crate::protocol::{MetricsPage, OperationView, Request, StreamEvent};
+use crate::store::records::{ListFilter, MetricPoint};
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -39,9 +43,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Show(a) => show(&a.id, &a.client),
         Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, &a.client),
         Command::Cancel(a) => cancel(&a.id, a.reason, &a.client),
-        Command::Resume(a) => simple(&a.client, json!({"cmd": "resume", "id": a.id}), |v| {
-            format!("{} is resuming", output::text(&v["operation_id"]))
-        }),
+        Command::Resume(a) => resume(&a.id, &a.client),
         Command::Metrics(a) => metrics(a),
         Command::Children(a) => children(&a.id, &a.client),
         Command::Logs(a) => logs(a),
@@ -101,22 +103,19 @@ fn write_stdout(args: std::fmt::Arguments, newline: bool) {
     }
 }
 
-fn print_json(v: &Value) {
-    let mut v = v.clone();
-    if let Value::Object(m) = &mut v {
-        m.remove("ok");
-    }
-    outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+/// A response body as pretty JSON on stdout (`--json`).
+fn print_json<T: serde::Serialize>(body: &T) {
+    outln!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
 }
 
-fn simple(client: &ClientOpts, req: Value, human: impl Fn(&Value) -> String) -> Outcome {
-    let v = call(&client.socket_path(), &req)?;
-    if client.json {
-        print_json(&v);
-    } else {
-        eprintln!("{}", human(&v));
-    }
-    Ok(ExitCode::SUCCESS)
+/// One connection to the daemon the options name.
+fn connect(c: &ClientOpts) -> Result<Client, Failure> {
+    Ok(Client::connect(&c.socket_path())?)
+}
+
+/// An operation id given on the command line.
+fn op_id(s: &str) -> OperationId {
+    OperationId::from(s)
 }
 
 fn serve(a: super::ServeArgs) -> Outcome {
@@ -194,31 +193,19 @@ pub fn absolutize(kind: &str, params: &mut Value) {
 }
 
 fn submit(a: super::SubmitArgs) -> Outcome {
-    let mut params = build_params(a.params_json.as_deref(), &a.params)?;
-    absolutize(&a.kind, &mut params);
-    let mut req = json!({ "cmd": "submit", "type": a.kind, "params": params, "priority": a.priority, "gpus": a.gpus });
-    for (k, v) in [
-        ("parent", a.parent),
-        ("key", a.key),
-        ("run_after", a.run_after),
-    ] {
-        if let Some(v) = v {
-            req[k] = json!(v);
-        }
-    }
-    if let Some(n) = a.max_attempts {
-        req["max_attempts"] = json!(n);
-    }
-    let v = call(&a.client.socket_path(), &req)?;
-    let id = output::text(&v["operation_id"]);
+    let mut s = a.submit;
+    s.params = build_params(a.params_json.as_deref(), &a.params)?;
+    absolutize(&s.kind, &mut s.params);
+    let v = connect(&a.client)?.submit(s)?;
+    let id = v.operation_id.to_string();
     if a.client.json {
         outln!(
             "{}",
-            json!({ "operation_id": v["operation_id"], "status": v["status"] })
+            json!({ "operation_id": v.operation_id, "status": v.status })
         );
     } else {
         outln!("{id}");
-        if v["created"] == false {
+        if !v.created {
             eprintln!("(already submitted with this key; this is the first operation)");
         }
     }
@@ -229,58 +216,57 @@ fn submit(a: super::SubmitArgs) -> Outcome {
 }
 
 fn list(a: super::ListArgs) -> Outcome {
-    let mut req = json!({ "cmd": "list", "status": a.status, "active": a.active, "limit": a.limit, "offset": a.offset });
-    if let Some(t) = a.kind {
-        req["type"] = json!(t);
-    }
-    if let Some(p) = a.parent {
-        req["parent"] = json!(p);
-    }
-    let v = call(&a.client.socket_path(), &req)?;
+    let filter = ListFilter {
+        status: a.status,
+        kind: a.kind,
+        active: a.active,
+        parent: a.parent,
+        limit: Some(a.limit),
+        offset: Some(a.offset),
+    };
+    let v = connect(&a.client)?.list(filter)?;
     if a.client.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let ops = v["operations"].as_array().cloned().unwrap_or_default();
-    if ops.is_empty() {
+    if v.operations.is_empty() {
         eprintln!("no operations match; submit one with `opsd submit dummy`");
     } else {
-        outln!("{}", output::operations_table(&ops));
+        outln!("{}", output::operations_table(&v.operations));
     }
     eprintln!(
         "{} shown of {} matching · {} active",
-        ops.len(),
-        v["total"],
-        v["active"]
+        v.operations.len(),
+        v.total.unwrap_or_default(),
+        v.active.unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(id: &str, c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "get", "id": id }))?;
-    let op = &v["operation"];
+    let op = connect(c)?.get(&op_id(id))?;
     if c.json {
-        outln!("{}", serde_json::to_string_pretty(op).unwrap_or_default());
+        print_json(&op);
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["FIELD", "VALUE"]);
-    if let Value::Object(m) = op {
+    if let Ok(Value::Object(m)) = serde_json::to_value(&op) {
         for (k, v) in m {
-            let shown = match v {
+            let shown = match &v {
                 Value::Object(_) | Value::Array(_) => {
-                    serde_json::to_string_pretty(v).unwrap_or_default()
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
                 }
                 other => output::text(other),
             };
-            t.add_row(vec![k.clone(), shown]);
+            t.add_row(vec![k, shown]);
         }
     }
     outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn exit_for(op: &Value) -> ExitCode {
-    if op["status"] == "completed" {
+fn exit_for(op: &OperationView) -> ExitCode {
+    if op.status == Status::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -293,7 +279,7 @@ fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
     match watching::watch(&c.socket_path(), id, c.json, &interrupted)? {
         WatchEnd::Finished(op) => {
             if c.json {
-                outln!("{}", serde_json::to_string_pretty(&op).unwrap_or_default());
+                print_json(&op);
             }
             Ok(exit_for(&op))
         }
@@ -307,30 +293,32 @@ fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outcome {
 }
 
 fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
-    let v = call(
-        &c.socket_path(),
-        &json!({ "cmd": "cancel", "id": id, "reason": reason }),
-    )?;
+    let v = connect(c)?.cancel(&op_id(id), reason, None)?;
     if c.json {
         print_json(&v);
-    } else if v["status"] == "running" {
+    } else if v.status == Status::Running {
         eprintln!(
             "{id}: cancel requested; it stops at its next checkpoint (see `opsd watch {id}`)"
         );
     } else {
-        eprintln!("{id}: {}", output::text(&v["status"]));
+        eprintln!("{id}: {}", v.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(id: &str, c: &ClientOpts) -> Outcome {
+    let v = connect(c)?.resume(&op_id(id))?;
+    if c.json {
+        print_json(&v);
+    } else {
+        eprintln!("{} is resuming", v.operation_id);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One metric point as a line: `seq  recorded_at  data`.
-fn print_point(p: &Value) {
-    outln!(
-        "{:>6}  {}  {}",
-        p["seq"],
-        output::text(&p["recorded_at"]),
-        p["data"]
-    );
+fn print_point(p: &MetricPoint) {
+    outln!("{:>6}  {}  {}", p.seq, p.recorded_at, p.data);
 }
 
 fn metrics(a: super::MetricsArgs) -> Outcome {
@@ -343,26 +331,34 @@ fn metrics(a: super::MetricsArgs) -> Outcome {
             "several ids need --plot KEY (their curves are drawn on one chart)".into(),
         ));
     };
-    let mut client = Client::connect(&a.client.socket_path())?;
-    client.send(&json!({ "cmd": "metrics", "id": id, "cursor": a.cursor, "follow": a.follow }))?;
+    let mut client = connect(&a.client)?;
+    client.send(&Request::Metrics {
+        id: op_id(id),
+        cursor: a.cursor,
+        limit: None,
+        follow: a.follow,
+    })?;
     let mut all = Vec::new();
     let mut cursor = a.cursor;
-    while let Some(v) = client.recv()? {
-        cursor = v["cursor"].as_i64().unwrap_or(cursor);
-        let points = v["metrics"].as_array().cloned().unwrap_or_default();
+    while let Some(page) = client.recv::<MetricsPage>()? {
+        cursor = page.cursor;
         if a.follow && !a.client.json {
-            points.iter().for_each(print_point);
+            page.metrics.iter().for_each(print_point);
         }
-        all.extend(points);
-        if !a.follow || v["event"] == "end" {
+        all.extend(page.metrics);
+        if !a.follow || page.event == Some(StreamEvent::End) {
             break;
         }
     }
     if a.client.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&MetricsPage {
+                metrics: all,
+                cursor,
+                event: None,
+            })
+            .unwrap_or_default()
         );
     } else if !a.follow {
         all.iter().for_each(print_point);
@@ -378,21 +374,21 @@ fn fetch_metrics(
     id: &str,
     cursor: i64,
 ) -> Result<(Vec<Value>, i64, bool), Failure> {
-    let op = call(socket, &json!({ "cmd": "get", "id": id }))?;
-    let over = !matches!(
-        op["operation"]["status"].as_str(),
-        Some("pending" | "resuming" | "running")
-    );
-    let v = call(
-        socket,
-        &json!({ "cmd": "metrics", "id": id, "cursor": cursor, "limit": 100000 }),
-    )?;
-    let points = v["metrics"].as_array().cloned().unwrap_or_default();
-    Ok((points, v["cursor"].as_i64().unwrap_or(cursor), over))
+    let mut client = Client::connect(socket)?;
+    let id = op_id(id);
+    let over = !client.get(&id)?.status.is_active();
+    let page = client.metrics(&id, cursor, Some(100_000))?;
+    let points = page
+        .metrics
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap_or_default())
+        .collect();
+    Ok((points, page.cursor, over))
 }
 
 fn dashboard(c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "health" }))?;
+    let health = connect(c)?.health()?;
+    let v = serde_json::to_value(&health).unwrap_or_default();
     let url = crate::http::dashboard_url(&v).map_err(Failure::Request)?;
     if c.json {
         println!("{}", json!({ "url": url }));
@@ -403,11 +399,14 @@ fn dashboard(c: &ClientOpts) -> Outcome {
 }
 
 fn children(id: &str, c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "children", "id": id }))?;
+    let ops = connect(c)?.children(&op_id(id))?;
     if c.json {
-        print_json(&v);
+        print_json(&crate::protocol::Listed {
+            operations: ops,
+            total: None,
+            active: None,
+        });
     } else {
-        let ops = v["operations"].as_array().cloned().unwrap_or_default();
         if ops.is_empty() {
             eprintln!("{id} has no children");
         } else {
@@ -418,17 +417,16 @@ fn children(id: &str, c: &ClientOpts) -> Outcome {
 }
 
 fn logs(a: super::LogsArgs) -> Outcome {
-    let mut client = Client::connect(&a.client.socket_path())?;
-    client.send(&json!({ "cmd": "logs", "id": a.id, "follow": a.follow }))?;
+    let mut client = connect(&a.client)?;
+    client.send(&Request::logs(op_id(&a.id), a.follow))?;
     let mut text = String::new();
-    while let Some(v) = client.recv()? {
-        let chunk = v["text"].as_str().unwrap_or("");
+    while let Some(chunk) = client.recv::<crate::protocol::LogChunk>()? {
         if a.client.json {
-            text.push_str(chunk);
+            text.push_str(&chunk.text);
         } else {
-            out!("{chunk}");
+            out!("{}", chunk.text);
         }
-        if !a.follow || v["event"] == "end" {
+        if !a.follow || chunk.event == Some(StreamEvent::End) {
             break;
         }
     }
@@ -439,39 +437,45 @@ fn logs(a: super::LogsArgs) -> Outcome {
 }
 
 fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
-    let req = match a.args.as_slice() {
-        [] => json!({ "cmd": "checkpoints" }),
-        [verb, id] if verb == "delete" => json!({ "cmd": "delete_checkpoint", "id": id }),
-        [id] => json!({ "cmd": "checkpoints", "id": id }),
+    let id = match a.args.as_slice() {
+        [] => None,
+        [verb, id] if verb == "delete" => {
+            let v = connect(&a.client)?.delete_checkpoint(&op_id(id))?;
+            if a.client.json {
+                print_json(&v);
+            } else {
+                eprintln!("deleted the checkpoint of {}", v.deleted);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        [id] => Some(op_id(id)),
         _ => {
             return Err(Failure::Usage(
                 "usage: opsd checkpoints [ID] | opsd checkpoints delete ID".into(),
             ))
         }
     };
-    let v = call(&a.client.socket_path(), &req)?;
+    let v = connect(&a.client)?.checkpoints(id)?;
     if a.client.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(id) = v["deleted"].as_str() {
-        eprintln!("deleted the checkpoint of {id}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = v["checkpoints"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if v.checkpoints.is_empty() {
         eprintln!("no checkpoints");
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["OPERATION", "TYPE", "CREATED", "STATE", "FILES", "PROGRESS"]);
-    for c in &list {
+    for c in &v.checkpoints {
+        let progress = c
+            .progress_percent
+            .map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"));
         t.add_row(vec![
-            output::text(&c["operation_id"]),
-            output::text(&c["checkpoint_type"]),
-            output::text(&c["created_at"]).chars().take(19).collect(),
-            output::bytes(c["state_size_bytes"].as_i64().unwrap_or(0)),
-            output::bytes(c["artifacts_size_bytes"].as_i64().unwrap_or(0)),
-            format!("{:.1}%", c["progress_percent"].as_f64().unwrap_or(0.0)),
+            c.operation_id.to_string(),
+            c.checkpoint_type.to_string(),
+            c.created_at.chars().take(19).collect(),
+            output::bytes(c.state_size_bytes),
+            output::bytes(c.artifacts_size_bytes),
+            progress,
         ]);
     }
     outln!("{t}");
@@ -479,26 +483,23 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
 }
 
 fn health(c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "health" }))?;
+    let v = connect(c)?.health()?;
     if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["", ""]);
-    t.add_row(vec!["version".into(), output::text(&v["version"])]);
-    t.add_row(vec![
-        "uptime".into(),
-        output::duration(v["uptime_seconds"].as_f64().unwrap_or(0.0)),
-    ]);
-    for k in ["state_dir", "db", "socket", "workers", "pid"] {
-        t.add_row(vec![k.to_string(), output::text(&v[k])]);
-    }
-    if let Value::Object(m) = &v["counts"] {
-        let counts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        t.add_row(vec!["operations".into(), counts.join(" · ")]);
-    }
-    t.add_row(vec!["gpus".into(), v["gpus"].to_string()]);
-    t.add_row(vec!["recovery".into(), v["recovery"].to_string()]);
+    t.add_row(vec!["version".into(), v.version.clone()]);
+    t.add_row(vec!["uptime".into(), output::duration(v.uptime_seconds)]);
+    t.add_row(vec!["state_dir".into(), v.state_dir.display().to_string()]);
+    t.add_row(vec!["db".into(), v.db.clone()]);
+    t.add_row(vec!["socket".into(), v.socket.display().to_string()]);
+    t.add_row(vec!["workers".into(), v.workers.to_string()]);
+    t.add_row(vec!["pid".into(), v.pid.to_string()]);
+    let counts: Vec<String> = v.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    t.add_row(vec!["operations".into(), counts.join(" · ")]);
+    t.add_row(vec!["gpus".into(), v.gpus.to_string()]);
+    t.add_row(vec!["recovery".into(), v.recovery.to_string()]);
     outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }

@@ -92,35 +92,19 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `submit` options.
+/// `submit` options: the request's own (`protocol::Submit`) and how to
+/// build its parameters.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Operation type: dummy, command, training, backtest or pipeline.
-    pub kind: String,
+    /// The request: type, parent, priority, GPUs, key, attempts, start time.
+    #[command(flatten)]
+    pub submit: crate::protocol::Submit,
     /// A parameter, KEY=VALUE; VALUE is parsed as JSON when it can be (repeatable).
     #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
     pub params: Vec<String>,
     /// All parameters as a JSON object, or @FILE to read it from a file.
     #[arg(long = "params", value_name = "JSON|@FILE")]
     pub params_json: Option<String>,
-    /// Make this a child of another operation.
-    #[arg(long)]
-    pub parent: Option<String>,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i64,
-    /// GPUs to reserve; the operation waits until that many are free.
-    #[arg(long, default_value_t = 0)]
-    pub gpus: i64,
-    /// Idempotency key: submitting the same key again returns the first operation.
-    #[arg(long)]
-    pub key: Option<String>,
-    /// Starts allowed in all; failures retry with exponential backoff.
-    #[arg(long)]
-    pub max_attempts: Option<i64>,
-    /// Do not start before this: a duration (10m, 2h) or an RFC 3339 time.
-    #[arg(long)]
-    pub run_after: Option<String>,
     /// Watch it until it ends (exit status as `watch`).
     #[arg(long)]
     pub watch: bool,
@@ -134,16 +118,16 @@ pub struct SubmitArgs {
 pub struct ListArgs {
     /// Only these statuses (repeatable): pending, resuming, running, completed, failed, cancelled.
     #[arg(long)]
-    pub status: Vec<String>,
+    pub status: Vec<crate::model::Status>,
     /// Only this type.
     #[arg(long = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<crate::model::OperationType>,
     /// Only pending, resuming and running operations.
     #[arg(long)]
     pub active: bool,
     /// Only children of this operation.
     #[arg(long)]
-    pub parent: Option<String>,
+    pub parent: Option<crate::ids::OperationId>,
     /// At most this many rows.
     #[arg(long, default_value_t = 50)]
     pub limit: i64,

@@ -32,28 +32,9 @@ pub struct NewOperation {
     pub run_after: Option<String>,
 }
 
-/// Progress as stored and shown (SPEC §4).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// 0-100.
-    pub percentage: f64,
-    /// For people.
-    pub message: Option<String>,
-    /// Name of the current step.
-    pub current_step: Option<String>,
-    /// Steps done.
-    pub steps_completed: Option<i64>,
-    /// Steps in all.
-    pub steps_total: Option<i64>,
-    /// Items done.
-    pub items_processed: Option<i64>,
-    /// Items in all.
-    pub items_total: Option<i64>,
-    /// Estimated seconds left.
-    pub eta_seconds: Option<f64>,
-    /// Domain details (JSON object).
-    pub context: Option<Value>,
-}
+/// Progress as stored and shown (SPEC §4): the fields of
+/// [`crate::control::ProgressFields`] with the percentage always known.
+pub type Progress = crate::control::ProgressFields<f64>;
 
 /// One operation, every column (SPEC §5), JSON columns parsed.
 #[derive(Debug, Clone, Serialize, Deserialize)]

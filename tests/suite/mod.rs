@@ -14,4 +14,5 @@ mod lifecycle;
 mod protocol;
 mod python_client;
 mod research;
+mod typed_protocol;
 mod write_failures;
