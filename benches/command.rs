@@ -6,11 +6,15 @@
 //! Plain `fn main` (no harness): it prints a table. `OPSD_BENCH_QUICK=1`
 //! runs a smaller version.
 
+#[path = "support/serve.rs"]
+mod serve;
+
+use opsd::client::Client;
+use opsd::protocol::{Request, Submit};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 struct Daemon {
@@ -24,32 +28,9 @@ impl Daemon {
     fn start(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_path_buf();
-        let cfg = state.join("opsd.toml");
-        std::fs::write(&cfg, config).expect("config");
-        let socket = state.join("opsd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_opsd"))
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&cfg)
-            .env("OPSD_LOG", "warn")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start opsd");
-        let start = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (mut child, socket) =
+            serve::spawn(Path::new(env!("CARGO_BIN_EXE_opsd")), &state, config);
+        serve::wait_ready(&mut child, &socket, Duration::from_secs(30));
         Daemon {
             _dir: dir,
             state,
@@ -58,26 +39,22 @@ impl Daemon {
         }
     }
 
-    fn req(&self, v: &Value) -> Value {
-        let mut s = UnixStream::connect(&self.socket).expect("connect");
-        let mut line = v.to_string();
-        line.push('\n');
-        s.write_all(line.as_bytes()).expect("send");
-        let mut out = String::new();
-        BufReader::new(s).read_line(&mut out).expect("receive");
-        let r: Value = serde_json::from_str(&out).expect("json");
-        assert_eq!(r["ok"], true, "{v} -> {r}");
-        r
+    fn req(&self, r: impl Into<Request>) -> Value {
+        let r = r.into();
+        let v = Client::connect(&self.socket)
+            .and_then(|mut c| c.value(&r))
+            .expect("a response");
+        assert_eq!(v["ok"], true, "{r} -> {v}");
+        v
     }
 
     fn submit(&self, argv: Value) -> String {
-        let r =
-            self.req(&json!({ "cmd": "submit", "type": "command", "params": { "argv": argv } }));
+        let r = self.req(Submit::new("command", json!({ "argv": argv })));
         r["operation_id"].as_str().unwrap_or_default().to_string()
     }
 
     fn status(&self, id: &str) -> String {
-        let r = self.req(&json!({ "cmd": "get", "id": id }));
+        let r = self.req(Request::get(id));
         r["operation"]["status"]
             .as_str()
             .unwrap_or_default()
@@ -163,11 +140,11 @@ fn main() {
     to_done.sort_by(f64::total_cmp);
 
     // Throughput: a batch of jobs in one durable submit, until all are done.
-    let ops: Vec<Value> = (0..n_throughput)
-        .map(|_| json!({ "type": "command", "params": { "argv": ["/bin/true"] } }))
+    let ops: Vec<Submit> = (0..n_throughput)
+        .map(|_| Submit::new("command", json!({ "argv": ["/bin/true"] })))
         .collect();
     let t0 = Instant::now();
-    let r = d.req(&json!({ "cmd": "submit_batch", "operations": ops }));
+    let r = d.req(Request::SubmitBatch { operations: ops });
     let ids: Vec<String> = r["operations"]
         .as_array()
         .map(|a| {

@@ -12,14 +12,19 @@
 //! Run: `cargo build --release && cargo bench --bench durability`
 //! (`-- quick` for fewer rows and runs). Medians of several runs.
 
+#[path = "support/serve.rs"]
+mod serve;
+
+use opsd::client::Client;
 use opsd::config::Config;
 use opsd::control::{ProgressUpdate, RunControl};
 use opsd::daemon::Daemon;
+use opsd::protocol::{Request, Submit};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -27,12 +32,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn request(socket: &Path, v: &Value) -> Value {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.write_all(format!("{v}\n").as_bytes()).expect("write");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).expect("read");
-    serde_json::from_str(&line).expect("json")
+fn request(socket: &Path, r: impl Into<Request>) -> Value {
+    Client::connect(socket)
+        .and_then(|mut c| c.value(&r.into()))
+        .expect("a response")
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -56,22 +59,7 @@ fn release_bin() -> PathBuf {
 }
 
 fn spawn(dir: &Path, config: &str) -> (Child, PathBuf) {
-    let cfg = dir.join("opsd.toml");
-    std::fs::write(&cfg, config).expect("config");
-    let socket = dir.join("opsd.sock");
-    let child = Command::new(release_bin())
-        .args(["serve", "--state-dir"])
-        .arg(dir)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&cfg)
-        .env("OPSD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    (child, socket)
+    serve::spawn(&release_bin(), dir, config)
 }
 
 fn sigterm(child: &Child) {
@@ -85,15 +73,12 @@ fn shutdown_with_eight(runs: usize) -> f64 {
     for _ in 0..runs {
         let dir = tempfile::tempdir().expect("tmp");
         let (mut child, socket) = spawn(dir.path(), "[concurrency]\ndummy = 8\n");
-        assert!(wait_until(Duration::from_secs(10), || UnixStream::connect(
-            &socket
-        )
-        .is_ok()));
+        serve::wait_ready(&mut child, &socket, Duration::from_secs(10));
         let ids: Vec<String> = (0..8)
             .map(|_| {
                 request(
                     &socket,
-                    &json!({"cmd":"submit","type":"dummy","params":{"steps":100000,"step_ms":10}}),
+                    Submit::new("dummy", json!({"steps":100000,"step_ms":10})),
                 )["operation_id"]
                     .as_str()
                     .unwrap_or_default()
@@ -102,7 +87,7 @@ fn shutdown_with_eight(runs: usize) -> f64 {
             .collect();
         assert!(wait_until(Duration::from_secs(10), || {
             ids.iter().all(|id| {
-                request(&socket, &json!({"cmd":"get","id":id}))["operation"]["steps_completed"]
+                request(&socket, Request::get(id))["operation"]["steps_completed"]
                     .as_i64()
                     .unwrap_or(0)
                     >= 2
@@ -197,7 +182,7 @@ fn recovery_at_scale(rows: usize, runs: usize) -> (f64, f64) {
         let (mut child, socket) = spawn(dir.path(), "workers = 128\n[concurrency]\ndummy = 120\n");
         let ok = wait_until(Duration::from_secs(30), || {
             UnixStream::connect(&socket).is_ok()
-                && request(&socket, &json!({"cmd":"health"}))["running"]
+                && request(&socket, Request::Health)["running"]
                     .as_array()
                     .map(|a| a.len())
                     .unwrap_or(0)
@@ -285,11 +270,13 @@ fn in_process(dir: &Path, extra: impl FnOnce(&mut Config)) -> Daemon {
 /// daemon recorded them (its own timestamps), so the benchmark's polling
 /// (every 25 ms) neither adds to the figure nor steals much CPU from it.
 fn run_to_end(socket: &Path, kind: &str, params: Value) -> (f64, Value) {
-    let id = request(socket, &json!({"cmd":"submit","type":kind,"params":params}))["operation_id"]
-        .clone();
+    let id = request(socket, Submit::new(kind, params))["operation_id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
     let op = loop {
         std::thread::sleep(Duration::from_millis(25));
-        let op = request(socket, &json!({"cmd":"get","id":id}))["operation"].clone();
+        let op = request(socket, Request::get(&id))["operation"].clone();
         if matches!(
             op["status"].as_str(),
             Some("completed" | "failed" | "cancelled")

@@ -45,6 +45,7 @@ fn sample_update(i: usize, epochs: usize) -> ProgressUpdate {
         steps_total: Some(epochs as i64),
         items_processed: Some(i as i64),
         items_total: Some(480),
+        eta_seconds: None,
         context: Some(serde_json::json!({"epoch": i % 20 + 1, "batch": i % 24 + 1, "loss": 0.69})),
     }
 }

@@ -9,6 +9,8 @@
 //! still training). Counting that part as done made a pipeline read 57 %
 //! while its only child, training at 43 %, stood for 5 + 0.43 × 75 ≈ 37 %.
 
+use crate::model::Status;
+
 /// One child's contribution: its percent done and its phase range, if any.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ChildProgress {
@@ -16,6 +18,30 @@ pub struct ChildProgress {
     pub percentage: f64,
     /// Its phase range in percent of the parent.
     pub phase: Option<(f64, f64)>,
+}
+
+impl ChildProgress {
+    /// A child's contribution from what is known of it: a completed child
+    /// counts as 100 % whatever it last reported (its final progress write
+    /// may say less).
+    pub fn of(status: Status, percentage: f64, phase: Option<(f64, f64)>) -> ChildProgress {
+        ChildProgress {
+            percentage: if status == Status::Completed {
+                100.0
+            } else {
+                percentage
+            },
+            phase,
+        }
+    }
+}
+
+/// A running parent's percentage from its children, `None` while it has
+/// none (then its own progress stands). Once it has children its own part
+/// (setup) counts as done. The one rule both the stored aggregate and the
+/// live view use.
+pub fn running_parent(children: &[ChildProgress]) -> Option<f64> {
+    (!children.is_empty()).then(|| parent_percentage(100.0, children))
 }
 
 /// The parent's percentage from its own progress and its children's.
@@ -68,6 +94,13 @@ mod tests {
         }
     }
 
+    fn unranged(p: f64) -> ChildProgress {
+        ChildProgress {
+            percentage: p,
+            phase: None,
+        }
+    }
+
     #[test]
     fn pipeline_weights() {
         // Setup done (own 100 %), training half done, backtest not started.
@@ -97,36 +130,28 @@ mod tests {
 
     #[test]
     fn unranged_children_share_equally() {
-        let kids = [
-            ChildProgress {
-                percentage: 100.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 50.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 0.0,
-                phase: None,
-            },
-        ];
+        let kids = [unranged(100.0), unranged(50.0), unranged(0.0)];
         assert!((parent_percentage(0.0, &kids) - 50.0).abs() < 1e-9);
     }
 
     #[test]
+    fn a_completed_child_counts_whole_and_no_children_leave_the_parent_alone() {
+        let done = ChildProgress::of(Status::Completed, 80.0, Some((0.0, 50.0)));
+        assert_eq!(done.percentage, 100.0);
+        assert_eq!(
+            ChildProgress::of(Status::Running, 80.0, None).percentage,
+            80.0
+        );
+        assert_eq!(running_parent(&[]), None);
+        assert_eq!(
+            running_parent(&[done, ranged(0.0, 50.0, 100.0)]),
+            Some(50.0)
+        );
+    }
+
+    #[test]
     fn mixed_ranges() {
-        let kids = [
-            ranged(100.0, 0.0, 40.0),
-            ChildProgress {
-                percentage: 50.0,
-                phase: None,
-            },
-            ChildProgress {
-                percentage: 0.0,
-                phase: None,
-            },
-        ];
+        let kids = [ranged(100.0, 0.0, 40.0), unranged(50.0), unranged(0.0)];
         // 40 + 30 * 0.5 + 30 * 0.
         assert!((parent_percentage(0.0, &kids) - 55.0).abs() < 1e-9);
         assert_eq!(parent_percentage(42.0, &[]), 42.0);

@@ -1,5 +1,16 @@
-//! A blocking client for the daemon's socket, used by the CLI and tests.
+//! The one client of the daemon's socket: the CLI, the integration tests
+//! and the benchmarks all speak to opsd through it. Requests are
+//! [`Request`] values and answers the typed bodies of `crate::protocol`;
+//! `value` and the `*_line` methods give the raw JSON for callers that
+//! check the wire itself (protocol tests, benchmarks that pre-serialize).
 
+use crate::ids::OperationId;
+use crate::protocol::{
+    Cancelled, CheckpointList, Deleted, ErrorReply, Got, Health, Listed, MetricsPage,
+    OperationView, Reply, Request, Resumed, Submit, Submitted, SubmittedBatch,
+};
+use crate::store::records::ListFilter;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -28,15 +39,26 @@ pub enum ClientError {
         /// `error.message`.
         message: String,
     },
-    /// The daemon's answer was not JSON.
-    #[error("opsd sent an unreadable response: {0}")]
+    /// The daemon's answer was not what the protocol says.
+    #[error("opsd sent an unreadable response: {0}. Are the client and the daemon the same version (`opsd health`)?")]
     Protocol(String),
+}
+
+impl ClientError {
+    /// True when waiting for a line timed out (see [`Client::set_read_timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ClientError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ))
+    }
 }
 
 /// One connection to the daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    line: String,
 }
 
 impl Client {
@@ -49,6 +71,7 @@ impl Client {
         Ok(Client {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
+            line: String::new(),
         })
     }
 
@@ -57,45 +80,159 @@ impl Client {
         Ok(self.writer.set_read_timeout(d)?)
     }
 
-    /// Send one request line.
-    pub fn send(&mut self, request: &Value) -> Result<(), ClientError> {
-        let mut line = request.to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+    /// Send one request.
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        self.send_line(&request.to_line())
+    }
+
+    /// Send bytes that are already a request line (ending in `\n`), as
+    /// benchmarks do to keep serialization out of what they measure.
+    pub fn send_line(&mut self, line: &[u8]) -> Result<(), ClientError> {
+        self.writer.write_all(line)?;
         Ok(())
     }
 
-    /// Read one response line; `Ok(None)` when the daemon closed the
-    /// connection. Errors (`"ok": false`) become [`ClientError::Daemon`].
-    pub fn recv(&mut self) -> Result<Option<Value>, ClientError> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+    /// Read one response line as it came (without interpreting it);
+    /// `Ok(None)` when the daemon closed the connection.
+    pub fn recv_line(&mut self) -> Result<Option<&str>, ClientError> {
+        self.line.clear();
+        if self.reader.read_line(&mut self.line)? == 0 {
             return Ok(None);
         }
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if v.get("ok").and_then(Value::as_bool) == Some(true) {
-            Ok(Some(v))
-        } else {
-            Err(ClientError::Daemon {
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("unknown error")
-                    .to_string(),
-            })
+        Ok(Some(&self.line))
+    }
+
+    /// Read one response as JSON, failures included (`"ok": false`).
+    pub fn recv_value(&mut self) -> Result<Option<Value>, ClientError> {
+        match self.recv_line()? {
+            None => Ok(None),
+            Some(l) => serde_json::from_str(l)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
         }
     }
 
-    /// Send a request and read its single response.
-    pub fn request(&mut self, request: &Value) -> Result<Value, ClientError> {
+    /// Read one response as the body `T`; a failure (`"ok": false`)
+    /// becomes [`ClientError::Daemon`].
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
+        let Some(v) = self.recv_value()? else {
+            return Ok(None);
+        };
+        decode(v).map(Some)
+    }
+
+    /// Send a request and read its single response as `T`.
+    pub fn request<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         self.send(request)?;
-        self.recv()?
-            .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))
+        self.recv()?.ok_or_else(closed)
+    }
+
+    /// Send a request and read its single response as JSON, failures
+    /// included: for callers that check the wire format itself.
+    pub fn value(&mut self, request: &Request) -> Result<Value, ClientError> {
+        self.send(request)?;
+        self.recv_value()?.ok_or_else(closed)
+    }
+
+    /// `submit`.
+    pub fn submit(&mut self, s: Submit) -> Result<Submitted, ClientError> {
+        self.request(&Request::Submit(s))
+    }
+
+    /// `submit_batch`: all in one durable commit.
+    pub fn submit_batch(&mut self, operations: Vec<Submit>) -> Result<SubmittedBatch, ClientError> {
+        self.request(&Request::SubmitBatch { operations })
+    }
+
+    /// `get`: one operation, live progress included.
+    pub fn get(&mut self, id: &OperationId) -> Result<OperationView, ClientError> {
+        self.request::<Got>(&Request::get(id.clone()))
+            .map(|g| g.operation)
+    }
+
+    /// `list`.
+    pub fn list(&mut self, filter: ListFilter) -> Result<Listed, ClientError> {
+        self.request(&Request::List(filter))
+    }
+
+    /// `children` of `id`.
+    pub fn children(&mut self, id: &OperationId) -> Result<Vec<OperationView>, ClientError> {
+        self.request::<Listed>(&Request::children(id.clone()))
+            .map(|l| l.operations)
+    }
+
+    /// `cancel` of `id` and its descendants.
+    pub fn cancel(
+        &mut self,
+        id: &OperationId,
+        reason: Option<String>,
+        wait_ms: Option<u64>,
+    ) -> Result<Cancelled, ClientError> {
+        self.request(&Request::Cancel {
+            id: id.clone(),
+            reason,
+            wait_ms,
+        })
+    }
+
+    /// `resume`.
+    pub fn resume(&mut self, id: &OperationId) -> Result<Resumed, ClientError> {
+        self.request(&Request::resume(id.clone()))
+    }
+
+    /// One page of `metrics` after `cursor` (at most `limit` points).
+    pub fn metrics(
+        &mut self,
+        id: &OperationId,
+        cursor: i64,
+        limit: Option<i64>,
+    ) -> Result<MetricsPage, ClientError> {
+        self.request(&Request::Metrics {
+            id: id.clone(),
+            cursor,
+            limit,
+            follow: false,
+        })
+    }
+
+    /// `checkpoints`, of `id` or of all.
+    pub fn checkpoints(&mut self, id: Option<OperationId>) -> Result<CheckpointList, ClientError> {
+        self.request(&Request::checkpoints(id))
+    }
+
+    /// `delete_checkpoint`.
+    pub fn delete_checkpoint(&mut self, id: &OperationId) -> Result<Deleted, ClientError> {
+        self.request(&Request::DeleteCheckpoint { id: id.clone() })
+    }
+
+    /// `health`.
+    pub fn health(&mut self) -> Result<Health, ClientError> {
+        self.request(&Request::Health)
     }
 }
 
-/// Connect, send one request, return its response.
-pub fn call(path: &Path, request: &Value) -> Result<Value, ClientError> {
+fn closed() -> ClientError {
+    ClientError::Protocol("the daemon closed the connection".into())
+}
+
+/// A response as the body `T`, or the daemon's error.
+fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        serde_json::from_value::<Reply<T>>(v)
+            .map(|r| r.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    } else {
+        match serde_json::from_value::<ErrorReply>(v) {
+            Ok(e) => Err(ClientError::Daemon {
+                code: e.error.code,
+                message: e.error.message,
+            }),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+}
+
+/// Connect, send one request, return its response as `T`.
+pub fn call<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T, ClientError> {
     Client::connect(path)?.request(request)
 }

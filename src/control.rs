@@ -5,12 +5,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One progress report. Every field is optional so an engine reports what it
-/// knows; `None` leaves the previously reported value in place.
+/// The progress fields of SPEC §4, declared once for everything that
+/// carries them. `P` is the percentage's type: `Option<f64>` in a report
+/// ([`ProgressUpdate`], where every field is what the reporter knows), a
+/// plain `f64` in the state the daemon keeps and stores
+/// (`crate::store::records::Progress`). The store's row and the wire
+/// spell them as columns (`progress_percent`, ...) and convert.
+///
+/// Unknown fields are refused: the progress file of a `command` job is
+/// parsed into this, and its error then names the known fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProgressUpdate {
+#[serde(
+    default,
+    deny_unknown_fields,
+    bound(deserialize = "P: Deserialize<'de> + Default")
+)]
+pub struct ProgressFields<P> {
     /// Completion in percent, 0-100.
-    pub percentage: Option<f64>,
+    pub percentage: P,
     /// Human readable, e.g. `Epoch 3/50 · Batch 120/640`.
     pub message: Option<String>,
     /// Name of the step in progress, e.g. `training`.
@@ -23,9 +35,16 @@ pub struct ProgressUpdate {
     pub items_processed: Option<i64>,
     /// Items in all.
     pub items_total: Option<i64>,
+    /// Estimated seconds left. The daemon computes it from the rate of
+    /// progress; a report's value is ignored.
+    pub eta_seconds: Option<f64>,
     /// Domain details (epoch, batch, symbol, ...), a JSON object.
     pub context: Option<serde_json::Value>,
 }
+
+/// One progress report. Every field is optional so an engine reports what it
+/// knows; `None` leaves the previously reported value in place.
+pub type ProgressUpdate = ProgressFields<Option<f64>>;
 
 /// What an engine may ask of its runner while it works.
 pub trait RunControl {
@@ -85,5 +104,30 @@ impl RunControl for RecordingControl {
     }
     fn stop_requested(&self) -> bool {
         matches!(self.stop_after_progress_calls, Some(n) if self.progress_calls >= n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report names only what it knows; an unknown field is refused with
+    /// the known ones listed (what a `command` job's author sees).
+    #[test]
+    fn a_report_parses_partially_and_refuses_unknown_fields() {
+        let u: ProgressUpdate =
+            serde_json::from_value(serde_json::json!({ "message": "half", "steps_total": 4 }))
+                .unwrap();
+        assert_eq!(u.percentage, None);
+        assert_eq!(u.message.as_deref(), Some("half"));
+        assert_eq!(u.steps_total, Some(4));
+        let e = serde_json::from_value::<ProgressUpdate>(serde_json::json!({ "percent": 5 }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent") && e.contains("percentage"), "{e}");
+        assert!(
+            e.contains("items_processed") && e.contains("context"),
+            "{e}"
+        );
     }
 }

@@ -2,17 +2,18 @@
 //! runtime and the store, and overlays live progress on what it reads.
 //! One function per request; the server only frames lines.
 
-use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::aggregate::{self, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::{self, OperationId};
 use crate::jobs::job_for;
 use crate::model::Status;
-use crate::protocol::Submit;
-use crate::runtime::Runtime;
-use crate::store::records::{
-    CleanFilter, ListFilter, NewOperation, OperationRecord, QueueChange, SubmitOptions,
+use crate::protocol::{
+    Cancelled, CheckpointList, Cleaned, Deleted, Health, Listed, MetricsPage, OperationView,
+    QueueChanged, QueueList, Released, Rerun, Resumed, Submit, Submitted, SubmittedBatch,
 };
-use serde_json::{json, Value};
+use crate::runtime::Runtime;
+use crate::store::records::{CleanFilter, ListFilter, NewOperation, QueueChange, SubmitOptions};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ impl Service {
     }
 
     /// `submit`.
-    pub async fn submit(&self, s: Submit) -> Result<Value> {
+    pub async fn submit(&self, s: Submit) -> Result<Submitted> {
         let op = self
             .blocking(move |svc| svc.resolve_submit(s).and_then(|s| svc.prepare(&s)))
             .await?;
@@ -126,11 +127,11 @@ impl Service {
             .pop()
             .ok_or_else(|| Error::Internal("a submit returned no operation".into()))?;
         self.rt.wake();
-        Ok(json!({ "operation_id": s.id, "status": s.status, "created": s.created }))
+        Ok(s.into())
     }
 
     /// `submit_batch`: all rows in one transaction (each validated first).
-    pub async fn submit_batch(&self, list: Vec<Submit>) -> Result<Value> {
+    pub async fn submit_batch(&self, list: Vec<Submit>) -> Result<SubmittedBatch> {
         let rows = self
             .blocking(move |svc| {
                 list.into_iter()
@@ -146,11 +147,9 @@ impl Service {
         self.ensure_accepting()?;
         let out = self.rt.store.submit(rows).done().await?;
         self.rt.wake();
-        let ops: Vec<Value> = out
-            .into_iter()
-            .map(|s| json!({ "operation_id": s.id, "status": s.status, "created": s.created }))
-            .collect();
-        Ok(json!({ "operations": ops }))
+        Ok(SubmittedBatch {
+            operations: out.into_iter().map(Submitted::from).collect(),
+        })
     }
 
     fn ensure_accepting(&self) -> Result<()> {
@@ -177,98 +176,107 @@ impl Service {
     }
 
     /// `get`, off the async threads.
-    pub async fn get_async(&self, id: &OperationId) -> Result<OperationRecord> {
+    pub async fn get_async(&self, id: &OperationId) -> Result<OperationView> {
         let id = id.clone();
         self.blocking(move |s| s.get(&id)).await
     }
 
     /// `list`, off the async threads.
-    pub async fn list_async(&self, filter: ListFilter) -> Result<Value> {
+    pub async fn list_async(&self, filter: ListFilter) -> Result<Listed> {
         self.blocking(move |s| s.list(&filter)).await
     }
 
     /// `children`, off the async threads.
-    pub async fn children_async(&self, id: &OperationId) -> Result<Value> {
+    pub async fn children_async(&self, id: &OperationId) -> Result<Listed> {
         let id = id.clone();
         self.blocking(move |s| s.children(&id)).await
     }
 
     /// `metrics`, off the async threads.
-    pub async fn metrics_async(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<Value> {
+    pub async fn metrics_async(
+        &self,
+        id: &OperationId,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<MetricsPage> {
         let id = id.clone();
         self.blocking(move |s| s.metrics(&id, cursor, limit)).await
     }
 
     /// `checkpoints`, off the async threads.
-    pub async fn checkpoints_async(&self, id: Option<OperationId>) -> Result<Value> {
+    pub async fn checkpoints_async(&self, id: Option<OperationId>) -> Result<CheckpointList> {
         self.blocking(move |s| s.checkpoints(id.as_ref())).await
     }
 
     /// `health`, off the async threads.
-    pub async fn health_async(&self) -> Result<Value> {
+    pub async fn health_async(&self) -> Result<Health> {
         self.blocking(|s| s.health()).await
     }
 
     /// `get`: one operation with live progress.
-    pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
-        let mut rec = self.rt.store.get(id)?;
-        self.overlay_live(&mut rec)?;
-        if rec.waiting_for > 0 {
-            rec.waiting_on = self.rt.store.waiting_on(id)?;
-        }
-        Ok(rec)
+    pub fn get(&self, id: &OperationId) -> Result<OperationView> {
+        self.view(self.rt.store.get(id)?)
     }
 
-    /// Replace stored progress with the live value of a running operation,
-    /// and a parent's percentage with its children's aggregate.
-    fn overlay_live(&self, rec: &mut OperationRecord) -> Result<()> {
-        if rec.status != Status::Running {
-            return Ok(());
+    /// The wire view of a stored row: a running operation's stored
+    /// progress replaced by its live value, and a running parent's
+    /// percentage by its children's aggregate.
+    fn view(&self, rec: crate::store::records::OperationRecord) -> Result<OperationView> {
+        let mut v = OperationView::from(rec);
+        if v.waiting_for > 0 && v.status == Status::Pending {
+            v.waiting_on = self.rt.store.waiting_on(&v.operation_id)?;
         }
-        if let Some(live) = self.rt.live(&rec.operation_id) {
-            rec.set_progress(live.progress());
+        if v.status != Status::Running {
+            return Ok(v);
         }
-        let kids = self.rt.store.children(&rec.operation_id)?;
-        if !kids.is_empty() {
-            let parts: Vec<ChildProgress> = kids
-                .iter()
-                .map(|k| ChildProgress {
-                    percentage: match k.status {
-                        Status::Completed => 100.0,
-                        Status::Running => self
-                            .rt
-                            .live(&k.operation_id)
-                            .map(|l| l.progress().percentage)
-                            .unwrap_or(k.progress_percent),
-                        _ => k.progress_percent,
-                    },
-                    phase: k.phase_start.zip(k.phase_end),
-                })
-                .collect();
-            rec.progress_percent = parent_percentage(100.0, &parts);
+        if let Some(live) = self.rt.live(&v.operation_id) {
+            v.set_progress(live.progress());
         }
-        Ok(())
+        let kids = self.rt.store.children(&v.operation_id)?;
+        let parts: Vec<ChildProgress> = kids
+            .iter()
+            .map(|k| {
+                let live = (k.status == Status::Running)
+                    .then(|| self.rt.live(&k.operation_id))
+                    .flatten()
+                    .map(|l| l.progress().percentage);
+                ChildProgress::of(
+                    k.status,
+                    live.unwrap_or(k.progress_percent),
+                    k.phase_start.zip(k.phase_end),
+                )
+            })
+            .collect();
+        if let Some(pct) = aggregate::running_parent(&parts) {
+            v.progress_percent = pct;
+        }
+        Ok(v)
+    }
+
+    fn views(
+        &self,
+        rows: Vec<crate::store::records::OperationRecord>,
+    ) -> Result<Vec<OperationView>> {
+        rows.into_iter().map(|r| self.view(r)).collect()
     }
 
     /// `list`.
-    pub fn list(&self, filter: &ListFilter) -> Result<Value> {
-        let mut page = self.rt.store.list(filter)?;
-        for r in &mut page.rows {
-            self.overlay_live(r)?;
-            if r.waiting_for > 0 && r.status == Status::Pending {
-                r.waiting_on = self.rt.store.waiting_on(&r.operation_id)?;
-            }
-        }
-        Ok(json!({ "operations": page.rows, "total": page.total, "active": page.active }))
+    pub fn list(&self, filter: &ListFilter) -> Result<Listed> {
+        let page = self.rt.store.list(filter)?;
+        Ok(Listed {
+            operations: self.views(page.rows)?,
+            total: Some(page.total),
+            active: Some(page.active),
+        })
     }
 
     /// `children`.
-    pub fn children(&self, id: &OperationId) -> Result<Value> {
-        let mut rows = self.rt.store.children(id)?;
-        for r in &mut rows {
-            self.overlay_live(r)?;
-        }
-        Ok(json!({ "operations": rows }))
+    pub fn children(&self, id: &OperationId) -> Result<Listed> {
+        Ok(Listed {
+            operations: self.views(self.rt.store.children(id)?)?,
+            total: None,
+            active: None,
+        })
     }
 
     /// `cancel`: waits (up to `wait`) for a running operation to stop.
@@ -277,7 +285,7 @@ impl Service {
         id: &OperationId,
         reason: Option<String>,
         wait: Duration,
-    ) -> Result<Value> {
+    ) -> Result<Cancelled> {
         let (rt, i) = (self.rt.clone(), id.clone());
         let before = self.blocking(move |_| rt.cancel(&i, reason)).await?;
         // No wait asked: answer at once. A zero tokio timeout still
@@ -288,35 +296,45 @@ impl Service {
             }
         }
         let rec = self.get_async(id).await?;
-        Ok(
-            json!({ "operation_id": id, "previous_status": before, "status": rec.status, "stop_reason": rec.stop_reason }),
-        )
+        Ok(Cancelled {
+            operation_id: id.clone(),
+            previous_status: before,
+            status: rec.status,
+            stop_reason: rec.stop_reason,
+        })
     }
 
     /// `resume`, off the async threads (it waits for the writer).
-    pub async fn resume(&self, id: &OperationId) -> Result<Value> {
+    pub async fn resume(&self, id: &OperationId) -> Result<Resumed> {
         let (rt, i) = (self.rt.clone(), id.clone());
         self.blocking(move |_| rt.resume(&i)).await?;
-        Ok(json!({ "operation_id": id, "status": Status::Resuming }))
+        Ok(Resumed {
+            operation_id: id.clone(),
+            status: Status::Resuming,
+        })
     }
 
     /// `metrics`: points after `cursor`.
-    pub fn metrics(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<Value> {
+    pub fn metrics(&self, id: &OperationId, cursor: i64, limit: i64) -> Result<MetricsPage> {
         let (points, next) = self.rt.store.metrics(id, cursor, limit)?;
-        Ok(json!({ "metrics": points, "cursor": next }))
+        Ok(MetricsPage {
+            metrics: points,
+            cursor: next,
+            event: None,
+        })
     }
 
     /// `checkpoints`.
-    pub fn checkpoints(&self, id: Option<&OperationId>) -> Result<Value> {
+    pub fn checkpoints(&self, id: Option<&OperationId>) -> Result<CheckpointList> {
         let list = match id {
             Some(id) => self.rt.store.checkpoint(id)?.into_iter().collect(),
             None => self.rt.store.checkpoints()?,
         };
-        Ok(json!({ "checkpoints": list }))
+        Ok(CheckpointList { checkpoints: list })
     }
 
     /// `delete_checkpoint`: the row, then its files.
-    pub async fn delete_checkpoint(&self, id: &OperationId) -> Result<Value> {
+    pub async fn delete_checkpoint(&self, id: &OperationId) -> Result<Deleted> {
         if self.rt.live(id).is_some() {
             return Err(Error::InvalidTransition(format!(
                 "operation {id} is running; cancel it before deleting its checkpoint"
@@ -324,19 +342,23 @@ impl Service {
         }
         let cp = self.rt.store.delete_checkpoint(id).done().await?;
         self.rt.config.paths().remove_checkpoints(id);
-        Ok(json!({ "deleted": cp.operation_id }))
+        Ok(Deleted {
+            deleted: cp.operation_id,
+        })
     }
 
     /// `release`: a held operation may start.
-    pub async fn release(&self, id: &OperationId) -> Result<Value> {
+    pub async fn release(&self, id: &OperationId) -> Result<Released> {
         self.rt.store.release(id).done().await?;
         self.rt.wake();
-        Ok(json!({ "operation_id": id, "released": true }))
+        Ok(Released {
+            operation_id: id.clone(),
+        })
     }
 
     /// `rerun`: a new operation with the same type, parameters (with
     /// `edits` applied), label, queue, priority, GPUs and attempts.
-    pub async fn rerun(&self, id: &OperationId, edits: Value) -> Result<Value> {
+    pub async fn rerun(&self, id: &OperationId, edits: Value) -> Result<Rerun> {
         let old = self.get_async(id).await?;
         let mut params = match old.metadata.clone() {
             Value::Object(m) => m,
@@ -368,9 +390,10 @@ impl Service {
             after: Vec::new(),
             after_any: Vec::new(),
         };
-        let mut out = self.submit(s).await?;
-        out["rerun_of"] = json!(id);
-        Ok(out)
+        Ok(Rerun {
+            submitted: self.submit(s).await?,
+            rerun_of: id.clone(),
+        })
     }
 
     /// `clean`: delete finished operations, then their files.
@@ -379,7 +402,7 @@ impl Service {
         older_than: Option<String>,
         status: Vec<String>,
         dry_run: bool,
-    ) -> Result<Value> {
+    ) -> Result<Cleaned> {
         let ended_before = match older_than {
             None => None,
             Some(d) => {
@@ -414,13 +437,17 @@ impl Service {
                 paths.remove_operation_files(id);
             }
         }
-        Ok(json!({ "deleted": gone.len(), "operations": gone, "dry_run": dry_run }))
+        Ok(Cleaned {
+            deleted: gone.len(),
+            operations: gone,
+            dry_run,
+        })
     }
 
     /// `queues`: every named queue with its counts.
-    pub async fn queues(&self) -> Result<Value> {
-        let rows = self.blocking(|s| s.rt.store.queues()).await?;
-        Ok(json!({ "queues": rows }))
+    pub async fn queues(&self) -> Result<QueueList> {
+        let queues = self.blocking(|s| s.rt.store.queues()).await?;
+        Ok(QueueList { queues })
     }
 
     /// `queue_set`: pause, start or cap a queue.
@@ -429,43 +456,46 @@ impl Service {
         name: String,
         paused: Option<bool>,
         parallel: Option<i64>,
-    ) -> Result<Value> {
+    ) -> Result<QueueChanged> {
         let change = QueueChange {
             name,
             paused,
             parallel: parallel.map(Some),
         };
-        let q = self.rt.store.set_queue(change).done().await?;
+        let queue = self.rt.store.set_queue(change).done().await?;
         self.rt.wake();
-        Ok(json!({ "queue": q }))
+        Ok(QueueChanged { queue })
     }
 
     /// `health`.
-    pub fn health(&self) -> Result<Value> {
+    pub fn health(&self) -> Result<Health> {
         let counts = self.rt.store.counts()?;
-        let by_status: serde_json::Map<String, Value> = counts
-            .into_iter()
-            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
-            .collect();
         let cfg = &self.rt.config;
-        Ok(json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "uptime_seconds": self.rt.started_at.elapsed().as_secs_f64(),
-            "accepting": self.rt.accepting(),
-            "state_dir": cfg.state_dir,
-            "db": self.rt.store.location(),
-            "socket": cfg.socket_path(),
-            "http": cfg.http,
-            "workers": cfg.workers,
-            "concurrency": cfg.concurrency,
-            "running": self.rt.running_ids(),
-            "counts": by_status,
-            "gpus": self.rt.gpu_status(),
-            "recovery": self.rt.recovery.lock().map(|r| r.clone()).unwrap_or(Value::Null),
-            // "ok", or why writes are not landing and since when.
-            "store": self.rt.store.degraded().unwrap_or_else(|| "ok".into()),
-        }))
+        Ok(Health {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_seconds: self.rt.started_at.elapsed().as_secs_f64(),
+            accepting: self.rt.accepting(),
+            state_dir: cfg.state_dir.clone(),
+            db: self.rt.store.location(),
+            socket: cfg.socket_path(),
+            http: cfg.http.clone(),
+            workers: cfg.workers,
+            concurrency: cfg.concurrency.clone(),
+            running: self.rt.running_ids(),
+            counts: counts
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_string(), n))
+                .collect(),
+            gpus: self.rt.gpu_status(),
+            recovery: self
+                .rt
+                .recovery
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or(Value::Null),
+            store: self.rt.store.degraded().unwrap_or_else(|| "ok".into()),
+        })
     }
 }
 

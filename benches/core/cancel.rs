@@ -12,17 +12,20 @@
 
 use crate::daemon::{Bench, Conn, Slots};
 use crate::stats::{ms, percentile, verdict, Table};
+use opsd::ids::OperationId;
+use opsd::protocol::{Request, Submit};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Submit a long dummy and wait until it runs; returns its id.
 fn start_one(conn: &mut Conn) -> String {
-    let v = conn.call(&json!({
-        "cmd": "submit", "type": "dummy", "params": {"steps": 100_000, "step_ms": 10}
-    }));
+    let v = conn.call(Submit::new(
+        "dummy",
+        json!({"steps": 100_000, "step_ms": 10}),
+    ));
     let id = v["operation_id"].as_str().expect("id").to_string();
     loop {
-        let g = conn.call(&json!({"cmd": "get", "id": id}));
+        let g = conn.call(Request::get(&id));
         if g["operation"]["status"] == "running" {
             return id;
         }
@@ -49,10 +52,14 @@ pub fn run(samples: usize) {
         ));
         if i % 2 == 0 {
             let t0 = Instant::now();
-            conn.call(&json!({"cmd": "cancel", "id": id, "wait_ms": 0}));
+            conn.call(Request::Cancel {
+                id: OperationId::from(id.as_str()),
+                reason: None,
+                wait_ms: Some(0),
+            });
             let t1 = Instant::now();
             loop {
-                let g: Value = conn.call(&json!({"cmd": "get", "id": id}));
+                let g: Value = conn.call(Request::get(&id));
                 if g["operation"]["status"] == "cancelled" {
                     break;
                 }
@@ -64,7 +71,7 @@ pub fn run(samples: usize) {
             total.push(ms(t2 - t0));
         } else {
             let t0 = Instant::now();
-            let v = conn.call(&json!({"cmd": "cancel", "id": id}));
+            let v = conn.call(Request::cancel(&id));
             waited.push(ms(t0.elapsed()));
             assert_eq!(v["status"], "cancelled", "{v}");
         }

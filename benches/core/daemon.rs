@@ -1,18 +1,18 @@
-//! An in-process daemon on a fresh directory, and a lean socket client.
+//! An in-process daemon on a fresh directory, and opsd's socket client.
 //!
 //! The daemon is the real one (`opsd::daemon::Daemon`, the code `opsd
 //! serve` runs) bound to a real Unix socket; clients are threads in the
 //! same process. On a 2-core machine the clients' CPU comes out of the
 //! daemon's share either way, so the client is kept as cheap as possible:
-//! requests are pre-serialized bytes and responses are only parsed where
+//! requests are pre-serialized lines and responses are only parsed where
 //! the figure needs a field.
 
+use opsd::client::Client;
 use opsd::config::Config;
 use opsd::daemon::Daemon;
 use opsd::model::OperationType;
+use opsd::protocol::Request;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 /// Worker and concurrency settings of a benchmark daemon.
@@ -103,52 +103,41 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(base).expect("temp dir")
 }
 
-/// One socket connection speaking newline-delimited JSON.
+/// One connection through opsd's own client, failing loudly: a benchmark
+/// must not count error responses as throughput.
 pub struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    line: String,
+    client: Client,
 }
 
 impl Conn {
     /// Connect to `socket`.
     pub fn connect(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).expect("connect to the daemon");
         Conn {
-            reader: BufReader::new(s.try_clone().expect("clone stream")),
-            writer: s,
-            line: String::new(),
+            client: Client::connect(socket).expect("connect to the daemon"),
         }
     }
 
-    /// Send one pre-serialized request line (ending in `\n`) and read the
-    /// response line into an internal buffer; returns it. Panics on an
-    /// error response: a benchmark must not count failures as throughput.
+    /// Send one pre-serialized request line (see [`line`]) and return the
+    /// response line. Panics on an error response.
     pub fn raw(&mut self, request: &[u8]) -> &str {
-        self.writer.write_all(request).expect("send");
-        self.line.clear();
-        let n = self.reader.read_line(&mut self.line).expect("receive");
-        assert!(n > 0, "the daemon closed the connection");
-        assert!(
-            self.line.starts_with("{\"ok\":true") || self.line.contains("\"ok\":true"),
-            "error response: {}",
-            self.line
-        );
-        &self.line
+        self.client.send_line(request).expect("send");
+        let line = self
+            .client
+            .recv_line()
+            .expect("receive")
+            .expect("the daemon closed the connection");
+        assert!(line.contains("\"ok\":true"), "error response: {line}");
+        line
     }
 
     /// Send a request and parse the response.
-    pub fn call(&mut self, request: &Value) -> Value {
-        let mut bytes = request.to_string().into_bytes();
-        bytes.push(b'\n');
-        let line = self.raw(&bytes).to_string();
+    pub fn call(&mut self, request: impl Into<Request>) -> Value {
+        let line = self.raw(&line(request)).to_string();
         serde_json::from_str(&line).expect("JSON response")
     }
 }
 
-/// `value` as a request line.
-pub fn line(value: &Value) -> Vec<u8> {
-    let mut v = value.to_string().into_bytes();
-    v.push(b'\n');
-    v
+/// `request` as a line to send (serialized once, outside the timing).
+pub fn line(request: impl Into<Request>) -> Vec<u8> {
+    request.into().to_line()
 }

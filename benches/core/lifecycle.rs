@@ -9,6 +9,8 @@
 
 use crate::daemon::{line, Bench, Slots};
 use crate::stats::{median, spread, thousands, thread_cpu, verdict, Table};
+use opsd::protocol::{Request, Submit};
+use opsd::store::records::ListFilter;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -31,14 +33,20 @@ struct Once {
 fn once(ops: usize, slots: Slots) -> Once {
     let bench = Bench::fresh(slots);
     let mut conn = bench.client();
-    let one = json!({"type": "dummy", "params": {"steps": 0}});
+    let one = Submit::new("dummy", json!({"steps": 0}));
     let batches: Vec<Vec<u8>> = (0..ops.div_ceil(BATCH))
         .map(|b| {
             let n = BATCH.min(ops - b * BATCH);
-            line(&json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}))
+            line(Request::SubmitBatch {
+                operations: vec![one.clone(); n],
+            })
         })
         .collect();
-    let active = line(&json!({"cmd": "list", "active": true, "limit": 0}));
+    let active = line(Request::List(ListFilter {
+        active: true,
+        limit: Some(0),
+        ..ListFilter::default()
+    }));
     let cpu0 = thread_cpu();
     let t = Instant::now();
     let mut last = String::new();
@@ -55,7 +63,7 @@ fn once(ops: usize, slots: Slots) -> Once {
     // age, so it is among the last to run), then confirm with `list`
     // that nothing is active. Polling `list` alone would count every
     // pending row on each poll and take CPU from the daemon.
-    let last = line(&json!({"cmd": "get", "id": last}));
+    let last = line(Request::get(&last));
     loop {
         let v: Value = serde_json::from_str(conn.raw(&last)).expect("JSON");
         if v["operation"]["status"] == "completed" {

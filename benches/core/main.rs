@@ -24,6 +24,8 @@ mod lifecycle;
 mod memory;
 mod progress;
 mod reads;
+#[path = "../support/serve.rs"]
+mod serve;
 mod sqlite;
 mod stats;
 mod throughput;

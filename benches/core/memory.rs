@@ -8,10 +8,12 @@
 
 use crate::daemon::{line, Conn};
 use crate::stats::{verdict, Table};
+use opsd::protocol::{Request, Submit};
+use opsd::store::records::ListFilter;
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 /// A spawned `opsd serve`.
 struct Proc {
@@ -24,37 +26,13 @@ impl Proc {
     fn spawn(dir: &Path) -> Proc {
         // No GPUs (skip discovery); no backtest slots, so the prefilled
         // pending backtests stay pending instead of failing as unavailable.
-        let cfg = dir.join("bench.toml");
-        std::fs::write(&cfg, "gpus = []\n[concurrency]\nbacktest = 0\n").expect("config");
-        let socket = dir.join("opsd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_opsd"))
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(dir)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&cfg)
-            .env("OPSD_LOG", "warn")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn opsd serve");
-        let mut p = Proc { child, socket };
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&p.socket).is_err() {
-            assert!(
-                p.child.try_wait().expect("wait").is_none(),
-                "opsd serve exited"
-            );
-            assert!(
-                t.elapsed() < Duration::from_secs(300),
-                "opsd serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (mut child, socket) = crate::serve::spawn(
+            Path::new(env!("CARGO_BIN_EXE_opsd")),
+            dir,
+            "gpus = []\n[concurrency]\nbacktest = 0\n",
+        );
+        crate::serve::wait_ready(&mut child, &socket, Duration::from_secs(300));
+        let p = Proc { child, socket };
         // Let start-up work (recovery, first claims) settle.
         std::thread::sleep(Duration::from_secs(1));
         p
@@ -90,16 +68,18 @@ impl Proc {
 fn serve_reads(socket: &Path, ids: &[String], gets: usize) {
     let mut conn = Conn::connect(socket);
     for i in 0..gets {
-        conn.raw(&line(
-            &json!({"cmd": "get", "id": ids[(i * 7_919) % ids.len()]}),
-        ));
+        conn.raw(&line(Request::get(&ids[(i * 7_919) % ids.len()])));
     }
-    let running = line(&json!({"cmd": "list", "status": ["running"], "limit": 50}));
+    let running = line(Request::List(ListFilter {
+        status: vec![opsd::model::Status::Running],
+        limit: Some(50),
+        ..ListFilter::default()
+    }));
     for _ in 0..100 {
         conn.raw(&running);
     }
     for _ in 0..20 {
-        conn.raw(&line(&json!({"cmd": "list"})));
+        conn.raw(&line(Request::List(ListFilter::default())));
     }
 }
 
@@ -121,7 +101,7 @@ pub fn run(empty_dir: &Path, big_dir: &Path, rows: usize, ids: &[String]) {
     ]);
     {
         let mut c = Conn::connect(&p.socket);
-        let submit = line(&json!({"cmd": "submit", "type": "dummy", "params": {"steps": 0}}));
+        let submit = line(Submit::new("dummy", json!({"steps": 0})));
         for _ in 0..1_000 {
             c.raw(&submit);
         }

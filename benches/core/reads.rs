@@ -11,6 +11,8 @@
 
 use crate::daemon::{line, Bench, Slots};
 use crate::stats::{ms, percentile, verdict, Table};
+use opsd::protocol::{Request, Submit};
+use opsd::store::records::ListFilter;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -47,10 +49,16 @@ pub fn run(dir: &Path, rows: usize, sample_ids: &[String], gets: usize, lists: u
     let startup = t.elapsed();
     let mut conn = bench.client();
     for _ in 0..RUNNING {
-        conn.call(&json!({"cmd": "submit", "type": "dummy",
-            "params": {"steps": 100_000, "step_ms": 1_000, "checkpoint_every": 100_000}}));
+        conn.call(Submit::new(
+            "dummy",
+            json!({"steps": 100_000, "step_ms": 1_000, "checkpoint_every": 100_000}),
+        ));
     }
-    let running = line(&json!({"cmd": "list", "status": ["running"], "limit": 50}));
+    let running = line(Request::List(ListFilter {
+        status: vec![opsd::model::Status::Running],
+        limit: Some(50),
+        ..ListFilter::default()
+    }));
     loop {
         let v: Value = serde_json::from_str(conn.raw(&running)).expect("JSON");
         if v["total"].as_u64() == Some(RUNNING as u64) {
@@ -61,9 +69,9 @@ pub fn run(dir: &Path, rows: usize, sample_ids: &[String], gets: usize, lists: u
     let get = |i: usize| {
         // Spread over the whole id range, in a scattered order.
         let k = (i.wrapping_mul(7_919)) % sample_ids.len();
-        line(&json!({"cmd": "get", "id": sample_ids[k]}))
+        line(Request::get(&sample_ids[k]))
     };
-    let default_list = line(&json!({"cmd": "list"}));
+    let default_list = line(Request::List(ListFilter::default()));
     // Warm up: the first requests pay for opening pooled connections.
     latencies(&mut conn, 200, get);
     latencies(&mut conn, 5, |_| running.clone());

@@ -15,6 +15,7 @@
 use crate::daemon::{line, tempdir, Bench, Conn, Slots};
 use crate::sqlite::insert_ceiling;
 use crate::stats::{median, spread, thousands, thread_cpu, verdict, Table};
+use opsd::protocol::Submit;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -64,7 +65,7 @@ pub fn submit_rate(clients: usize, sizes: &Sizes) -> Rate {
         workers: 16,
         dummy: 0,
     });
-    let request = line(&json!({"cmd": "submit", "type": "dummy", "params": {"steps": 0}}));
+    let request = line(Submit::new("dummy", json!({"steps": 0})));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let go = Arc::new(Barrier::new(clients + 1));

@@ -3,8 +3,12 @@
 
 use super::watch::{self as watching, WatchEnd};
 use super::{output, ClientOpts, Command};
-use crate::client::{call, Client, ClientError};
+use crate::client::{Client, ClientError};
 use crate::config::Config;
+use crate::ids::OperationId;
+use crate::model::Status;
+use crate::protocol::{MetricsPage, OperationView, Request, StreamEvent};
+use crate::store::records::{ListFilter, MetricPoint};
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -39,26 +43,22 @@ pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
         Command::Show(a) => show(&a.id, c),
         Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, c),
         Command::Cancel(a) => cancel(&a.id, a.reason, c),
-        Command::Resume(a) => simple(c, json!({"cmd": "resume", "id": a.id}), |v| {
-            format!("{} is resuming", output::text(&v["operation_id"]))
-        }),
+        Command::Resume(a) => resume(&a.id, c),
         Command::Metrics(a) => metrics(a, c),
         Command::Children(a) => children(&a.id, c),
         Command::Logs(a) => logs(a, c),
         Command::Checkpoints(a) => checkpoints(a, c),
         Command::Health(_) => health(c),
         Command::Demo(a) => super::demo::run(a, c.json),
+        Command::Dashboard(_) => dashboard(c),
         Command::Run(a) => super::everyday::run(a, c),
         Command::Wait(a) => super::everyday::wait(a, c),
-        Command::Release(a) => simple(c, json!({"cmd": "release", "id": a.id}), |v| {
-            format!("{} is released", output::text(&v["operation_id"]))
-        }),
+        Command::Release(a) => super::everyday::release(&a.id, c),
         Command::Rerun(a) => super::everyday::rerun(a, c),
         Command::Clean(a) => super::everyday::clean(a, c),
         Command::Queue(a) => super::everyday::queue(a, c),
         Command::Completions(a) => super::everyday::completions(a),
         Command::Man => super::everyday::man(),
-        Command::Dashboard(_) => dashboard(c),
     };
     // Written without `eprintln!`, which panics when stderr is full.
     let say = |m: &str| {
@@ -111,22 +111,19 @@ pub(super) fn write_stdout(args: std::fmt::Arguments, newline: bool) {
     }
 }
 
-pub(super) fn print_json(v: &Value) {
-    let mut v = v.clone();
-    if let Value::Object(m) = &mut v {
-        m.remove("ok");
-    }
-    outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+/// A response body as pretty JSON on stdout (`--json`).
+pub(super) fn print_json<T: serde::Serialize>(body: &T) {
+    outln!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
 }
 
-fn simple(client: &ClientOpts, req: Value, human: impl Fn(&Value) -> String) -> Outcome {
-    let v = call(&client.socket_path(), &req)?;
-    if client.json {
-        print_json(&v);
-    } else {
-        eprintln!("{}", human(&v));
-    }
-    Ok(ExitCode::SUCCESS)
+/// One connection to the daemon the options name.
+pub(super) fn connect(c: &ClientOpts) -> Result<Client, Failure> {
+    Ok(Client::connect(&c.socket_path())?)
+}
+
+/// An operation id given on the command line.
+pub(super) fn op_id(s: &str) -> OperationId {
+    OperationId::from(s)
 }
 
 fn serve(a: super::ServeArgs, c: &ClientOpts) -> Outcome {
@@ -204,139 +201,103 @@ pub fn absolutize(kind: &str, params: &mut Value) {
 }
 
 fn submit(a: super::SubmitArgs, c: &ClientOpts) -> Outcome {
-    let mut params = build_params(a.params_json.as_deref(), &a.params)?;
-    absolutize(&a.kind, &mut params);
-    submit_with(&a.kind, params, &a.opts, c)
+    let mut s = a.submit;
+    s.kind = a.kind;
+    s.params = build_params(a.params_json.as_deref(), &a.params)?;
+    absolutize(&s.kind, &mut s.params);
+    submit_and_print(s, a.watch, c)
 }
 
-/// Submit `kind` with `params` and the shared submit options; print the id.
-pub(super) fn submit_with(
-    kind: &str,
-    params: Value,
-    o: &super::SubmitOpts,
-    c: &ClientOpts,
-) -> Outcome {
-    let mut req = json!({ "cmd": "submit", "type": kind, "params": params, "priority": o.priority, "gpus": o.gpus });
-    for (k, v) in [
-        ("parent", &o.parent),
-        ("key", &o.key),
-        ("run_after", &o.run_after),
-        ("label", &o.label),
-        ("queue", &o.queue),
-    ] {
-        if let Some(v) = v {
-            req[k] = json!(v);
-        }
-    }
-    if let Some(n) = o.max_attempts {
-        req["max_attempts"] = json!(n);
-    }
-    if o.hold {
-        req["hold"] = json!(true);
-    }
-    if !o.after.is_empty() {
-        req["after"] = json!(o.after);
-    }
-    if !o.after_any.is_empty() {
-        req["after_any"] = json!(o.after_any);
-    }
-    let v = call(&c.socket_path(), &req)?;
-    let id = output::text(&v["operation_id"]);
+/// Send a submit, print the id (or `--json`), and watch it if asked.
+pub(super) fn submit_and_print(s: crate::protocol::Submit, watch_it: bool, c: &ClientOpts) -> Outcome {
+    let v = connect(c)?.submit(s)?;
+    let id = v.operation_id.to_string();
     if c.json {
         outln!(
             "{}",
-            json!({ "operation_id": v["operation_id"], "status": v["status"] })
+            json!({ "operation_id": v.operation_id, "status": v.status })
         );
     } else {
         outln!("{id}");
-        if v["created"] == false {
+        if !v.created {
             eprintln!("(already submitted with this key; this is the first operation)");
         }
     }
-    if o.watch {
+    if watch_it {
         return watch(&id, false, c);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn list(a: super::ListArgs, c: &ClientOpts) -> Outcome {
-    // Statuses are checked here so a typo reads as a sentence.
-    for s in &a.status {
-        crate::service::parse_status(s).map_err(|e| Failure::Usage(format!("--status: {e}")))?;
-    }
-    let mut req = json!({ "cmd": "list", "status": a.status, "active": a.active, "limit": a.limit, "offset": a.offset });
-    if let Some(t) = a.kind {
-        t.parse::<crate::model::OperationType>().map_err(|_| {
-            Failure::Usage(format!(
-                "--type: {t:?} is not an operation type; use one of {}",
-                crate::model::OperationType::ALL
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        req["type"] = json!(t);
-    }
-    for (k, v) in [("parent", a.parent), ("label", a.label), ("queue", a.queue)] {
-        if let Some(v) = v {
-            req[k] = json!(v);
-        }
-    }
-    let v = call(&c.socket_path(), &req)?;
+    let filter = ListFilter {
+        status: a.status,
+        kind: a.kind,
+        active: a.active,
+        parent: a.parent,
+        label: a.label,
+        queue: a.queue,
+        limit: Some(a.limit),
+        offset: Some(a.offset),
+    };
+    let mut client = connect(c)?;
+    let v = client.list(filter)?;
     if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let ops = v["operations"].as_array().cloned().unwrap_or_default();
-    if ops.is_empty() {
-        eprintln!("no operations match; submit one with `opsd submit dummy` or `opsd run -- PROGRAM`");
+    if v.operations.is_empty() {
+        eprintln!(
+            "no operations match; submit one with `opsd run -- PROGRAM` or `opsd submit dummy`"
+        );
     } else {
         // Paused queues, to say why something waits.
-        let paused: Vec<String> = call(&c.socket_path(), &json!({ "cmd": "queues" }))
-            .ok()
-            .and_then(|q| q["queues"].as_array().cloned())
+        let paused: Vec<String> = client
+            .request::<crate::protocol::QueueList>(&Request::Queues)
+            .map(|q| q.queues)
             .unwrap_or_default()
-            .iter()
-            .filter(|q| q["paused"] == true)
-            .filter_map(|q| q["name"].as_str().map(str::to_string))
+            .into_iter()
+            .filter(|q| q.paused)
+            .map(|q| q.name)
             .collect();
-        outln!("{}", super::everyday::list_table(&ops, &paused, a.wide));
+        outln!(
+            "{}",
+            super::everyday::list_table(&v.operations, &paused, a.wide)
+        );
     }
     eprintln!(
         "{} shown of {} matching · {} active",
-        ops.len(),
-        v["total"],
-        v["active"]
+        v.operations.len(),
+        v.total.unwrap_or_default(),
+        v.active.unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(id: &str, c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "get", "id": id }))?;
-    let op = &v["operation"];
+    let op = connect(c)?.get(&op_id(id))?;
     if c.json {
-        outln!("{}", serde_json::to_string_pretty(op).unwrap_or_default());
+        print_json(&op);
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["FIELD", "VALUE"]);
-    if let Value::Object(m) = op {
+    if let Ok(Value::Object(m)) = serde_json::to_value(&op) {
         for (k, v) in m {
-            let shown = match v {
+            let shown = match &v {
                 Value::Object(_) | Value::Array(_) => {
-                    serde_json::to_string_pretty(v).unwrap_or_default()
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
                 }
                 other => output::text(other),
             };
-            t.add_row(vec![k.clone(), shown]);
+            t.add_row(vec![k, shown]);
         }
     }
     outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn exit_for(op: &Value) -> ExitCode {
-    if op["status"] == "completed" {
+fn exit_for(op: &OperationView) -> ExitCode {
+    if op.status == Status::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -349,7 +310,7 @@ pub(super) fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outc
     match watching::watch(&c.socket_path(), id, c.json, &interrupted)? {
         WatchEnd::Finished(op) => {
             if c.json {
-                outln!("{}", serde_json::to_string_pretty(&op).unwrap_or_default());
+                print_json(&op);
             }
             Ok(exit_for(&op))
         }
@@ -363,30 +324,32 @@ pub(super) fn watch(id: &str, cancel_on_interrupt: bool, c: &ClientOpts) -> Outc
 }
 
 fn cancel(id: &str, reason: Option<String>, c: &ClientOpts) -> Outcome {
-    let v = call(
-        &c.socket_path(),
-        &json!({ "cmd": "cancel", "id": id, "reason": reason }),
-    )?;
+    let v = connect(c)?.cancel(&op_id(id), reason, None)?;
     if c.json {
         print_json(&v);
-    } else if v["status"] == "running" {
+    } else if v.status == Status::Running {
         eprintln!(
             "{id}: cancel requested; it stops at its next checkpoint (see `opsd watch {id}`)"
         );
     } else {
-        eprintln!("{id}: {}", output::text(&v["status"]));
+        eprintln!("{id}: {}", v.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(id: &str, c: &ClientOpts) -> Outcome {
+    let v = connect(c)?.resume(&op_id(id))?;
+    if c.json {
+        print_json(&v);
+    } else {
+        eprintln!("{} is resuming", v.operation_id);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One metric point as a line: `seq  recorded_at  data`.
-fn print_point(p: &Value) {
-    outln!(
-        "{:>6}  {}  {}",
-        p["seq"],
-        output::text(&p["recorded_at"]),
-        p["data"]
-    );
+fn print_point(p: &MetricPoint) {
+    outln!("{:>6}  {}  {}", p.seq, p.recorded_at, p.data);
 }
 
 fn metrics(a: super::MetricsArgs, c: &ClientOpts) -> Outcome {
@@ -399,26 +362,34 @@ fn metrics(a: super::MetricsArgs, c: &ClientOpts) -> Outcome {
             "several ids need --plot KEY (their curves are drawn on one chart)".into(),
         ));
     };
-    let mut client = Client::connect(&c.socket_path())?;
-    client.send(&json!({ "cmd": "metrics", "id": id, "cursor": a.cursor, "follow": a.follow }))?;
+    let mut client = connect(c)?;
+    client.send(&Request::Metrics {
+        id: op_id(id),
+        cursor: a.cursor,
+        limit: None,
+        follow: a.follow,
+    })?;
     let mut all = Vec::new();
     let mut cursor = a.cursor;
-    while let Some(v) = client.recv()? {
-        cursor = v["cursor"].as_i64().unwrap_or(cursor);
-        let points = v["metrics"].as_array().cloned().unwrap_or_default();
+    while let Some(page) = client.recv::<MetricsPage>()? {
+        cursor = page.cursor;
         if a.follow && !c.json {
-            points.iter().for_each(print_point);
+            page.metrics.iter().for_each(print_point);
         }
-        all.extend(points);
-        if !a.follow || v["event"] == "end" {
+        all.extend(page.metrics);
+        if !a.follow || page.event == Some(StreamEvent::End) {
             break;
         }
     }
     if c.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "metrics": all, "cursor": cursor }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&MetricsPage {
+                metrics: all,
+                cursor,
+                event: None,
+            })
+            .unwrap_or_default()
         );
     } else if !a.follow {
         all.iter().for_each(print_point);
@@ -434,21 +405,21 @@ fn fetch_metrics(
     id: &str,
     cursor: i64,
 ) -> Result<(Vec<Value>, i64, bool), Failure> {
-    let op = call(socket, &json!({ "cmd": "get", "id": id }))?;
-    let over = !matches!(
-        op["operation"]["status"].as_str(),
-        Some("pending" | "resuming" | "running")
-    );
-    let v = call(
-        socket,
-        &json!({ "cmd": "metrics", "id": id, "cursor": cursor, "limit": 100000 }),
-    )?;
-    let points = v["metrics"].as_array().cloned().unwrap_or_default();
-    Ok((points, v["cursor"].as_i64().unwrap_or(cursor), over))
+    let mut client = Client::connect(socket)?;
+    let id = op_id(id);
+    let over = !client.get(&id)?.status.is_active();
+    let page = client.metrics(&id, cursor, Some(100_000))?;
+    let points = page
+        .metrics
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap_or_default())
+        .collect();
+    Ok((points, page.cursor, over))
 }
 
 fn dashboard(c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "health" }))?;
+    let health = connect(c)?.health()?;
+    let v = serde_json::to_value(&health).unwrap_or_default();
     let url = crate::http::dashboard_url(&v).map_err(Failure::Request)?;
     if c.json {
         println!("{}", json!({ "url": url }));
@@ -459,11 +430,14 @@ fn dashboard(c: &ClientOpts) -> Outcome {
 }
 
 fn children(id: &str, c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "children", "id": id }))?;
+    let ops = connect(c)?.children(&op_id(id))?;
     if c.json {
-        print_json(&v);
+        print_json(&crate::protocol::Listed {
+            operations: ops,
+            total: None,
+            active: None,
+        });
     } else {
-        let ops = v["operations"].as_array().cloned().unwrap_or_default();
         if ops.is_empty() {
             eprintln!("{id} has no children");
         } else {
@@ -474,17 +448,16 @@ fn children(id: &str, c: &ClientOpts) -> Outcome {
 }
 
 fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
-    let mut client = Client::connect(&c.socket_path())?;
-    client.send(&json!({ "cmd": "logs", "id": a.id, "follow": a.follow }))?;
+    let mut client = connect(c)?;
+    client.send(&Request::logs(op_id(&a.id), a.follow))?;
     let mut text = String::new();
-    while let Some(v) = client.recv()? {
-        let chunk = v["text"].as_str().unwrap_or("");
+    while let Some(chunk) = client.recv::<crate::protocol::LogChunk>()? {
         if c.json {
-            text.push_str(chunk);
+            text.push_str(&chunk.text);
         } else {
-            out!("{chunk}");
+            out!("{}", chunk.text);
         }
-        if !a.follow || v["event"] == "end" {
+        if !a.follow || chunk.event == Some(StreamEvent::End) {
             break;
         }
     }
@@ -495,39 +468,45 @@ fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
 }
 
 fn checkpoints(a: super::CheckpointsArgs, c: &ClientOpts) -> Outcome {
-    let req = match a.args.as_slice() {
-        [] => json!({ "cmd": "checkpoints" }),
-        [verb, id] if verb == "delete" => json!({ "cmd": "delete_checkpoint", "id": id }),
-        [id] => json!({ "cmd": "checkpoints", "id": id }),
+    let id = match a.args.as_slice() {
+        [] => None,
+        [verb, id] if verb == "delete" => {
+            let v = connect(c)?.delete_checkpoint(&op_id(id))?;
+            if c.json {
+                print_json(&v);
+            } else {
+                eprintln!("deleted the checkpoint of {}", v.deleted);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        [id] => Some(op_id(id)),
         _ => {
             return Err(Failure::Usage(
                 "usage: opsd checkpoints [ID] | opsd checkpoints delete ID".into(),
             ))
         }
     };
-    let v = call(&c.socket_path(), &req)?;
+    let v = connect(c)?.checkpoints(id)?;
     if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(id) = v["deleted"].as_str() {
-        eprintln!("deleted the checkpoint of {id}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = v["checkpoints"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if v.checkpoints.is_empty() {
         eprintln!("no checkpoints");
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["OPERATION", "TYPE", "CREATED", "STATE", "FILES", "PROGRESS"]);
-    for c in &list {
+    for cp in &v.checkpoints {
+        let progress = cp
+            .progress_percent
+            .map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"));
         t.add_row(vec![
-            output::text(&c["operation_id"]),
-            output::text(&c["checkpoint_type"]),
-            output::text(&c["created_at"]).chars().take(19).collect(),
-            output::bytes(c["state_size_bytes"].as_i64().unwrap_or(0)),
-            output::bytes(c["artifacts_size_bytes"].as_i64().unwrap_or(0)),
-            format!("{:.1}%", c["progress_percent"].as_f64().unwrap_or(0.0)),
+            cp.operation_id.to_string(),
+            cp.checkpoint_type.to_string(),
+            cp.created_at.chars().take(19).collect(),
+            output::bytes(cp.state_size_bytes),
+            output::bytes(cp.artifacts_size_bytes),
+            progress,
         ]);
     }
     outln!("{t}");
@@ -535,26 +514,23 @@ fn checkpoints(a: super::CheckpointsArgs, c: &ClientOpts) -> Outcome {
 }
 
 fn health(c: &ClientOpts) -> Outcome {
-    let v = call(&c.socket_path(), &json!({ "cmd": "health" }))?;
+    let v = connect(c)?.health()?;
     if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = output::table(&["", ""]);
-    t.add_row(vec!["version".into(), output::text(&v["version"])]);
-    t.add_row(vec![
-        "uptime".into(),
-        output::duration(v["uptime_seconds"].as_f64().unwrap_or(0.0)),
-    ]);
-    for k in ["state_dir", "db", "socket", "workers", "pid"] {
-        t.add_row(vec![k.to_string(), output::text(&v[k])]);
-    }
-    if let Value::Object(m) = &v["counts"] {
-        let counts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        t.add_row(vec!["operations".into(), counts.join(" · ")]);
-    }
-    t.add_row(vec!["gpus".into(), v["gpus"].to_string()]);
-    t.add_row(vec!["recovery".into(), v["recovery"].to_string()]);
+    t.add_row(vec!["version".into(), v.version.clone()]);
+    t.add_row(vec!["uptime".into(), output::duration(v.uptime_seconds)]);
+    t.add_row(vec!["state_dir".into(), v.state_dir.display().to_string()]);
+    t.add_row(vec!["db".into(), v.db.clone()]);
+    t.add_row(vec!["socket".into(), v.socket.display().to_string()]);
+    t.add_row(vec!["workers".into(), v.workers.to_string()]);
+    t.add_row(vec!["pid".into(), v.pid.to_string()]);
+    let counts: Vec<String> = v.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    t.add_row(vec!["operations".into(), counts.join(" · ")]);
+    t.add_row(vec!["gpus".into(), v.gpus.to_string()]);
+    t.add_row(vec!["recovery".into(), v.recovery.to_string()]);
     outln!("{t}");
     Ok(ExitCode::SUCCESS)
 }

@@ -11,9 +11,10 @@ use super::commands::Failure;
 use super::watch::{self as watching, WatchEnd};
 use super::DemoArgs;
 use super::{output, plot};
-use crate::client::call;
+use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::protocol::Submit;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::ExitCode;
@@ -93,21 +94,16 @@ fn run_pipeline(
     state_dir: &Path,
     keep: bool,
 ) -> Result<ExitCode, Failure> {
-    let submitted = call(
-        socket,
-        &json!({ "cmd": "submit", "type": "pipeline", "params": {
-            "data": data,
-            "training": {
-                "epochs": epochs, "seed": 42,
-                "hidden": [128, 64], "batch_size": 32, "learning_rate": 0.0002,
-            },
-            "backtest": { "cash": 10000, "commission": 0.002 },
-        }}),
-    )?;
-    let id = submitted["operation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let params = json!({
+        "data": data,
+        "training": {
+            "epochs": epochs, "seed": 42,
+            "hidden": [128, 64], "batch_size": 32, "learning_rate": 0.0002,
+        },
+        "backtest": { "cash": 10000, "commission": 0.002 },
+    });
+    let submitted = Client::connect(socket)?.submit(Submit::new("pipeline", params))?;
+    let id = submitted.operation_id.to_string();
     eprintln!(
         "Submitted {id}: train a small neural network on GOOG daily bars ({epochs} epochs), \
          then backtest it on the test split it never trained on.\n"
@@ -115,7 +111,7 @@ fn run_pipeline(
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
     let op = match watching::watch(socket, &id, json_out, &interrupted)? {
-        WatchEnd::Finished(op) => op,
+        WatchEnd::Finished(op) => serde_json::to_value(op).unwrap_or_default(),
         WatchEnd::Interrupted => {
             eprintln!("interrupted: the pipeline is cancelled with the demo daemon");
             return Ok(ExitCode::from(1));
@@ -165,13 +161,16 @@ fn print_curve(socket: &Path, training: &Value) {
     let Some(id) = training.as_str() else {
         return;
     };
-    let Ok(v) = call(
-        socket,
-        &json!({ "cmd": "metrics", "id": id, "cursor": 0, "limit": 100000 }),
-    ) else {
+    let page = Client::connect(socket)
+        .and_then(|mut c| c.metrics(&crate::ids::OperationId::from(id), 0, Some(100_000)));
+    let Ok(page) = page else {
         return;
     };
-    let points = v["metrics"].as_array().cloned().unwrap_or_default();
+    let points: Vec<Value> = page
+        .metrics
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap_or_default())
+        .collect();
     let (cols, _) = plot::terminal_size(2);
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let title = format!("loss per epoch of {}", plot::short_id(id));

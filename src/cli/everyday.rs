@@ -3,10 +3,13 @@
 //! `man`, and the readable `list` table (short ids, label or command,
 //! why a pending operation waits, fitted to the terminal).
 
-use super::commands::{build_params, print_json, submit_with, watch, write_stdout};
-use super::commands::{Failure, Outcome};
-use super::{output, ClientOpts, SubmitOpts};
+use super::commands::{build_params, connect, op_id, print_json, submit_and_print, watch};
+use super::commands::{write_stdout, Failure, Outcome};
+use super::{output, ClientOpts};
 use crate::client::{call, ClientError};
+use crate::protocol::{
+    Cleaned, OperationView, QueueChanged, QueueList, Released, Request, Rerun, Resolved, Submit,
+};
 use clap::{Args, CommandFactory, Subcommand};
 use comfy_table::{presets::NOTHING, Cell, Color, ContentArrangement, Table};
 use serde_json::{json, Map, Value};
@@ -21,9 +24,13 @@ macro_rules! outln {
 /// `run` options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Options every submit takes.
+    /// The request's options: parent, priority, GPUs, key, attempts,
+    /// start time, label, queue, hold, dependencies.
     #[command(flatten)]
-    pub opts: SubmitOpts,
+    pub submit: Submit,
+    /// Watch it until it ends (exit status as `watch`).
+    #[arg(long)]
+    pub watch: bool,
     /// Run with the daemon's environment instead of this shell's.
     #[arg(long)]
     pub no_env: bool,
@@ -144,7 +151,10 @@ pub fn run(a: RunArgs, c: &ClientOpts) -> Outcome {
     if let Some(g) = a.grace_seconds {
         params.insert("grace_seconds".into(), json!(g));
     }
-    submit_with("command", Value::Object(params), &a.opts, c)
+    let mut s = a.submit;
+    s.kind = "command".into();
+    s.params = Value::Object(params);
+    submit_and_print(s, a.watch, c)
 }
 
 /// `opsd wait ID...`: until each has ended; 0 when all completed. Keeps
@@ -163,8 +173,8 @@ pub fn wait(a: WaitArgs, c: &ClientOpts) -> Outcome {
     // Resolve short ids once, so a later `last` cannot move.
     let mut ids = Vec::new();
     for id in &a.ids {
-        let v = call(&socket, &json!({ "cmd": "resolve", "id": id }))?;
-        ids.push(output::text(&v["operation_id"]));
+        let r: Resolved = call(&socket, &Request::Resolve { id: op_id(id) })?;
+        ids.push(r.operation_id.to_string());
     }
     let mut ended: Vec<Option<Value>> = vec![None; ids.len()];
     let mut unreachable_since: Option<Instant> = None;
@@ -173,10 +183,10 @@ pub fn wait(a: WaitArgs, c: &ClientOpts) -> Outcome {
             if ended[i].is_some() {
                 continue;
             }
-            match call(&socket, &json!({ "cmd": "get", "id": id })) {
-                Ok(v) => {
+            match call::<crate::protocol::Got>(&socket, &Request::get(id)) {
+                Ok(got) => {
                     unreachable_since = None;
-                    let op = v["operation"].clone();
+                    let op = serde_json::to_value(&got.operation).unwrap_or_default();
                     if has_ended(&op) {
                         if !c.json {
                             eprintln!("{} {}", id, status_text(&op));
@@ -245,16 +255,13 @@ fn status_text(op: &Value) -> String {
 /// `opsd rerun ID [-p K=V]...`.
 pub fn rerun(a: RerunArgs, c: &ClientOpts) -> Outcome {
     let edits = build_params(None, &a.params)?;
-    let v = call(
-        &c.socket_path(),
-        &json!({ "cmd": "rerun", "id": a.id, "params": edits }),
-    )?;
-    let id = output::text(&v["operation_id"]);
+    let v: Rerun = connect(c)?.request(&Request::Rerun {
+        id: op_id(&a.id),
+        params: edits,
+    })?;
+    let id = v.submitted.operation_id.to_string();
     if c.json {
-        outln!(
-            "{}",
-            json!({ "operation_id": v["operation_id"], "status": v["status"], "rerun_of": v["rerun_of"] })
-        );
+        print_json(&v);
     } else {
         outln!("{id}");
     }
@@ -266,18 +273,19 @@ pub fn rerun(a: RerunArgs, c: &ClientOpts) -> Outcome {
 
 /// `opsd clean`.
 pub fn clean(a: CleanArgs, c: &ClientOpts) -> Outcome {
-    let v = call(
-        &c.socket_path(),
-        &json!({ "cmd": "clean", "older_than": a.older_than, "status": a.status, "dry_run": a.dry_run }),
-    )?;
+    let v: Cleaned = connect(c)?.request(&Request::Clean {
+        older_than: a.older_than,
+        status: a.status,
+        dry_run: a.dry_run,
+    })?;
     if c.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let n = v["deleted"].as_i64().unwrap_or(0);
+    let n = v.deleted;
     if a.dry_run {
-        for id in v["operations"].as_array().into_iter().flatten() {
-            outln!("{}", output::text(id));
+        for id in &v.operations {
+            outln!("{id}");
         }
         eprintln!("would delete {n} finished operation(s); run without --dry-run to delete them");
     } else {
@@ -288,37 +296,60 @@ pub fn clean(a: CleanArgs, c: &ClientOpts) -> Outcome {
 
 /// `opsd queue list|pause|start|set`.
 pub fn queue(a: QueueArgs, c: &ClientOpts) -> Outcome {
-    let req = match &a.action {
-        QueueAction::List => json!({ "cmd": "queues" }),
-        QueueAction::Pause { name } => json!({ "cmd": "queue_set", "name": name, "paused": true }),
-        QueueAction::Start { name } => json!({ "cmd": "queue_set", "name": name, "paused": false }),
-        QueueAction::Set { name, parallel } => {
-            json!({ "cmd": "queue_set", "name": name, "parallel": parallel })
-        }
+    let set = |name: &str, paused: Option<bool>, parallel: Option<i64>| Request::QueueSet {
+        name: name.to_string(),
+        paused,
+        parallel,
     };
-    let v = call(&c.socket_path(), &req)?;
-    if c.json {
-        print_json(&v);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Value> = match v["queues"].as_array() {
-        Some(list) => list.clone(),
-        None => vec![v["queue"].clone()],
+    let mut client = connect(c)?;
+    let rows = match &a.action {
+        QueueAction::List => {
+            let v: QueueList = client.request(&Request::Queues)?;
+            if c.json {
+                print_json(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
+            v.queues
+        }
+        action => {
+            let req = match action {
+                QueueAction::Pause { name } => set(name, Some(true), None),
+                QueueAction::Start { name } => set(name, Some(false), None),
+                QueueAction::Set { name, parallel } => set(name, None, Some(*parallel)),
+                QueueAction::List => unreachable!("handled above"),
+            };
+            let v: QueueChanged = client.request(&req)?;
+            if c.json {
+                print_json(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
+            vec![v.queue]
+        }
     };
     let mut t = output::table(&["QUEUE", "STATE", "PARALLEL", "WAITING", "RUNNING"]);
     for q in &rows {
         t.add_row(vec![
-            output::text(&q["name"]),
-            if q["paused"] == true { "paused" } else { "started" }.to_string(),
-            q["parallel"]
-                .as_i64()
+            q.name.clone(),
+            if q.paused { "paused" } else { "started" }.to_string(),
+            q.parallel
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            output::text(&q["waiting"]),
-            output::text(&q["running"]),
+            q.waiting.to_string(),
+            q.running.to_string(),
         ]);
     }
     outln!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opsd release ID`.
+pub fn release(id: &str, c: &ClientOpts) -> Outcome {
+    let v: Released = connect(c)?.request(&Request::Release { id: op_id(id) })?;
+    if c.json {
+        print_json(&v);
+    } else {
+        eprintln!("{} is released", v.operation_id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -468,7 +499,12 @@ fn colour(status: &str) -> Option<Color> {
 /// The `list` table: short id (full with `wide`), type, label or
 /// command, status with why it waits, progress, start, duration and GPUs
 /// (when any asked for some), fitted to [`terminal_width`].
-pub fn list_table(ops: &[Value], paused: &[String], wide: bool) -> String {
+pub fn list_table(ops: &[OperationView], paused: &[String], wide: bool) -> String {
+    // The table reads the JSON view, as the chart code does.
+    let ops: Vec<Value> = ops
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect();
     let width = terminal_width();
     let gpus = ops.iter().any(|o| o["gpus_requested"].as_i64() > Some(0));
     let now = crate::ids::now();
@@ -590,7 +626,21 @@ mod tests {
             "progress_percent": 0.0,
             "created_at": "2026-11-22T14:30:22.000000Z",
         });
-        let text = list_table(&[op], &[], false);
+        let mut full = serde_json::to_value(crate::protocol::OperationView::from(
+            serde_json::from_value::<crate::store::records::OperationRecord>(json!({
+                "operation_id": "x", "operation_type": "command", "status": "pending",
+                "priority": 0, "attempt": 0, "max_attempts": 1, "created_at": "c",
+                "updated_at": "u", "progress_percent": 0.0, "metadata": {}, "warnings": [],
+                "errors": [], "fail_parent": false, "gpus_requested": 0,
+            }))
+            .unwrap(),
+        ))
+        .unwrap();
+        for (k, v) in op.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        let view: crate::protocol::OperationView = serde_json::from_value(full).unwrap();
+        let text = list_table(&[view], &[], false);
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "{line:?} ({})", line.chars().count());
         }

@@ -1,5 +1,6 @@
 //! The `opsd` command line (SPEC §6): clap definitions and one function
-//! per subcommand. Every client command takes `--socket` and `--json`;
+//! per subcommand. Every client command takes `--socket` and `--json`
+//! (before or after the subcommand);
 //! machine output goes to stdout, messages for people to stderr.
 
 mod commands;
@@ -75,6 +76,8 @@ pub enum Command {
     Health(NoArgs),
     /// First run: trains a model and backtests it on bundled data, live.
     Demo(DemoArgs),
+    /// Print the web dashboard's URL (with its token); needs `http` in the daemon's config.
+    Dashboard(NoArgs),
     /// Run a program as a `command` operation: `opsd run [OPTIONS] -- PROGRAM ARGS...`.
     Run(everyday::RunArgs),
     /// Wait until operations end: exit 0 if all completed, 1 otherwise.
@@ -91,8 +94,6 @@ pub enum Command {
     Completions(everyday::CompletionsArgs),
     /// The manual page (roff), e.g. `opsd man | man -l -`.
     Man,
-    /// Print the web dashboard's URL (with its token); needs `http` in the daemon's config.
-    Dashboard(NoArgs),
 }
 
 /// `serve` options.
@@ -109,58 +110,23 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `submit` options.
+/// `submit` options: the request's own (`protocol::Submit`) and how to
+/// build its parameters.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// Operation type: dummy, command, training, backtest or pipeline.
+    #[arg(value_name = "TYPE")]
     pub kind: String,
+    /// The request: parent, priority, GPUs, key, attempts, start time,
+    /// label, queue, hold, dependencies.
+    #[command(flatten)]
+    pub submit: crate::protocol::Submit,
     /// A parameter, KEY=VALUE; VALUE is parsed as JSON when it can be (repeatable).
     #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
     pub params: Vec<String>,
     /// All parameters as a JSON object, or @FILE to read it from a file.
     #[arg(long = "params", value_name = "JSON|@FILE")]
     pub params_json: Option<String>,
-    /// Options every submit takes.
-    #[command(flatten)]
-    pub opts: SubmitOpts,
-}
-
-/// Options of `submit` and `run`.
-#[derive(Debug, Args, Clone)]
-pub struct SubmitOpts {
-    /// Make this a child of another operation.
-    #[arg(long)]
-    pub parent: Option<String>,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i64,
-    /// GPUs to reserve; the operation waits until that many are free.
-    #[arg(long, default_value_t = 0)]
-    pub gpus: i64,
-    /// Idempotency key: submitting the same key again returns the first operation.
-    #[arg(long)]
-    pub key: Option<String>,
-    /// Starts allowed in all; failures retry with exponential backoff.
-    #[arg(long)]
-    pub max_attempts: Option<i64>,
-    /// Do not start before this: a duration (10m, 2h) or an RFC 3339 time.
-    #[arg(long)]
-    pub run_after: Option<String>,
-    /// A label for people, shown by `list` (and `list --label`).
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Start only after this operation completes; if it fails or is cancelled, this one is cancelled (repeatable).
-    #[arg(long, value_name = "ID")]
-    pub after: Vec<String>,
-    /// Start only after this operation ends, whatever the outcome (repeatable).
-    #[arg(long, value_name = "ID")]
-    pub after_any: Vec<String>,
-    /// The named queue to wait in (see `opsd queue`) [default: default].
-    #[arg(long)]
-    pub queue: Option<String>,
-    /// Create it held: it does not start until `opsd release ID`.
-    #[arg(long)]
-    pub hold: bool,
     /// Watch it until it ends (exit status as `watch`).
     #[arg(long)]
     pub watch: bool,
@@ -171,16 +137,16 @@ pub struct SubmitOpts {
 pub struct ListArgs {
     /// Only these statuses (repeatable): pending, resuming, running, completed, failed, cancelled.
     #[arg(long)]
-    pub status: Vec<String>,
+    pub status: Vec<crate::model::Status>,
     /// Only this type.
     #[arg(long = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<crate::model::OperationType>,
     /// Only pending, resuming and running operations.
     #[arg(long)]
     pub active: bool,
     /// Only children of this operation.
     #[arg(long)]
-    pub parent: Option<String>,
+    pub parent: Option<crate::ids::OperationId>,
     /// Only operations with this label.
     #[arg(long)]
     pub label: Option<String>,

@@ -1,5 +1,6 @@
 //! Rendering for people: tables, durations, one-line summaries.
 
+use crate::protocol::OperationView;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde_json::Value;
 
@@ -34,33 +35,28 @@ pub fn duration(secs: f64) -> String {
 }
 
 /// The progress column: `42.0% · Epoch 3/20`.
-pub fn progress(op: &Value) -> String {
-    let pct = op["progress_percent"].as_f64().unwrap_or(0.0);
-    match op["progress_message"].as_str() {
+pub fn progress(op: &OperationView) -> String {
+    let pct = op.progress_percent;
+    match op.progress_message.as_deref() {
         Some(m) if !m.is_empty() => format!("{pct:5.1}% · {m}"),
         _ => format!("{pct:5.1}%"),
     }
 }
 
 /// Rows of operations as a table.
-pub fn operations_table(ops: &[Value]) -> Table {
+pub fn operations_table<'a>(ops: impl IntoIterator<Item = &'a OperationView>) -> Table {
     let mut t = table(&["ID", "TYPE", "STATUS", "PROGRESS", "CREATED"]);
     for op in ops {
-        let mut status = text(&op["status"]);
-        if let Some(r) = op["stop_reason"].as_str() {
-            status = format!("{status} ({r})");
-        }
+        let status = match op.stop_reason {
+            Some(r) => format!("{} ({r})", op.status),
+            None => op.status.to_string(),
+        };
         t.add_row(vec![
-            text(&op["operation_id"]),
-            text(&op["operation_type"]),
+            op.operation_id.to_string(),
+            op.operation_type.to_string(),
             status,
             progress(op),
-            op["created_at"]
-                .as_str()
-                .unwrap_or("-")
-                .chars()
-                .take(19)
-                .collect(),
+            op.created_at.chars().take(19).collect(),
         ]);
     }
     t

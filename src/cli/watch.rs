@@ -4,8 +4,11 @@
 
 use super::{output, plot};
 use crate::client::{Client, ClientError};
+use crate::ids::OperationId;
+use crate::model::{Status, StopReason};
+use crate::protocol::{OperationView, Request, StreamEvent, WatchUpdate};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 /// How watching ended.
 pub enum WatchEnd {
     /// The operation reached this final (or stopped) record.
-    Finished(Value),
+    Finished(Box<OperationView>),
     /// The user pressed Ctrl-C.
     Interrupted,
 }
@@ -27,29 +30,25 @@ fn style() -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn label(op: &Value) -> String {
-    let kind = op["operation_type"].as_str().unwrap_or("?");
-    let id = op["operation_id"].as_str().unwrap_or("?");
+fn label(op: &OperationView) -> String {
+    let id = op.operation_id.as_str();
     let short = id.rsplit('_').next().unwrap_or(id);
-    format!("{kind} {short}")
+    format!("{} {short}", op.operation_type)
 }
 
-fn message(op: &Value) -> String {
-    let status = op["status"].as_str().unwrap_or("?");
-    let mut m = match status {
-        "running" => op["progress_message"].as_str().unwrap_or("").to_string(),
-        other => other.to_string(),
-    };
-    if let Some(eta) = op["eta_seconds"].as_f64() {
-        if status == "running" {
-            m = format!("{m} · ETA {}", output::duration(eta));
-        }
+fn message(op: &OperationView) -> String {
+    if op.status != Status::Running {
+        return op.status.to_string();
     }
-    m
+    let m = op.progress_message.clone().unwrap_or_default();
+    match op.eta_seconds {
+        Some(eta) => format!("{m} · ETA {}", output::duration(eta)),
+        None => m,
+    }
 }
 
-fn update(bar: &ProgressBar, op: &Value) {
-    bar.set_position((op["progress_percent"].as_f64().unwrap_or(0.0) * 10.0).round() as u64);
+fn update(bar: &ProgressBar, op: &OperationView) {
+    bar.set_position((op.progress_percent * 10.0).round() as u64);
     bar.set_message(message(op));
 }
 
@@ -78,9 +77,8 @@ pub fn watch(
         fetched: None,
     });
     let curve_bar = curve.as_ref().map(|c| c.bar.clone());
-    let mut bar_for = |op: &Value, indent: bool| -> ProgressBar {
-        let key = op["operation_id"].as_str().unwrap_or("").to_string();
-        bars.entry(key)
+    let mut bar_for = |op: &OperationView, indent: bool| -> ProgressBar {
+        bars.entry(op.operation_id.to_string())
             .or_insert_with(|| {
                 let b = match &curve_bar {
                     Some(c) => multi.insert_before(c, ProgressBar::new(1000)),
@@ -101,16 +99,9 @@ pub fn watch(
             let _ = multi.clear();
             return Ok(WatchEnd::Interrupted);
         }
-        let msg = match client.recv() {
+        let msg: WatchUpdate = match client.recv() {
             Ok(Some(m)) => m,
-            Err(ClientError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if e.is_timeout() => continue,
             // The daemon went away (a restart): follow the operation on
             // the next daemon, as the run itself continues there.
             Ok(None) | Err(ClientError::Io(_)) => {
@@ -124,18 +115,23 @@ pub fn watch(
             }
             Err(e) => return Err(e),
         };
-        let op = &msg["operation"];
-        update(&bar_for(op, false), op);
-        let kids = msg["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        for k in kids {
+        update(&bar_for(&msg.operation, false), &msg.operation);
+        for k in &msg.children {
             update(&bar_for(k, true), k);
         }
         if let Some(c) = curve.as_mut() {
-            c.update(socket, op, kids, 2 + kids.len());
+            // The curve code reads the JSON view, as the chart code does.
+            let op = serde_json::to_value(&msg.operation).unwrap_or_default();
+            let kids: Vec<Value> = msg
+                .children
+                .iter()
+                .map(|k| serde_json::to_value(k).unwrap_or_default())
+                .collect();
+            c.update(socket, &op, &kids, 2 + kids.len());
         }
         // Stopped by a daemon shutdown: it resumes when the daemon is
         // back, so keep following it there.
-        if msg["event"] == "end" && op["stop_reason"] == "shutdown" {
+        if msg.event == StreamEvent::End && msg.operation.stop_reason == Some(StopReason::Shutdown) {
             if !quiet {
                 multi.suspend(|| eprintln!("the daemon is restarting; {id} resumes after it..."));
             }
@@ -143,7 +139,7 @@ pub fn watch(
             client = reconnect(socket, id, interrupted)?;
             continue;
         }
-        if msg["event"] == "end" {
+        if msg.event == StreamEvent::End {
             if let Some(c) = &curve {
                 c.bar.finish_and_clear();
             }
@@ -152,12 +148,9 @@ pub fn watch(
             }
             let _ = multi.clear();
             if !quiet {
-                print_final(
-                    op,
-                    msg["children"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-                );
+                print_final(&msg.operation, &msg.children);
             }
-            return Ok(WatchEnd::Finished(op.clone()));
+            return Ok(WatchEnd::Finished(Box::new(msg.operation)));
         }
     }
 }
@@ -167,7 +160,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(300);
 
 fn open_stream(socket: &Path, id: &str) -> Result<Client, ClientError> {
     let mut client = Client::connect(socket)?;
-    client.send(&json!({ "cmd": "watch", "id": id }))?;
+    client.send(&Request::watch(OperationId::from(id)))?;
     client.set_read_timeout(Some(Duration::from_millis(100)))?;
     Ok(client)
 }
@@ -179,7 +172,7 @@ fn reconnect(
     id: &str,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<Client, ClientError> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     loop {
         match open_stream(socket, id) {
             Ok(c) => return Ok(c),
@@ -188,7 +181,9 @@ fn reconnect(
             Err(e) => return Err(e),
         }
         if interrupted.load(Ordering::Acquire) {
-            return Err(ClientError::Protocol("interrupted while reconnecting".into()));
+            return Err(ClientError::Protocol(
+                "interrupted while reconnecting".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -269,11 +264,16 @@ impl Curve {
             return;
         }
         self.fetched = Some(Instant::now());
-        let req = json!({ "cmd": "metrics", "id": id, "cursor": self.cursor, "limit": 100000 });
-        if let Ok(v) = crate::client::call(socket, &req) {
-            self.cursor = v["cursor"].as_i64().unwrap_or(self.cursor);
-            self.points
-                .extend(v["metrics"].as_array().cloned().unwrap_or_default());
+        let page = Client::connect(socket).and_then(|mut c| {
+            c.metrics(&OperationId::from(id.as_str()), self.cursor, Some(100_000))
+        });
+        if let Ok(page) = page {
+            self.cursor = page.cursor;
+            self.points.extend(
+                page.metrics
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default()),
+            );
         }
         let (cols, rows) = plot::terminal_size(2);
         let chart = curve_box(cols, rows, bars).and_then(|(w, h)| {
@@ -284,11 +284,12 @@ impl Curve {
     }
 }
 
-fn print_final(op: &Value, children: &[Value]) {
-    let mut rows: Vec<Value> = vec![op.clone()];
-    rows.extend(children.iter().cloned());
-    eprintln!("{}", output::operations_table(&rows));
-    if let Some(e) = op["error_message"].as_str() {
+fn print_final(op: &OperationView, children: &[OperationView]) {
+    eprintln!(
+        "{}",
+        output::operations_table(std::iter::once(op).chain(children))
+    );
+    if let Some(e) = &op.error_message {
         eprintln!("error: {e}");
     }
 }
@@ -308,6 +309,7 @@ pub fn ask_cancel(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_curve_follows_the_running_training_child() {

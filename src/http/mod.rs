@@ -14,7 +14,7 @@ mod svg;
 
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::protocol::{error_response, ok_response};
+use crate::protocol::{error_response, Reply};
 use crate::service::Service;
 use crate::store::records::ListFilter;
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -222,9 +222,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// `body` framed as the socket frames a successful answer.
+fn ok_response<T: serde::Serialize>(body: T) -> Value {
+    serde_json::to_value(Reply::ok(body)).unwrap_or_default()
+}
+
 /// A JSON answer shaped like the socket's: `ok` plus fields, or `ok:
 /// false` with `error.code` and an HTTP status to match.
-fn reply(r: Result<Value>) -> Response {
+fn reply<T: serde::Serialize>(r: Result<T>) -> Response {
     match r {
         Ok(v) => axum::Json(ok_response(v)).into_response(),
         Err(e) => {
@@ -280,7 +285,7 @@ fn list_filter(query: &[(String, String)]) -> Result<ListFilter> {
 async fn api_list(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
     match list_filter(&q) {
         Ok(f) => reply(app.svc.list_async(f).await),
-        Err(e) => reply(Err(e)),
+        Err(e) => reply::<Value>(Err(e)),
     }
 }
 
@@ -317,7 +322,7 @@ async fn api_metrics(
     };
     let (cursor, limit) = match (num("cursor", 0), num("limit", 1000)) {
         (Ok(c), Ok(l)) => (c, l),
-        (Err(e), _) | (_, Err(e)) => return reply(Err(e)),
+        (Err(e), _) | (_, Err(e)) => return reply::<Value>(Err(e)),
     };
     reply(
         app.svc
@@ -332,7 +337,10 @@ async fn index(State(app): State<App>) -> Response {
         ..ListFilter::default()
     };
     match app.svc.list_async(filter).await {
-        Ok(list) => Html(pages::index(&list, &app.token)).into_response(),
+        Ok(list) => {
+            let list = serde_json::to_value(&list).unwrap_or_default();
+            Html(pages::index(&list, &app.token)).into_response()
+        }
         Err(e) => page_error(e),
     }
 }
@@ -353,7 +361,7 @@ async fn live_list(State(app): State<App>) -> Response {
         .await;
     match body {
         Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b.to_string()).into_response(),
-        Err(e) => reply(Err(e)),
+        Err(e) => reply::<Value>(Err(e)),
     }
 }
 
@@ -382,13 +390,18 @@ async fn operation_body(app: &App, id: &OperationId, op: &Value) -> String {
         .svc
         .children_async(id)
         .await
-        .map(|v| v["operations"].clone())
+        .map(|v| serde_json::to_value(&v).unwrap_or_default()["operations"].clone())
         .unwrap_or(Value::Null);
     let metrics = app
         .svc
         .metrics_async(id, 0, 100_000)
         .await
-        .map(|v| v["metrics"].as_array().cloned().unwrap_or_default())
+        .map(|v| {
+            serde_json::to_value(&v).unwrap_or_default()["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let log = log_tail(&app.svc, id, 8192);
     pages::operation_main(op, &children, &metrics, log.as_deref(), &app.token)

@@ -379,6 +379,7 @@ pub fn run_training(
                 steps_total: Some(params.epochs as i64),
                 items_processed: Some(done),
                 items_total: Some(total_batches),
+                eta_seconds: None,
                 context: Some(serde_json::json!({
                     "epoch": st.epoch + 1,
                     "batch": b + 1,

@@ -59,10 +59,10 @@ pub struct Responder {
 
 impl Responder {
     /// Send one response line. False when the client has gone.
-    pub async fn send(&mut self, v: &Value) -> bool {
-        let mut line = v.to_string();
-        line.push('\n');
-        self.out.write_all(line.as_bytes()).await.is_ok() && self.out.flush().await.is_ok()
+    pub async fn send(&mut self, line: &str) -> bool {
+        self.out.write_all(line.as_bytes()).await.is_ok()
+            && self.out.write_all(b"\n").await.is_ok()
+            && self.out.flush().await.is_ok()
     }
 
     /// Wait `d` between stream updates; false as soon as the client has
@@ -164,10 +164,13 @@ pub async fn handle(
         gone: false,
     };
     if !permitted {
-        out.send(&error_response(
-            "permission_denied",
-            "this user may not use this opsd; ask its owner to set socket_group",
-        ))
+        out.send(
+            &error_response(
+                "permission_denied",
+                "this user may not use this opsd; ask its owner to set socket_group",
+            )
+            .to_string(),
+        )
         .await;
         return;
     }
@@ -192,7 +195,10 @@ pub async fn handle(
         if out.inbuf.len() > MAX_REQUEST_BYTES {
             if !discarding {
                 let msg = format!("request line over {} bytes", MAX_REQUEST_BYTES);
-                if !out.send(&error_response("too_large", &msg)).await {
+                if !out
+                    .send(&error_response("too_large", &msg).to_string())
+                    .await
+                {
                     return;
                 }
             }
@@ -210,10 +216,7 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: T
         Ok(v) => v,
         Err(e) => {
             return out
-                .send(&error_response(
-                    "bad_request",
-                    &format!("invalid JSON: {e}"),
-                ))
+                .send(&error_response("bad_request", &format!("invalid JSON: {e}")).to_string())
                 .await
         }
     };
@@ -225,7 +228,9 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: T
                 None => "missing \"cmd\"; see the protocol in ARCHITECTURE.md".to_string(),
                 Some(c) => format!("bad {c:?} request: {}", plain_serde(&e.to_string())),
             };
-            return out.send(&error_response("bad_request", &msg)).await;
+            return out
+                .send(&error_response("bad_request", &msg).to_string())
+                .await;
         }
     };
     if let Tier::Reserve { limit } = tier {
@@ -237,7 +242,9 @@ async fn serve_line(line: &[u8], service: &Service, out: &mut Responder, tier: T
                 "opsd is serving {limit} connections, its limit; only health, get and cancel are \
                  answered now. Close idle clients, or raise the daemon's open-file limit (LimitNOFILE)"
             );
-            return out.send(&error_response("unavailable", &msg)).await;
+            return out
+                .send(&error_response("unavailable", &msg).to_string())
+                .await;
         }
     }
     handlers::dispatch(request, service, out).await

@@ -5,19 +5,31 @@
 use super::connection::Responder;
 use crate::error::Error;
 use crate::ids::OperationId;
-use crate::model::Status;
-use crate::protocol::{error_response, ok_response, Request};
+use crate::protocol::{
+    error_response, Got, LogChunk, MetricsPage, OperationView, Reply, Request, Resolved,
+    StreamEvent, WatchUpdate,
+};
 use crate::service::Service;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::time::Duration;
 
-fn err(e: &Error) -> Value {
-    error_response(e.code(), &e.to_string())
+/// The response line of a failure.
+fn err(e: &Error) -> String {
+    error_response(e.code(), &e.to_string()).to_string()
 }
 
-fn reply(r: Result<Value, Error>) -> Value {
+/// The response line of a successful body.
+fn ok<T: Serialize>(body: T) -> String {
+    serde_json::to_string(&Reply::ok(body)).unwrap_or_else(|e| {
+        err(&Error::Internal(format!(
+            "the response could not be encoded: {e}"
+        )))
+    })
+}
+
+fn reply<T: Serialize>(r: Result<T, Error>) -> String {
     match r {
-        Ok(v) => ok_response(v),
+        Ok(v) => ok(v),
         Err(e) => err(&e),
     }
 }
@@ -56,7 +68,7 @@ pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> b
     let response = match req {
         Request::Submit(s) => reply(svc.submit(s).await),
         Request::SubmitBatch { operations } => reply(svc.submit_batch(operations).await),
-        Request::Get { id } => reply(svc.get_async(&id).await.map(|r| json!({ "operation": r }))),
+        Request::Get { id } => reply(svc.get_async(&id).await.map(|operation| Got { operation })),
         Request::List(filter) => reply(svc.list_async(filter).await),
         Request::Children { id } => reply(svc.children_async(&id).await),
         Request::Cancel {
@@ -109,19 +121,15 @@ pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> b
             paused,
             parallel,
         } => reply(svc.queue_set(name, paused, parallel).await),
-        Request::Resolve { id } => reply(Ok(json!({ "operation_id": id }))),
+        Request::Resolve { id } => reply(Ok::<_, Error>(Resolved { operation_id: id })),
     };
     out.send(&response).await
-}
-
-fn is_over(s: Status) -> bool {
-    matches!(s, Status::Completed | Status::Failed | Status::Cancelled)
 }
 
 /// Stream `{"event":"update","operation":..,"children":[..]}` whenever
 /// something changes, then `{"event":"end",...}`.
 async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Responder) -> bool {
-    let mut last = Value::Null;
+    let mut last: Option<(OperationView, Vec<OperationView>)> = None;
     loop {
         let op = match svc.get_async(id).await {
             Ok(op) => op,
@@ -130,17 +138,24 @@ async fn watch(svc: &Service, id: &OperationId, every: Duration, out: &mut Respo
         let children = svc
             .children_async(id)
             .await
-            .map(|c| c["operations"].clone())
-            .unwrap_or(Value::Array(vec![]));
-        let over = is_over(op.status);
-        let now = json!({ "operation": op, "children": children });
-        if now != last || over {
-            let mut msg = now.clone();
-            msg["event"] = json!(if over { "end" } else { "update" });
-            if !out.send(&ok_response(msg)).await {
+            .map(|c| c.operations)
+            .unwrap_or_default();
+        let over = !op.status.is_active();
+        let now = (op, children);
+        if last.as_ref() != Some(&now) || over {
+            let msg = WatchUpdate {
+                event: if over {
+                    StreamEvent::End
+                } else {
+                    StreamEvent::Update
+                },
+                operation: now.0.clone(),
+                children: now.1.clone(),
+            };
+            if !out.send(&ok(msg)).await {
                 return false;
             }
-            last = now;
+            last = Some(now);
         }
         if over {
             return true;
@@ -162,14 +177,14 @@ async fn follow_metrics(
         // Read the status before the points, so points written just before
         // the end are still sent.
         let over = match svc.get_async(id).await {
-            Ok(op) => is_over(op.status),
+            Ok(op) => !op.status.is_active(),
             Err(e) => return out.send(&err(&e)).await,
         };
         match svc.metrics_async(id, cursor, limit).await {
-            Ok(v) => {
-                let n = v["metrics"].as_array().map(|a| a.len()).unwrap_or(0);
-                cursor = v["cursor"].as_i64().unwrap_or(cursor);
-                if n > 0 && !out.send(&ok_response(v)).await {
+            Ok(page) => {
+                let n = page.metrics.len();
+                cursor = page.cursor;
+                if n > 0 && !out.send(&ok(page)).await {
                     return false;
                 }
                 if n as i64 >= limit {
@@ -179,11 +194,12 @@ async fn follow_metrics(
             Err(e) => return out.send(&err(&e)).await,
         }
         if over {
-            return out
-                .send(&ok_response(
-                    json!({ "metrics": [], "cursor": cursor, "event": "end" }),
-                ))
-                .await;
+            let end = MetricsPage {
+                metrics: Vec::new(),
+                cursor,
+                event: Some(StreamEvent::End),
+            };
+            return out.send(&ok(end)).await;
         }
         if !out.pause(Duration::from_millis(200)).await {
             return false;
@@ -219,13 +235,17 @@ async fn logs(
         let over = svc
             .get_async(id)
             .await
-            .map(|o| is_over(o.status))
+            .map(|o| !o.status.is_active())
             .unwrap_or(true);
         let (text, next) = read_from(&path, offset);
         offset = next;
         if (!text.is_empty() || !follow)
             && !out
-                .send(&ok_response(json!({ "text": text, "offset": offset })))
+                .send(&ok(LogChunk {
+                    text,
+                    offset,
+                    event: None,
+                }))
                 .await
         {
             return false;
@@ -234,11 +254,12 @@ async fn logs(
             return true;
         }
         if over {
-            return out
-                .send(&ok_response(
-                    json!({ "text": "", "offset": offset, "event": "end" }),
-                ))
-                .await;
+            let end = LogChunk {
+                text: String::new(),
+                offset,
+                event: Some(StreamEvent::End),
+            };
+            return out.send(&ok(end)).await;
         }
         if !out.pause(Duration::from_millis(200)).await {
             return false;

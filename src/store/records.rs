@@ -87,28 +87,9 @@ pub struct CleanFilter {
     pub dry_run: bool,
 }
 
-/// Progress as stored and shown (SPEC §4).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// 0-100.
-    pub percentage: f64,
-    /// For people.
-    pub message: Option<String>,
-    /// Name of the current step.
-    pub current_step: Option<String>,
-    /// Steps done.
-    pub steps_completed: Option<i64>,
-    /// Steps in all.
-    pub steps_total: Option<i64>,
-    /// Items done.
-    pub items_processed: Option<i64>,
-    /// Items in all.
-    pub items_total: Option<i64>,
-    /// Estimated seconds left.
-    pub eta_seconds: Option<f64>,
-    /// Domain details (JSON object).
-    pub context: Option<Value>,
-}
+/// Progress as stored and shown (SPEC §4): the fields of
+/// [`crate::control::ProgressFields`] with the percentage always known.
+pub type Progress = crate::control::ProgressFields<f64>;
 
 /// One operation, every column (SPEC §5), JSON columns parsed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,9 +172,6 @@ pub struct OperationRecord {
     /// Dependencies not met yet.
     #[serde(default)]
     pub waiting_for: i64,
-    /// The operations it still waits for (filled in by reads that show it).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub waiting_on: Vec<OperationId>,
 }
 
 fn default_queue() -> String {

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+pub use opsd::client::Client;
+pub use opsd::protocol::{Request, Submit};
+pub use opsd::store::records::ListFilter;
+use serde_json::Value;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,27 +97,34 @@ impl Daemon {
         self.dir.path()
     }
 
-    /// One request, one response.
-    pub fn req(&self, v: Value) -> Value {
-        request(&self.socket, &v)
+    /// A connected client (30 s read timeout, so a hung daemon fails the
+    /// test instead of hanging it).
+    pub fn client(&self) -> Client {
+        client(&self.socket)
+    }
+
+    /// One request, its response as JSON (failures included).
+    pub fn req(&self, r: impl Into<Request>) -> Value {
+        request(&self.socket, r)
     }
 
     /// A successful request's response (panics on `ok: false`).
-    pub fn ok(&self, v: Value) -> Value {
-        let r = self.req(v.clone());
-        assert_eq!(r["ok"], true, "request {v} failed: {r}");
-        r
+    pub fn ok(&self, r: impl Into<Request>) -> Value {
+        let r = r.into();
+        let v = self.req(r.clone());
+        assert_eq!(v["ok"], true, "request {r:?} failed: {v}");
+        v
     }
 
     /// Submit and return the id.
     pub fn submit(&self, kind: &str, params: Value) -> String {
-        let r = self.ok(json!({ "cmd": "submit", "type": kind, "params": params }));
+        let r = self.ok(Submit::new(kind, params));
         r["operation_id"].as_str().unwrap().to_string()
     }
 
     /// The operation record.
     pub fn get(&self, id: &str) -> Value {
-        self.ok(json!({ "cmd": "get", "id": id }))["operation"].clone()
+        self.ok(Request::get(id))["operation"].clone()
     }
 
     pub fn status(&self, id: &str) -> String {
@@ -135,7 +144,12 @@ impl Daemon {
 
     /// All metric points of an operation.
     pub fn metrics(&self, id: &str) -> Vec<Value> {
-        let r = self.ok(json!({ "cmd": "metrics", "id": id, "cursor": 0, "limit": 100000 }));
+        let r = self.ok(Request::Metrics {
+            id: id.into(),
+            cursor: 0,
+            limit: Some(100_000),
+            follow: false,
+        });
         r["metrics"].as_array().unwrap().clone()
     }
 
@@ -217,17 +231,88 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatu
     }
 }
 
-/// One request on a fresh connection.
-pub fn request(socket: &Path, v: &Value) -> Value {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut line = v.to_string();
-    line.push('\n');
-    s.write_all(line.as_bytes()).unwrap();
-    let mut r = BufReader::new(s);
-    let mut out = String::new();
-    r.read_line(&mut out).unwrap();
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad response {out:?}: {e}"))
+/// A client of the daemon at `socket`, with a 30 s read timeout.
+pub fn client(socket: &Path) -> Client {
+    let c = Client::connect(socket).unwrap_or_else(|e| panic!("{e}"));
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c
+}
+
+/// One request on a fresh connection; the response as JSON.
+pub fn request(socket: &Path, r: impl Into<Request>) -> Value {
+    let r = r.into();
+    client(socket)
+        .value(&r)
+        .unwrap_or_else(|e| panic!("request {r:?}: {e}"))
+}
+
+/// One hand-written request line on a fresh connection: only for tests of
+/// what the daemon does with input the typed requests cannot express.
+pub fn request_json(socket: &Path, v: &Value) -> Value {
+    let mut c = client(socket);
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    c.send_line(&line).unwrap();
+    c.recv_value()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no response to {v}"))
+}
+
+/// Wait for a child with a deadline, then read everything it wrote to
+/// its (piped) stderr.
+pub fn wait_stderr(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let status = wait_child(child, limit);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status, err)
+}
+
+/// The pid a test script wrote to `path`, once it is there (20 s at most).
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        }),
+        "no pid in {}",
+        path.display()
+    );
+    pid.unwrap_or_default()
+}
+
+/// A process's resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The database at `path` passes `PRAGMA integrity_check` and has no
+/// operation left `running` (after the daemon that used it has stopped or
+/// settled).
+pub fn assert_sound(path: &Path) {
+    let db = open_db(path);
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let running: i64 = db
+        .query_row(
+            "SELECT count(*) FROM operations WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(running, 0, "operations left running in {}", path.display());
 }
 
 /// Poll `f` every 10 ms until true or `limit`; returns whether it became true.
@@ -252,4 +337,9 @@ pub fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
         .join(name)
+}
+
+/// An operation id from the text tests hold ids in.
+pub fn id_of(id: impl AsRef<str>) -> opsd::ids::OperationId {
+    opsd::ids::OperationId::from(id.as_ref())
 }

@@ -6,8 +6,13 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn submit_child(d: &Daemon, parent: &str) -> Value {
-    d.req(json!({ "cmd": "submit", "type": "dummy", "parent": parent,
-                  "params": { "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 } }))
+    d.req(Submit {
+        parent: Some(id_of(parent)),
+        ..Submit::new(
+            "dummy",
+            json!({ "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 }),
+        )
+    })
 }
 
 #[test]
@@ -20,7 +25,11 @@ fn children_of_a_cancelled_or_stopping_parent_are_refused() {
         json!({ "steps": 4, "step_ms": 1000, "checkpoint_every": 1000, "ignore_stop": true }),
     );
     d.wait_status(&parent, "running", 20);
-    let r = d.ok(json!({ "cmd": "cancel", "id": parent, "wait_ms": 0 }));
+    let r = d.ok(Request::Cancel {
+        id: id_of(&parent),
+        reason: None,
+        wait_ms: Some(0),
+    });
     assert_eq!(r["previous_status"], "running");
     let r = submit_child(&d, &parent);
     assert_eq!(r["ok"], false, "child of a stopping parent accepted: {r}");
@@ -32,13 +41,10 @@ fn children_of_a_cancelled_or_stopping_parent_are_refused() {
     );
 
     // A cancelled parent: refused too, with a sentence naming it.
-    let waiting = d
-        .ok(json!({ "cmd": "submit", "type": "dummy", "params": {}, "run_after": "1h" }))
-        ["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    d.ok(json!({ "cmd": "cancel", "id": waiting }));
+    let mut later = Submit::new("dummy", json!({}));
+    later.run_after = Some("1h".into());
+    let waiting = d.ok(later)["operation_id"].as_str().unwrap().to_string();
+    d.ok(Request::cancel(&waiting));
     let r = submit_child(&d, &waiting);
     assert_eq!(r["ok"], false, "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
@@ -67,8 +73,13 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
                     std::thread::sleep(Duration::from_millis(5));
                     let r = request(
                         &sock,
-                        &json!({ "cmd": "submit", "type": "dummy", "parent": parent,
-                        "params": { "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 } }),
+                        Submit {
+                            parent: Some(id_of(&parent)),
+                            ..Submit::new(
+                                "dummy",
+                                json!({ "steps": 1000, "step_ms": 10, "checkpoint_every": 1000 }),
+                            )
+                        },
                     );
                     if r["ok"] == true {
                         accepted.push(r["operation_id"].as_str().unwrap().to_string());
@@ -79,7 +90,11 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    d.ok(json!({ "cmd": "cancel", "id": parent, "wait_ms": 0 }));
+    d.ok(Request::Cancel {
+        id: id_of(&parent),
+        reason: None,
+        wait_ms: Some(0),
+    });
     let accepted: Vec<String> = threads
         .into_iter()
         .flat_map(|t| t.join().unwrap())
@@ -95,7 +110,12 @@ fn children_submitted_while_the_tree_is_cancelled_do_not_escape() {
     }
     // And nothing of the tree is still going a moment later.
     std::thread::sleep(Duration::from_millis(300));
-    let active = d.ok(json!({ "cmd": "list", "parent": parent, "active": true, "limit": 1000 }));
+    let active = d.ok(Request::List(ListFilter {
+        parent: Some(id_of(&parent)),
+        active: true,
+        limit: Some(1000),
+        ..ListFilter::default()
+    }));
     assert_eq!(
         active["operations"].as_array().unwrap().len(),
         0,
@@ -108,8 +128,13 @@ fn a_failed_attempt_waiting_to_retry_says_so_not_resuming() {
     let d = Daemon::start_with(
         "flush_interval_ms = 50\nretry_base_delay_ms = 3000\ncheckpoint_min_interval_ms = 0\n",
     );
-    let r = d.ok(json!({ "cmd": "submit", "type": "dummy", "max_attempts": 3,
-                         "params": { "steps": 4, "step_ms": 20, "fail_at_step": 3 } }));
+    let r = d.ok(Submit {
+        max_attempts: Some(3),
+        ..Submit::new(
+            "dummy",
+            json!({ "steps": 4, "step_ms": 20, "fail_at_step": 3 }),
+        )
+    });
     let id = r["operation_id"].as_str().unwrap().to_string();
     // The second attempt resumes from a checkpoint, then fails again.
     let mut last = Value::Null;
@@ -125,5 +150,5 @@ fn a_failed_attempt_waiting_to_retry_says_so_not_resuming() {
         msg.contains("attempt 2 of 3 failed") && msg.contains("retrying"),
         "stale message while waiting to retry: {msg:?}"
     );
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
 }

@@ -30,22 +30,6 @@ fn submit_toy(d: &Daemon, flags: &[&str], extra: Value) -> String {
     d.submit("command", params)
 }
 
-/// The pid written to `path` by the toy script, once it is there.
-fn read_pid(path: &Path) -> i32 {
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            pid.is_some()
-        }),
-        "no pid in {}",
-        path.display()
-    );
-    pid.unwrap_or_default()
-}
-
 /// Gone, or a zombie waiting for init: not running either way.
 fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -67,15 +51,6 @@ fn seqs(d: &Daemon, id: &str) -> Vec<i64> {
         .iter()
         .map(|m| m["seq"].as_i64().unwrap_or(-1))
         .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The GPUs assigned to a running operation (recorded just after its claim).
@@ -161,7 +136,7 @@ fn command_bad_parameters_are_refused_at_submit_naming_the_key() {
         (json!({ "argv": ["true"], "timeout": 5 }), "timeout"),
     ];
     for (params, needle) in cases {
-        let r = d.req(json!({ "cmd": "submit", "type": "command", "params": params }));
+        let r = d.req(Submit::new("command", params.clone()));
         assert_eq!(r["ok"], false, "{params} was accepted");
         let msg = r["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{params}: {msg:?} lacks {needle:?}");
@@ -184,10 +159,10 @@ fn command_cancel_checkpoints_and_resume_finishes_from_the_state() {
         json!({}),
     );
     assert!(wait_until(Duration::from_secs(30), || d.metrics(&id).len() >= 3));
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     let op = d.wait_status(&id, "cancelled", 30);
     assert_eq!(op["stop_reason"], "user");
-    let cps = d.ok(json!({ "cmd": "checkpoints", "id": id }));
+    let cps = d.ok(Request::checkpoints(Some(id_of(&id))));
     let cp = &cps["checkpoints"][0];
     assert_eq!(cp["checkpoint_type"], "cancellation", "{cps}");
     let epoch = cp["state"]["script_state"]["epoch"]
@@ -207,7 +182,7 @@ fn command_cancel_checkpoints_and_resume_finishes_from_the_state() {
         "{log}"
     );
 
-    d.ok(json!({ "cmd": "resume", "id": id }));
+    d.ok(Request::resume(&id));
     let op = d.wait_status(&id, "completed", 30);
     assert_eq!(op["attempt"], 2);
     assert_eq!(op["result_summary"]["resumed_from"], epoch);
@@ -251,7 +226,11 @@ fn command_ignoring_sigterm_is_killed_after_the_grace_with_its_grandchild() {
     let gc = read_pid(&gc_file);
     assert!(!is_dead(pid) && !is_dead(gc));
     let asked = Instant::now();
-    d.ok(json!({ "cmd": "cancel", "id": id, "wait_ms": 0 }));
+    d.ok(Request::Cancel {
+        id: id_of(&id),
+        reason: None,
+        wait_ms: Some(0),
+    });
     let op = d.wait_status(&id, "cancelled", 30);
     let took = asked.elapsed();
     assert!(
@@ -276,7 +255,7 @@ fn command_grandchild_dies_with_a_program_that_obeys_sigterm() {
         json!({ "grace_seconds": 20 }),
     );
     let gc = read_pid(&gc_file);
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     d.wait_status(&id, "cancelled", 15);
     // The grandchild ignores SIGTERM; it goes with its parent, well
     // before the 20 s grace.
@@ -418,7 +397,7 @@ fn command_gpus_are_exclusive_and_the_third_job_waits() {
         .map(|f| {
             let f = f.display().to_string();
             let params = json!({ "argv": toy_argv(&["--epochs", "1", "--step-ms", "1", "--wait-file", &f]) });
-            let r = d.ok(json!({ "cmd": "submit", "type": "command", "params": params, "gpus": 1 }));
+            let r = d.ok(Submit { gpus: 1, ..Submit::new("command", params) });
             r["operation_id"].as_str().unwrap_or_default().to_string()
         })
         .collect();
@@ -463,7 +442,10 @@ fn command_gpu_usage_is_sampled_into_the_progress_context() {
     ));
     let go = dir.path().join("go");
     let params = json!({ "argv": toy_argv(&["--epochs", "2", "--step-ms", "100", "--wait-file", &go.display().to_string()]) });
-    let r = d.ok(json!({ "cmd": "submit", "type": "command", "params": params, "gpus": 1 }));
+    let r = d.ok(Submit {
+        gpus: 1,
+        ..Submit::new("command", params)
+    });
     let id = r["operation_id"].as_str().unwrap_or_default().to_string();
     let mut last = Value::Null;
     assert!(

@@ -80,23 +80,29 @@ fn every_request_needs_the_token_and_the_api_answers_as_the_socket() {
     let (st, body) = get(port, &format!("/api/operations/{id}"), Some(&t));
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v, d.ok(json!({ "cmd": "get", "id": id })));
+    assert_eq!(v, d.ok(Request::get(&id)));
     let (st, body) = get(port, &format!("/api/operations?token={t}"), None);
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v, d.ok(json!({ "cmd": "list" })));
+    assert_eq!(v, d.ok(Request::List(ListFilter::default())));
     // What the `/` page polls is the same list (its first 100).
     let (st, body) = get(port, "/live/operations", Some(&t));
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v, d.ok(json!({ "cmd": "list", "limit": 100 })));
+    assert_eq!(
+        v,
+        d.ok(Request::List(ListFilter {
+            limit: Some(100),
+            ..ListFilter::default()
+        }))
+    );
     let (_, body) = get(
         port,
         &format!("/api/operations/{id}/metrics?cursor=2"),
         Some(&t),
     );
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v, d.ok(json!({ "cmd": "metrics", "id": id, "cursor": 2 })));
+    assert_eq!(v, d.ok(Request::metrics(&id, 2)));
     assert_eq!(v["metrics"].as_array().unwrap().len(), 3);
     // Errors carry the socket's codes.
     let (st, body) = get(port, "/api/operations/op_dummy_nope", Some(&t));
@@ -150,7 +156,7 @@ fn a_non_loopback_address_is_refused_at_start_and_unset_starts_nothing() {
     // No `http`: no token, no listener, and `opsd dashboard` says what to set.
     let d = Daemon::start();
     assert!(!d.state().join("http-token").exists());
-    assert!(d.ok(json!({ "cmd": "health" }))["http"].is_null());
+    assert!(d.ok(Request::Health)["http"].is_null());
     let out = d.cli(&["dashboard"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http = "));
@@ -284,7 +290,7 @@ fn the_pages_refresh_a_running_operation_without_a_reload() {
         assert!(dom.contains("running"), "{dom}");
     }
     // A finished operation's page stops polling.
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     d.wait_status(&id, "cancelled", 30);
     let dom = dump_dom(
         &browser,

@@ -76,7 +76,7 @@ fn sigterm_checkpoints_running_dummies_and_restart_resumes_them() {
             .collect();
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
-    let health = d.ok(json!({ "cmd": "health" }));
+    let health = d.ok(Request::Health);
     assert_eq!(
         health["recovery"]["resumed"].as_array().unwrap().len(),
         4,
@@ -121,7 +121,7 @@ fn fifty_concurrent_resumes_exactly_one_wins() {
     let d = Daemon::start();
     let id = d.submit("dummy", json!({ "steps": 1000, "step_ms": 20 }));
     d.wait_status(&id, "running", 20);
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     let socket = d.socket.clone();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
     let handles: Vec<_> = (0..50)
@@ -129,7 +129,7 @@ fn fifty_concurrent_resumes_exactly_one_wins() {
             let (s, b, i) = (socket.clone(), barrier.clone(), id.clone());
             std::thread::spawn(move || {
                 b.wait();
-                request(&s, &json!({ "cmd": "resume", "id": i }))
+                request(&s, Request::resume(&i))
             })
         })
         .collect();
@@ -142,7 +142,7 @@ fn fifty_concurrent_resumes_exactly_one_wins() {
     assert_eq!((wins, refused), (1, 49), "{results:?}");
     d.wait_status(&id, "running", 20);
     assert_eq!(d.get(&id)["attempt"], 2);
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
 }
 
 #[test]
@@ -162,14 +162,14 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
                 1 => json!({ "steps": 5, "step_ms": 5 }),
                 _ => json!({ "steps": 50, "step_ms": 10 }),
             };
-            let r = d.req(json!({ "cmd": "submit", "type": "dummy", "params": params }));
+            let r = d.req(Submit::new("dummy", params));
             if r["ok"] == true {
                 acknowledged.push(r["operation_id"].as_str().unwrap().to_string());
             }
         }
         if round % 4 == 0 {
             if let Some(id) = acknowledged.last() {
-                let _ = d.req(json!({ "cmd": "cancel", "id": id }));
+                let _ = d.req(Request::cancel(id));
             }
         }
         std::thread::sleep(Duration::from_millis(seed % 60));
@@ -195,7 +195,7 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
                 .unwrap();
             assert_eq!(n, 1, "acknowledged {id} lost in round {round}");
         }
-        let health = d.ok(json!({ "cmd": "health" }));
+        let health = d.ok(Request::Health);
         for crashed in health["recovery"]["crashed"].as_array().unwrap() {
             let s = d.status(crashed.as_str().unwrap());
             assert!(
@@ -206,12 +206,19 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     }
     // Eventually everything settles into a final or resumable status.
     let settled = wait_until(Duration::from_secs(60), || {
-        d.ok(json!({ "cmd": "list", "active": true }))["total"] == 0
+        d.ok(Request::List(ListFilter {
+            active: true,
+            ..ListFilter::default()
+        }))["total"]
+            == 0
     });
     assert!(
         settled,
         "{}",
-        d.ok(json!({ "cmd": "list", "active": true }))
+        d.ok(Request::List(ListFilter {
+            active: true,
+            ..ListFilter::default()
+        }))
     );
 }
 
@@ -459,10 +466,14 @@ fn a_queued_resume_survives_a_clean_restart_and_a_user_cancel_is_not_resumed() {
         json!({ "steps": 100000, "step_ms": 20, "ignore_stop": true }),
     );
     d.wait_status(&busy, "running", 20);
-    d.ok(json!({ "cmd": "resume", "id": waiting }));
+    d.ok(Request::resume(&waiting));
     assert_eq!(d.status(&waiting), "resuming");
     // The busy one is cancelled by the user but ignores it past the grace.
-    d.req(json!({ "cmd": "cancel", "id": busy, "wait_ms": 0 }));
+    d.req(Request::Cancel {
+        id: id_of(&busy),
+        reason: None,
+        wait_ms: Some(0),
+    });
     assert!(d.terminate().success());
     d.spawn();
     // The queued resume is honoured, not turned into a crash.

@@ -26,15 +26,7 @@ fn serve_refuses(db: &Path) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_child(&mut child, Duration::from_secs(20));
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = wait_stderr(&mut child, Duration::from_secs(20));
     assert!(!status.success(), "serve accepted {}: {err}", db.display());
     assert!(
         err.contains(&db.display().to_string()),

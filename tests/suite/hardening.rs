@@ -116,14 +116,7 @@ fn with_closed_stdout(d: &Daemon, args: &[&str], lines: usize) -> (Option<i32>, 
     } else {
         drop(stdout);
     }
-    let status = wait_child(&mut child, Duration::from_secs(60));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = wait_stderr(&mut child, Duration::from_secs(60));
     (status.code(), err)
 }
 
@@ -169,14 +162,14 @@ fn daemon_keeps_serving_when_its_stderr_is_full() {
     wait_up(&mut child.0, &socket);
     let r = request(
         &socket,
-        &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 3, "step_ms": 10 } }),
+        Submit::new("dummy", json!({ "steps": 3, "step_ms": 10 })),
     );
     let id = r["operation_id"].as_str().unwrap().to_string();
     let done = wait_until(Duration::from_secs(30), || {
-        request(&socket, &json!({ "cmd": "get", "id": id }))["operation"]["status"] == "completed"
+        request(&socket, Request::get(&id))["operation"]["status"] == "completed"
     });
     assert!(done, "the operation did not complete");
-    assert_eq!(request(&socket, &json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(request(&socket, Request::Health)["ok"], true);
     assert!(child.0.try_wait().unwrap().is_none(), "the daemon exited");
     nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_child(&mut child.0, Duration::from_secs(30));
@@ -249,7 +242,7 @@ fn serve_still_replaces_a_stale_socket() {
             .unwrap(),
     );
     wait_up(&mut child.0, &socket);
-    assert_eq!(request(&socket, &json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(request(&socket, Request::Health)["ok"], true);
 }
 
 // ---- item 9: state is private ------------------------------------------------
@@ -282,8 +275,10 @@ fn state_files_and_directories_have_no_group_or_other_access() {
     let script = "echo api_key=SECRET; printf '{\"progress\": {\"percent\": 50}}\\n' >> \"$OPSD_PROGRESS_FILE\"; sleep 60";
     let r = request(
         &socket,
-        &json!({ "cmd": "submit", "type": "command",
-                 "params": { "argv": ["sh", "-c", script], "cwd": dir.path() } }),
+        Submit::new(
+            "command",
+            json!({ "argv": ["sh", "-c", script], "cwd": dir.path() }),
+        ),
     );
     assert_eq!(r["ok"], true, "{r}");
     let id = r["operation_id"].as_str().unwrap().to_string();
@@ -326,7 +321,7 @@ fn state_files_and_directories_have_no_group_or_other_access() {
         }
     }
     assert_eq!(mode(&socket), 0o600);
-    request(&socket, &json!({ "cmd": "cancel", "id": id }));
+    request(&socket, Request::cancel(&id));
 }
 
 // ---- item 10: supplementary groups of socket_group --------------------------
@@ -443,7 +438,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
         .expect("the daemon should close the idle connection");
     assert_eq!(n, 0);
     // A connection in use is served as before.
-    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(d.req(Request::Health)["ok"], true);
 }
 
 #[test]
@@ -472,12 +467,12 @@ fn health_and_cancel_work_with_every_handle_taken_by_idle_clients() {
     wait_up(&mut child.0, &socket);
     let r = request(
         &socket,
-        &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 600, "step_ms": 100 } }),
+        Submit::new("dummy", json!({ "steps": 600, "step_ms": 100 })),
     );
     let id = r["operation_id"].as_str().unwrap().to_string();
     assert!(wait_until(Duration::from_secs(30), || request(
         &socket,
-        &json!({ "cmd": "get", "id": id })
+        Request::get(&id)
     )["operation"]["status"]
         == "running"));
 
@@ -522,7 +517,7 @@ fn health_and_cancel_work_with_every_handle_taken_by_idle_clients() {
     let mut op = Value::Null;
     assert!(
         wait_until(Duration::from_secs(20), || {
-            op = request(&socket, &json!({ "cmd": "get", "id": id }))["operation"].clone();
+            op = request(&socket, Request::get(&id))["operation"].clone();
             op["status"] == "cancelled"
         }),
         "{op}"

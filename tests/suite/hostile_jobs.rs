@@ -15,22 +15,6 @@ fn hostile(flags: &[&str]) -> Value {
     json!({ "argv": argv, "grace_seconds": 5 })
 }
 
-/// The pid the script wrote to `path`.
-fn read_pid(path: &Path) -> i32 {
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            pid.is_some()
-        }),
-        "no pid in {}",
-        path.display()
-    );
-    pid.unwrap_or_default()
-}
-
 /// The process is gone: not running and not a zombie either (a zombie
 /// reparented to the daemon must be reaped by it).
 fn gone(pid: i32) -> bool {
@@ -77,7 +61,7 @@ fn hostile_setsid_grandchild_dies_on_cancel() {
     let _reap = Reap(gc);
     assert!(alive(gc), "the grandchild did not start");
     d.wait_status(&id, "running", 10);
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     d.wait_status(&id, "cancelled", 15);
     assert!(
         wait_until(Duration::from_secs(5), || gone(gc)),
@@ -124,9 +108,13 @@ fn checkpoint_path_is_refused(path: &str) {
         last["warnings"].to_string().contains(path)
     });
     assert!(reported, "no warning naming {path}: {last}");
-    d.ok(json!({ "cmd": "cancel", "id": id, "wait_ms": 0 }));
+    d.ok(Request::Cancel {
+        id: id_of(&id),
+        reason: None,
+        wait_ms: Some(0),
+    });
     let op = d.wait_status(&id, "cancelled", 10);
-    let cps = d.ok(json!({ "cmd": "checkpoints", "id": id }));
+    let cps = d.ok(Request::checkpoints(Some(id_of(&id))));
     assert!(
         !cps.to_string().contains(path),
         "a checkpoint points at {path}: {cps}"
@@ -146,15 +134,6 @@ fn hostile_checkpoint_path_fifo_is_refused_and_cancel_still_works() {
 #[test]
 fn hostile_checkpoint_path_proc_is_refused_and_cancel_still_works() {
     checkpoint_path_is_refused("/proc");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn training_cancelled_and_resumed_ends_with_the_same_model_bytes() {
         let op = d.get(&interrupted);
         op["status"] != "running" || op["steps_completed"].as_i64().unwrap_or(0) >= 3
     }));
-    d.ok(json!({ "cmd": "cancel", "id": interrupted }));
+    d.ok(Request::cancel(&interrupted));
     // The cancel answers within its wait; on a loaded machine the job may
     // take longer to reach its checkpoint, so wait for the final status.
     let mut status = String::new();
@@ -67,7 +67,7 @@ fn training_cancelled_and_resumed_ends_with_the_same_model_bytes() {
         status == "cancelled" || status == "completed"
     }));
     if status == "cancelled" {
-        d.ok(json!({ "cmd": "resume", "id": interrupted }));
+        d.ok(Request::resume(&interrupted));
     }
     let a = d.wait_status(&straight, "completed", 300);
     let b = d.wait_status(&interrupted, "completed", 300);
@@ -106,7 +106,7 @@ fn pipeline_runs_training_then_backtest_with_phase_weights() {
         json!({ "data": goog(), "training": { "epochs": 3 }, "backtest": { "cash": 5000 } }),
     );
     let op = d.wait_status(&id, "completed", 300);
-    let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"]
+    let kids = d.ok(Request::children(&id))["operations"]
         .as_array()
         .unwrap()
         .clone();
@@ -147,7 +147,7 @@ fn cancelling_a_pipeline_cancels_its_running_child_and_resume_finishes_it() {
     );
     let mut child = String::new();
     assert!(wait_until(Duration::from_secs(60), || {
-        let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"].clone();
+        let kids = d.ok(Request::children(&id))["operations"].clone();
         match kids.as_array().and_then(|k| k.first()) {
             Some(k) if k["status"] == "running" => {
                 child = k["operation_id"].as_str().unwrap().to_string();
@@ -156,15 +156,15 @@ fn cancelling_a_pipeline_cancels_its_running_child_and_resume_finishes_it() {
             _ => false,
         }
     }));
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
     let c = d.wait_status(&child, "cancelled", 30);
     assert_eq!(c["stop_reason"], "parent");
     let p = d.wait_status(&id, "cancelled", 30);
     assert_eq!(p["stop_reason"], "user");
     // Resuming the parent resumes the unfinished child, not a new one.
-    d.ok(json!({ "cmd": "resume", "id": id }));
+    d.ok(Request::resume(&id));
     d.wait_status(&id, "completed", 600);
-    let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"]
+    let kids = d.ok(Request::children(&id))["operations"]
         .as_array()
         .unwrap()
         .clone();
@@ -220,7 +220,7 @@ fn bad_market_parameters_and_files_are_refused_at_submit() {
             "epochs",
         ),
     ] {
-        let r = d.req(json!({ "cmd": "submit", "type": kind, "params": params }));
+        let r = d.req(Submit::new(kind, params.clone()));
         assert_eq!(r["error"]["code"], "bad_request", "{kind} {params}: {r}");
         let msg = r["error"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{msg} should mention {needle}");
@@ -235,19 +235,23 @@ fn a_pipeline_resumed_right_after_its_cancel_still_finishes() {
         json!({ "data": goog(), "training": { "epochs": 100 } }),
     );
     assert!(wait_until(Duration::from_secs(60), || {
-        let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"].clone();
+        let kids = d.ok(Request::children(&id))["operations"].clone();
         kids.as_array()
             .and_then(|k| k.first())
             .is_some_and(|k| k["status"] == "running")
     }));
     // Resume as soon as the pipeline itself is cancelled, while its child
     // may still be stopping.
-    d.ok(json!({ "cmd": "cancel", "id": id, "wait_ms": 5000 }));
+    d.ok(Request::Cancel {
+        id: id_of(&id),
+        reason: None,
+        wait_ms: Some(5000),
+    });
     d.wait_status(&id, "cancelled", 30);
-    d.ok(json!({ "cmd": "resume", "id": id }));
+    d.ok(Request::resume(&id));
     let op = d.wait_status(&id, "completed", 600);
     assert_eq!(op["attempt"], 2);
-    let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"]
+    let kids = d.ok(Request::children(&id))["operations"]
         .as_array()
         .unwrap()
         .clone();

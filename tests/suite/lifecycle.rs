@@ -44,7 +44,7 @@ fn every_transition_and_every_refusal() {
         "{op}"
     );
     // failed -> resuming -> running -> ... (resume) and it fails again at step 2
-    d.ok(json!({ "cmd": "resume", "id": failing }));
+    d.ok(Request::resume(&failing));
     let op = d.wait_status(&failing, "failed", 20);
     assert_eq!(op["attempt"], 2);
 
@@ -55,22 +55,26 @@ fn every_transition_and_every_refusal() {
     assert_eq!(d.status(&waiting), "pending");
     // pending -> running is refused to clients (only the scheduler claims):
     // resume of a pending operation is not_resumable and changes nothing.
-    let r = d.req(json!({ "cmd": "resume", "id": waiting }));
+    let r = d.req(Request::resume(&waiting));
     assert_eq!(code(&r), "not_resumable", "{r}");
     assert_eq!(d.status(&waiting), "pending");
     // resume of a running one too.
-    let r = d.req(json!({ "cmd": "resume", "id": long }));
+    let r = d.req(Request::resume(&long));
     assert_eq!(code(&r), "not_resumable", "{r}");
     // pending -> cancelled
-    let r = d.ok(json!({ "cmd": "cancel", "id": waiting }));
+    let r = d.ok(Request::cancel(&waiting));
     assert_eq!(r["status"], "cancelled");
     assert_eq!(d.get(&waiting)["stop_reason"], "user");
     // running -> cancelled
-    let r = d.ok(json!({ "cmd": "cancel", "id": long, "reason": "enough" }));
+    let r = d.ok(Request::Cancel {
+        id: id_of(&long),
+        reason: Some("enough".into()),
+        wait_ms: None,
+    });
     assert_eq!(r["status"], "cancelled", "{r}");
     let op = d.get(&long);
     assert_eq!(op["stop_reason"], "user");
-    let r = d.req(json!({ "cmd": "cancel", "id": waiting }));
+    let r = d.req(Request::cancel(&waiting));
     assert_eq!(
         code(&r),
         "invalid_transition",
@@ -79,13 +83,13 @@ fn every_transition_and_every_refusal() {
     let short = d.submit("dummy", json!({ "steps": 3, "step_ms": 1 }));
     let done = d.wait_status(&short, "completed", 20);
     // completed is final: cancel and resume are refused and change nothing.
-    let r = d.req(json!({ "cmd": "cancel", "id": short }));
+    let r = d.req(Request::cancel(&short));
     assert_eq!(code(&r), "invalid_transition", "{r}");
-    let r = d.req(json!({ "cmd": "resume", "id": short }));
+    let r = d.req(Request::resume(&short));
     assert_eq!(code(&r), "not_resumable", "{r}");
     assert_eq!(d.get(&short)["completed_at"], done["completed_at"]);
     // cancelled -> resuming
-    d.ok(json!({ "cmd": "resume", "id": waiting }));
+    d.ok(Request::resume(&waiting));
     d.wait_status(&waiting, "completed", 20);
     assert_eq!(
         d.get(&waiting)["attempt"],
@@ -93,9 +97,16 @@ fn every_transition_and_every_refusal() {
         "it never ran before its cancel"
     );
     // Unknown ids.
-    for cmd in ["get", "cancel", "resume", "metrics", "children"] {
-        let r = d.req(json!({ "cmd": cmd, "id": "op_dummy_nope" }));
-        assert_eq!(code(&r), "not_found", "{cmd}: {r}");
+    let nope = "op_dummy_nope";
+    for req in [
+        Request::get(nope),
+        Request::cancel(nope),
+        Request::resume(nope),
+        Request::metrics(nope, 0),
+        Request::children(nope),
+    ] {
+        let r = d.req(req.clone());
+        assert_eq!(code(&r), "not_found", "{req:?}: {r}");
     }
 }
 
@@ -108,7 +119,7 @@ fn cancelling_a_running_dummy_stops_it_within_one_step() {
     });
     let before = d.get(&id)["steps_completed"].as_i64().unwrap();
     let t = std::time::Instant::now();
-    let r = d.ok(json!({ "cmd": "cancel", "id": id }));
+    let r = d.ok(Request::cancel(&id));
     assert_eq!(r["status"], "cancelled", "{r}");
     assert!(
         t.elapsed() < Duration::from_millis(1000),
@@ -120,14 +131,14 @@ fn cancelling_a_running_dummy_stops_it_within_one_step() {
     assert!(after <= before + 1, "ran {before} -> {after}");
     assert_eq!(op["stop_reason"], "user");
     // The cancellation checkpoint holds the step reached.
-    let cps = d.ok(json!({ "cmd": "checkpoints", "id": id }));
+    let cps = d.ok(Request::checkpoints(Some(id_of(&id))));
     let cp = &cps["checkpoints"][0];
     assert_eq!(cp["checkpoint_type"], "cancellation", "{cps}");
     assert_eq!(cp["state"]["step"], after);
     // Resuming continues from there, attempt 2, and completes with every step once.
-    d.ok(json!({ "cmd": "resume", "id": id }));
+    d.ok(Request::resume(&id));
     wait_until(Duration::from_secs(10), || d.status(&id) == "running");
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
 }
 
 #[test]
@@ -137,8 +148,8 @@ fn resumed_dummy_continues_metrics_without_gaps_or_repeats() {
     wait_until(Duration::from_secs(20), || {
         d.get(&id)["steps_completed"].as_i64().unwrap_or(0) >= 5
     });
-    d.ok(json!({ "cmd": "cancel", "id": id }));
-    d.ok(json!({ "cmd": "resume", "id": id }));
+    d.ok(Request::cancel(&id));
+    d.ok(Request::resume(&id));
     let op = d.wait_status(&id, "completed", 30);
     assert_eq!(op["attempt"], 2);
     let m = d.metrics(&id);
@@ -158,12 +169,7 @@ fn fifty_concurrent_submits_all_land_with_distinct_ids() {
     let handles: Vec<_> = (0..50)
         .map(|_| {
             let s = socket.clone();
-            std::thread::spawn(move || {
-                request(
-                    &s,
-                    &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 0 } }),
-                )
-            })
+            std::thread::spawn(move || request(&s, Submit::new("dummy", json!({ "steps": 0 }))))
         })
         .collect();
     let ids: HashSet<String> = handles
@@ -192,10 +198,13 @@ fn list_filters_and_counts() {
     let pending: Vec<String> = (0..3)
         .map(|_| d.submit("dummy", json!({ "steps": 1 })))
         .collect();
-    let all = d.ok(json!({ "cmd": "list" }));
+    let all = d.ok(Request::List(ListFilter::default()));
     assert_eq!(all["total"], 5);
     assert_eq!(all["active"], 4);
-    let r = d.ok(json!({ "cmd": "list", "status": ["pending"] }));
+    let r = d.ok(Request::List(ListFilter {
+        status: vec![opsd::model::Status::Pending],
+        ..ListFilter::default()
+    }));
     assert_eq!(r["total"], 3);
     let listed: HashSet<String> = r["operations"]
         .as_array()
@@ -204,43 +213,61 @@ fn list_filters_and_counts() {
         .map(|o| o["operation_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(listed, pending.iter().cloned().collect());
-    let r = d.ok(json!({ "cmd": "list", "active": true, "limit": 2 }));
+    let r = d.ok(Request::List(ListFilter {
+        active: true,
+        limit: Some(2),
+        ..ListFilter::default()
+    }));
     assert_eq!(r["operations"].as_array().unwrap().len(), 2);
     assert_eq!(r["total"], 4);
-    let r = d.ok(json!({ "cmd": "list", "active": true, "limit": 2, "offset": 3 }));
+    let r = d.ok(Request::List(ListFilter {
+        active: true,
+        limit: Some(2),
+        offset: Some(3),
+        ..ListFilter::default()
+    }));
     assert_eq!(r["operations"].as_array().unwrap().len(), 1);
-    let r = d.ok(json!({ "cmd": "list", "status": ["completed", "running"] }));
+    let r = d.ok(Request::List(ListFilter {
+        status: vec![opsd::model::Status::Completed, opsd::model::Status::Running],
+        ..ListFilter::default()
+    }));
     assert_eq!(r["total"], 2);
-    let r = d.ok(json!({ "cmd": "list", "type": "training" }));
+    let r = d.ok(Request::List(ListFilter {
+        kind: Some("training".parse().unwrap()),
+        ..ListFilter::default()
+    }));
     assert_eq!(r["total"], 0);
-    let r = d.req(json!({ "cmd": "list", "status": ["bogus"] }));
+    let r = request_json(&d.socket, &json!({ "cmd": "list", "status": ["bogus"] }));
     assert_eq!(r["error"]["code"], "bad_request");
     // Newest first.
-    let ops = d.ok(json!({ "cmd": "list" }))["operations"]
+    let ops = d.ok(Request::List(ListFilter::default()))["operations"]
         .as_array()
         .unwrap()
         .clone();
     assert_eq!(ops.last().unwrap()["operation_id"], done.as_str());
-    d.ok(json!({ "cmd": "cancel", "id": running }));
+    d.ok(Request::cancel(&running));
 }
 
 #[test]
 fn idempotency_key_returns_the_first_operation() {
     let d = Daemon::start();
-    let a = d.ok(
-        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }),
-    );
-    let b = d.ok(
-        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-1" }),
-    );
+    let a = d.ok(Submit {
+        key: Some("nightly-1".into()),
+        ..Submit::new("dummy", json!({ "steps": 1 }))
+    });
+    let b = d.ok(Submit {
+        key: Some("nightly-1".into()),
+        ..Submit::new("dummy", json!({ "steps": 1 }))
+    });
     assert_eq!(a["operation_id"], b["operation_id"]);
     assert_eq!(a["created"], true);
     assert_eq!(b["created"], false);
-    let c = d.ok(
-        json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1 }, "key": "nightly-2" }),
-    );
+    let c = d.ok(Submit {
+        key: Some("nightly-2".into()),
+        ..Submit::new("dummy", json!({ "steps": 1 }))
+    });
     assert_ne!(a["operation_id"], c["operation_id"]);
-    assert_eq!(d.ok(json!({ "cmd": "list" }))["total"], 2);
+    assert_eq!(d.ok(Request::List(ListFilter::default()))["total"], 2);
 }
 
 #[test]
@@ -251,7 +278,12 @@ fn metrics_cursor_has_no_gaps_or_repeats_while_running() {
     let mut seen = Vec::new();
     loop {
         let over = d.status(&id) == "completed";
-        let r = d.ok(json!({ "cmd": "metrics", "id": id, "cursor": cursor, "limit": 7 }));
+        let r = d.ok(Request::Metrics {
+            id: id_of(&id),
+            cursor,
+            limit: Some(7),
+            follow: false,
+        });
         for p in r["metrics"].as_array().unwrap() {
             seen.push(p["seq"].as_i64().unwrap());
         }
@@ -271,11 +303,25 @@ fn parent_progress_aggregates_children_by_phase() {
     let d = Daemon::start();
     let parent = d.submit("dummy", json!({ "steps": 1000, "step_ms": 20 }));
     d.wait_status(&parent, "running", 20);
-    let a = d.ok(json!({ "cmd": "submit", "type": "dummy", "parent": parent, "phase": [0.0, 40.0], "params": { "steps": 2, "step_ms": 1 } }))["operation_id"].as_str().unwrap().to_string();
-    let b = d.ok(json!({ "cmd": "submit", "type": "dummy", "parent": parent, "phase": [40.0, 100.0], "params": { "steps": 1000, "step_ms": 50 } }))["operation_id"].as_str().unwrap().to_string();
+    let a = d.ok(Submit {
+        parent: Some(id_of(&parent)),
+        phase: Some((0.0, 40.0)),
+        ..Submit::new("dummy", json!({ "steps": 2, "step_ms": 1 }))
+    })["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = d.ok(Submit {
+        parent: Some(id_of(&parent)),
+        phase: Some((40.0, 100.0)),
+        ..Submit::new("dummy", json!({ "steps": 1000, "step_ms": 50 }))
+    })["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     d.wait_status(&a, "completed", 20);
     d.wait_status(&b, "running", 20);
-    let kids = d.ok(json!({ "cmd": "children", "id": parent }));
+    let kids = d.ok(Request::children(&parent));
     assert_eq!(kids["operations"].as_array().unwrap().len(), 2);
     // 40 % from the finished child, a little of the other's 60 %.
     let pct = d.get(&parent)["progress_percent"].as_f64().unwrap();
@@ -293,7 +339,7 @@ fn parent_progress_aggregates_children_by_phase() {
         (40.0..60.0).contains(&v)
     });
     // Cancelling the parent cancels the running child with stop_reason parent.
-    d.ok(json!({ "cmd": "cancel", "id": parent }));
+    d.ok(Request::cancel(&parent));
     let child = d.wait_status(&b, "cancelled", 10);
     assert_eq!(child["stop_reason"], "parent");
     assert_eq!(d.get(&parent)["stop_reason"], "user");
@@ -319,7 +365,13 @@ fn a_panicking_job_fails_and_the_daemon_carries_on() {
 #[test]
 fn retries_back_off_and_stop_after_max_attempts() {
     let d = Daemon::start_with("flush_interval_ms = 50\nretry_base_delay_ms = 100\n");
-    let r = d.ok(json!({ "cmd": "submit", "type": "dummy", "max_attempts": 3, "params": { "steps": 2, "step_ms": 1, "fail_at_step": 1 } }));
+    let r = d.ok(Submit {
+        max_attempts: Some(3),
+        ..Submit::new(
+            "dummy",
+            json!({ "steps": 2, "step_ms": 1, "fail_at_step": 1 }),
+        )
+    });
     let id = r["operation_id"].as_str().unwrap().to_string();
     let op = d.wait_status(&id, "failed", 30);
     assert_eq!(op["attempt"], 3);
@@ -333,12 +385,18 @@ fn retries_back_off_and_stop_after_max_attempts() {
 #[test]
 fn delayed_start_waits_for_run_after() {
     let d = Daemon::start();
-    let r = d.ok(json!({ "cmd": "submit", "type": "dummy", "run_after": "1s", "params": { "steps": 1, "step_ms": 1 } }));
+    let r = d.ok(Submit {
+        run_after: Some("1s".into()),
+        ..Submit::new("dummy", json!({ "steps": 1, "step_ms": 1 }))
+    });
     let id = r["operation_id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(d.status(&id), "pending");
     d.wait_status(&id, "completed", 10);
-    let r = d.req(json!({ "cmd": "submit", "type": "dummy", "run_after": "someday" }));
+    let r = d.req(Submit {
+        run_after: Some("someday".into()),
+        ..Submit::new("dummy", Value::Null)
+    });
     assert_eq!(r["error"]["code"], "bad_request");
     assert!(
         r["error"]["message"]
@@ -363,10 +421,10 @@ fn bad_parameters_are_refused_naming_the_key() {
             "dummy, command, training, backtest, pipeline",
         ),
     ] {
-        let r = d.req(json!({ "cmd": "submit", "type": kind, "params": params }));
+        let r = d.req(Submit::new(kind, params));
         assert_eq!(r["error"]["code"], "bad_request", "{r}");
         let msg = r["error"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{msg} should mention {needle}");
     }
-    assert_eq!(d.ok(json!({ "cmd": "list" }))["total"], 0);
+    assert_eq!(d.ok(Request::List(ListFilter::default()))["total"], 0);
 }

@@ -15,4 +15,5 @@ mod lifecycle;
 mod protocol;
 mod python_client;
 mod research;
+mod typed_protocol;
 mod write_failures;

@@ -103,7 +103,7 @@ fn socket_is_private_and_a_second_daemon_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");
     // The first still answers.
-    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(d.req(Request::Health)["ok"], true);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_stale_socket_file_is_replaced() {
         &sock
     )
     .is_ok()));
-    let r = request(&sock, &json!({ "cmd": "health" }));
+    let r = request(&sock, Request::Health);
     assert_eq!(r["ok"], true);
     nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_child(&mut child.0, Duration::from_secs(20)).success());
@@ -139,7 +139,10 @@ fn watch_streams_until_the_end() {
     s.write_all(
         format!(
             "{}\n",
-            json!({ "cmd": "watch", "id": id, "interval_ms": 20 })
+            Request::Watch {
+                id: id_of(&id),
+                interval_ms: Some(20)
+            }
         )
         .as_bytes(),
     )
@@ -172,14 +175,22 @@ fn follow_with_a_zero_limit_and_far_run_after_are_answered() {
         &d.socket,
         format!(
             "{}\n",
-            json!({ "cmd": "metrics", "id": id, "follow": true, "limit": 0 })
+            Request::Metrics {
+                id: id_of(&id),
+                cursor: 0,
+                limit: Some(0),
+                follow: true
+            }
         )
         .as_bytes(),
     );
     assert_eq!(r.last().unwrap()["event"], "end", "{r:?}");
-    let r = d.req(json!({ "cmd": "submit", "type": "dummy", "run_after": "300000years" }));
+    let r = d.req(Submit {
+        run_after: Some("300000years".into()),
+        ..Submit::new("dummy", Value::Null)
+    });
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
-    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(d.req(Request::Health)["ok"], true);
 }
 
 #[test]
@@ -195,5 +206,5 @@ fn a_second_daemon_on_the_same_database_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already using the database"), "{err}");
-    assert_eq!(d.req(json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(d.req(Request::Health)["ok"], true);
 }

@@ -131,7 +131,7 @@ fn a_backtest_with_start_and_end_trades_only_that_range() {
             "is after end",
         ),
     ] {
-        let r = d.req(json!({ "cmd": "submit", "type": "backtest", "params": params }));
+        let r = d.req(Submit::new("backtest", params));
         let msg = r["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(want), "{r}");
     }
@@ -186,7 +186,7 @@ fn the_pipeline_backtests_exactly_the_test_split() {
         (c[test_end] - c[test_start]) / c[test_start] * 100.0
     );
     // The backtest child was given the split, and traded nothing before it.
-    let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"].clone();
+    let kids = d.ok(Request::children(&id))["operations"].clone();
     let child = &kids[1];
     assert_eq!(child["metadata"]["start"], split["test_start"]);
     assert_eq!(child["metadata"]["end"], split["test_end"]);
@@ -207,7 +207,7 @@ fn a_pipeline_refuses_a_range_of_its_own_and_an_empty_test_split() {
             "training.test_fraction must be > 0",
         ),
     ] {
-        let r = d.req(json!({ "cmd": "submit", "type": "pipeline", "params": params }));
+        let r = d.req(Submit::new("pipeline", params));
         let msg = r["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(want), "{r}");
     }
@@ -272,7 +272,7 @@ fn a_training_pipelines_progress_is_setup_plus_the_childs_share() {
     );
     let share = |child: f64| 5.0 + child / 100.0 * (80.0 - 5.0);
     let child_pct = || -> Option<f64> {
-        let kids = d.ok(json!({ "cmd": "children", "id": id }))["operations"].clone();
+        let kids = d.ok(Request::children(&id))["operations"].clone();
         let k = kids.as_array()?.first()?.clone();
         (k["status"] == "running").then(|| k["progress_percent"].as_f64().unwrap())
     };
@@ -319,5 +319,5 @@ fn a_training_pipelines_progress_is_setup_plus_the_childs_share() {
         ok,
         "too few samples while training ran: {live} live, {stored} stored"
     );
-    d.ok(json!({ "cmd": "cancel", "id": id }));
+    d.ok(Request::cancel(&id));
 }

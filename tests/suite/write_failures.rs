@@ -25,7 +25,7 @@ impl WriteLock {
 }
 
 fn health(d: &Daemon) -> Value {
-    d.ok(json!({ "cmd": "health" }))
+    d.ok(Request::Health)
 }
 
 #[test]
@@ -41,9 +41,10 @@ fn a_locked_database_strands_nothing_and_reads_keep_answering() {
     );
     d.wait_status(&finishing, "running", 20);
     d.wait_status(&to_cancel, "running", 20);
-    let waiting = d
-        .ok(json!({ "cmd": "submit", "type": "dummy", "params": {}, "run_after": "1h" }))
-        ["operation_id"]
+    let waiting = d.ok(Submit {
+        run_after: Some("1h".into()),
+        ..Submit::new("dummy", json!({}))
+    })["operation_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -56,7 +57,14 @@ fn a_locked_database_strands_nothing_and_reads_keep_answering() {
         let (sock, id, tx) = (d.socket.clone(), id.clone(), tx.clone());
         std::thread::spawn(move || {
             let t = Instant::now();
-            let r = request(&sock, &json!({ "cmd": "cancel", "id": id, "wait_ms": 0 }));
+            let r = request(
+                &sock,
+                Request::Cancel {
+                    id: id_of(&id),
+                    reason: None,
+                    wait_ms: Some(0),
+                },
+            );
             tx.send((r, t.elapsed())).unwrap();
         });
     }
@@ -65,7 +73,7 @@ fn a_locked_database_strands_nothing_and_reads_keep_answering() {
     for _ in 0..5 {
         let t = Instant::now();
         d.get(&finishing);
-        d.ok(json!({ "cmd": "list" }));
+        d.ok(Request::List(ListFilter::default()));
         let h = health(&d);
         assert!(
             t.elapsed() < Duration::from_secs(1),
@@ -105,23 +113,11 @@ fn a_locked_database_strands_nothing_and_reads_keep_answering() {
     // refused cancels changed nothing, and a cancel now works.
     d.wait_status(&finishing, "completed", 20);
     assert_eq!(d.status(&waiting), "pending");
-    let r = d.ok(json!({ "cmd": "cancel", "id": to_cancel }));
+    let r = d.ok(Request::cancel(&to_cancel));
     assert_eq!(r["previous_status"], "running", "{r}");
     d.wait_status(&to_cancel, "cancelled", 20);
     assert!(wait_until(Duration::from_secs(10), || health(&d)["store"] == "ok"));
-    let db = open_db(&d.db());
-    let running: i64 = db
-        .query_row(
-            "SELECT count(*) FROM operations WHERE status = 'running'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(running, 0);
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_sound(&d.db());
 }
 
 #[test]
@@ -132,7 +128,7 @@ fn a_submit_under_a_short_lock_waits_and_lands() {
     let t = std::thread::spawn(move || {
         request(
             &sock,
-            &json!({ "cmd": "submit", "type": "dummy", "params": { "steps": 1, "step_ms": 1 } }),
+            Submit::new("dummy", json!({ "steps": 1, "step_ms": 1 })),
         )
     });
     std::thread::sleep(Duration::from_millis(2500));
@@ -218,26 +214,32 @@ fn a_full_disk_is_reported_and_recovered_from_by_itself() {
     assert!(wait_until(Duration::from_secs(30), || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     }));
-    let req = |v: Value| request(&socket, &v);
+    let req = |r: Request| request(&socket, r);
     let submit = |steps: i64| {
-        req(
-            json!({ "cmd": "submit", "type": "dummy", "params": { "steps": steps, "step_ms": 50, "checkpoint_every": 1000 } }),
-        )
+        req(Request::from(Submit::new(
+            "dummy",
+            json!({ "steps": steps, "step_ms": 50, "checkpoint_every": 1000 }),
+        )))
     };
     let running = submit(60)["operation_id"].as_str().unwrap().to_string();
     assert!(wait_until(Duration::from_secs(20), || {
-        req(json!({ "cmd": "get", "id": running }))["operation"]["status"] == "running"
+        req(Request::get(&running))["operation"]["status"] == "running"
     }));
 
     let filler = disk.path().join("filler");
     fill(&filler);
     // Submits are refused with a clear error once the WAL must grow.
-    let big: Vec<Value> = (0..500)
-        .map(|i| json!({ "type": "dummy", "params": {}, "key": format!("{i:0>200}") }))
+    let big: Vec<Submit> = (0..500)
+        .map(|i| Submit {
+            key: Some(format!("{i:0>200}")),
+            ..Submit::new("dummy", json!({}))
+        })
         .collect();
     let mut refused = None;
     for _ in 0..50 {
-        let r = req(json!({ "cmd": "submit_batch", "operations": big.clone() }));
+        let r = req(Request::SubmitBatch {
+            operations: big.clone(),
+        });
         if r["ok"] == false {
             refused = Some(r);
             break;
@@ -248,42 +250,29 @@ fn a_full_disk_is_reported_and_recovered_from_by_itself() {
     assert!(msg.contains("could not be written"), "{msg}");
     assert!(msg.contains("free space"), "{msg}");
     // The daemon keeps serving reads.
-    assert_eq!(req(json!({ "cmd": "health" }))["ok"], true);
+    assert_eq!(req(Request::Health)["ok"], true);
 
     std::fs::remove_file(&filler).unwrap();
     // It recovers by itself: the running job ends with its final row,
     // submits land again, the file is intact.
     assert!(
         wait_until(Duration::from_secs(30), || {
-            req(json!({ "cmd": "get", "id": running }))["operation"]["status"] == "completed"
+            req(Request::get(&running))["operation"]["status"] == "completed"
         }),
         "never completed: {}\n{}",
-        req(json!({ "cmd": "get", "id": running })),
+        req(Request::get(&running)),
         std::fs::read_to_string(log.path()).unwrap_or_default()
     );
     let after = submit(1);
     assert_eq!(after["ok"], true, "{after}");
     assert!(wait_until(Duration::from_secs(20), || {
-        req(json!({ "cmd": "get", "id": after["operation_id"] }))["operation"]["status"]
+        req(Request::get(after["operation_id"].as_str().unwrap()))["operation"]["status"]
             == "completed"
     }));
-    assert!(wait_until(Duration::from_secs(10), || req(
-        json!({ "cmd": "health" })
-    )["store"]
+    assert!(wait_until(Duration::from_secs(10), || req(Request::Health)
+        ["store"]
         == "ok"));
     nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_child(&mut child.0, Duration::from_secs(30));
-    let db = open_db(&state.join("opsd.db"));
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let running: i64 = db
-        .query_row(
-            "SELECT count(*) FROM operations WHERE status = 'running'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(running, 0);
+    assert_sound(&state.join("opsd.db"));
 }

@@ -21,19 +21,6 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// cannot starve the job loop's stop checks.
 const POLL_BYTES: usize = 1024 * 1024;
 
-/// Fields a `progress` object may carry (SPEC §4).
-const PROGRESS_KEYS: [&str; 9] = [
-    "percentage",
-    "message",
-    "current_step",
-    "steps_completed",
-    "steps_total",
-    "items_processed",
-    "items_total",
-    "eta_seconds",
-    "context",
-];
-
 /// One understood line of the progress file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -116,12 +103,6 @@ fn parse_progress(p: Value) -> Result<ProgressUpdate, String> {
     let Value::Object(mut m) = p else {
         return Err("`progress` must be a JSON object".into());
     };
-    if let Some(k) = m.keys().find(|k| !PROGRESS_KEYS.contains(&k.as_str())) {
-        return Err(format!(
-            "progress: unknown field `{k}` (known: {})",
-            PROGRESS_KEYS.join(", ")
-        ));
-    }
     // The daemon computes the ETA itself from the rate of progress.
     m.remove("eta_seconds");
     if let Some(c) = m.get("context") {

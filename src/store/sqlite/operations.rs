@@ -686,7 +686,6 @@ pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operati
         queue: r.get(34)?,
         held: r.get::<_, i64>(35)? != 0,
         waiting_for: r.get(36)?,
-        waiting_on: Vec::new(),
     })
 }
 
