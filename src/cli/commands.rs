@@ -209,7 +209,11 @@ fn submit(a: super::SubmitArgs, c: &ClientOpts) -> Outcome {
 }
 
 /// Send a submit, print the id (or `--json`), and watch it if asked.
-pub(super) fn submit_and_print(s: crate::protocol::Submit, watch_it: bool, c: &ClientOpts) -> Outcome {
+pub(super) fn submit_and_print(
+    s: crate::protocol::Submit,
+    watch_it: bool,
+    c: &ClientOpts,
+) -> Outcome {
     let v = connect(c)?.submit(s)?;
     let id = v.operation_id.to_string();
     if c.json {

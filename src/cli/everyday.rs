@@ -537,9 +537,7 @@ pub fn list_table(ops: &[OperationView], paused: &[String], wide: bool) -> Strin
                 shown,
                 format!("{:.0}%", op["progress_percent"].as_f64().unwrap_or(0.0)),
                 started.map(local_time).unwrap_or_else(|| "-".into()),
-                duration
-                    .map(output::duration)
-                    .unwrap_or_else(|| "-".into()),
+                duration.map(output::duration).unwrap_or_else(|| "-".into()),
             ];
             if gpus {
                 let n = op["gpus_requested"].as_i64().unwrap_or(0);
@@ -642,7 +640,11 @@ mod tests {
         let view: crate::protocol::OperationView = serde_json::from_value(full).unwrap();
         let text = list_table(&[view], &[], false);
         for line in text.lines() {
-            assert!(line.chars().count() <= 80, "{line:?} ({})", line.chars().count());
+            assert!(
+                line.chars().count() <= 80,
+                "{line:?} ({})",
+                line.chars().count()
+            );
         }
         assert!(text.contains("0a1b2c3d") && text.contains("held"), "{text}");
     }

@@ -107,7 +107,9 @@ pub fn watch(
             Ok(None) | Err(ClientError::Io(_)) => {
                 if !quiet {
                     multi.suspend(|| {
-                        eprintln!("the daemon closed the connection; reconnecting to follow {id}...")
+                        eprintln!(
+                            "the daemon closed the connection; reconnecting to follow {id}..."
+                        )
                     });
                 }
                 client = reconnect(socket, id, interrupted)?;
@@ -131,7 +133,8 @@ pub fn watch(
         }
         // Stopped by a daemon shutdown: it resumes when the daemon is
         // back, so keep following it there.
-        if msg.event == StreamEvent::End && msg.operation.stop_reason == Some(StopReason::Shutdown) {
+        if msg.event == StreamEvent::End && msg.operation.stop_reason == Some(StopReason::Shutdown)
+        {
             if !quiet {
                 multi.suspend(|| eprintln!("the daemon is restarting; {id} resumes after it..."));
             }

@@ -56,7 +56,9 @@ pub(super) fn on_finish(rt: &Runtime, id: &OperationId) {
                     o.status,
                     String::from_utf8_lossy(&o.stderr).trim()
                 ),
-                Err(e) => tracing::warn!(operation = %id, "on_finish {:?} could not start: {e}", argv[0]),
+                Err(e) => {
+                    tracing::warn!(operation = %id, "on_finish {:?} could not start: {e}", argv[0])
+                }
             }
         });
     if let Err(e) = spawned {

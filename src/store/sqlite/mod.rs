@@ -16,8 +16,9 @@ pub(crate) mod writer;
 mod writes;
 
 use super::records::{
-    Checkpoint, CheckpointWrite, CleanFilter, QueueChange, QueueRow, ClaimPlan, ClaimedOperation, ListFilter, Listing, MetricPoint,
-    NewOperation, OperationRecord, ProgressWrite, Recovery, RunEnd, Submitted, TreeCancel,
+    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, CleanFilter, ListFilter, Listing,
+    MetricPoint, NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow, Recovery,
+    RunEnd, Submitted, TreeCancel,
 };
 use super::{AfterCommit, Backend, Ticket};
 use crate::error::{DbError, DbErrorKind, Error, Result};
@@ -638,7 +639,10 @@ mod tests {
     fn the_migrated_schema_takes_the_dependency_stop_reason_on_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
-        let id = store.submit(vec![new_op(OperationType::Dummy)]).wait().unwrap()[0]
+        let id = store
+            .submit(vec![new_op(OperationType::Dummy)])
+            .wait()
+            .unwrap()[0]
             .id
             .clone();
         let i = id.clone();
@@ -651,7 +655,10 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(store.get(&id).unwrap().stop_reason, Some(StopReason::Dependency));
+        assert_eq!(
+            store.get(&id).unwrap().stop_reason,
+            Some(StopReason::Dependency)
+        );
         // Still refused: a value outside the vocabulary.
         let i = id.clone();
         let bad = write(&store, move |c| {
@@ -676,10 +683,16 @@ mod tests {
         store.submit(vec![a, b]).wait().unwrap();
         let r = |t: &str| store.resolve(t).map(|i| i.0);
         assert_eq!(r("abcd0001").unwrap(), "op_dummy_20260101_000000_abcd0001");
-        assert_eq!(r("op_dummy_20260101_000001").unwrap(), "op_dummy_20260101_000001_abcd0002");
+        assert_eq!(
+            r("op_dummy_20260101_000001").unwrap(),
+            "op_dummy_20260101_000001_abcd0002"
+        );
         assert_eq!(r("last").unwrap(), "op_dummy_20260101_000001_abcd0002");
         let amb = r("abcd").unwrap_err().to_string();
-        assert!(amb.contains("abcd0001") && amb.contains("abcd0002"), "{amb}");
+        assert!(
+            amb.contains("abcd0001") && amb.contains("abcd0002"),
+            "{amb}"
+        );
         assert!(matches!(store.resolve("ffff"), Err(Error::NotFound(_))));
         store.close();
     }

@@ -767,7 +767,10 @@ pub(crate) fn release(conn: &Connection, id: &OperationId, now: &str) -> Result<
     }
     let rec = get(conn, id)?;
     Err(Error::InvalidTransition(if rec.held {
-        format!("operation {id} is {}; only a pending operation is held", rec.status)
+        format!(
+            "operation {id} is {}; only a pending operation is held",
+            rec.status
+        )
     } else {
         format!(
             "operation {id} is not held (it is {}); only operations submitted with --hold need a release",
@@ -793,7 +796,10 @@ pub(crate) fn cleanable(
             "clean never deletes {s} operations; --status takes completed, failed or cancelled"
         )));
     }
-    let marks: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let marks: Vec<String> = statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
     let before = filter.ended_before.clone().unwrap_or_else(|| "9999".into());
     let ids: Vec<String> = conn
         .prepare(&format!(
@@ -809,7 +815,9 @@ pub(crate) fn cleanable(
         let mut keep = Vec::new();
         for id in &set {
             let kids: Vec<String> = conn
-                .prepare_cached("SELECT operation_id FROM operations WHERE parent_operation_id = ?1")?
+                .prepare_cached(
+                    "SELECT operation_id FROM operations WHERE parent_operation_id = ?1",
+                )?
                 .query_map([id], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             if kids.iter().any(|k| !set.contains(k)) {

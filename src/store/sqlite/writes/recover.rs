@@ -2,8 +2,8 @@
 //! `failed`/`crash`, then what a shutdown stopped (and crashed operations
 //! with a checkpoint, with auto-resume) goes back to `resuming`.
 
-use super::super::{dependencies, operations as ops};
 use super::super::writer::Write;
+use super::super::{dependencies, operations as ops};
 use crate::error::Result;
 use crate::store::records::Recovery;
 use rusqlite::Connection;
