@@ -145,7 +145,7 @@ fn hold_keeps_an_operation_waiting_until_released_across_a_kill_9() {
 }
 
 #[test]
-fn a_paused_queue_starts_nothing_and_parallel_caps_it_across_a_restart() {
+fn a_paused_queue_starts_nothing_across_a_restart_and_a_kill_9_and_parallel_caps_it() {
     let mut d = Daemon::start();
     ok(
         &d,
@@ -164,13 +164,19 @@ fn a_paused_queue_starts_nothing_and_parallel_caps_it_across_a_restart() {
     for id in &ids {
         assert_eq!(d.status(id), "pending");
     }
-    // The pause and the cap are rows: a clean restart keeps them.
-    d.terminate();
-    d.spawn();
-    let other = submit(&d, json!({"type": "dummy", "params": quick()}));
-    d.wait_status(&other, "completed", 30);
-    for id in &ids {
-        assert_eq!(d.status(id), "pending");
+    // The pause is a row: a clean restart and a kill -9 keep it.
+    for unclean in [false, true] {
+        if unclean {
+            d.kill9();
+        } else {
+            d.terminate();
+        }
+        d.spawn();
+        let other = submit(&d, json!({"type": "dummy", "params": quick()}));
+        d.wait_status(&other, "completed", 30);
+        for id in &ids {
+            assert_eq!(d.status(id), "pending", "after a restart (kill -9: {unclean})");
+        }
     }
     let qs = ok(&d, json!({"cmd": "queues"}));
     let gpu = qs["queues"]
