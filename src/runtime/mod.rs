@@ -244,19 +244,11 @@ impl Runtime {
         let metadata = crate::jobs::job_for(kind)
             .validate(&params)
             .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
-        let now = chrono::Utc::now();
         let op = NewOperation {
-            id: OperationId::generate(kind, now),
-            kind,
-            metadata,
             parent: Some(parent.clone()),
-            priority: 0,
-            idempotency_key: None,
             phase,
             fail_parent,
-            gpus: 0,
-            max_attempts: 1,
-            run_after: None,
+            ..NewOperation::new(kind, metadata)
         };
         Ok(self.insert(op)?.0)
     }

@@ -32,6 +32,26 @@ pub struct NewOperation {
     pub run_after: Option<String>,
 }
 
+impl NewOperation {
+    /// An operation of `kind` with validated `metadata`, a fresh id and
+    /// every option at its default (no parent, priority 0, one attempt).
+    pub fn new(kind: OperationType, metadata: Value) -> NewOperation {
+        NewOperation {
+            id: OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata,
+            parent: None,
+            priority: 0,
+            idempotency_key: None,
+            phase: None,
+            fail_parent: false,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+        }
+    }
+}
+
 /// Progress as stored and shown (SPEC §4): the fields of
 /// [`crate::control::ProgressFields`] with the percentage always known.
 pub type Progress = crate::control::ProgressFields<f64>;

@@ -5,7 +5,7 @@
 //! when it matches no row we look the row up to say why (not found, or an
 //! invalid transition from its current status).
 
-use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::aggregate::ChildProgress;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status, StopReason};
@@ -488,10 +488,9 @@ pub(crate) fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) 
 /// a parent has children its own part (setup) counts as done.
 pub(crate) fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Result<()> {
     let kids = child_progress(conn, parent)?;
-    if kids.is_empty() {
+    let Some(pct) = crate::aggregate::running_parent(&kids) else {
         return Ok(());
-    }
-    let pct = parent_percentage(100.0, &kids);
+    };
     conn.prepare_cached(
         "UPDATE operations SET progress_percent = ?2 WHERE operation_id = ?1 AND status = 'running'",
     )?
@@ -510,14 +509,10 @@ pub(crate) fn child_progress(
              WHERE parent_operation_id = ?1",
         )?
         .query_map([parent.as_str()], |r| {
-            let status: String = r.get(3)?;
-            let pct: f64 = r.get(0)?;
+            let status: Status = parse_enum(3, r.get(3)?)?;
             let start: Option<f64> = r.get(1)?;
             let end: Option<f64> = r.get(2)?;
-            Ok(ChildProgress {
-                percentage: if status == "completed" { 100.0 } else { pct },
-                phase: start.zip(end),
-            })
+            Ok(ChildProgress::of(status, r.get(0)?, start.zip(end)))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
