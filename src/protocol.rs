@@ -133,6 +133,8 @@ pub enum Request {
     },
     /// Version, uptime, paths, workers, counts.
     Health,
+    /// The daemons sharing the store (SPEC §11).
+    Hosts,
 }
 
 impl Submit {

@@ -164,6 +164,21 @@ impl Service {
         self.blocking(|s| s.health()).await
     }
 
+    /// `hosts`, off the async threads.
+    pub async fn hosts_async(&self) -> Result<Value> {
+        self.blocking(|s| s.hosts()).await
+    }
+
+    /// `hosts`: the daemons sharing the store. A store only this daemon
+    /// uses (SQLite) lists this daemon alone.
+    pub fn hosts(&self) -> Result<Value> {
+        let mut hosts = self.rt.store.hosts()?;
+        if hosts.is_empty() && !self.rt.store.shared() {
+            hosts.push(self.rt.host_record());
+        }
+        Ok(json!({ "hosts": hosts }))
+    }
+
     /// `get`: one operation with live progress.
     pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
         let mut rec = self.rt.store.get(id)?;

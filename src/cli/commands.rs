@@ -47,6 +47,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Logs(a) => logs(a),
         Command::Checkpoints(a) => checkpoints(a),
         Command::Health(a) => health(&a.client),
+        Command::Hosts(a) => hosts(&a.client),
         Command::Demo(a) => super::demo::run(a),
     };
     match result {
@@ -95,6 +96,9 @@ fn serve(a: super::ServeArgs) -> Outcome {
     }
     if a.socket.is_some() {
         config.socket = a.socket;
+    }
+    if a.store.is_some() {
+        config.store = a.store;
     }
     crate::daemon::serve(config)?;
     Ok(ExitCode::SUCCESS)
@@ -398,6 +402,33 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
             output::bytes(c["state_size_bytes"].as_i64().unwrap_or(0)),
             output::bytes(c["artifacts_size_bytes"].as_i64().unwrap_or(0)),
             format!("{:.1}%", c["progress_percent"].as_f64().unwrap_or(0.0)),
+        ]);
+    }
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opsd hosts`: the daemons sharing this store.
+fn hosts(c: &ClientOpts) -> Outcome {
+    let v = call(&c.socket_path(), &json!({ "cmd": "hosts" }))?;
+    if c.json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&["HOST", "VERSION", "WORKERS", "GPUS", "TYPES", "LAST SEEN"]);
+    let list = |x: &Value| {
+        x.as_array()
+            .map(|a| a.iter().map(output::text).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    for h in v["hosts"].as_array().cloned().unwrap_or_default() {
+        t.add_row(vec![
+            output::text(&h["host"]),
+            output::text(&h["version"]),
+            output::text(&h["workers"]),
+            list(&h["gpus"]),
+            list(&h["types"]),
+            output::text(&h["last_seen_at"]),
         ]);
     }
     println!("{t}");
