@@ -11,3 +11,5 @@ mod lifecycle;
 mod protocol;
 mod research;
 mod write_failures;
+mod store_conformance;
+mod postgres;
