@@ -183,7 +183,45 @@ impl Service {
     pub fn get(&self, id: &OperationId) -> Result<OperationRecord> {
         let mut rec = self.rt.store.get(id)?;
         self.overlay_live(&mut rec)?;
+        self.warn_host_local_checkpoint(&mut rec)?;
         Ok(rec)
+    }
+
+    /// On a shared store, a checkpoint whose files are not under
+    /// `shared_dir` resumes only on the host that wrote them: `show` says
+    /// so (a warning in the answer, not stored).
+    fn warn_host_local_checkpoint(&self, rec: &mut OperationRecord) -> Result<()> {
+        if !self.rt.store.shared() {
+            return Ok(());
+        }
+        let Some(cp) = self.rt.store.checkpoint(&rec.operation_id)? else {
+            return Ok(());
+        };
+        let Some(path) = cp.artifacts_path else {
+            return Ok(());
+        };
+        let shared = self
+            .rt
+            .config
+            .shared_dir
+            .as_ref()
+            .is_some_and(|d| std::path::Path::new(&path).starts_with(d));
+        if shared {
+            return Ok(());
+        }
+        let host = rec.claimed_by.clone().unwrap_or_else(|| "its host".into());
+        let note = json!({
+            "at": cp.created_at,
+            "message": format!(
+                "its checkpoint files ({path}) are not under shared_dir, so only {host} can read \
+                 them: it resumes only on {host}. Set shared_dir to a directory every host mounts \
+                 (NFS) to resume anywhere"
+            ),
+        });
+        if let Value::Array(w) = &mut rec.warnings {
+            w.push(note);
+        }
+        Ok(())
     }
 
     /// Replace stored progress with the live value of a running operation,
@@ -249,6 +287,15 @@ impl Service {
         if before == Status::Running && !wait.is_zero() {
             if let Some(live) = self.rt.live(id) {
                 live.wait_done(wait).await;
+            } else if self.rt.store.shared() {
+                // Running on another host: its host loop hears the stop
+                // request; wait for the row to say it stopped.
+                let end = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < end
+                    && self.get_async(id).await?.status == Status::Running
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
         let rec = self.get_async(id).await?;

@@ -222,3 +222,80 @@ fn serve_refuses_an_unreachable_server_and_another_application_s_database() {
         .get(0);
     assert_eq!(n, 1, "nothing was created");
 }
+
+#[test]
+fn a_checkpoint_on_a_host_s_local_disk_is_shown_as_resuming_only_there() {
+    let Some(db) = PgDb::create("host_local_checkpoint_warning") else {
+        return;
+    };
+    let a = host(&db, "a", 0);
+    let id = a.submit("dummy", dummy(1, 0));
+    db.client()
+        .execute(
+            "UPDATE operations SET status = 'failed', stop_reason = 'crash', claimed_by = 'z' \
+             WHERE operation_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    db.client()
+        .execute(
+            "INSERT INTO operation_checkpoints (operation_id, checkpoint_type, created_at, state, \
+             artifacts_path) VALUES ($1, 'periodic', '2026-01-01T00:00:00.000000Z', '{}', \
+             '/var/lib/opsd/checkpoints/x')",
+            &[&id],
+        )
+        .unwrap();
+    let shown = a.get(&id);
+    let text = shown["warnings"].to_string();
+    assert!(text.contains("it resumes only on z"), "{text}");
+    let stored: Value = db
+        .client()
+        .query_one("SELECT warnings FROM operations WHERE operation_id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, json!([]), "a note in the answer, not a stored warning");
+}
+
+#[test]
+fn lost_connections_are_reopened_and_acknowledged_work_survives() {
+    let Some(db) = PgDb::create("lost_connections") else {
+        return;
+    };
+    let a = host(&db, "a", 3);
+    let before: Vec<String> = (0..3).map(|_| a.submit("dummy", dummy(10, 100))).collect();
+    assert!(wait_until(Duration::from_secs(20), || before
+        .iter()
+        .all(|id| row(&db, id).0 == "running")));
+    // Cut every connection of the daemon (as a server restart would),
+    // without touching the shared server itself.
+    let cut: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name = 'opsd') t",
+            &[&db.name],
+        )
+        .unwrap()
+        .get(0);
+    assert!(cut >= 2, "the writer and the listener at least: {cut}");
+    // Submits may be refused while the writer reconnects (never silently
+    // lost); keep trying until one is acknowledged.
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        let id = loop {
+            let r = a.req(json!({"cmd": "submit", "type": "dummy", "params": dummy(3, 50)}));
+            if r["ok"] == true {
+                break r["operation_id"].as_str().unwrap().to_string();
+            }
+            assert_eq!(r["error"]["code"], "unavailable", "{r}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        after.push(id);
+    }
+    for id in before.iter().chain(&after) {
+        a.wait_status(id, "completed", 60);
+    }
+    for id in &before {
+        assert_eq!(series(&db, id).0, (1..=10).collect::<Vec<_>>());
+    }
+}

@@ -608,3 +608,31 @@ fn opsd_wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_file_checkpoint_off_shared_dir_resumes_only_on_its_own_host() {
+    let Some(db) = PgDb::create("host_local_checkpoint_claims") else {
+        return;
+    };
+    let a = db.store("a", Duration::from_secs(30));
+    let b = db.store("b", Duration::from_secs(30));
+    let mut nfs = settings("c", Duration::from_secs(30));
+    nfs.shared_dir = Some("/mnt/nfs/opsd".into());
+    let c: Store = Arc::new(PostgresStore::open(&db.url, nfs).unwrap());
+    for (dir, who) in [("/var/lib/opsd", "a"), ("/mnt/nfs/opsd", "c")] {
+        let id = submit(&a, new_op(OperationType::Dummy));
+        let run = a.claim(plan(OperationType::Dummy, 1)).unwrap().remove(0);
+        let mut cp = checkpoint_write(&id, run.attempt, 0);
+        cp.checkpoint.artifacts_path = Some(format!("{dir}/checkpoints/{id}"));
+        a.save_checkpoint(cp).wait().unwrap();
+        a.cancel_tree(&id, StopReason::User, None).wait().unwrap();
+        finish(&a, &id, run.attempt, Status::Cancelled, false);
+        a.try_resume(&id).wait().unwrap();
+        assert!(b.claim(plan(OperationType::Dummy, 1)).unwrap().is_empty(), "{dir}");
+        let s = if who == "a" { &a } else { &c };
+        assert_eq!(s.claim(plan(OperationType::Dummy, 1)).unwrap()[0].id, id, "{dir}");
+    }
+    for s in [a, b, c] {
+        s.close();
+    }
+}
