@@ -228,6 +228,9 @@ pub fn open_configured(config: &crate::config::Config) -> Result<Store> {
                 caller_wait: wait,
             },
         )?)),
-        None => Ok(Arc::new(sqlite::SqliteStore::open(&config.db_path(), wait)?)),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(
+            &config.db_path(),
+            wait,
+        )?)),
     }
 }

@@ -94,7 +94,10 @@ fn two_hosts_share_the_queue_and_both_take_work() {
         .map(|h| h["host"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["a", "b"]);
-    assert_eq!(listed["hosts"][0]["types"], json!(["dummy", "command", "training", "backtest", "pipeline"]));
+    assert_eq!(
+        listed["hosts"][0]["types"],
+        json!(["dummy", "command", "training", "backtest", "pipeline"])
+    );
     let out = a.cli(&["hosts", "--json"]);
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -117,7 +120,11 @@ fn a_cancel_on_one_host_stops_the_operation_running_on_another() {
     let done = a.wait_status(&id, "cancelled", 20);
     let took = asked.elapsed();
     assert_eq!(done["stop_reason"], "user");
-    assert!(b.log().contains("stop requested from another host"), "{}", b.log());
+    assert!(
+        b.log().contains("stop requested from another host"),
+        "{}",
+        b.log()
+    );
     // SPEC: within 1 s; a loaded CI machine gets slack, the log says how long.
     eprintln!("cross-host cancel took {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -134,9 +141,9 @@ fn a_killed_host_s_operations_are_finished_by_another_exactly_once() {
     };
     let mut a = host(&db, "a", 3);
     let ids: Vec<String> = (0..3).map(|_| a.submit("dummy", dummy(20, 100))).collect();
-    assert!(wait_until(Duration::from_secs(20), || ids.iter().all(|id| {
-        row(&db, id).0 == "running" && has_checkpoint(&db, id)
-    })));
+    assert!(wait_until(Duration::from_secs(20), || ids.iter().all(
+        |id| { row(&db, id).0 == "running" && has_checkpoint(&db, id) }
+    )));
     a.kill9();
     let b = host(&db, "b", 3);
     for id in &ids {
@@ -157,7 +164,8 @@ fn a_stalled_host_does_not_overwrite_the_rescuer_s_result() {
     };
     let a = host(&db, "a", 1);
     let id = a.submit("dummy", dummy(30, 100));
-    assert!(wait_until(Duration::from_secs(20), || row(&db, &id).0 == "running"
+    assert!(wait_until(Duration::from_secs(20), || row(&db, &id).0
+        == "running"
         && has_checkpoint(&db, &id)));
     let b = host(&db, "b", 1);
     // A stalls for longer than its lease: B rescues and resumes the run.
@@ -169,10 +177,14 @@ fn a_stalled_host_does_not_overwrite_the_rescuer_s_result() {
     assert!(taken, "B did not take over: {}", b.log());
     let done = b.wait_status(&id, "completed", 60);
     // A noticed, stopped its copy, and wrote nothing over B's run.
-    assert!(wait_until(Duration::from_secs(20), || {
-        a.log().contains("lost its claim")
-            && a.ok(json!({"cmd": "health"}))["running"] == json!([])
-    }), "{}", a.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            a.log().contains("lost its claim")
+                && a.ok(json!({"cmd": "health"}))["running"] == json!([])
+        }),
+        "{}",
+        a.log()
+    );
     let after = b.get(&id);
     assert_eq!(after["claimed_by"], "b");
     assert_eq!(after["attempt"], 2);
@@ -203,7 +215,10 @@ fn serve_fails(store: &str) -> String {
 #[test]
 fn serve_refuses_an_unreachable_server_and_another_application_s_database() {
     let err = serve_fails("postgres://postgres@127.0.0.1:1/opsd");
-    assert!(err.contains("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/opsd"), "{err}");
+    assert!(
+        err.contains("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/opsd"),
+        "{err}"
+    );
     let Some(db) = PgDb::create("serve_refuses_foreign") else {
         return;
     };
@@ -250,10 +265,17 @@ fn a_checkpoint_on_a_host_s_local_disk_is_shown_as_resuming_only_there() {
     assert!(text.contains("it resumes only on z"), "{text}");
     let stored: Value = db
         .client()
-        .query_one("SELECT warnings FROM operations WHERE operation_id = $1", &[&id])
+        .query_one(
+            "SELECT warnings FROM operations WHERE operation_id = $1",
+            &[&id],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(stored, json!([]), "a note in the answer, not a stored warning");
+    assert_eq!(
+        stored,
+        json!([]),
+        "a note in the answer, not a stored warning"
+    );
 }
 
 #[test]

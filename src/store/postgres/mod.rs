@@ -263,7 +263,11 @@ impl PostgresStore {
         self.writer.ticket(policy, w)
     }
 
-    fn fire(&self, what: &'static str, f: impl FnMut(&mut Tx<'_, '_>, &Me) -> Result<()> + Send + 'static) {
+    fn fire(
+        &self,
+        what: &'static str,
+        f: impl FnMut(&mut Tx<'_, '_>, &Me) -> Result<()> + Send + 'static,
+    ) {
         let me = self.me.clone();
         let mut f = f;
         self.writer.fire(Box::new(move |tx| f(tx, &me)), what);
@@ -343,7 +347,14 @@ impl Backend for PostgresStore {
     ) -> Ticket<TreeCancel> {
         let root = root.clone();
         self.write(self.writer.caller_policy(), move |tx, me| {
-            sql::cancel_tree(tx, me, &root, reason, message.as_deref(), &crate::ids::now())
+            sql::cancel_tree(
+                tx,
+                me,
+                &root,
+                reason,
+                message.as_deref(),
+                &crate::ids::now(),
+            )
         })
     }
 
@@ -576,11 +587,11 @@ impl Backend for PostgresStore {
     }
 
     fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        self.read(|c| sql::checkpoints(c))
+        self.read(sql::checkpoints)
     }
 
     fn counts(&self) -> Result<Vec<(Status, i64)>> {
-        self.read(|c| sql::counts(c))
+        self.read(sql::counts)
     }
 
     fn shared(&self) -> bool {
@@ -604,7 +615,7 @@ impl Backend for PostgresStore {
     }
 
     fn hosts(&self) -> Result<Vec<HostRecord>> {
-        self.read(|c| sql::hosts(c))
+        self.read(sql::hosts)
     }
 
     fn renew_leases(&self, running: &[(OperationId, i64)]) -> Result<Vec<(OperationId, i64)>> {

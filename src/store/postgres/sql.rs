@@ -39,10 +39,7 @@ pub(super) struct Me {
 const LEASE: &str = "opsd_ts(clock_timestamp() + make_interval(secs => $LEASE::float8))";
 
 fn lease_sql(sql: &str, n: usize) -> String {
-    sql.replace(
-        "$LEASE_EXPR",
-        &LEASE.replace("$LEASE", &format!("${n}")),
-    )
+    sql.replace("$LEASE_EXPR", &LEASE.replace("$LEASE", &format!("${n}")))
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T> {
@@ -203,7 +200,10 @@ fn record(r: &Row) -> Result<OperationRecord> {
 }
 
 /// One operation.
-pub(super) fn get<C: GenericClient>(c: &mut Db<'_, C>, id: &OperationId) -> Result<OperationRecord> {
+pub(super) fn get<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<OperationRecord> {
     let sql = format!("SELECT {COLUMNS} FROM operations WHERE operation_id = $1");
     match c.query_opt(&sql, &[&id.as_str()])? {
         Some(r) => record(&r),
@@ -398,13 +398,12 @@ pub(super) fn holds<C: GenericClient>(
     id: &OperationId,
     attempt: i64,
 ) -> Result<bool> {
-    Ok(c
-        .query_opt(
-            "SELECT 1 FROM operations WHERE operation_id = $1 AND status = 'running' \
+    Ok(c.query_opt(
+        "SELECT 1 FROM operations WHERE operation_id = $1 AND status = 'running' \
                AND claimed_by = $2 AND attempt = $3 FOR NO KEY UPDATE",
-            &[&id.as_str(), &me.host, &attempt],
-        )?
-        .is_some())
+        &[&id.as_str(), &me.host, &attempt],
+    )?
+    .is_some())
 }
 
 /// Record the GPUs assigned to an operation running here.
@@ -424,12 +423,11 @@ pub(super) fn set_gpus<C: GenericClient>(
 
 /// The highest metric seq of an operation.
 pub(super) fn last_seq<C: GenericClient>(c: &mut Db<'_, C>, id: &OperationId) -> Result<i64> {
-    Ok(c
-        .query_one(
-            "SELECT coalesce(max(seq), 0)::bigint FROM operation_metrics WHERE operation_id = $1",
-            &[&id.as_str()],
-        )?
-        .get(0))
+    Ok(c.query_one(
+        "SELECT coalesce(max(seq), 0)::bigint FROM operation_metrics WHERE operation_id = $1",
+        &[&id.as_str()],
+    )?
+    .get(0))
 }
 
 /// Append points in one statement; returns the last seq.
@@ -443,18 +441,17 @@ pub(super) fn append_metrics<C: GenericClient>(
     }
     let at: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
     let data: Vec<String> = points.iter().map(|p| p.1.to_string()).collect();
-    Ok(c
-        .query_one(
-            "WITH base AS (SELECT coalesce(max(seq), 0) AS s FROM operation_metrics \
+    Ok(c.query_one(
+        "WITH base AS (SELECT coalesce(max(seq), 0) AS s FROM operation_metrics \
                            WHERE operation_id = $1), \
                   ins AS (INSERT INTO operation_metrics (operation_id, seq, recorded_at, data) \
                           SELECT $1, base.s + u.n, u.at, u.d::jsonb \
                           FROM base, unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(at, d, n) \
                           RETURNING seq) \
              SELECT max(seq)::bigint FROM ins",
-            &[&id.as_str(), &at, &data],
-        )?
-        .get(0))
+        &[&id.as_str(), &at, &data],
+    )?
+    .get(0))
 }
 
 /// Points after `cursor`.
@@ -668,7 +665,10 @@ pub(super) fn cancel_tree<C: GenericClient>(
              error_message = CASE WHEN operation_id = $1 THEN $4 ELSE NULL END \
          WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming')"
     );
-    c.execute(&waiting, &[&root.as_str(), &reason.as_str(), &now, &message])?;
+    c.execute(
+        &waiting,
+        &[&root.as_str(), &reason.as_str(), &now, &message],
+    )?;
     let running = format!(
         "{TREE} UPDATE operations SET \
              stop_reason = coalesce(stop_reason, CASE WHEN operation_id = $1 THEN $2 ELSE 'parent' END) \
@@ -700,7 +700,11 @@ pub(super) fn cancel_tree<C: GenericClient>(
 }
 
 /// NOTIFY listeners (delivered when the transaction commits).
-pub(super) fn notify<C: GenericClient>(c: &mut Db<'_, C>, channel: &str, payload: &str) -> Result<()> {
+pub(super) fn notify<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    channel: &str,
+    payload: &str,
+) -> Result<()> {
     c.query("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
     Ok(())
 }
@@ -755,8 +759,7 @@ pub(super) fn fail_crashed<C: GenericClient>(
                  ELSE ' (host ' || claimed_by || ')' END \
          WHERE status = 'running' AND ($2::text IS NOT NULL) AND {which} RETURNING operation_id"
     );
-    Ok(c
-        .query(&sql, &[&now, &me.host, &msg])?
+    Ok(c.query(&sql, &[&now, &me.host, &msg])?
         .iter()
         .map(|r| OperationId(r.get(0)))
         .collect())
@@ -770,19 +773,18 @@ pub(super) fn recoverable<C: GenericClient>(
     only: Option<&[OperationId]>,
 ) -> Result<Vec<OperationId>> {
     let ids: Option<Vec<&str>> = only.map(|o| o.iter().map(|i| i.as_str()).collect());
-    Ok(c
-        .query(
-            "SELECT o.operation_id FROM operations o \
+    Ok(c.query(
+        "SELECT o.operation_id FROM operations o \
              WHERE o.stop_reason IN ('shutdown','crash') AND o.status IN ('cancelled','failed') \
                AND ($2::text[] IS NULL OR o.operation_id = ANY($2::text[])) \
                AND (o.stop_reason = 'shutdown' OR ($1 AND EXISTS ( \
                    SELECT 1 FROM operation_checkpoints k WHERE k.operation_id = o.operation_id))) \
              ORDER BY o.created_at",
-            &[&with_crashed, &ids],
-        )?
-        .iter()
-        .map(|r| OperationId(r.get(0)))
-        .collect())
+        &[&with_crashed, &ids],
+    )?
+    .iter()
+    .map(|r| OperationId(r.get(0)))
+    .collect())
 }
 
 /// Renew the leases of this host's running operations; returns the ids
@@ -798,8 +800,7 @@ pub(super) fn renew<C: GenericClient>(
          RETURNING operation_id, attempt",
         2,
     );
-    Ok(c
-        .query(&sql, &[&me.host, &me.lease_secs, &ids])?
+    Ok(c.query(&sql, &[&me.host, &me.lease_secs, &ids])?
         .iter()
         .map(|r| (OperationId(r.get(0)), r.get(1)))
         .collect())
@@ -953,7 +954,14 @@ pub(super) fn upsert_host<C: GenericClient>(c: &mut Db<'_, C>, h: &HostRecord) -
          ON CONFLICT (host) DO UPDATE SET started_at = EXCLUDED.started_at, \
              last_seen_at = EXCLUDED.last_seen_at, version = EXCLUDED.version, \
              workers = EXCLUDED.workers, gpus = EXCLUDED.gpus, types = EXCLUDED.types",
-        &[&h.host, &h.started_at, &h.version, &h.workers, &h.gpus, &h.types],
+        &[
+            &h.host,
+            &h.started_at,
+            &h.version,
+            &h.workers,
+            &h.gpus,
+            &h.types,
+        ],
     )?;
     Ok(())
 }
@@ -966,21 +974,20 @@ pub(super) fn delete_host<C: GenericClient>(c: &mut Db<'_, C>, host: &str) -> Re
 
 /// Every host.
 pub(super) fn hosts<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<HostRecord>> {
-    Ok(c
-        .query(
-            "SELECT host, started_at, last_seen_at, version, workers, gpus, types FROM hosts \
+    Ok(c.query(
+        "SELECT host, started_at, last_seen_at, version, workers, gpus, types FROM hosts \
              ORDER BY host",
-            &[],
-        )?
-        .iter()
-        .map(|r| HostRecord {
-            host: r.get(0),
-            started_at: r.get(1),
-            last_seen_at: r.get(2),
-            version: r.get(3),
-            workers: r.get(4),
-            gpus: r.get(5),
-            types: r.get(6),
-        })
-        .collect())
+        &[],
+    )?
+    .iter()
+    .map(|r| HostRecord {
+        host: r.get(0),
+        started_at: r.get(1),
+        last_seen_at: r.get(2),
+        version: r.get(3),
+        workers: r.get(4),
+        gpus: r.get(5),
+        types: r.get(6),
+    })
+    .collect())
 }

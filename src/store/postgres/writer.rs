@@ -92,9 +92,9 @@ impl<T: Send, D: FnOnce(Result<T>) + Send> Queued for Request<T, D> {
     fn deliver(self: Box<Self>, failure: Option<Error>) {
         let r = match failure {
             Some(e) => Err(e),
-            None => self
-                .result
-                .unwrap_or_else(|| Err(Error::Internal("a write was answered before it ran".into()))),
+            None => self.result.unwrap_or_else(|| {
+                Err(Error::Internal("a write was answered before it ran".into()))
+            }),
         };
         (self.deliver)(r);
     }
