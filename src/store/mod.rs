@@ -189,7 +189,8 @@ pub trait Backend: Send + Sync {
     }
     /// The rescuer: operations whose lease ran out are recovered exactly as
     /// after a crash (`failed`/`crash`, resumed from their checkpoint with
-    /// `auto_resume`).
+    /// `auto_resume`); those a cleanly stopped host left behind (stopped
+    /// by its shutdown, the host gone from `hosts`) are resumed.
     fn rescue_expired(&self, _auto_resume: bool) -> Result<Recovery> {
         Ok(Recovery::default())
     }

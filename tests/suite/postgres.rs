@@ -321,3 +321,31 @@ fn lost_connections_are_reopened_and_acknowledged_work_survives() {
         assert_eq!(series(&db, id).0, (1..=10).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn work_of_a_host_that_stops_cleanly_continues_on_another() {
+    let Some(db) = PgDb::create("clean_stop_hands_over") else {
+        return;
+    };
+    let mut a = host(&db, "a", 1);
+    let id = a.submit("dummy", dummy(40, 100));
+    assert!(wait_until(Duration::from_secs(20), || row(&db, &id).0 == "running"));
+    let b = host(&db, "b", 1);
+    assert!(a.terminate().success());
+    let done = b.wait_status(&id, "completed", 60);
+    assert_eq!(done["claimed_by"], "b");
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(series(&db, &id).1, (1..=40).collect::<Vec<_>>());
+    let left: Vec<String> = db
+        .client()
+        .query("SELECT host FROM hosts", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        left,
+        vec!["b".to_string()],
+        "a deregistered on its clean stop"
+    );
+}

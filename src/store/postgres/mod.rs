@@ -648,6 +648,13 @@ impl Backend for PostgresStore {
                     }
                 }
             }
+            // What a host that stopped cleanly (and left) had running
+            // continues elsewhere, as its own next start would resume it.
+            for id in sql::orphaned_shutdowns(tx)? {
+                if sql::try_resume(tx, &id, &now).is_ok() {
+                    resumed.push(id);
+                }
+            }
             Ok(Recovery { crashed, resumed })
         })
         .wait()

@@ -787,6 +787,22 @@ pub(super) fn recoverable<C: GenericClient>(
     .collect())
 }
 
+/// Operations a clean shutdown stopped on a host that has left `hosts`:
+/// another host resumes them (files on that host's disk keep them there,
+/// see [`claim`]).
+pub(super) fn orphaned_shutdowns<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<OperationId>> {
+    Ok(c.query(
+        "SELECT o.operation_id FROM operations o \
+             WHERE o.stop_reason = 'shutdown' AND o.status = 'cancelled' \
+               AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.host = o.claimed_by) \
+             ORDER BY o.created_at LIMIT 1000",
+        &[],
+    )?
+    .iter()
+    .map(|r| OperationId(r.get(0)))
+    .collect())
+}
+
 /// Renew the leases of this host's running operations; returns the ids
 /// (with attempts) it still holds.
 pub(super) fn renew<C: GenericClient>(
