@@ -132,7 +132,7 @@ impl Writer {
         let degraded = Arc::new(Mutex::new(None));
         let d = degraded.clone();
         let thread = std::thread::Builder::new()
-            .name("opsd-pg-writer".into())
+            .name("opsd-writer".into())
             .spawn(move || {
                 Thread {
                     client: Some(client),
