@@ -685,3 +685,53 @@ fn a_file_checkpoint_off_shared_dir_resumes_only_on_its_own_host() {
         s.close();
     }
 }
+
+#[test]
+fn a_cancel_that_reached_a_dead_host_s_operation_is_kept_by_the_rescuer() {
+    let Some(db) = PgDb::create("rescue_keeps_cancel") else {
+        return;
+    };
+    let a = db.store("a", Duration::from_secs(1));
+    let b = db.store("b", Duration::from_secs(30));
+    let id = submit(&a, new_op(OperationType::Dummy));
+    let run = a.claim(plan(OperationType::Dummy, 1)).unwrap().remove(0);
+    a.save_checkpoint(checkpoint_write(&id, run.attempt, 0))
+        .wait()
+        .unwrap();
+    // B cancels; A is gone before it could stop the job.
+    b.cancel_tree(&id, StopReason::User, None).wait().unwrap();
+    let rec = opsd_wait(Duration::from_secs(10), || {
+        let r = b.rescue_expired(true).unwrap();
+        (!r.crashed.is_empty()).then_some(r)
+    });
+    assert!(rec.resumed.is_empty(), "{rec:?}");
+    let row = b.get(&id).unwrap();
+    assert_eq!(
+        (row.status, row.stop_reason),
+        (Status::Cancelled, Some(StopReason::User))
+    );
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_failing_write_in_a_batch_does_not_undo_the_others() {
+    on_both("failing_write_in_a_batch", |s| {
+        // Queued together, so they share a batch (group commit).
+        let tickets: Vec<_> = (0..20)
+            .map(|i| {
+                let mut op = new_op(OperationType::Dummy);
+                if i % 2 == 1 {
+                    op.parent = Some(OperationId("op_pipeline_missing".into()));
+                }
+                s.submit(vec![op])
+            })
+            .collect();
+        let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i % 2 == 0, "{i}: {r:?}");
+        }
+        let page = s.list(&ListFilter::default()).unwrap();
+        assert_eq!(page.total, 10);
+    });
+}

@@ -39,8 +39,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 use writer::{Tx, WriteFn, Writer};
 
-/// Prepared statements of one connection, by SQL text.
-pub(crate) type Cache = HashMap<String, Statement>;
+/// Per connection: prepared statements by SQL text, and the
+/// notifications a batch will send just before it commits (each distinct
+/// one once per batch, however many requests asked for it).
+#[derive(Default)]
+pub(crate) struct Cache {
+    statements: HashMap<String, Statement>,
+    /// `(channel, payload)` to NOTIFY with the batch.
+    pub notes: Vec<(&'static str, String)>,
+}
 
 /// A connection (or transaction) with its prepared statements: each SQL
 /// text is prepared once per connection.
@@ -53,11 +60,11 @@ pub(crate) struct Db<'a, C> {
 
 impl<C: GenericClient> Db<'_, C> {
     fn prepare(&mut self, sql: &str) -> Result<Statement> {
-        if let Some(s) = self.cache.get(sql) {
+        if let Some(s) = self.cache.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.c.prepare(sql)?;
-        self.cache.insert(sql.to_string(), s.clone());
+        self.cache.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
 
@@ -107,8 +114,7 @@ pub(crate) fn pg_error(e: postgres::Error) -> DbError {
             c if c.starts_with("08")
                 || c.starts_with("53")
                 || c.starts_with("57")
-                || c.starts_with("58")
-                || c == "25P02" =>
+                || c.starts_with("58") =>
             {
                 DbErrorKind::Storage
             }
@@ -274,14 +280,21 @@ impl PostgresStore {
     }
 
     /// Write one run's progress and points if it still holds its claim;
-    /// returns its last metric seq (`None`: the claim is lost).
-    fn apply_live(tx: &mut Tx<'_, '_>, me: &Me, w: &ProgressWrite) -> Result<Option<i64>> {
-        if !sql::holds(tx, me, &w.id, w.attempt)? {
+    /// returns its last metric seq (`None`: the claim is lost). The
+    /// fenced UPDATE also locks the row until the batch commits.
+    fn apply_live(
+        tx: &mut Tx<'_, '_>,
+        me: &Me,
+        w: &ProgressWrite,
+        need_seq: bool,
+    ) -> Result<Option<i64>> {
+        if !sql::write_progress(tx, me, w.attempt, &w.id, &w.progress)? {
             return Ok(None);
         }
-        let seq = sql::append_metrics(tx, &w.id, &w.points)?;
-        sql::write_progress(tx, &w.id, &w.progress)?;
-        Ok(Some(seq))
+        if w.points.is_empty() && !need_seq {
+            return Ok(Some(0));
+        }
+        Ok(Some(sql::append_metrics(tx, &w.id, &w.points)?))
     }
 
     fn lost(me: &Me, id: &OperationId, attempt: i64, what: &str) {
@@ -438,7 +451,7 @@ impl Backend for PostgresStore {
     fn write_progress(&self, live: Vec<ProgressWrite>, parents: Vec<OperationId>) -> Ticket<()> {
         self.write(Policy::Durable, move |tx, me| {
             for w in &live {
-                if Self::apply_live(tx, me, w)?.is_none() {
+                if Self::apply_live(tx, me, w, false)?.is_none() {
                     Self::lost(me, &w.id, w.attempt, "progress");
                 }
             }
@@ -452,7 +465,7 @@ impl Backend for PostgresStore {
     fn save_checkpoint(&self, cp: CheckpointWrite) -> Ticket<()> {
         self.write(Policy::Durable, move |tx, me| {
             let mut cp = cp.clone();
-            match Self::apply_live(tx, me, &cp.live)? {
+            match Self::apply_live(tx, me, &cp.live, true)? {
                 Some(seq) => {
                     cp.checkpoint.metrics_seq = seq;
                     sql::save_checkpoint(tx, &cp.checkpoint)
@@ -480,18 +493,23 @@ impl Backend for PostgresStore {
         let w: WriteFn<()> = Box::new(move |tx| {
             let id = &end.id;
             let now = crate::ids::now();
-            if Self::apply_live(tx, &me, &end.last)?.is_none() {
-                Self::lost(&me, id, end.last.attempt, "the end of its run");
+            let last = &end.last;
+            let held = match &end.outcome {
+                RunOutcome::Retry { error, at } => {
+                    sql::write_progress(tx, &me, last.attempt, id, &last.progress)?
+                        && sql::requeue_for_retry(tx, id, error, at, &now)?
+                }
+                RunOutcome::Final(f) => sql::finish(tx, &me, last.attempt, id, f, &now)?,
+            };
+            if !held {
+                Self::lost(&me, id, last.attempt, "the end of its run");
                 return Ok(());
             }
-            match &end.outcome {
-                RunOutcome::Retry { error, at } => {
-                    sql::requeue_for_retry(tx, id, error, at, &now)?;
-                    sql::notify(tx, sql::WORK_CHANNEL, "")?;
-                }
-                RunOutcome::Final(f) => {
-                    sql::finish(tx, id, f, &now)?;
-                }
+            if !last.points.is_empty() {
+                sql::append_metrics(tx, id, &last.points)?;
+            }
+            if matches!(end.outcome, RunOutcome::Retry { .. }) {
+                sql::notify(tx, sql::WORK_CHANNEL, "")?;
             }
             if end.delete_checkpoint {
                 sql::delete_checkpoint(tx, id)?;
@@ -514,6 +532,8 @@ impl Backend for PostgresStore {
                 }
                 sql::finish(
                     tx,
+                    me,
+                    rec.attempt,
                     id,
                     &super::records::Finish {
                         status: Status::Cancelled,

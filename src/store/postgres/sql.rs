@@ -390,22 +390,6 @@ pub(super) fn claim<C: GenericClient>(
     Ok(claimed)
 }
 
-/// Lock the operation's row if this host's run `attempt` still holds it;
-/// false when the claim was lost (rescued, cancelled and resumed...).
-pub(super) fn holds<C: GenericClient>(
-    c: &mut Db<'_, C>,
-    me: &Me,
-    id: &OperationId,
-    attempt: i64,
-) -> Result<bool> {
-    Ok(c.query_opt(
-        "SELECT 1 FROM operations WHERE operation_id = $1 AND status = 'running' \
-               AND claimed_by = $2 AND attempt = $3 FOR NO KEY UPDATE",
-        &[&id.as_str(), &me.host, &attempt],
-    )?
-    .is_some())
-}
-
 /// Record the GPUs assigned to an operation running here.
 pub(super) fn set_gpus<C: GenericClient>(
     c: &mut Db<'_, C>,
@@ -491,18 +475,21 @@ pub(super) fn truncate_metrics<C: GenericClient>(
     Ok(())
 }
 
-/// Live progress of an operation (the caller checked the fence).
+/// Live progress of an operation, if this host's run `attempt` still
+/// holds it (the fence); false when the claim is lost.
 pub(super) fn write_progress<C: GenericClient>(
     c: &mut Db<'_, C>,
+    me: &Me,
+    attempt: i64,
     id: &OperationId,
     p: &Progress,
-) -> Result<()> {
+) -> Result<bool> {
     let pct = p.percentage.clamp(0.0, 100.0);
-    c.execute(
+    let n = c.execute(
         "UPDATE operations SET progress_percent = $2, progress_message = $3, current_step = $4, \
              steps_completed = $5, steps_total = $6, items_processed = $7, items_total = $8, \
              eta_seconds = $9, progress_context = $10 \
-         WHERE operation_id = $1 AND status = 'running'",
+         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $11 AND attempt = $12",
         &[
             &id.as_str(),
             &pct,
@@ -514,9 +501,11 @@ pub(super) fn write_progress<C: GenericClient>(
             &p.items_total,
             &p.eta_seconds,
             &p.context,
+            &me.host,
+            &attempt,
         ],
     )?;
-    Ok(())
+    Ok(n == 1)
 }
 
 /// Recompute a running parent's stored percentage from its children.
@@ -553,9 +542,12 @@ pub(super) fn refresh_parent_progress<C: GenericClient>(
     Ok(())
 }
 
-/// The end of a run (the caller checked the fence).
+/// The end of a run, if this host's run `attempt` still holds it (the
+/// fence); false (nothing written) when the claim is lost.
 pub(super) fn finish<C: GenericClient>(
     c: &mut Db<'_, C>,
+    me: &Me,
+    attempt: i64,
     id: &OperationId,
     f: &Finish,
     now: &str,
@@ -581,7 +573,7 @@ pub(super) fn finish<C: GenericClient>(
              items_processed = CASE WHEN $8 THEN items_processed ELSE $14 END, \
              items_total = CASE WHEN $8 THEN items_total ELSE $15 END, \
              progress_context = CASE WHEN $8 THEN progress_context ELSE $16 END \
-         WHERE operation_id = $1 AND status = 'running'",
+         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $17 AND attempt = $18",
         &[
             &id.as_str(),
             &f.status.as_str(),
@@ -599,6 +591,8 @@ pub(super) fn finish<C: GenericClient>(
             &p.items_processed,
             &p.items_total,
             &p.context,
+            &me.host,
+            &attempt,
         ],
     )?;
     Ok(n == 1)
@@ -612,9 +606,9 @@ pub(super) fn requeue_for_retry<C: GenericClient>(
     error: &str,
     run_after: &str,
     now: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let entry = serde_json::json!([{"at": now, "message": error}]);
-    c.execute(
+    let n = c.execute(
         "UPDATE operations SET \
              status = CASE WHEN stop_reason IS NULL THEN 'pending' ELSE 'cancelled' END, \
              completed_at = CASE WHEN stop_reason IS NULL THEN NULL ELSE $3 END, \
@@ -627,7 +621,7 @@ pub(super) fn requeue_for_retry<C: GenericClient>(
          WHERE operation_id = $1 AND status = 'running'",
         &[&id.as_str(), &run_after, &now, &error, &entry],
     )?;
-    Ok(())
+    Ok(n == 1)
 }
 
 const TREE: &str = "WITH RECURSIVE tree(id) AS ( \
@@ -699,13 +693,21 @@ pub(super) fn cancel_tree<C: GenericClient>(
     })
 }
 
-/// NOTIFY listeners (delivered when the transaction commits).
+/// NOTIFY listeners: queued on the connection and sent once per batch,
+/// just before its COMMIT (delivered when it commits).
 pub(super) fn notify<C: GenericClient>(
     c: &mut Db<'_, C>,
-    channel: &str,
+    channel: &'static str,
     payload: &str,
 ) -> Result<()> {
-    c.query("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
+    if !c
+        .cache
+        .notes
+        .iter()
+        .any(|(ch, p)| *ch == channel && p == payload)
+    {
+        c.cache.notes.push((channel, payload.to_string()));
+    }
     Ok(())
 }
 
@@ -732,8 +734,10 @@ pub(super) fn try_resume<C: GenericClient>(
     }
 }
 
-/// Crash recovery of `running` rows matching `which` (a WHERE fragment
-/// with `$2` = this host): `failed`/`crash`.
+/// Crash recovery of `running` rows: at start this host's own and expired
+/// ones, in the rescuer expired ones: `failed`/`crash` — except rows a
+/// cancel had already reached (a stop marker), which end `cancelled` as
+/// asked instead of being resumed.
 pub(super) fn fail_crashed<C: GenericClient>(
     c: &mut Db<'_, C>,
     me: &Me,
@@ -753,8 +757,11 @@ pub(super) fn fail_crashed<C: GenericClient>(
         "the daemon stopped uncleanly while this operation was running"
     };
     let sql = format!(
-        "UPDATE operations SET status = 'failed', stop_reason = 'crash', completed_at = $1, \
-             updated_at = $1, eta_seconds = NULL, lease_expires_at = NULL, \
+        "UPDATE operations SET \
+             status = CASE WHEN stop_reason IN ('user','parent') THEN 'cancelled' ELSE 'failed' END, \
+             stop_reason = CASE WHEN stop_reason IN ('user','parent') THEN stop_reason \
+                 ELSE 'crash' END, \
+             completed_at = $1, updated_at = $1, eta_seconds = NULL, lease_expires_at = NULL, \
              error_message = $3::text || CASE WHEN claimed_by IS NULL THEN '' \
                  ELSE ' (host ' || claimed_by || ')' END \
          WHERE status = 'running' AND ($2::text IS NOT NULL) AND {which} RETURNING operation_id"
