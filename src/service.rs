@@ -191,7 +191,14 @@ impl Service {
     /// `shared_dir` resumes only on the host that wrote them: `show` says
     /// so (a warning in the answer, not stored).
     fn warn_host_local_checkpoint(&self, rec: &mut OperationRecord) -> Result<()> {
-        if !self.rt.store.shared() {
+        // Only what may still resume: never run, running or completed
+        // operations are left alone (and cost no read).
+        let resumable = match rec.status {
+            Status::Failed | Status::Cancelled | Status::Resuming => true,
+            Status::Pending => rec.attempt > 0,
+            Status::Running | Status::Completed => false,
+        };
+        if !resumable || !self.rt.store.shared() {
             return Ok(());
         }
         let Some(cp) = self.rt.store.checkpoint(&rec.operation_id)? else {

@@ -255,9 +255,9 @@ fn a_checkpoint_on_a_host_s_local_disk_is_shown_as_resuming_only_there() {
     db.client()
         .execute(
             "INSERT INTO operation_checkpoints (operation_id, checkpoint_type, created_at, state, \
-             artifacts_path) VALUES ($1, 'periodic', '2026-01-01T00:00:00.000000Z', '{}', \
-             '/var/lib/opsd/checkpoints/x')",
-            &[&id],
+             artifacts_path) VALUES ($1, 'periodic', $2, '{}', '/var/lib/opsd/checkpoints/x')",
+            // Recent: the retention sweep (at start, then hourly) keeps it.
+            &[&id, &opsd::ids::now()],
         )
         .unwrap();
     let shown = a.get(&id);

@@ -499,7 +499,9 @@ impl Backend for PostgresStore {
                     sql::write_progress(tx, &me, last.attempt, id, &last.progress)?
                         && sql::requeue_for_retry(tx, id, error, at, &now)?
                 }
-                RunOutcome::Final(f) => sql::finish(tx, &me, last.attempt, id, f, &now)?,
+                RunOutcome::Final(f) => {
+                    sql::finish(tx, &me, last.attempt, id, f, end.delete_checkpoint, &now)?
+                }
             };
             if !held {
                 Self::lost(&me, id, last.attempt, "the end of its run");
@@ -511,7 +513,7 @@ impl Backend for PostgresStore {
             if matches!(end.outcome, RunOutcome::Retry { .. }) {
                 sql::notify(tx, sql::WORK_CHANNEL, "")?;
             }
-            if end.delete_checkpoint {
+            if end.delete_checkpoint && matches!(end.outcome, RunOutcome::Retry { .. }) {
                 sql::delete_checkpoint(tx, id)?;
             }
             if let Some(p) = &end.parent {
@@ -546,6 +548,7 @@ impl Backend for PostgresStore {
                         ),
                         progress: None,
                     },
+                    false,
                     &now,
                 )?;
                 if *why == StopReason::Shutdown {

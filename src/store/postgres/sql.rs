@@ -550,6 +550,7 @@ pub(super) fn finish<C: GenericClient>(
     attempt: i64,
     id: &OperationId,
     f: &Finish,
+    delete_checkpoint: bool,
     now: &str,
 ) -> Result<bool> {
     let entry = f
@@ -560,8 +561,10 @@ pub(super) fn finish<C: GenericClient>(
     let keep = f.progress.is_none();
     let pct = p.percentage.clamp(0.0, 100.0);
     let result = f.result.clone();
-    let n = c.execute(
-        "UPDATE operations SET status = $2::text, stop_reason = $3, result_summary = $4, \
+    // One statement: the fenced final row and, when asked (`$19`), the
+    // checkpoint row of the run that just completed.
+    let n: i64 = c.query_one(
+        "WITH u AS (UPDATE operations SET status = $2::text, stop_reason = $3, result_summary = $4, \
              error_message = $5, completed_at = $6, updated_at = $6, eta_seconds = NULL, \
              lease_expires_at = NULL, \
              errors = CASE WHEN $7::jsonb IS NULL THEN errors ELSE errors || $7::jsonb END, \
@@ -573,7 +576,11 @@ pub(super) fn finish<C: GenericClient>(
              items_processed = CASE WHEN $8 THEN items_processed ELSE $14 END, \
              items_total = CASE WHEN $8 THEN items_total ELSE $15 END, \
              progress_context = CASE WHEN $8 THEN progress_context ELSE $16 END \
-         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $17 AND attempt = $18",
+         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $17 AND attempt = $18 \
+         RETURNING operation_id), \
+         d AS (DELETE FROM operation_checkpoints WHERE $19 \
+               AND operation_id IN (SELECT operation_id FROM u)) \
+         SELECT count(*) FROM u",
         &[
             &id.as_str(),
             &f.status.as_str(),
@@ -593,8 +600,10 @@ pub(super) fn finish<C: GenericClient>(
             &p.context,
             &me.host,
             &attempt,
+            &delete_checkpoint,
         ],
-    )?;
+    )?
+    .get(0);
     Ok(n == 1)
 }
 
