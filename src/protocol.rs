@@ -151,6 +151,8 @@ pub enum Request {
     },
     /// Version, uptime, paths, workers, counts.
     Health,
+    /// The daemons sharing the store (SPEC §11).
+    Hosts,
 }
 
 impl Submit {
@@ -432,6 +434,13 @@ pub struct WatchUpdate {
     pub children: Vec<OperationView>,
 }
 
+/// The answer to `hosts`: the daemons sharing the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostList {
+    /// One row per daemon, as in the `hosts` table.
+    pub hosts: Vec<crate::store::records::HostRecord>,
+}
+
 /// The answer to `checkpoints`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointList {
@@ -505,6 +514,8 @@ pub struct Health {
 pub struct OperationView {
     /// Runs started so far.
     pub attempt: i64,
+    /// The host running it, or that ran it last (shared stores, SPEC §11).
+    pub claimed_by: Option<String>,
     /// When it became completed, failed or cancelled.
     pub completed_at: Option<String>,
     /// When it was submitted.
@@ -529,6 +540,8 @@ pub struct OperationView {
     pub items_processed: Option<i64>,
     /// How many items there are.
     pub items_total: Option<i64>,
+    /// Until when its host's lease holds it (shared stores).
+    pub lease_expires_at: Option<String>,
     /// Runs allowed in all.
     pub max_attempts: i64,
     /// The parameters it was submitted with, as validated.
@@ -596,6 +609,7 @@ impl From<OperationRecord> for OperationView {
         let progress = r.progress();
         let mut v = OperationView {
             attempt: r.attempt,
+            claimed_by: r.claimed_by,
             completed_at: r.completed_at,
             created_at: r.created_at,
             current_step: None,
@@ -608,6 +622,7 @@ impl From<OperationRecord> for OperationView {
             idempotency_key: r.idempotency_key,
             items_processed: None,
             items_total: None,
+            lease_expires_at: r.lease_expires_at,
             max_attempts: r.max_attempts,
             metadata: r.metadata,
             operation_id: r.operation_id,
@@ -674,6 +689,8 @@ mod tests {
             fail_parent: true,
             gpus_requested: 1,
             gpus_assigned: Some(json!(["0"])),
+            claimed_by: Some("gpu-box-1".into()),
+            lease_expires_at: Some("l".into()),
         }
     }
 

@@ -49,6 +49,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Logs(a) => logs(a),
         Command::Checkpoints(a) => checkpoints(a),
         Command::Health(a) => health(&a.client),
+        Command::Hosts(a) => hosts(&a.client),
         Command::Demo(a) => super::demo::run(a),
         Command::Dashboard(a) => dashboard(&a.client),
     };
@@ -131,6 +132,9 @@ fn serve(a: super::ServeArgs) -> Outcome {
     }
     if a.socket.is_some() {
         config.socket = a.socket;
+    }
+    if a.store.is_some() {
+        config.store = a.store;
     }
     crate::daemon::serve(config)?;
     Ok(ExitCode::SUCCESS)
@@ -476,6 +480,33 @@ fn checkpoints(a: super::CheckpointsArgs) -> Outcome {
             output::bytes(c.state_size_bytes),
             output::bytes(c.artifacts_size_bytes),
             progress,
+        ]);
+    }
+    outln!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opsd hosts`: the daemons sharing this store.
+fn hosts(c: &ClientOpts) -> Outcome {
+    let list = connect(c)?.hosts()?;
+    if c.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&["HOST", "VERSION", "WORKERS", "GPUS", "TYPES", "LAST SEEN"]);
+    let joined = |x: &Value| {
+        x.as_array()
+            .map(|a| a.iter().map(output::text).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    for h in &list.hosts {
+        t.add_row(vec![
+            h.host.clone(),
+            h.version.clone(),
+            h.workers.to_string(),
+            joined(&h.gpus),
+            joined(&h.types),
+            h.last_seen_at.clone(),
         ]);
     }
     outln!("{t}");

@@ -14,6 +14,7 @@ pub mod context;
 pub mod files;
 mod flusher;
 pub mod gpus;
+mod host;
 pub mod live;
 pub mod running;
 mod scheduler;
@@ -80,6 +81,10 @@ pub struct Runtime {
     pub started_at: Instant,
     /// What start-up recovery did, for `health`.
     pub recovery: Mutex<Value>,
+    /// When the runtime started, as stored in `hosts`.
+    started_at_text: String,
+    /// Ends the host loop (shared stores), and its thread.
+    host_loop: (Arc<AtomicBool>, Mutex<Option<JoinHandle<()>>>),
 }
 
 impl Runtime {
@@ -107,6 +112,8 @@ impl Runtime {
             scheduler: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),
+            started_at_text: crate::ids::now(),
+            host_loop: (Arc::new(AtomicBool::new(false)), Mutex::new(None)),
         });
         rt.recover()?;
         let mut threads = Vec::new();
@@ -133,6 +140,16 @@ impl Runtime {
             stopping,
         };
         threads.push(spawn("opsd-flusher", move || f.run())?);
+        if store_shared(&rt) {
+            let h = host::HostLoop {
+                rt: rt.clone(),
+                stop: rt.host_loop.0.clone(),
+            };
+            let t = spawn("opsd-host", move || h.run())?;
+            if let Ok(mut slot) = rt.host_loop.1.lock() {
+                *slot = Some(t);
+            }
+        }
         if let Ok(mut t) = rt.threads.lock() {
             *t = threads;
         }
@@ -302,6 +319,25 @@ impl Runtime {
         self.store.try_resume(id).wait()?;
         self.wake();
         Ok(())
+    }
+}
+
+fn store_shared(rt: &Runtime) -> bool {
+    rt.store.shared()
+}
+
+impl Runtime {
+    /// End the host loop (after the drain: it renews leases while jobs
+    /// checkpoint) and remove this daemon from `hosts`.
+    pub(crate) fn stop_host_loop(&self) {
+        self.host_loop.0.store(true, Ordering::Release);
+        let t = self.host_loop.1.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            let _ = t.join();
+            if let Err(e) = self.store.deregister_host(&self.config.host_name()) {
+                tracing::warn!("removing this host from the hosts table failed: {e}");
+            }
+        }
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn dispatch(req: Request, svc: &Service, out: &mut Responder) -> bool 
             return logs(svc, &id, tail_bytes.unwrap_or(65536), follow, out).await;
         }
         Request::Health => reply(svc.health_async().await),
+        Request::Hosts => reply(svc.hosts_async().await),
     };
     out.send(&response).await
 }

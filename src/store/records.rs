@@ -125,6 +125,12 @@ pub struct OperationRecord {
     pub gpus_requested: i64,
     /// GPUs assigned (array of ids).
     pub gpus_assigned: Option<Value>,
+    /// The host that runs it (or ran it last); NULL until first claimed.
+    #[serde(default)]
+    pub claimed_by: Option<String>,
+    /// Until when the running host's claim holds (NULL when not running).
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
 }
 
 impl OperationRecord {
@@ -362,4 +368,33 @@ pub struct Listing {
     pub total: i64,
     /// Active operations overall.
     pub active: i64,
+}
+
+/// One daemon registered in the `hosts` table (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// Its name (config `host`, default the hostname).
+    pub host: String,
+    /// When this daemon started.
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub last_seen_at: String,
+    /// The opsd version it runs.
+    pub version: String,
+    /// Its worker count.
+    pub workers: i64,
+    /// Its GPU ids (JSON array).
+    pub gpus: Value,
+    /// The operation types it runs (JSON array).
+    pub types: Value,
+}
+
+/// What a shared store told the host loop while it waited: new work to
+/// claim, or a stop request for an operation that may run here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Something became runnable (submit, resume, rescue).
+    pub work: bool,
+    /// Some running operation was asked to stop.
+    pub stop: bool,
 }

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 /// SPEC §5's operation fields, as scripts read them from `get`.
-const OPERATION_FIELDS: [&str; 33] = [
+const OPERATION_FIELDS: [&str; 35] = [
     "attempt",
+    "claimed_by",
     "completed_at",
     "created_at",
     "current_step",
@@ -22,6 +23,7 @@ const OPERATION_FIELDS: [&str; 33] = [
     "idempotency_key",
     "items_processed",
     "items_total",
+    "lease_expires_at",
     "max_attempts",
     "metadata",
     "operation_id",

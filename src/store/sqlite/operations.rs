@@ -556,7 +556,8 @@ pub(crate) const OPERATION_COLUMNS: &str =
     completed_at, updated_at, progress_percent, progress_message, current_step, \
     steps_completed, steps_total, items_processed, items_total, eta_seconds, \
     progress_context, metadata, result_summary, error_message, warnings, errors, \
-    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned";
+    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
+    claimed_by, lease_expires_at";
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| {
@@ -612,5 +613,7 @@ pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operati
         fail_parent: r.get::<_, i64>(30)? != 0,
         gpus_requested: r.get(31)?,
         gpus_assigned: parse_json(32, r.get(32)?)?,
+        claimed_by: r.get(33)?,
+        lease_expires_at: r.get(34)?,
     })
 }
