@@ -202,20 +202,10 @@ fn checkpoint_1mb(runs: usize) -> f64 {
     let store = opsd::store::open(&dir.path().join("opsd.db")).expect("open");
     let kind = opsd::model::OperationType::Dummy;
     let id = store
-        .submit(vec![opsd::store::records::NewOperation {
-            id: opsd::ids::OperationId::generate(kind, chrono::Utc::now()),
+        .submit(vec![opsd::store::records::NewOperation::new(
             kind,
-            metadata: json!({}),
-            parent: None,
-            priority: 0,
-            idempotency_key: None,
-            phase: None,
-            fail_parent: false,
-            gpus: 0,
-            max_attempts: 1,
-            run_after: None,
-            options: Default::default(),
-        }])
+            json!({}),
+        )])
         .wait()
         .expect("insert")[0]
         .id

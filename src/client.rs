@@ -209,6 +209,11 @@ impl Client {
     pub fn health(&mut self) -> Result<Health, ClientError> {
         self.request(&Request::Health)
     }
+
+    /// `hosts`: the daemons sharing the daemon's store.
+    pub fn hosts(&mut self) -> Result<crate::protocol::HostList, ClientError> {
+        self.request(&Request::Hosts)
+    }
 }
 
 fn closed() -> ClientError {

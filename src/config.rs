@@ -67,6 +67,19 @@ pub struct Config {
     /// The web dashboard's address, `"127.0.0.1:PORT"` (loopback only);
     /// unset: no dashboard is started.
     pub http: Option<String>,
+    /// Where the data lives: `None` (or a path) for SQLite, or a
+    /// `postgres://USER@HOST:PORT/DB` URL for a queue shared by several
+    /// hosts (SPEC §11). `--db` stays the short form for SQLite.
+    pub store: Option<String>,
+    /// This daemon's name among the hosts sharing a store (default: the
+    /// machine's hostname); written to `claimed_by` and `hosts`.
+    pub host: Option<String>,
+    /// How long a claim holds without renewal, in seconds: a host silent
+    /// longer than this has its operations rescued by another host.
+    pub lease_seconds: u64,
+    /// Directory for checkpoint files and models that other hosts can
+    /// read (NFS); default the state directory, which only this host reads.
+    pub shared_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -97,6 +110,10 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             on_finish: Vec::new(),
             http: None,
+            store: None,
+            host: None,
+            lease_seconds: 30,
+            shared_dir: None,
         }
     }
 }
@@ -141,7 +158,40 @@ impl Config {
                 "config: flush_interval_ms must be at least 1".into(),
             ));
         }
+        if self.lease_seconds < 2 {
+            return Err(Error::BadRequest(
+                "config: lease_seconds must be at least 2 (leases are renewed every third of it)"
+                    .into(),
+            ));
+        }
+        if self.host_name().is_empty() {
+            return Err(Error::BadRequest(
+                "config: host must not be empty (set `host = \"NAME\"` or leave it out to use \
+                 the hostname)"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// This daemon's host name: config `host`, else the machine's hostname.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(hostname)
+    }
+
+    /// The PostgreSQL URL when the store is PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.store
+            .as_deref()
+            .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+    }
+
+    /// Where checkpoint files and models go: `shared_dir`, else the state
+    /// directory.
+    pub fn artifacts_root(&self) -> PathBuf {
+        self.shared_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.clone())
     }
 
     /// The concurrency limit of one type (the default for types the
@@ -157,12 +207,18 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.db
             .clone()
+            .or_else(|| {
+                self.store
+                    .as_deref()
+                    .filter(|_| self.postgres_url().is_none())
+                    .map(|s| PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)))
+            })
             .unwrap_or_else(|| self.state_dir.join("opsd.db"))
     }
 
     /// Where an operation's files live under the state directory.
     pub fn paths(&self) -> crate::paths::StatePaths {
-        crate::paths::StatePaths::new(&self.state_dir)
+        crate::paths::StatePaths::new(&self.state_dir).with_shared(&self.artifacts_root())
     }
 
     /// The socket path.
@@ -218,6 +274,19 @@ pub fn default_socket_path() -> PathBuf {
         }
     }
     default_state_dir().join("opsd.sock")
+}
+
+/// The machine's hostname (`localhost` when it cannot be read).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).to_string(),
+        _ => "localhost".into(),
+    }
 }
 
 fn home() -> PathBuf {

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::server;
 use crate::service::Service;
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,8 +26,9 @@ pub struct Daemon {
     tokio: tokio::runtime::Runtime,
     stop_server: watch::Sender<bool>,
     /// Exclusive lock on `<db>.lock`, held for the daemon's life: two
-    /// daemons on one database would mark each other's work crashed.
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// daemons on one SQLite database would mark each other's work
+    /// crashed. A PostgreSQL store is shared on purpose (no lock).
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Daemon {
@@ -42,11 +42,11 @@ impl Daemon {
                 e,
             )
         })?;
-        let lock = lock_database(&config.db_path())?;
-        let store: Store = std::sync::Arc::new(SqliteStore::open(
-            &config.db_path(),
-            std::time::Duration::from_millis(config.write_wait_ms),
-        )?);
+        let lock = match config.postgres_url() {
+            Some(_) => None,
+            None => Some(lock_database(&config.db_path())?),
+        };
+        let store: Store = crate::store::open_configured(&config)?;
         let socket = config.socket_path();
         let config = Arc::new(config);
         let tokio = tokio::runtime::Builder::new_multi_thread()

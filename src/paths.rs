@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct StatePaths {
     root: PathBuf,
+    /// Where checkpoint files and artifacts go (config `shared_dir`,
+    /// default the state directory).
+    shared: PathBuf,
 }
 
 impl StatePaths {
@@ -15,7 +18,15 @@ impl StatePaths {
     pub fn new(state_dir: &Path) -> StatePaths {
         StatePaths {
             root: state_dir.to_path_buf(),
+            shared: state_dir.to_path_buf(),
         }
+    }
+
+    /// The same layout with checkpoint files and artifacts under `shared`
+    /// (a directory other hosts can read).
+    pub fn with_shared(mut self, shared: &Path) -> StatePaths {
+        self.shared = shared.to_path_buf();
+        self
     }
 
     /// The state directory itself.
@@ -26,12 +37,12 @@ impl StatePaths {
     /// Checkpoint files of an operation, kept across its attempts and
     /// deleted with its checkpoint.
     pub fn checkpoints(&self, id: &OperationId) -> PathBuf {
-        self.root.join("checkpoints").join(id.as_str())
+        self.shared.join("checkpoints").join(id.as_str())
     }
 
     /// Artifacts (models, ...) of an operation.
     pub fn artifacts(&self, id: &OperationId) -> PathBuf {
-        self.root.join("artifacts").join(id.as_str())
+        self.shared.join("artifacts").join(id.as_str())
     }
 
     /// The log of a command job (rotated to `<log>.1`).

@@ -216,6 +216,8 @@ pub enum Request {
         /// What the user typed.
         id: OperationId,
     },
+    /// The daemons sharing the store (SPEC §11).
+    Hosts,
 }
 
 impl Submit {
@@ -502,6 +504,13 @@ pub struct WatchUpdate {
     pub children: Vec<OperationView>,
 }
 
+/// The answer to `hosts`: the daemons sharing the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostList {
+    /// One row per daemon, as in the `hosts` table.
+    pub hosts: Vec<crate::store::records::HostRecord>,
+}
+
 /// The answer to `checkpoints`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointList {
@@ -628,6 +637,8 @@ fn default_queue() -> String {
 pub struct OperationView {
     /// Runs started so far.
     pub attempt: i64,
+    /// The host running it, or that ran it last (shared stores, SPEC §11).
+    pub claimed_by: Option<String>,
     /// When it became completed, failed or cancelled.
     pub completed_at: Option<String>,
     /// When it was submitted.
@@ -658,6 +669,8 @@ pub struct OperationView {
     /// The label it was submitted with.
     #[serde(default)]
     pub label: Option<String>,
+    /// Until when its host's lease holds it (shared stores).
+    pub lease_expires_at: Option<String>,
     /// Runs allowed in all.
     pub max_attempts: i64,
     /// The parameters it was submitted with, as validated.
@@ -734,6 +747,7 @@ impl From<OperationRecord> for OperationView {
         let progress = r.progress();
         let mut v = OperationView {
             attempt: r.attempt,
+            claimed_by: r.claimed_by,
             completed_at: r.completed_at,
             created_at: r.created_at,
             current_step: None,
@@ -748,6 +762,7 @@ impl From<OperationRecord> for OperationView {
             items_processed: None,
             items_total: None,
             label: r.label,
+            lease_expires_at: r.lease_expires_at,
             max_attempts: r.max_attempts,
             metadata: r.metadata,
             operation_id: r.operation_id,
@@ -821,6 +836,8 @@ mod tests {
             queue: "q".into(),
             held: true,
             waiting_for: 1,
+            claimed_by: Some("gpu-box-1".into()),
+            lease_expires_at: Some("l".into()),
         }
     }
 

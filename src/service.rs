@@ -60,6 +60,18 @@ impl Service {
             }
         }
         let run_after = s.run_after.as_deref().map(parse_run_after).transpose()?;
+        let everyday = s.label.is_some()
+            || s.queue.as_deref().is_some_and(|q| q != "default")
+            || s.hold
+            || !s.after.is_empty()
+            || !s.after_any.is_empty();
+        if everyday && !self.rt.store.supports_everyday() {
+            return Err(Error::BadRequest(
+                "--label, --queue, --hold, --after and --after-any are not available on the \
+                 PostgreSQL store yet; submit without them, or use an SQLite store"
+                    .into(),
+            ));
+        }
         if let Some(l) = &s.label {
             if l.is_empty() || l.chars().count() > 200 || l.chars().any(char::is_control) {
                 return Err(Error::BadRequest(
@@ -213,15 +225,32 @@ impl Service {
         self.blocking(|s| s.health()).await
     }
 
+    /// `hosts`, off the async threads.
+    pub async fn hosts_async(&self) -> Result<crate::protocol::HostList> {
+        self.blocking(|s| s.hosts()).await
+    }
+
+    /// `hosts`: the daemons sharing the store. A store only this daemon
+    /// uses (SQLite) lists this daemon alone.
+    pub fn hosts(&self) -> Result<crate::protocol::HostList> {
+        let mut hosts = self.rt.store.hosts()?;
+        if hosts.is_empty() && !self.rt.store.shared() {
+            hosts.push(self.rt.host_record());
+        }
+        Ok(crate::protocol::HostList { hosts })
+    }
+
     /// `get`: one operation with live progress.
     pub fn get(&self, id: &OperationId) -> Result<OperationView> {
         self.view(self.rt.store.get(id)?)
     }
 
     /// The wire view of a stored row: a running operation's stored
-    /// progress replaced by its live value, and a running parent's
-    /// percentage by its children's aggregate.
-    fn view(&self, rec: crate::store::records::OperationRecord) -> Result<OperationView> {
+    /// progress replaced by its live value, a running parent's percentage
+    /// by its children's aggregate, and, on a shared store, a warning when
+    /// its checkpoint can resume only on its own host.
+    fn view(&self, mut rec: crate::store::records::OperationRecord) -> Result<OperationView> {
+        self.warn_host_local_checkpoint(&mut rec)?;
         let mut v = OperationView::from(rec);
         if v.waiting_for > 0 && v.status == Status::Pending {
             v.waiting_on = self.rt.store.waiting_on(&v.operation_id)?;
@@ -260,6 +289,53 @@ impl Service {
         rows.into_iter().map(|r| self.view(r)).collect()
     }
 
+    /// On a shared store, a checkpoint whose files are not under
+    /// `shared_dir` resumes only on the host that wrote them: `show` says
+    /// so (a warning in the answer, not stored).
+    fn warn_host_local_checkpoint(
+        &self,
+        rec: &mut crate::store::records::OperationRecord,
+    ) -> Result<()> {
+        // Only what may still resume: never run, running or completed
+        // operations are left alone (and cost no read).
+        let resumable = match rec.status {
+            Status::Failed | Status::Cancelled | Status::Resuming => true,
+            Status::Pending => rec.attempt > 0,
+            Status::Running | Status::Completed => false,
+        };
+        if !resumable || !self.rt.store.shared() {
+            return Ok(());
+        }
+        let Some(cp) = self.rt.store.checkpoint(&rec.operation_id)? else {
+            return Ok(());
+        };
+        let Some(path) = cp.artifacts_path else {
+            return Ok(());
+        };
+        let shared = self
+            .rt
+            .config
+            .shared_dir
+            .as_ref()
+            .is_some_and(|d| std::path::Path::new(&path).starts_with(d));
+        if shared {
+            return Ok(());
+        }
+        let host = rec.claimed_by.clone().unwrap_or_else(|| "its host".into());
+        let note = serde_json::json!({
+            "at": cp.created_at,
+            "message": format!(
+                "its checkpoint files ({path}) are not under shared_dir, so only {host} can read \
+                 them: it resumes only on {host}. Set shared_dir to a directory every host mounts \
+                 (NFS) to resume anywhere"
+            ),
+        });
+        if let Value::Array(w) = &mut rec.warnings {
+            w.push(note);
+        }
+        Ok(())
+    }
+
     /// `list`.
     pub fn list(&self, filter: &ListFilter) -> Result<Listed> {
         let page = self.rt.store.list(filter)?;
@@ -293,6 +369,15 @@ impl Service {
         if before == Status::Running && !wait.is_zero() {
             if let Some(live) = self.rt.live(id) {
                 live.wait_done(wait).await;
+            } else if self.rt.store.shared() {
+                // Running on another host: its host loop hears the stop
+                // request; wait for the row to say it stopped.
+                let end = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < end
+                    && self.get_async(id).await?.status == Status::Running
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
         let rec = self.get_async(id).await?;

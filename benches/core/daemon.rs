@@ -52,6 +52,9 @@ pub struct Bench {
     /// Keeps a fresh directory alive for the daemon's lifetime (`None`
     /// when the caller owns the directory).
     _dir: Option<tempfile::TempDir>,
+    /// With `OPSD_BENCH_POSTGRES` (a server URL): the fresh PostgreSQL
+    /// database this daemon runs on (admin URL, name), dropped after it.
+    pg: Option<(String, String)>,
 }
 
 impl Bench {
@@ -65,12 +68,30 @@ impl Bench {
 
     /// Start a daemon on `dir` (which may hold a database already).
     pub fn start_in(dir: &Path, slots: Slots) -> Bench {
-        let daemon = Daemon::start(config(dir, slots)).expect("daemon starts");
+        let mut cfg = config(dir, slots);
+        let pg = std::env::var("OPSD_BENCH_POSTGRES").ok().map(|admin| {
+            let name = format!(
+                "opsd_bench_{}",
+                std::process::id() as u64 * 1000 + fastrand_ish()
+            );
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("bench server");
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create database");
+            let root = admin
+                .rsplit_once('/')
+                .map(|r| r.0)
+                .unwrap_or(&admin)
+                .to_string();
+            cfg.store = Some(format!("{root}/{name}"));
+            (admin, name)
+        });
+        let daemon = Daemon::start(cfg).expect("daemon starts");
         let socket = daemon.socket.clone();
         Bench {
             daemon: Some(daemon),
             socket,
             _dir: None,
+            pg,
         }
     }
 
@@ -84,6 +105,11 @@ impl Bench {
         if let Some(d) = self.daemon.take() {
             d.stop(&|| false);
         }
+        if let Some((admin, name)) = self.pg.take() {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
     }
 }
 
@@ -91,6 +117,12 @@ impl Drop for Bench {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A number unlike the last one (database names of one bench process).
+fn fastrand_ish() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A temporary directory on the real disk (not tmpfs), so fsyncs cost

@@ -49,6 +49,7 @@ pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
         Command::Logs(a) => logs(a, c),
         Command::Checkpoints(a) => checkpoints(a, c),
         Command::Health(_) => health(c),
+        Command::Hosts(_) => hosts(c),
         Command::Demo(a) => super::demo::run(a, c.json),
         Command::Dashboard(_) => dashboard(c),
         Command::Run(a) => super::everyday::run(a, c),
@@ -139,6 +140,9 @@ fn serve(a: super::ServeArgs, c: &ClientOpts) -> Outcome {
     }
     if c.socket.is_some() {
         config.socket = c.socket.clone();
+    }
+    if a.store.is_some() {
+        config.store = a.store;
     }
     crate::daemon::serve(config)?;
     Ok(ExitCode::SUCCESS)
@@ -511,6 +515,33 @@ fn checkpoints(a: super::CheckpointsArgs, c: &ClientOpts) -> Outcome {
             output::bytes(cp.state_size_bytes),
             output::bytes(cp.artifacts_size_bytes),
             progress,
+        ]);
+    }
+    outln!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opsd hosts`: the daemons sharing this store.
+fn hosts(c: &ClientOpts) -> Outcome {
+    let list = connect(c)?.hosts()?;
+    if c.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&["HOST", "VERSION", "WORKERS", "GPUS", "TYPES", "LAST SEEN"]);
+    let joined = |x: &Value| {
+        x.as_array()
+            .map(|a| a.iter().map(output::text).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    for h in &list.hosts {
+        t.add_row(vec![
+            h.host.clone(),
+            h.version.clone(),
+            h.workers.to_string(),
+            joined(&h.gpus),
+            joined(&h.types),
+            h.last_seen_at.clone(),
         ]);
     }
     outln!("{t}");

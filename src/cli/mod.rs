@@ -74,6 +74,8 @@ pub enum Command {
     Checkpoints(CheckpointsArgs),
     /// Is the daemon up? Version, uptime, paths, workers, counts.
     Health(NoArgs),
+    /// The daemons sharing this store: version, workers, GPUs, types, last seen.
+    Hosts(NoArgs),
     /// First run: trains a model and backtests it on bundled data, live.
     Demo(DemoArgs),
     /// Print the web dashboard's URL (with its token); needs `http` in the daemon's config.
@@ -105,6 +107,10 @@ pub struct ServeArgs {
     /// The SQLite database file [default: <state dir>/opsd.db].
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// The store: an SQLite path, or postgres://USER@HOST:PORT/DB for a
+    /// queue shared by several hosts.
+    #[arg(long, env = "OPSD_STORE")]
+    pub store: Option<String>,
     /// A TOML config file (see README, "Configuration").
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -213,10 +213,7 @@ impl JobContext {
                 .store
                 .status(child)
                 .map_err(|e| e.to_string())?;
-            if matches!(
-                status,
-                Status::Completed | Status::Failed | Status::Cancelled
-            ) {
+            if !status.is_active() {
                 return Ok(Some(status));
             }
             if self.running.stop_requested().is_some() {

@@ -15,6 +15,7 @@ pub mod files;
 mod flusher;
 pub mod gpus;
 mod hooks;
+mod host;
 pub mod live;
 pub mod running;
 mod scheduler;
@@ -81,6 +82,10 @@ pub struct Runtime {
     pub started_at: Instant,
     /// What start-up recovery did, for `health`.
     pub recovery: Mutex<Value>,
+    /// When the runtime started, as stored in `hosts`.
+    started_at_text: String,
+    /// Ends the host loop (shared stores), and its thread.
+    host_loop: (Arc<AtomicBool>, Mutex<Option<JoinHandle<()>>>),
 }
 
 impl Runtime {
@@ -108,6 +113,8 @@ impl Runtime {
             scheduler: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),
+            started_at_text: crate::ids::now(),
+            host_loop: (Arc::new(AtomicBool::new(false)), Mutex::new(None)),
         });
         rt.recover()?;
         let mut threads = Vec::new();
@@ -134,6 +141,16 @@ impl Runtime {
             stopping,
         };
         threads.push(spawn("opsd-flusher", move || f.run())?);
+        if store_shared(&rt) {
+            let h = host::HostLoop {
+                rt: rt.clone(),
+                stop: rt.host_loop.0.clone(),
+            };
+            let t = spawn("opsd-host", move || h.run())?;
+            if let Ok(mut slot) = rt.host_loop.1.lock() {
+                *slot = Some(t);
+            }
+        }
         if let Ok(mut t) = rt.threads.lock() {
             *t = threads;
         }
@@ -245,20 +262,11 @@ impl Runtime {
         let metadata = crate::jobs::job_for(kind)
             .validate(&params)
             .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
-        let now = chrono::Utc::now();
         let op = NewOperation {
-            id: OperationId::generate(kind, now),
-            kind,
-            metadata,
             parent: Some(parent.clone()),
-            priority: 0,
-            idempotency_key: None,
             phase,
             fail_parent,
-            gpus: 0,
-            max_attempts: 1,
-            run_after: None,
-            options: Default::default(),
+            ..NewOperation::new(kind, metadata)
         };
         Ok(self.insert(op)?.0)
     }
@@ -317,6 +325,25 @@ impl Runtime {
         self.store.try_resume(id).wait()?;
         self.wake();
         Ok(())
+    }
+}
+
+fn store_shared(rt: &Runtime) -> bool {
+    rt.store.shared()
+}
+
+impl Runtime {
+    /// End the host loop (after the drain: it renews leases while jobs
+    /// checkpoint) and remove this daemon from `hosts`.
+    pub(crate) fn stop_host_loop(&self) {
+        self.host_loop.0.store(true, Ordering::Release);
+        let t = self.host_loop.1.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            let _ = t.join();
+            if let Err(e) = self.store.deregister_host(&self.config.host_name()) {
+                tracing::warn!("removing this host from the hosts table failed: {e}");
+            }
+        }
     }
 }
 

@@ -62,6 +62,7 @@ impl Runtime {
             // which the next start recovers as after a crash.
             self.store.stopped_at_shutdown(stuck);
         }
+        self.stop_host_loop();
         self.store.close();
     }
 }

@@ -122,6 +122,7 @@ pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> b
             parallel,
         } => reply(svc.queue_set(name, paused, parallel).await),
         Request::Resolve { id } => reply(Ok::<_, Error>(Resolved { operation_id: id })),
+        Request::Hosts => reply(svc.hosts_async().await),
     };
     out.send(&response).await
 }

@@ -12,6 +12,7 @@
 //! true error; the daemon's own bookkeeping (progress, checkpoints, the
 //! final row of a run) is retried until it lands (see [`sqlite::writer`]).
 
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
@@ -23,6 +24,7 @@ use records::{
     MetricPoint, NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow, Recovery,
     RunEnd, Submitted, TreeCancel,
 };
+use records::{HostRecord, Signals};
 use std::sync::Arc;
 
 /// The store the daemon runs on: one backend, shared by every thread.
@@ -176,6 +178,57 @@ pub trait Backend: Send + Sync {
     fn queues(&self) -> Result<Vec<QueueRow>>;
     /// The operations `id` still waits for (`--after`, `--after-any`).
     fn waiting_on(&self, id: &OperationId) -> Result<Vec<OperationId>>;
+    /// Whether labels, named queues, hold and dependencies (SPEC §12)
+    /// are stored; a backend without them refuses submits that use them.
+    fn supports_everyday(&self) -> bool {
+        true
+    }
+
+    // Several hosts on one store (SPEC §11). The defaults are those of a
+    // store only one daemon uses (SQLite): nothing to share, nothing to
+    // rescue.
+
+    /// True when several daemons may share this store (claims, leases and
+    /// stop requests then cross hosts).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Register this daemon in `hosts` (or refresh its row: a heartbeat).
+    fn register_host(&self, _host: &HostRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Remove this daemon's `hosts` row (a clean stop).
+    fn deregister_host(&self, _host: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The registered hosts, by name.
+    fn hosts(&self) -> Result<Vec<HostRecord>> {
+        Ok(Vec::new())
+    }
+    /// Renew the leases of this host's running operations (each with the
+    /// attempt it runs); returns those whose claim this host no longer
+    /// holds (rescued by another host): their jobs must stop.
+    fn renew_leases(&self, _running: &[(OperationId, i64)]) -> Result<Vec<(OperationId, i64)>> {
+        Ok(Vec::new())
+    }
+    /// The rescuer: operations whose lease ran out are recovered exactly as
+    /// after a crash (`failed`/`crash`, resumed from their checkpoint with
+    /// `auto_resume`); those a cleanly stopped host left behind (stopped
+    /// by its shutdown, the host gone from `hosts`) are resumed.
+    fn rescue_expired(&self, _auto_resume: bool) -> Result<Recovery> {
+        Ok(Recovery::default())
+    }
+    /// Stop requests other hosts wrote for operations running here: each
+    /// with its attempt and the reason on its stop marker.
+    fn stop_requests(&self) -> Result<Vec<(OperationId, i64, StopReason)>> {
+        Ok(Vec::new())
+    }
+    /// Wait up to `timeout` for a signal from other hosts (LISTEN/NOTIFY);
+    /// a store without them just waits.
+    fn wait_for_signal(&self, timeout: std::time::Duration) -> Signals {
+        std::thread::sleep(timeout);
+        Signals::default()
+    }
 }
 
 /// Open the SQLite store at `path` with default settings (tests, tools).
@@ -184,4 +237,25 @@ pub fn open(path: &std::path::Path) -> Result<Store> {
         path,
         sqlite::DEFAULT_CALLER_WAIT,
     )?))
+}
+
+/// Open the store the configuration names: PostgreSQL for a
+/// `postgres://` URL in `store`, else the SQLite file.
+pub fn open_configured(config: &crate::config::Config) -> Result<Store> {
+    let wait = std::time::Duration::from_millis(config.write_wait_ms);
+    match config.postgres_url() {
+        Some(url) => Ok(Arc::new(postgres::PostgresStore::open(
+            url,
+            postgres::Settings {
+                host: config.host_name(),
+                lease: std::time::Duration::from_secs(config.lease_seconds),
+                shared_dir: config.shared_dir.clone(),
+                caller_wait: wait,
+            },
+        )?)),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(
+            &config.db_path(),
+            wait,
+        )?)),
+    }
 }

@@ -87,6 +87,27 @@ pub struct CleanFilter {
     pub dry_run: bool,
 }
 
+impl NewOperation {
+    /// An operation of `kind` with validated `metadata`, a fresh id and
+    /// every option at its default (no parent, priority 0, one attempt).
+    pub fn new(kind: OperationType, metadata: Value) -> NewOperation {
+        NewOperation {
+            id: OperationId::generate(kind, chrono::Utc::now()),
+            kind,
+            metadata,
+            parent: None,
+            priority: 0,
+            idempotency_key: None,
+            phase: None,
+            fail_parent: false,
+            gpus: 0,
+            max_attempts: 1,
+            run_after: None,
+            options: SubmitOptions::default(),
+        }
+    }
+}
+
 /// Progress as stored and shown (SPEC §4): the fields of
 /// [`crate::control::ProgressFields`] with the percentage always known.
 pub type Progress = crate::control::ProgressFields<f64>;
@@ -160,6 +181,12 @@ pub struct OperationRecord {
     pub gpus_requested: i64,
     /// GPUs assigned (array of ids).
     pub gpus_assigned: Option<Value>,
+    /// The host that runs it (or ran it last); NULL until first claimed.
+    #[serde(default)]
+    pub claimed_by: Option<String>,
+    /// Until when the running host's claim holds (NULL when not running).
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
     /// Label given at submit.
     #[serde(default)]
     pub label: Option<String>,
@@ -417,4 +444,33 @@ pub struct Listing {
     pub total: i64,
     /// Active operations overall.
     pub active: i64,
+}
+
+/// One daemon registered in the `hosts` table (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// Its name (config `host`, default the hostname).
+    pub host: String,
+    /// When this daemon started.
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub last_seen_at: String,
+    /// The opsd version it runs.
+    pub version: String,
+    /// Its worker count.
+    pub workers: i64,
+    /// Its GPU ids (JSON array).
+    pub gpus: Value,
+    /// The operation types it runs (JSON array).
+    pub types: Value,
+}
+
+/// What a shared store told the host loop while it waited: new work to
+/// claim, or a stop request for an operation that may run here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Something became runnable (submit, resume, rescue).
+    pub work: bool,
+    /// Some running operation was asked to stop.
+    pub stop: bool,
 }

@@ -175,7 +175,11 @@ fn a_paused_queue_starts_nothing_across_a_restart_and_a_kill_9_and_parallel_caps
         let other = submit(&d, json!({"type": "dummy", "params": quick()}));
         d.wait_status(&other, "completed", 30);
         for id in &ids {
-            assert_eq!(d.status(id), "pending", "after a restart (kill -9: {unclean})");
+            assert_eq!(
+                d.status(id),
+                "pending",
+                "after a restart (kill -9: {unclean})"
+            );
         }
     }
     let qs = ok(&d, json!({"cmd": "queues"}));

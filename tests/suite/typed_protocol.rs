@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 /// SPEC §5's operation fields, as scripts read them from `get`.
 // SPEC §12 adds held, label, queue and waiting_for (waiting_on appears
 // only on a pending operation that waits for others).
-const OPERATION_FIELDS: [&str; 37] = [
+const OPERATION_FIELDS: [&str; 39] = [
     "attempt",
+    "claimed_by",
     "completed_at",
     "created_at",
     "current_step",
@@ -26,6 +27,7 @@ const OPERATION_FIELDS: [&str; 37] = [
     "items_processed",
     "items_total",
     "label",
+    "lease_expires_at",
     "max_attempts",
     "metadata",
     "operation_id",

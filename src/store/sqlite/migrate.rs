@@ -13,11 +13,27 @@ use std::path::Path;
 /// The schema, applied as migration 1.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 
-/// Labels, queues, hold and dependencies (SPEC §12).
+/// Migration 2: the columns and table of several hosts (SPEC §11), so
+/// SQLite and PostgreSQL show the same tables, columns and views. A
+/// single daemon leaves them empty.
+const HOSTS_SQL: &str = "\
+ALTER TABLE operations ADD COLUMN claimed_by TEXT;
+ALTER TABLE operations ADD COLUMN lease_expires_at TEXT;
+CREATE TABLE IF NOT EXISTS hosts (
+    host         TEXT PRIMARY KEY NOT NULL,
+    started_at   TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    workers      INTEGER NOT NULL DEFAULT 0,
+    gpus         TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(gpus)),
+    types        TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(types))
+);";
+
+/// Migration 3: labels, queues, hold and dependencies (SPEC §12).
 pub const EVERYDAY_SQL: &str = include_str!("../../../migrations/everyday.sql");
 
 /// Migrations in order; index + 1 is the `user_version` after applying it.
-const MIGRATIONS: &[&str] = &[SCHEMA_SQL, EVERYDAY_SQL];
+const MIGRATIONS: &[&str] = &[SCHEMA_SQL, HOSTS_SQL, EVERYDAY_SQL];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -335,7 +335,6 @@ impl Backend for SqliteStore {
 mod tests {
     use super::writer::tests::Closure;
     use super::*;
-    use crate::ids::OperationId;
     use crate::model::OperationType;
     use crate::store::records::NewOperation;
 
@@ -347,20 +346,7 @@ mod tests {
     }
 
     fn new_op(kind: OperationType) -> NewOperation {
-        NewOperation {
-            id: OperationId::generate(kind, chrono::Utc::now()),
-            kind,
-            metadata: serde_json::json!({}),
-            parent: None,
-            priority: 0,
-            idempotency_key: None,
-            phase: None,
-            fail_parent: false,
-            gpus: 0,
-            max_attempts: 1,
-            run_after: None,
-            options: Default::default(),
-        }
+        NewOperation::new(kind, serde_json::json!({}))
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! when it matches no row we look the row up to say why (not found, or an
 //! invalid transition from its current status).
 
-use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::aggregate::ChildProgress;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status, StopReason};
@@ -552,10 +552,9 @@ pub(crate) fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) 
 /// a parent has children its own part (setup) counts as done.
 pub(crate) fn refresh_parent_progress(conn: &Connection, parent: &OperationId) -> Result<()> {
     let kids = child_progress(conn, parent)?;
-    if kids.is_empty() {
+    let Some(pct) = crate::aggregate::running_parent(&kids) else {
         return Ok(());
-    }
-    let pct = parent_percentage(100.0, &kids);
+    };
     conn.prepare_cached(
         "UPDATE operations SET progress_percent = ?2 WHERE operation_id = ?1 AND status = 'running'",
     )?
@@ -574,14 +573,10 @@ pub(crate) fn child_progress(
              WHERE parent_operation_id = ?1",
         )?
         .query_map([parent.as_str()], |r| {
-            let status: String = r.get(3)?;
-            let pct: f64 = r.get(0)?;
+            let status: Status = parse_enum(3, r.get(3)?)?;
             let start: Option<f64> = r.get(1)?;
             let end: Option<f64> = r.get(2)?;
-            Ok(ChildProgress {
-                percentage: if status == "completed" { 100.0 } else { pct },
-                phase: start.zip(end),
-            })
+            Ok(ChildProgress::of(status, r.get(0)?, start.zip(end)))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -626,7 +621,7 @@ pub(crate) const OPERATION_COLUMNS: &str =
     steps_completed, steps_total, items_processed, items_total, eta_seconds, \
     progress_context, metadata, result_summary, error_message, warnings, errors, \
     idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
-    label, queue, held, waiting_for";
+    claimed_by, lease_expires_at, label, queue, held, waiting_for";
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| {
@@ -682,10 +677,12 @@ pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operati
         fail_parent: r.get::<_, i64>(30)? != 0,
         gpus_requested: r.get(31)?,
         gpus_assigned: parse_json(32, r.get(32)?)?,
-        label: r.get(33)?,
-        queue: r.get(34)?,
-        held: r.get::<_, i64>(35)? != 0,
-        waiting_for: r.get(36)?,
+        claimed_by: r.get(33)?,
+        lease_expires_at: r.get(34)?,
+        label: r.get(35)?,
+        queue: r.get(36)?,
+        held: r.get::<_, i64>(37)? != 0,
+        waiting_for: r.get(38)?,
     })
 }
 

@@ -1,0 +1,1093 @@
+//! The SQL of the PostgreSQL backend: the same operations as SQLite's
+//! `operations.rs`, `metrics.rs` and `checkpoints.rs`, plus what several
+//! hosts need (claims with `FOR UPDATE SKIP LOCKED`, leases, fencing,
+//! the rescuer, the `hosts` table, NOTIFY).
+//!
+//! Every write of a running operation is fenced by `claimed_by` (this
+//! host) and `attempt` (this run): a host that lost its claim to the
+//! rescuer writes nothing over the new run's rows.
+
+use super::Db;
+use crate::aggregate::{parent_percentage, ChildProgress};
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::{OperationType, Status, StopReason};
+use crate::store::records::{
+    Checkpoint, ClaimedOperation, Finish, HostRecord, ListFilter, MetricPoint, NewOperation,
+    OperationRecord, Progress, TreeCancel,
+};
+use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
+use serde_json::Value;
+
+type P<'a> = &'a (dyn ToSql + Sync);
+
+/// NOTIFY channel: something became runnable.
+pub(super) const WORK_CHANNEL: &str = "opsd_work";
+/// NOTIFY channel: a running operation was asked to stop (payload: host).
+pub(super) const STOP_CHANNEL: &str = "opsd_stop";
+
+/// Who writes: this host's name and its lease length.
+#[derive(Debug, Clone)]
+pub(super) struct Me {
+    pub host: String,
+    pub lease_secs: f64,
+    /// A path prefix other hosts can read (config `shared_dir`), if any.
+    pub shared_prefix: Option<String>,
+}
+
+const LEASE: &str = "opsd_ts(clock_timestamp() + make_interval(secs => $LEASE::float8))";
+
+fn lease_sql(sql: &str, n: usize) -> String {
+    sql.replace("$LEASE_EXPR", &LEASE.replace("$LEASE", &format!("${n}")))
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T> {
+    s.parse().map_err(Error::Internal)
+}
+
+fn not_found(id: &OperationId) -> Error {
+    Error::NotFound(format!("no operation {id}; `opsd list` shows the ids"))
+}
+
+/// Insert an operation (see the SQLite insert for the rules).
+pub(super) fn insert<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    op: &NewOperation,
+    now: &str,
+) -> Result<(OperationId, Status, bool)> {
+    if let Some(key) = &op.idempotency_key {
+        if let Some(r) = c.query_opt(
+            "SELECT operation_id, status FROM operations WHERE idempotency_key = $1",
+            &[key],
+        )? {
+            return Ok((OperationId(r.get(0)), parse(r.get::<_, &str>(1))?, false));
+        }
+    }
+    if let Some(parent) = &op.parent {
+        check_parent_takes_children(c, parent)?;
+    }
+    let mut id = op.id.clone();
+    for _ in 0..16 {
+        let fail_parent = op.fail_parent as i64;
+        let phase_start = op.phase.map(|p| p.0);
+        let phase_end = op.phase.map(|p| p.1);
+        let parent = op.parent.as_ref().map(|p| p.as_str());
+        let inserted = c.query_opt(
+            "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
+             priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
+             fail_parent, gpus_requested, max_attempts, run_after) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT DO NOTHING RETURNING operation_id",
+            &[
+                &id.as_str(),
+                &parent,
+                &op.kind.as_str(),
+                &op.priority,
+                &now,
+                &op.metadata,
+                &op.idempotency_key,
+                &phase_start,
+                &phase_end,
+                &fail_parent,
+                &op.gpus,
+                &op.max_attempts,
+                &op.run_after,
+            ],
+        )?;
+        if inserted.is_some() {
+            return Ok((id, Status::Pending, true));
+        }
+        // A conflict: the key was used meanwhile (by another host), or
+        // the id collided.
+        if let Some(key) = &op.idempotency_key {
+            if let Some(r) = c.query_opt(
+                "SELECT operation_id, status FROM operations WHERE idempotency_key = $1",
+                &[key],
+            )? {
+                return Ok((OperationId(r.get(0)), parse(r.get::<_, &str>(1))?, false));
+            }
+        }
+        id = id.with_new_suffix();
+    }
+    Err(Error::Internal(
+        "could not find a free operation id after 16 tries".into(),
+    ))
+}
+
+/// As in SQLite; the parent's row is share-locked so a concurrent cancel
+/// of its tree (which locks the tree first) either sees this child or
+/// is seen by it.
+fn check_parent_takes_children<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    parent: &OperationId,
+) -> Result<()> {
+    let row = c.query_opt(
+        "SELECT status, stop_reason FROM operations WHERE operation_id = $1 FOR SHARE",
+        &[&parent.as_str()],
+    )?;
+    let Some(row) = row else {
+        return Err(Error::NotFound(format!(
+            "parent operation {parent} does not exist"
+        )));
+    };
+    let status: Status = parse(row.get::<_, &str>(0))?;
+    let stop: Option<String> = row.get(1);
+    if !status.is_active() {
+        return Err(Error::InvalidTransition(format!(
+            "parent operation {parent} is {status}; children can only be added to a pending or \
+             running operation (resume it first)"
+        )));
+    }
+    if status == Status::Running && stop.is_some() {
+        return Err(Error::InvalidTransition(format!(
+            "parent operation {parent} is being cancelled; no new children can be added to it"
+        )));
+    }
+    Ok(())
+}
+
+/// The columns of [`record`].
+pub(super) const COLUMNS: &str = "operation_id, parent_operation_id, operation_type, status, \
+    stop_reason, priority, attempt, max_attempts, run_after, created_at, started_at, \
+    completed_at, updated_at, progress_percent, progress_message, current_step, \
+    steps_completed, steps_total, items_processed, items_total, eta_seconds, \
+    progress_context, metadata, result_summary, error_message, warnings, errors, \
+    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
+    claimed_by, lease_expires_at";
+
+fn record(r: &Row) -> Result<OperationRecord> {
+    Ok(OperationRecord {
+        operation_id: OperationId(r.try_get(0)?),
+        parent_operation_id: r.try_get::<_, Option<String>>(1)?.map(OperationId),
+        operation_type: parse(r.try_get::<_, &str>(2)?)?,
+        status: parse(r.try_get::<_, &str>(3)?)?,
+        stop_reason: r
+            .try_get::<_, Option<&str>>(4)?
+            .map(parse::<StopReason>)
+            .transpose()?,
+        priority: r.try_get(5)?,
+        attempt: r.try_get(6)?,
+        max_attempts: r.try_get(7)?,
+        run_after: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        started_at: r.try_get(10)?,
+        completed_at: r.try_get(11)?,
+        updated_at: r.try_get(12)?,
+        progress_percent: r.try_get(13)?,
+        progress_message: r.try_get(14)?,
+        current_step: r.try_get(15)?,
+        steps_completed: r.try_get(16)?,
+        steps_total: r.try_get(17)?,
+        items_processed: r.try_get(18)?,
+        items_total: r.try_get(19)?,
+        eta_seconds: r.try_get(20)?,
+        progress_context: r.try_get(21)?,
+        metadata: r.try_get(22)?,
+        result_summary: r.try_get(23)?,
+        error_message: r.try_get(24)?,
+        warnings: r.try_get(25)?,
+        errors: r.try_get(26)?,
+        idempotency_key: r.try_get(27)?,
+        phase_start: r.try_get(28)?,
+        phase_end: r.try_get(29)?,
+        fail_parent: r.try_get::<_, i64>(30)? != 0,
+        gpus_requested: r.try_get(31)?,
+        gpus_assigned: r.try_get(32)?,
+        claimed_by: r.try_get(33)?,
+        lease_expires_at: r.try_get(34)?,
+        // SPEC §12's columns are not in the PostgreSQL schema yet.
+        label: None,
+        queue: "default".into(),
+        held: false,
+        waiting_for: 0,
+    })
+}
+
+/// What the user typed for an id (SPEC §12): the full id, its 8-hex tail
+/// (or its start), a unique prefix of the full id, or `last`.
+pub(super) fn resolve<C: GenericClient>(c: &mut Db<'_, C>, text: &str) -> Result<OperationId> {
+    let text = text.trim();
+    if text == "last" {
+        let rows = c.query(
+            "SELECT operation_id FROM operations ORDER BY created_at DESC, operation_id DESC LIMIT 1",
+            &[],
+        )?;
+        return rows.first().map(|r| OperationId(r.get(0))).ok_or_else(|| {
+            Error::NotFound("there are no operations yet, so `last` names none".into())
+        });
+    }
+    let exact = c.query(
+        "SELECT operation_id FROM operations WHERE operation_id = $1",
+        &[&text],
+    )?;
+    if let Some(r) = exact.first() {
+        return Ok(OperationId(r.get(0)));
+    }
+    let like = format!(
+        "{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let mut found: Vec<String> = c
+        .query(
+            "SELECT operation_id FROM operations WHERE operation_id LIKE $1 ORDER BY operation_id LIMIT 6",
+            &[&like],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if found.is_empty() && text.len() <= 8 && text.chars().all(|ch| ch.is_ascii_hexdigit()) {
+        let tail = format!("{}%", text.to_ascii_lowercase());
+        found = c
+            .query(
+                "SELECT operation_id FROM operations WHERE right(operation_id, 8) LIKE $1 \
+                 ORDER BY operation_id LIMIT 6",
+                &[&tail],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    match found.len() {
+        0 => Err(Error::NotFound(format!(
+            "no operation matches {text:?}; give the full id, its last 8 hex digits, a unique \
+             start of it, or `last` (`opsd list` shows the ids)"
+        ))),
+        1 => Ok(OperationId(found.remove(0))),
+        n => {
+            let more = if n > 5 { ", ..." } else { "" };
+            found.truncate(5);
+            Err(Error::BadRequest(format!(
+                "{text:?} matches more than one operation: {}{more}; give more of the id",
+                found.join(", ")
+            )))
+        }
+    }
+}
+
+/// One operation.
+pub(super) fn get<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<OperationRecord> {
+    let sql = format!("SELECT {COLUMNS} FROM operations WHERE operation_id = $1");
+    match c.query_opt(&sql, &[&id.as_str()])? {
+        Some(r) => record(&r),
+        None => Err(not_found(id)),
+    }
+}
+
+/// One operation's status.
+pub(super) fn status<C: GenericClient>(c: &mut Db<'_, C>, id: &OperationId) -> Result<Status> {
+    match c.query_opt(
+        "SELECT status FROM operations WHERE operation_id = $1",
+        &[&id.as_str()],
+    )? {
+        Some(r) => parse(r.get::<_, &str>(0)),
+        None => Err(not_found(id)),
+    }
+}
+
+/// A page of `list`, the total matching, the number active.
+pub(super) fn list<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    filter: &ListFilter,
+) -> Result<(Vec<OperationRecord>, i64, i64)> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut statuses: Vec<Status> = filter.status.clone();
+    if filter.active {
+        statuses.extend([Status::Pending, Status::Resuming, Status::Running]);
+    }
+    if !statuses.is_empty() {
+        let marks: Vec<String> = statuses
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_string());
+                format!("${}", args.len())
+            })
+            .collect();
+        clauses.push(format!("status IN ({})", marks.join(",")));
+    }
+    if let Some(kind) = filter.kind {
+        args.push(kind.as_str().to_string());
+        clauses.push(format!("operation_type = ${}", args.len()));
+    }
+    if let Some(parent) = &filter.parent {
+        args.push(parent.0.clone());
+        clauses.push(format!("parent_operation_id = ${}", args.len()));
+    }
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let limit = filter.limit.unwrap_or(50).clamp(0, 10_000);
+    let offset = filter.offset.unwrap_or(0).max(0);
+    let params: Vec<P> = args.iter().map(|a| a as P).collect();
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM operations {where_sql} \
+                 ORDER BY created_at DESC, operation_id DESC LIMIT {limit} OFFSET {offset}"
+            ),
+            &params,
+        )?
+        .iter()
+        .map(record)
+        .collect::<Result<Vec<_>>>()?;
+    let total: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM operations {where_sql}"),
+            &params,
+        )?
+        .get(0);
+    let active: i64 = c
+        .query_one(
+            "SELECT count(*) FROM operations WHERE status IN ('pending','resuming','running')",
+            &[],
+        )?
+        .get(0);
+    Ok((rows, total, active))
+}
+
+/// Children, oldest first.
+pub(super) fn children<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<Vec<OperationRecord>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM operations WHERE parent_operation_id = $1 \
+         ORDER BY created_at, operation_id"
+    );
+    c.query(&sql, &[&id.as_str()])?.iter().map(record).collect()
+}
+
+/// Counts by status.
+pub(super) fn counts<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<(Status, i64)>> {
+    let rows = c.query(
+        "SELECT status, count(*) FROM operations GROUP BY status",
+        &[],
+    )?;
+    let mut out = Vec::new();
+    for s in Status::ALL {
+        let n = rows
+            .iter()
+            .find(|r| r.get::<_, &str>(0) == s.as_str())
+            .map(|r| r.get::<_, i64>(1))
+            .unwrap_or(0);
+        out.push((*s, n));
+    }
+    Ok(out)
+}
+
+/// Claim up to `limit` operations of one type for this host: `resuming`
+/// ones first, then `pending` ones by priority then age, skipping rows
+/// another host is claiming (`FOR UPDATE SKIP LOCKED`) and resumable rows
+/// whose checkpoint files are on another host's local disk.
+pub(super) fn claim<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    now: &str,
+    kind: OperationType,
+    gpus: std::ops::RangeInclusive<i64>,
+    limit: usize,
+) -> Result<Vec<ClaimedOperation>> {
+    let mut claimed = Vec::new();
+    for from in ["resuming", "pending"] {
+        let left = limit - claimed.len();
+        if left == 0 {
+            break;
+        }
+        let sql = lease_sql(
+            "UPDATE operations SET status = 'running', attempt = attempt + 1, \
+                 started_at = $1, updated_at = $1, stop_reason = NULL, error_message = NULL, \
+                 claimed_by = $6, lease_expires_at = $LEASE_EXPR \
+             WHERE operation_id IN ( \
+                 SELECT o.operation_id FROM operations o \
+                 WHERE o.status = $8 AND o.operation_type = $2 \
+                   AND o.gpus_requested BETWEEN $3 AND $4 \
+                   AND (o.run_after IS NULL OR o.run_after <= $1) \
+                   AND (o.claimed_by IS NULL OR o.claimed_by = $6 OR NOT EXISTS ( \
+                       SELECT 1 FROM operation_checkpoints k \
+                       WHERE k.operation_id = o.operation_id AND k.artifacts_path IS NOT NULL \
+                         AND ($9::text IS NULL OR NOT starts_with(k.artifacts_path, $9::text)))) \
+                 ORDER BY o.priority DESC, o.created_at, o.operation_id LIMIT $5 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING operation_id, metadata, attempt, parent_operation_id, \
+                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent",
+            7,
+        );
+        let rows = c.query(
+            &sql,
+            &[
+                &now,
+                &kind.as_str(),
+                gpus.start(),
+                gpus.end(),
+                &(left as i64),
+                &me.host,
+                &me.lease_secs,
+                &from,
+                &me.shared_prefix,
+            ],
+        )?;
+        let mut batch = Vec::new();
+        for r in rows {
+            let order: (i64, String) = (r.get(7), r.get(8));
+            batch.push((
+                order,
+                ClaimedOperation {
+                    id: OperationId(r.get(0)),
+                    kind,
+                    metadata: r.get(1),
+                    attempt: r.get(2),
+                    parent: r.get::<_, Option<String>>(3).map(OperationId),
+                    progress_percent: r.get(4),
+                    gpus_requested: r.get(5),
+                    max_attempts: r.get(6),
+                    fail_parent: r.get::<_, i64>(9) != 0,
+                },
+            ));
+        }
+        batch.sort_by(|(a, x), (b, y)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id)));
+        claimed.extend(batch.into_iter().map(|(_, op)| op));
+    }
+    Ok(claimed)
+}
+
+/// Record the GPUs assigned to an operation running here.
+pub(super) fn set_gpus<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    id: &OperationId,
+    gpus: &[String],
+) -> Result<()> {
+    let v = serde_json::json!(gpus);
+    c.execute(
+        "UPDATE operations SET gpus_assigned = $2 WHERE operation_id = $1 AND claimed_by = $3",
+        &[&id.as_str(), &v, &me.host],
+    )?;
+    Ok(())
+}
+
+/// The highest metric seq of an operation.
+pub(super) fn last_seq<C: GenericClient>(c: &mut Db<'_, C>, id: &OperationId) -> Result<i64> {
+    Ok(c.query_one(
+        "SELECT coalesce(max(seq), 0)::bigint FROM operation_metrics WHERE operation_id = $1",
+        &[&id.as_str()],
+    )?
+    .get(0))
+}
+
+/// Append points in one statement; returns the last seq.
+pub(super) fn append_metrics<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    points: &[(String, Value)],
+) -> Result<i64> {
+    if points.is_empty() {
+        return last_seq(c, id);
+    }
+    let at: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
+    let data: Vec<String> = points.iter().map(|p| p.1.to_string()).collect();
+    Ok(c.query_one(
+        "WITH base AS (SELECT coalesce(max(seq), 0) AS s FROM operation_metrics \
+                           WHERE operation_id = $1), \
+                  ins AS (INSERT INTO operation_metrics (operation_id, seq, recorded_at, data) \
+                          SELECT $1, base.s + u.n, u.at, u.d::jsonb \
+                          FROM base, unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(at, d, n) \
+                          RETURNING seq) \
+             SELECT max(seq)::bigint FROM ins",
+        &[&id.as_str(), &at, &data],
+    )?
+    .get(0))
+}
+
+/// Points after `cursor`.
+pub(super) fn metrics_after<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    cursor: i64,
+    limit: i64,
+) -> Result<(Vec<MetricPoint>, i64)> {
+    let points: Vec<MetricPoint> = c
+        .query(
+            "SELECT seq, recorded_at, data FROM operation_metrics \
+             WHERE operation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&id.as_str(), &cursor, &limit],
+        )?
+        .iter()
+        .map(|r| MetricPoint {
+            seq: r.get(0),
+            recorded_at: r.get(1),
+            data: r.get(2),
+        })
+        .collect();
+    let next = points.last().map(|p| p.seq).unwrap_or(cursor);
+    Ok((points, next))
+}
+
+/// Drop points after `seq`.
+pub(super) fn truncate_metrics<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    seq: i64,
+) -> Result<()> {
+    c.execute(
+        "DELETE FROM operation_metrics WHERE operation_id = $1 AND seq > $2",
+        &[&id.as_str(), &seq],
+    )?;
+    Ok(())
+}
+
+/// Live progress of an operation, if this host's run `attempt` still
+/// holds it (the fence); false when the claim is lost.
+pub(super) fn write_progress<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    attempt: i64,
+    id: &OperationId,
+    p: &Progress,
+) -> Result<bool> {
+    let pct = p.percentage.clamp(0.0, 100.0);
+    let n = c.execute(
+        "UPDATE operations SET progress_percent = $2, progress_message = $3, current_step = $4, \
+             steps_completed = $5, steps_total = $6, items_processed = $7, items_total = $8, \
+             eta_seconds = $9, progress_context = $10 \
+         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $11 AND attempt = $12",
+        &[
+            &id.as_str(),
+            &pct,
+            &p.message,
+            &p.current_step,
+            &p.steps_completed,
+            &p.steps_total,
+            &p.items_processed,
+            &p.items_total,
+            &p.eta_seconds,
+            &p.context,
+            &me.host,
+            &attempt,
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Recompute a running parent's stored percentage from its children.
+pub(super) fn refresh_parent_progress<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    parent: &OperationId,
+) -> Result<()> {
+    let kids: Vec<ChildProgress> = c
+        .query(
+            "SELECT progress_percent, phase_start, phase_end, status FROM operations \
+             WHERE parent_operation_id = $1",
+            &[&parent.as_str()],
+        )?
+        .iter()
+        .map(|r| {
+            let status: &str = r.get(3);
+            let pct: f64 = r.get(0);
+            let start: Option<f64> = r.get(1);
+            let end: Option<f64> = r.get(2);
+            ChildProgress {
+                percentage: if status == "completed" { 100.0 } else { pct },
+                phase: start.zip(end),
+            }
+        })
+        .collect();
+    if kids.is_empty() {
+        return Ok(());
+    }
+    let pct = parent_percentage(100.0, &kids);
+    c.execute(
+        "UPDATE operations SET progress_percent = $2 WHERE operation_id = $1 AND status = 'running'",
+        &[&parent.as_str(), &pct],
+    )?;
+    Ok(())
+}
+
+/// The end of a run, if this host's run `attempt` still holds it (the
+/// fence); false (nothing written) when the claim is lost.
+pub(super) fn finish<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    attempt: i64,
+    id: &OperationId,
+    f: &Finish,
+    delete_checkpoint: bool,
+    now: &str,
+) -> Result<bool> {
+    let entry = f
+        .error
+        .as_ref()
+        .map(|e| serde_json::json!([{"at": now, "message": e}]));
+    let p = f.progress.clone().unwrap_or_default();
+    let keep = f.progress.is_none();
+    let pct = p.percentage.clamp(0.0, 100.0);
+    let result = f.result.clone();
+    // One statement: the fenced final row and, when asked (`$19`), the
+    // checkpoint row of the run that just completed.
+    let n: i64 = c.query_one(
+        "WITH u AS (UPDATE operations SET status = $2::text, stop_reason = $3, result_summary = $4, \
+             error_message = $5, completed_at = $6, updated_at = $6, eta_seconds = NULL, \
+             lease_expires_at = NULL, \
+             errors = CASE WHEN $7::jsonb IS NULL THEN errors ELSE errors || $7::jsonb END, \
+             progress_percent = CASE WHEN $2::text = 'completed' THEN 100 WHEN $8 THEN progress_percent ELSE $9 END, \
+             progress_message = CASE WHEN $8 THEN progress_message ELSE $10 END, \
+             current_step = CASE WHEN $8 THEN current_step ELSE $11 END, \
+             steps_completed = CASE WHEN $8 THEN steps_completed ELSE $12 END, \
+             steps_total = CASE WHEN $8 THEN steps_total ELSE $13 END, \
+             items_processed = CASE WHEN $8 THEN items_processed ELSE $14 END, \
+             items_total = CASE WHEN $8 THEN items_total ELSE $15 END, \
+             progress_context = CASE WHEN $8 THEN progress_context ELSE $16 END \
+         WHERE operation_id = $1 AND status = 'running' AND claimed_by = $17 AND attempt = $18 \
+         RETURNING operation_id), \
+         d AS (DELETE FROM operation_checkpoints WHERE $19 \
+               AND operation_id IN (SELECT operation_id FROM u)) \
+         SELECT count(*) FROM u",
+        &[
+            &id.as_str(),
+            &f.status.as_str(),
+            &f.stop_reason.map(|r| r.as_str()),
+            &result,
+            &f.error,
+            &now,
+            &entry,
+            &keep,
+            &pct,
+            &p.message,
+            &p.current_step,
+            &p.steps_completed,
+            &p.steps_total,
+            &p.items_processed,
+            &p.items_total,
+            &p.context,
+            &me.host,
+            &attempt,
+            &delete_checkpoint,
+        ],
+    )?
+    .get(0);
+    Ok(n == 1)
+}
+
+/// A failed run with attempts left goes back to the queue (a stop marker
+/// turns it into the cancel instead).
+pub(super) fn requeue_for_retry<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    error: &str,
+    run_after: &str,
+    now: &str,
+) -> Result<bool> {
+    let entry = serde_json::json!([{"at": now, "message": error}]);
+    let n = c.execute(
+        "UPDATE operations SET \
+             status = CASE WHEN stop_reason IS NULL THEN 'pending' ELSE 'cancelled' END, \
+             completed_at = CASE WHEN stop_reason IS NULL THEN NULL ELSE $3 END, \
+             run_after = CASE WHEN stop_reason IS NULL THEN $2 ELSE NULL END, \
+             updated_at = $3, eta_seconds = NULL, lease_expires_at = NULL, \
+             progress_message = CASE WHEN stop_reason IS NULL \
+                 THEN format('attempt %s of %s failed; retrying after %s', attempt, max_attempts, $2::text) \
+                 ELSE 'cancelled while its failed attempt was being recorded' END, \
+             error_message = $4, errors = errors || $5::jsonb \
+         WHERE operation_id = $1 AND status = 'running'",
+        &[&id.as_str(), &run_after, &now, &error, &entry],
+    )?;
+    Ok(n == 1)
+}
+
+const TREE: &str = "WITH RECURSIVE tree(id) AS ( \
+         SELECT $1::text UNION SELECT o.operation_id FROM operations o \
+         JOIN tree t ON o.parent_operation_id = t.id) ";
+
+/// Cancel a tree in one transaction (as in SQLite). Running members get a
+/// stop marker; their hosts are told by NOTIFY. Returns the running
+/// members this host runs.
+pub(super) fn cancel_tree<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    root: &OperationId,
+    reason: StopReason,
+    message: Option<&str>,
+    now: &str,
+) -> Result<TreeCancel> {
+    // Lock the tree first: a child being inserted under a member commits
+    // before this goes on (and is seen below), or waits and is refused.
+    let lock = format!(
+        "{TREE} SELECT status FROM operations WHERE operation_id IN (SELECT id FROM tree) \
+         ORDER BY operation_id FOR UPDATE"
+    );
+    c.query(&lock, &[&root.as_str()])?;
+    let before = status(c, root)?;
+    if !before.is_active() {
+        return Err(Error::InvalidTransition(format!(
+            "operation {root} is {before}; only pending, resuming or running operations can be cancelled"
+        )));
+    }
+    let waiting = format!(
+        "{TREE} UPDATE operations SET status = 'cancelled', \
+             stop_reason = CASE WHEN operation_id = $1 THEN $2 ELSE 'parent' END, \
+             completed_at = $3, updated_at = $3, eta_seconds = NULL, \
+             error_message = CASE WHEN operation_id = $1 THEN $4 ELSE NULL END \
+         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming')"
+    );
+    c.execute(
+        &waiting,
+        &[&root.as_str(), &reason.as_str(), &now, &message],
+    )?;
+    let running = format!(
+        "{TREE} UPDATE operations SET \
+             stop_reason = coalesce(stop_reason, CASE WHEN operation_id = $1 THEN $2 ELSE 'parent' END) \
+         WHERE operation_id IN (SELECT id FROM tree) AND status = 'running' \
+         RETURNING operation_id, attempt, claimed_by"
+    );
+    let rows = c.query(&running, &[&root.as_str(), &reason.as_str()])?;
+    let mut here = Vec::new();
+    let mut elsewhere: Vec<String> = Vec::new();
+    for r in rows {
+        let id: String = r.get(0);
+        let host: Option<String> = r.get(2);
+        if host.as_deref() == Some(me.host.as_str()) {
+            let is_root = id == root.as_str();
+            here.push((OperationId(id), r.get::<_, i64>(1), is_root));
+        } else if let Some(h) = host {
+            elsewhere.push(h);
+        }
+    }
+    elsewhere.sort();
+    elsewhere.dedup();
+    for h in elsewhere {
+        notify(c, STOP_CHANNEL, &h)?;
+    }
+    Ok(TreeCancel {
+        before,
+        running: here,
+    })
+}
+
+/// NOTIFY listeners: queued on the connection and sent once per batch,
+/// just before its COMMIT (delivered when it commits).
+pub(super) fn notify<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    channel: &'static str,
+    payload: &str,
+) -> Result<()> {
+    if !c
+        .cache
+        .notes
+        .iter()
+        .any(|(ch, p)| *ch == channel && p == payload)
+    {
+        c.cache.notes.push((channel, payload.to_string()));
+    }
+    Ok(())
+}
+
+/// try_resume: one atomic UPDATE; the hosts are told there is work.
+pub(super) fn try_resume<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    now: &str,
+) -> Result<()> {
+    let won = c.query_opt(
+        "UPDATE operations SET status = 'resuming', updated_at = $2, completed_at = NULL, \
+             run_after = NULL, lease_expires_at = NULL \
+         WHERE operation_id = $1 AND status IN ('cancelled','failed') RETURNING operation_id",
+        &[&id.as_str(), &now],
+    )?;
+    match won {
+        Some(_) => notify(c, WORK_CHANNEL, ""),
+        None => {
+            let s = status(c, id)?;
+            Err(Error::NotResumable(format!(
+                "operation {id} is {s}; only cancelled or failed operations can be resumed"
+            )))
+        }
+    }
+}
+
+/// Crash recovery of `running` rows: at start this host's own and expired
+/// ones, in the rescuer expired ones: `failed`/`crash` — except rows a
+/// cancel had already reached (a stop marker), which end `cancelled` as
+/// asked instead of being resumed.
+pub(super) fn fail_crashed<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    now: &str,
+    expired_only: bool,
+) -> Result<Vec<OperationId>> {
+    let which = if expired_only {
+        "lease_expires_at < opsd_ts(clock_timestamp())"
+    } else {
+        // At start: this host's earlier run, and anyone's expired lease.
+        "(claimed_by IS NULL OR claimed_by = $2 OR lease_expires_at IS NULL \
+          OR lease_expires_at < opsd_ts(clock_timestamp()))"
+    };
+    let msg = if expired_only {
+        "the host running this operation stopped renewing its lease (crashed, stopped or cut off)"
+    } else {
+        "the daemon stopped uncleanly while this operation was running"
+    };
+    let sql = format!(
+        "UPDATE operations SET \
+             status = CASE WHEN stop_reason IN ('user','parent') THEN 'cancelled' ELSE 'failed' END, \
+             stop_reason = CASE WHEN stop_reason IN ('user','parent') THEN stop_reason \
+                 ELSE 'crash' END, \
+             completed_at = $1, updated_at = $1, eta_seconds = NULL, lease_expires_at = NULL, \
+             error_message = $3::text || CASE WHEN claimed_by IS NULL THEN '' \
+                 ELSE ' (host ' || claimed_by || ')' END \
+         WHERE status = 'running' AND ($2::text IS NOT NULL) AND {which} RETURNING operation_id"
+    );
+    Ok(c.query(&sql, &[&now, &me.host, &msg])?
+        .iter()
+        .map(|r| OperationId(r.get(0)))
+        .collect())
+}
+
+/// Operations to resume by themselves: stopped by a shutdown, or crashed
+/// with a checkpoint (`with_crashed`); `only` limits them to these ids.
+pub(super) fn recoverable<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    with_crashed: bool,
+    only: Option<&[OperationId]>,
+) -> Result<Vec<OperationId>> {
+    let ids: Option<Vec<&str>> = only.map(|o| o.iter().map(|i| i.as_str()).collect());
+    Ok(c.query(
+        "SELECT o.operation_id FROM operations o \
+             WHERE o.stop_reason IN ('shutdown','crash') AND o.status IN ('cancelled','failed') \
+               AND ($2::text[] IS NULL OR o.operation_id = ANY($2::text[])) \
+               AND (o.stop_reason = 'shutdown' OR ($1 AND EXISTS ( \
+                   SELECT 1 FROM operation_checkpoints k WHERE k.operation_id = o.operation_id))) \
+             ORDER BY o.created_at",
+        &[&with_crashed, &ids],
+    )?
+    .iter()
+    .map(|r| OperationId(r.get(0)))
+    .collect())
+}
+
+/// Operations a clean shutdown stopped on a host that has left `hosts`:
+/// another host resumes them (files on that host's disk keep them there,
+/// see [`claim`]).
+pub(super) fn orphaned_shutdowns<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<OperationId>> {
+    Ok(c.query(
+        "SELECT o.operation_id FROM operations o \
+             WHERE o.stop_reason = 'shutdown' AND o.status = 'cancelled' \
+               AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.host = o.claimed_by) \
+             ORDER BY o.created_at LIMIT 1000",
+        &[],
+    )?
+    .iter()
+    .map(|r| OperationId(r.get(0)))
+    .collect())
+}
+
+/// Renew the leases of this host's running operations; returns the ids
+/// (with attempts) it still holds.
+pub(super) fn renew<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+    ids: &[&str],
+) -> Result<Vec<(OperationId, i64)>> {
+    let sql = lease_sql(
+        "UPDATE operations SET lease_expires_at = $LEASE_EXPR \
+         WHERE status = 'running' AND claimed_by = $1 AND operation_id = ANY($3::text[]) \
+         RETURNING operation_id, attempt",
+        2,
+    );
+    Ok(c.query(&sql, &[&me.host, &me.lease_secs, &ids])?
+        .iter()
+        .map(|r| (OperationId(r.get(0)), r.get(1)))
+        .collect())
+}
+
+/// Stop markers on operations running here.
+pub(super) fn stop_requests<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    me: &Me,
+) -> Result<Vec<(OperationId, i64, StopReason)>> {
+    c.query(
+        "SELECT operation_id, attempt, stop_reason FROM operations \
+         WHERE status = 'running' AND claimed_by = $1 AND stop_reason IS NOT NULL",
+        &[&me.host],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            OperationId(r.get(0)),
+            r.get(1),
+            parse::<StopReason>(r.get::<_, &str>(2))?,
+        ))
+    })
+    .collect()
+}
+
+/// Append a warning.
+pub(super) fn add_warning<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    message: &str,
+    now: &str,
+) -> Result<()> {
+    let entry = serde_json::json!([{"at": now, "message": message}]);
+    c.execute(
+        "UPDATE operations SET warnings = warnings || $2::jsonb WHERE operation_id = $1",
+        &[&id.as_str(), &entry],
+    )?;
+    Ok(())
+}
+
+const CP_COLUMNS: &str = "operation_id, checkpoint_type, created_at, state, artifacts_path, \
+    state_size_bytes, artifacts_size_bytes, progress_percent, metrics_seq";
+
+fn checkpoint_row(r: &Row) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        operation_id: OperationId(r.try_get(0)?),
+        checkpoint_type: parse(r.try_get::<_, &str>(1)?)?,
+        created_at: r.try_get(2)?,
+        state: r.try_get(3)?,
+        artifacts_path: r.try_get(4)?,
+        state_size_bytes: r.try_get(5)?,
+        artifacts_size_bytes: r.try_get(6)?,
+        progress_percent: r.try_get(7)?,
+        metrics_seq: r.try_get(8)?,
+    })
+}
+
+/// Insert or replace a checkpoint.
+pub(super) fn save_checkpoint<C: GenericClient>(c: &mut Db<'_, C>, cp: &Checkpoint) -> Result<()> {
+    let size = cp.state.to_string().len() as i64;
+    let sql = format!(
+        "INSERT INTO operation_checkpoints ({CP_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+         ON CONFLICT (operation_id) DO UPDATE SET checkpoint_type = EXCLUDED.checkpoint_type, \
+             created_at = EXCLUDED.created_at, state = EXCLUDED.state, \
+             artifacts_path = EXCLUDED.artifacts_path, state_size_bytes = EXCLUDED.state_size_bytes, \
+             artifacts_size_bytes = EXCLUDED.artifacts_size_bytes, \
+             progress_percent = EXCLUDED.progress_percent, metrics_seq = EXCLUDED.metrics_seq"
+    );
+    c.execute(
+        &sql,
+        &[
+            &cp.operation_id.as_str(),
+            &cp.checkpoint_type.as_str(),
+            &cp.created_at,
+            &cp.state,
+            &cp.artifacts_path,
+            &size,
+            &cp.artifacts_size_bytes,
+            &cp.progress_percent,
+            &cp.metrics_seq,
+        ],
+    )?;
+    Ok(())
+}
+
+/// An operation's checkpoint.
+pub(super) fn checkpoint<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<Option<Checkpoint>> {
+    let sql = format!("SELECT {CP_COLUMNS} FROM operation_checkpoints WHERE operation_id = $1");
+    c.query_opt(&sql, &[&id.as_str()])?
+        .map(|r| checkpoint_row(&r))
+        .transpose()
+}
+
+/// Every checkpoint, newest first.
+pub(super) fn checkpoints<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<Checkpoint>> {
+    let sql = format!("SELECT {CP_COLUMNS} FROM operation_checkpoints ORDER BY created_at DESC");
+    c.query(&sql, &[])?.iter().map(checkpoint_row).collect()
+}
+
+/// Change a checkpoint's type.
+pub(super) fn set_checkpoint_type<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    kind: crate::model::CheckpointType,
+) -> Result<()> {
+    c.execute(
+        "UPDATE operation_checkpoints SET checkpoint_type = $2 WHERE operation_id = $1",
+        &[&id.as_str(), &kind.as_str()],
+    )?;
+    Ok(())
+}
+
+/// Delete a checkpoint (optionally `not_found` when there is none).
+pub(super) fn delete_checkpoint<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<Option<Checkpoint>> {
+    let sql =
+        format!("DELETE FROM operation_checkpoints WHERE operation_id = $1 RETURNING {CP_COLUMNS}");
+    c.query_opt(&sql, &[&id.as_str()])?
+        .map(|r| checkpoint_row(&r))
+        .transpose()
+}
+
+/// The retention sweep.
+pub(super) fn sweep_checkpoints<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    before: &str,
+) -> Result<Vec<OperationId>> {
+    Ok(c
+        .query(
+            "DELETE FROM operation_checkpoints WHERE created_at < $1 AND operation_id IN ( \
+                 SELECT operation_id FROM operations WHERE status IN ('completed','failed','cancelled')) \
+             RETURNING operation_id",
+            &[&before],
+        )?
+        .iter()
+        .map(|r| OperationId(r.get(0)))
+        .collect())
+}
+
+/// Register or refresh a host.
+pub(super) fn upsert_host<C: GenericClient>(c: &mut Db<'_, C>, h: &HostRecord) -> Result<()> {
+    c.execute(
+        "INSERT INTO hosts (host, started_at, last_seen_at, version, workers, gpus, types) \
+         VALUES ($1, $2, opsd_ts(clock_timestamp()), $3, $4, $5, $6) \
+         ON CONFLICT (host) DO UPDATE SET started_at = EXCLUDED.started_at, \
+             last_seen_at = EXCLUDED.last_seen_at, version = EXCLUDED.version, \
+             workers = EXCLUDED.workers, gpus = EXCLUDED.gpus, types = EXCLUDED.types",
+        &[
+            &h.host,
+            &h.started_at,
+            &h.version,
+            &h.workers,
+            &h.gpus,
+            &h.types,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Remove a host.
+pub(super) fn delete_host<C: GenericClient>(c: &mut Db<'_, C>, host: &str) -> Result<()> {
+    c.execute("DELETE FROM hosts WHERE host = $1", &[&host])?;
+    Ok(())
+}
+
+/// Every host.
+pub(super) fn hosts<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<HostRecord>> {
+    Ok(c.query(
+        "SELECT host, started_at, last_seen_at, version, workers, gpus, types FROM hosts \
+             ORDER BY host",
+        &[],
+    )?
+    .iter()
+    .map(|r| HostRecord {
+        host: r.get(0),
+        started_at: r.get(1),
+        last_seen_at: r.get(2),
+        version: r.get(3),
+        workers: r.get(4),
+        gpus: r.get(5),
+        types: r.get(6),
+    })
+    .collect())
+}
