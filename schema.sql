@@ -1,8 +1,10 @@
 -- opsd schema, version 1. Applied by the daemon at start-up; the version is
--- tracked with PRAGMA user_version. Later versions are in migrations/
--- (applied in order, see MIGRATIONS in src/store/sqlite/migrate.rs):
--- migrations/everyday.sql adds labels, queues (table `queues`), hold, and
--- dependencies (table `operation_dependencies`, stop reason `dependency`).
+-- tracked with PRAGMA user_version. Later versions are applied in order
+-- (MIGRATIONS in src/store/sqlite/migrate.rs): version 2 adds the columns
+-- and table of several hosts (claimed_by, lease_expires_at, `hosts`);
+-- version 3, migrations/everyday.sql, adds labels, named queues (table
+-- `queues`), hold, and dependencies (table `operation_dependencies`,
+-- stop reason `dependency`).
 -- Timestamps are RFC 3339 UTC text with microseconds (fixed width, so they
 -- sort as text). JSON columns hold valid JSON (checked).
 

@@ -1,4 +1,4 @@
--- opsd schema migration: everyday use (SPEC §12). Labels, named queues,
+-- opsd schema migration 3: everyday use (SPEC §12). Labels, named queues,
 -- hold/release and dependencies between operations.
 
 -- Shown by `list`, filtered by `list --label`.
