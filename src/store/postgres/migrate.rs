@@ -11,8 +11,14 @@ use crate::error::{Error, Result};
 use postgres::Client;
 
 /// The migrations in order: version, name, SQL.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "0001_schema", include_str!("migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "0001_schema", include_str!("migrations/0001_schema.sql")),
+    (
+        2,
+        "0002_everyday",
+        include_str!("migrations/0002_everyday.sql"),
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
