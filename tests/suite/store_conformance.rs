@@ -1029,3 +1029,64 @@ fn clean_deletes_finished_trees_and_keys_are_checked() {
         ));
     });
 }
+
+#[test]
+fn a_queue_s_parallel_cap_holds_across_hosts_claiming_at_once() {
+    let Some(db) = PgDb::create("parallel_cap_across_hosts") else {
+        return;
+    };
+    let a = db.store("a", Duration::from_secs(30));
+    let b = db.store("b", Duration::from_secs(30));
+    a.set_queue(QueueChange {
+        name: "gpu".into(),
+        paused: None,
+        parallel: Some(Some(3)),
+    })
+    .wait()
+    .unwrap();
+    for round in 0..5 {
+        let ops: Vec<NewOperation> = (0..12).map(|_| op_in("gpu")).collect();
+        a.submit(ops).wait().unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let claimers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|s| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut mine = Vec::new();
+                    for _ in 0..3 {
+                        mine.extend(s.claim(plan(OperationType::Dummy, 4)).unwrap());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in claimers {
+            got.extend(t.join().unwrap());
+        }
+        assert_eq!(
+            got.len(),
+            3,
+            "round {round}: the cap of 3 holds across hosts"
+        );
+        // End them (each on the host that claimed it) for the next round.
+        for c in &got {
+            let host = db
+                .client()
+                .query_one(
+                    "SELECT claimed_by FROM operations WHERE operation_id = $1",
+                    &[&c.id.as_str()],
+                )
+                .unwrap()
+                .get::<_, String>(0);
+            let s = if host == "a" { &a } else { &b };
+            finish(s, &c.id, c.attempt, Status::Completed, false);
+        }
+        // Start the next round from an empty table.
+        db.client().execute("DELETE FROM operations", &[]).unwrap();
+    }
+    a.close();
+    b.close();
+}
