@@ -10,8 +10,8 @@ use opsd::ids::OperationId;
 use opsd::model::{CheckpointType, OperationType, Status, StopReason};
 use opsd::store::postgres::{PostgresStore, Settings};
 use opsd::store::records::{
-    Checkpoint, CheckpointWrite, ClaimPlan, Finish, ListFilter, NewOperation, Progress,
-    ProgressWrite, RunEnd, RunOutcome,
+    Checkpoint, CheckpointWrite, ClaimPlan, CleanFilter, Finish, ListFilter, NewOperation,
+    Progress, ProgressWrite, QueueChange, RunEnd, RunOutcome,
 };
 use opsd::store::Store;
 use serde_json::json;
@@ -735,4 +735,358 @@ fn a_failing_write_in_a_batch_does_not_undo_the_others() {
         let page = s.list(&ListFilter::default()).unwrap();
         assert_eq!(page.total, 10);
     });
+}
+
+// SPEC §12 on both backends: labels, named queues, hold/release,
+// dependencies, clean and the key-reuse check.
+
+fn op_in(queue: &str) -> NewOperation {
+    let mut op = new_op(OperationType::Dummy);
+    op.options.queue = Some(queue.into());
+    op
+}
+
+fn ids(got: &[opsd::store::records::ClaimedOperation]) -> Vec<OperationId> {
+    got.iter().map(|c| c.id.clone()).collect()
+}
+
+#[test]
+fn labels_and_named_queues_gate_the_claim() {
+    on_both("labels_queues", |s| {
+        let mut labelled = op_in("q1");
+        labelled.options.label = Some("nightly run".into());
+        let a = submit(s, labelled);
+        let b = submit(s, op_in("q1"));
+        let rec = s.get(&a).unwrap();
+        assert_eq!(rec.label.as_deref(), Some("nightly run"));
+        assert_eq!(rec.queue, "q1");
+        let page = s
+            .list(&ListFilter {
+                label: Some("nightly run".into()),
+                ..ListFilter::default()
+            })
+            .unwrap();
+        assert_eq!(page.total, 1);
+        assert_eq!(page.rows[0].operation_id, a);
+        let page = s
+            .list(&ListFilter {
+                queue: Some("q1".into()),
+                ..ListFilter::default()
+            })
+            .unwrap();
+        assert_eq!(page.total, 2);
+        assert!(matches!(
+            s.submit(vec![op_in("bad name!")]).wait(),
+            Err(Error::BadRequest(_))
+        ));
+        // Paused: nothing of it starts.
+        let q = s
+            .set_queue(QueueChange {
+                name: "q1".into(),
+                paused: Some(true),
+                parallel: None,
+            })
+            .wait()
+            .unwrap();
+        assert!(q.paused);
+        assert_eq!(q.waiting, 2);
+        assert!(s.claim(plan(OperationType::Dummy, 10)).unwrap().is_empty());
+        // Started with a cap of one: one starts, the second waits.
+        let q = s
+            .set_queue(QueueChange {
+                name: "q1".into(),
+                paused: Some(false),
+                parallel: Some(Some(1)),
+            })
+            .wait()
+            .unwrap();
+        assert_eq!((q.paused, q.parallel), (false, Some(1)));
+        let other = submit(s, new_op(OperationType::Dummy));
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(got.len(), 2, "one of q1 and the default one");
+        assert!(ids(&got).contains(&other));
+        assert!(s.claim(plan(OperationType::Dummy, 10)).unwrap().is_empty());
+        assert!(matches!(
+            s.set_queue(QueueChange {
+                name: "q1".into(),
+                paused: None,
+                parallel: Some(Some(0)),
+            })
+            .wait(),
+            Err(Error::BadRequest(_))
+        ));
+        let queues = s.queues().unwrap();
+        let names: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, vec!["default", "q1"]);
+        let q1 = &queues[1];
+        assert_eq!((q1.waiting, q1.running), (1, 1));
+        // The cap lifted: the second starts.
+        s.set_queue(QueueChange {
+            name: "q1".into(),
+            paused: None,
+            parallel: Some(None),
+        })
+        .wait()
+        .unwrap();
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!([a, b].contains(&got[0].id));
+    });
+}
+
+#[test]
+fn held_operations_wait_for_release() {
+    on_both("hold_release", |s| {
+        let mut op = new_op(OperationType::Dummy);
+        op.options.hold = true;
+        let held = submit(s, op);
+        assert!(s.get(&held).unwrap().held);
+        assert!(s.claim(plan(OperationType::Dummy, 10)).unwrap().is_empty());
+        s.release(&held).wait().unwrap();
+        assert!(!s.get(&held).unwrap().held);
+        assert!(matches!(
+            s.release(&held).wait(),
+            Err(Error::InvalidTransition(_))
+        ));
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(ids(&got), vec![held]);
+        assert!(matches!(
+            s.release(&OperationId("op_dummy_nope".into())).wait(),
+            Err(Error::NotFound(_))
+        ));
+    });
+}
+
+#[test]
+fn dependencies_wait_then_start_or_cancel_down_the_chain() {
+    on_both("dependencies", |s| {
+        let a = submit(s, new_op(OperationType::Dummy));
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![a.clone()];
+        let b = submit(s, op);
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![b.clone()];
+        let c = submit(s, op);
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after_any = vec![a.clone()];
+        let d = submit(s, op);
+        assert_eq!(s.get(&b).unwrap().waiting_for, 1);
+        assert_eq!(s.waiting_on(&b).unwrap(), vec![a.clone()]);
+        assert!(matches!(
+            s.submit(vec![{
+                let mut op = new_op(OperationType::Dummy);
+                op.options.after = vec![OperationId("op_dummy_nope".into())];
+                op
+            }])
+            .wait(),
+            Err(Error::NotFound(_))
+        ));
+        // Only `a` may start.
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(ids(&got), vec![a.clone()]);
+        finish(s, &a, got[0].attempt, Status::Failed, false);
+        for id in [&b, &c] {
+            let r = s.get(id).unwrap();
+            assert_eq!(
+                (r.status, r.stop_reason),
+                (Status::Cancelled, Some(StopReason::Dependency)),
+                "{id}"
+            );
+        }
+        assert!(s.waiting_on(&b).unwrap().is_empty());
+        // `--after-any` starts whatever the outcome.
+        assert_eq!(s.get(&d).unwrap().waiting_for, 0);
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(ids(&got), vec![d.clone()]);
+        finish(s, &d, got[0].attempt, Status::Completed, false);
+        // `--after` a failed one is refused; a completed one is met at once.
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![a.clone()];
+        assert!(matches!(
+            s.submit(vec![op]).wait(),
+            Err(Error::InvalidTransition(_))
+        ));
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![d.clone()];
+        let e = submit(s, op);
+        assert_eq!(s.get(&e).unwrap().waiting_for, 0);
+        // Cancelling a waiting dependency cancels its `--after` dependents.
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![e.clone()];
+        let f = submit(s, op);
+        s.cancel_tree(&e, StopReason::User, None).wait().unwrap();
+        let r = s.get(&f).unwrap();
+        assert_eq!(
+            (r.status, r.stop_reason),
+            (Status::Cancelled, Some(StopReason::Dependency))
+        );
+    });
+}
+
+#[test]
+fn a_crashed_dependency_found_at_recovery_cancels_its_dependents() {
+    on_both("dependency_recovery", |s| {
+        let a = submit(s, new_op(OperationType::Dummy));
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![a.clone()];
+        let b = submit(s, op);
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after_any = vec![a.clone()];
+        let c = submit(s, op);
+        assert_eq!(s.claim(plan(OperationType::Dummy, 10)).unwrap().len(), 1);
+        let rec = s.recover(false).unwrap();
+        assert_eq!(rec.crashed, vec![a.clone()]);
+        let r = s.get(&b).unwrap();
+        assert_eq!(
+            (r.status, r.stop_reason),
+            (Status::Cancelled, Some(StopReason::Dependency))
+        );
+        let got = s.claim(plan(OperationType::Dummy, 10)).unwrap();
+        assert_eq!(ids(&got), vec![c]);
+    });
+}
+
+#[test]
+fn a_run_stopped_by_the_user_at_shutdown_settles_its_dependents() {
+    on_both("dependency_shutdown", |s| {
+        let a = submit(s, new_op(OperationType::Dummy));
+        let b = submit(s, new_op(OperationType::Dummy));
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![a.clone()];
+        let after_a = submit(s, op);
+        let mut op = new_op(OperationType::Dummy);
+        op.options.after = vec![b.clone()];
+        let after_b = submit(s, op);
+        assert_eq!(s.claim(plan(OperationType::Dummy, 10)).unwrap().len(), 2);
+        s.stopped_at_shutdown(vec![
+            (a.clone(), StopReason::User),
+            (b.clone(), StopReason::Shutdown),
+        ]);
+        // The fire-and-forget write lands with the next one.
+        s.sweep_checkpoints("0000".into()).wait().unwrap();
+        assert_eq!(s.status(&a).unwrap(), Status::Cancelled);
+        let r = s.get(&after_a).unwrap();
+        assert_eq!(r.stop_reason, Some(StopReason::Dependency));
+        // A shutdown resumes at the next start: its dependent keeps waiting.
+        let r = s.get(&after_b).unwrap();
+        assert_eq!((r.status, r.waiting_for), (Status::Pending, 1));
+    });
+}
+
+#[test]
+fn clean_deletes_finished_trees_and_keys_are_checked() {
+    on_both("clean_and_keys", |s| {
+        let parent = submit(s, new_op(OperationType::Pipeline));
+        let mut child = new_op(OperationType::Dummy);
+        child.parent = Some(parent.clone());
+        let child = submit(s, child);
+        let active = submit(s, new_op(OperationType::Backtest));
+        s.cancel_tree(&parent, StopReason::User, None)
+            .wait()
+            .unwrap();
+        let all = CleanFilter::default();
+        let dry = s
+            .clean(CleanFilter {
+                dry_run: true,
+                ..all.clone()
+            })
+            .wait()
+            .unwrap();
+        let mut both = vec![parent.clone(), child.clone()];
+        both.sort();
+        assert_eq!(dry, both);
+        assert_eq!(s.status(&parent).unwrap(), Status::Cancelled);
+        assert!(matches!(
+            s.clean(CleanFilter {
+                statuses: vec![Status::Pending],
+                ..all.clone()
+            })
+            .wait(),
+            Err(Error::BadRequest(_))
+        ));
+        assert_eq!(s.clean(all).wait().unwrap(), both);
+        assert!(matches!(s.get(&parent), Err(Error::NotFound(_))));
+        assert!(matches!(s.get(&child), Err(Error::NotFound(_))));
+        assert_eq!(s.status(&active).unwrap(), Status::Pending);
+        // A key is the same operation only with the same type and parameters.
+        let mut op = new_op(OperationType::Dummy);
+        op.idempotency_key = Some("nightly".into());
+        let first = submit(s, op.clone());
+        let mut same = op.clone();
+        same.id = OperationId::generate(OperationType::Dummy, chrono::Utc::now());
+        assert_eq!(submit(s, same), first);
+        let mut changed = op.clone();
+        changed.metadata = json!({"steps": 4});
+        assert!(matches!(
+            s.submit(vec![changed]).wait(),
+            Err(Error::BadRequest(m)) if m.contains("already used")
+        ));
+        let mut other_kind = op;
+        other_kind.kind = OperationType::Backtest;
+        assert!(matches!(
+            s.submit(vec![other_kind]).wait(),
+            Err(Error::BadRequest(_))
+        ));
+    });
+}
+
+#[test]
+fn a_queue_s_parallel_cap_holds_across_hosts_claiming_at_once() {
+    let Some(db) = PgDb::create("parallel_cap_across_hosts") else {
+        return;
+    };
+    let a = db.store("a", Duration::from_secs(30));
+    let b = db.store("b", Duration::from_secs(30));
+    a.set_queue(QueueChange {
+        name: "gpu".into(),
+        paused: None,
+        parallel: Some(Some(3)),
+    })
+    .wait()
+    .unwrap();
+    for round in 0..5 {
+        let ops: Vec<NewOperation> = (0..12).map(|_| op_in("gpu")).collect();
+        a.submit(ops).wait().unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let claimers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|s| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut mine = Vec::new();
+                    for _ in 0..3 {
+                        mine.extend(s.claim(plan(OperationType::Dummy, 4)).unwrap());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in claimers {
+            got.extend(t.join().unwrap());
+        }
+        assert_eq!(
+            got.len(),
+            3,
+            "round {round}: the cap of 3 holds across hosts"
+        );
+        // End them (each on the host that claimed it) for the next round.
+        for c in &got {
+            let host = db
+                .client()
+                .query_one(
+                    "SELECT claimed_by FROM operations WHERE operation_id = $1",
+                    &[&c.id.as_str()],
+                )
+                .unwrap()
+                .get::<_, String>(0);
+            let s = if host == "a" { &a } else { &b };
+            finish(s, &c.id, c.attempt, Status::Completed, false);
+        }
+        // Start the next round from an empty table.
+        db.client().execute("DELETE FROM operations", &[]).unwrap();
+    }
+    a.close();
+    b.close();
 }

@@ -14,6 +14,7 @@
 //! thread owns one connection and commits batches (group commit, as for
 //! SQLite, [`writer`]); reads use a small pool of connections beside it.
 
+mod everyday;
 mod migrate;
 mod sql;
 mod writer;
@@ -404,6 +405,13 @@ impl Backend for PostgresStore {
                     Err(e) => tracing::warn!(operation = %id, "not resumed: {e}"),
                 }
             }
+            // Crashed operations that stay ended end their dependents' wait.
+            let stay: Vec<OperationId> = crashed
+                .iter()
+                .filter(|id| !resumed.contains(id))
+                .cloned()
+                .collect();
+            everyday::settle_ended(tx, &stay, &now)?;
             Ok(Recovery { crashed, resumed })
         })
         .wait()
@@ -415,22 +423,35 @@ impl Backend for PostgresStore {
             let mut out = Vec::new();
             let mut budget = plan.total;
             let mut gpus_left = plan.free_gpus;
+            // Paused and capped queues (as SQLite's claim).
+            let mut gate = everyday::Gate::load(tx)?;
             for &(kind, free) in &plan.per_type {
                 let mut n = free.min(budget);
                 while n > 0 && gpus_left > 0 {
-                    let got = sql::claim(tx, me, &now, kind, 1..=gpus_left, 1)?;
-                    let Some(op) = got.into_iter().next() else {
+                    let got = sql::claim(tx, me, &now, kind, 1..=gpus_left, 1, gate.closed())?;
+                    let Some((queue, op)) = got.into_iter().next() else {
                         break;
                     };
+                    gate.took(&queue);
                     gpus_left -= op.gpus_requested;
                     n -= 1;
                     budget -= 1;
                     out.push(op);
                 }
-                if n > 0 {
-                    let got = sql::claim(tx, me, &now, kind, 0..=0, n)?;
+                // With a capped queue open, one at a time so the cap holds.
+                while n > 0 {
+                    let step = if gate.capped() { 1 } else { n };
+                    let got = sql::claim(tx, me, &now, kind, 0..=0, step, gate.closed())?;
+                    let short = got.len() < step;
+                    n -= got.len();
                     budget -= got.len();
-                    out.extend(got);
+                    for (queue, op) in got {
+                        gate.took(&queue);
+                        out.push(op);
+                    }
+                    if short {
+                        break;
+                    }
                 }
                 if budget == 0 {
                     break;
@@ -507,6 +528,20 @@ impl Backend for PostgresStore {
                 Self::lost(&me, id, last.attempt, "the end of its run");
                 return Ok(());
             }
+            match &end.outcome {
+                // A cancel that reached the row first makes it the cancel.
+                RunOutcome::Retry { .. } => {
+                    if sql::status(tx, id)? == Status::Cancelled {
+                        everyday::settle(tx, id, Status::Cancelled, &now)?;
+                    }
+                }
+                // One stopped by a shutdown resumes: its dependents wait.
+                RunOutcome::Final(f) => {
+                    if f.stop_reason != Some(StopReason::Shutdown) {
+                        everyday::settle(tx, id, f.status, &now)?;
+                    }
+                }
+            }
             if !last.points.is_empty() {
                 sql::append_metrics(tx, id, &last.points)?;
             }
@@ -532,7 +567,7 @@ impl Backend for PostgresStore {
                 if rec.status != Status::Running || rec.claimed_by.as_deref() != Some(&me.host) {
                     continue;
                 }
-                sql::finish(
+                let ended = sql::finish(
                     tx,
                     me,
                     rec.attempt,
@@ -553,6 +588,8 @@ impl Backend for PostgresStore {
                 )?;
                 if *why == StopReason::Shutdown {
                     sql::set_checkpoint_type(tx, id, CheckpointType::Shutdown)?;
+                } else if ended {
+                    everyday::settle(tx, id, Status::Cancelled, &now)?;
                 }
             }
             Ok(())
@@ -621,32 +658,34 @@ impl Backend for PostgresStore {
         self.read(|c| sql::resolve(c, text))
     }
 
-    // SPEC §12's queues, hold and dependencies are not in the PostgreSQL
-    // schema yet: submits that use them are refused (`Service::prepare`
-    // asks `supports_everyday`), and the requests below say so.
+    // SPEC §12: labels, named queues, hold and dependencies
+    // ([`everyday`]).
 
     fn queues(&self) -> Result<Vec<QueueRow>> {
-        Err(not_yet("named queues"))
+        self.read(everyday::queues)
     }
 
-    fn waiting_on(&self, _id: &OperationId) -> Result<Vec<OperationId>> {
-        Ok(Vec::new())
+    fn waiting_on(&self, id: &OperationId) -> Result<Vec<OperationId>> {
+        self.read(|c| everyday::waiting_on(c, id))
     }
 
-    fn release(&self, _id: &OperationId) -> Ticket<()> {
-        Ticket::ready(Err(not_yet("hold and release")))
+    fn release(&self, id: &OperationId) -> Ticket<()> {
+        let id = id.clone();
+        self.write(self.writer.caller_policy(), move |tx, _| {
+            everyday::release(tx, &id, &crate::ids::now())
+        })
     }
 
-    fn set_queue(&self, _change: QueueChange) -> Ticket<QueueRow> {
-        Ticket::ready(Err(not_yet("named queues")))
+    fn set_queue(&self, change: QueueChange) -> Ticket<QueueRow> {
+        self.write(self.writer.caller_policy(), move |tx, _| {
+            everyday::set_queue(tx, &change, &crate::ids::now())
+        })
     }
 
-    fn clean(&self, _filter: CleanFilter) -> Ticket<Vec<OperationId>> {
-        Ticket::ready(Err(not_yet("clean")))
-    }
-
-    fn supports_everyday(&self) -> bool {
-        false
+    fn clean(&self, filter: CleanFilter) -> Ticket<Vec<OperationId>> {
+        self.write(self.writer.caller_policy(), move |tx, _| {
+            everyday::clean(tx, &filter)
+        })
     }
 
     fn shared(&self) -> bool {
@@ -702,6 +741,12 @@ impl Backend for PostgresStore {
                         resumed.push(id);
                     }
                 }
+                let stay: Vec<OperationId> = crashed
+                    .iter()
+                    .filter(|id| !resumed.contains(id))
+                    .cloned()
+                    .collect();
+                everyday::settle_ended(tx, &stay, &now)?;
             }
             // What a host that stopped cleanly (and left) had running
             // continues elsewhere, as its own next start would resume it.
@@ -783,11 +828,4 @@ fn mark(s: &mut Signals, channel: &str) {
         sql::STOP_CHANNEL => s.stop = true,
         _ => {}
     }
-}
-
-/// The error for a SPEC §12 feature this backend does not have yet.
-fn not_yet(what: &str) -> Error {
-    Error::BadRequest(format!(
-        "{what} are not available on the PostgreSQL store yet; use an SQLite store for them"
-    ))
 }

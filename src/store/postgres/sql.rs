@@ -7,7 +7,7 @@
 //! host) and `attempt` (this run): a host that lost its claim to the
 //! rescuer writes nothing over the new run's rows.
 
-use super::Db;
+use super::{everyday, Db};
 use crate::aggregate::{parent_percentage, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
@@ -57,16 +57,19 @@ pub(super) fn insert<C: GenericClient>(
     now: &str,
 ) -> Result<(OperationId, Status, bool)> {
     if let Some(key) = &op.idempotency_key {
-        if let Some(r) = c.query_opt(
-            "SELECT operation_id, status FROM operations WHERE idempotency_key = $1",
-            &[key],
-        )? {
-            return Ok((OperationId(r.get(0)), parse(r.get::<_, &str>(1))?, false));
+        if let Some(found) = same_key(c, op, key)? {
+            return Ok(found);
         }
     }
     if let Some(parent) = &op.parent {
         check_parent_takes_children(c, parent)?;
     }
+    let opts = &op.options;
+    let queue = opts.queue.as_deref().unwrap_or("default");
+    everyday::ensure_queue(c, queue, now)?;
+    let deps = everyday::check_deps(c, &opts.after, &opts.after_any)?;
+    let waiting_for = deps.iter().filter(|d| !d.met).count() as i64;
+    let held = opts.hold as i64;
     let mut id = op.id.clone();
     for _ in 0..16 {
         let fail_parent = op.fail_parent as i64;
@@ -76,8 +79,10 @@ pub(super) fn insert<C: GenericClient>(
         let inserted = c.query_opt(
             "INSERT INTO operations (operation_id, parent_operation_id, operation_type, status, \
              priority, created_at, updated_at, metadata, idempotency_key, phase_start, phase_end, \
-             fail_parent, gpus_requested, max_attempts, run_after) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             fail_parent, gpus_requested, max_attempts, run_after, label, queue, held, \
+             waiting_for) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16::bigint, $17::bigint) \
              ON CONFLICT DO NOTHING RETURNING operation_id",
             &[
                 &id.as_str(),
@@ -93,19 +98,21 @@ pub(super) fn insert<C: GenericClient>(
                 &op.gpus,
                 &op.max_attempts,
                 &op.run_after,
+                &opts.label,
+                &queue,
+                &held,
+                &waiting_for,
             ],
         )?;
         if inserted.is_some() {
+            everyday::insert_deps(c, &id, &deps)?;
             return Ok((id, Status::Pending, true));
         }
         // A conflict: the key was used meanwhile (by another host), or
         // the id collided.
         if let Some(key) = &op.idempotency_key {
-            if let Some(r) = c.query_opt(
-                "SELECT operation_id, status FROM operations WHERE idempotency_key = $1",
-                &[key],
-            )? {
-                return Ok((OperationId(r.get(0)), parse(r.get::<_, &str>(1))?, false));
+            if let Some(found) = same_key(c, op, key)? {
+                return Ok(found);
             }
         }
         id = id.with_new_suffix();
@@ -113,6 +120,32 @@ pub(super) fn insert<C: GenericClient>(
     Err(Error::Internal(
         "could not find a free operation id after 16 tries".into(),
     ))
+}
+
+/// The operation that already has `key`, if any: returned when it has
+/// the same type and parameters, refused otherwise (as SQLite).
+fn same_key<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    op: &NewOperation,
+    key: &str,
+) -> Result<Option<(OperationId, Status, bool)>> {
+    let Some(r) = c.query_opt(
+        "SELECT operation_id, status, operation_type, metadata FROM operations \
+         WHERE idempotency_key = $1",
+        &[&key],
+    )?
+    else {
+        return Ok(None);
+    };
+    let id: String = r.get(0);
+    let same = r.get::<_, &str>(2) == op.kind.as_str() && r.get::<_, Value>(3) == op.metadata;
+    if !same {
+        return Err(Error::BadRequest(format!(
+            "key {key:?} was already used by operation {id} with a different type or \
+             parameters; use a new key, or submit the same parameters to get {id} back"
+        )));
+    }
+    Ok(Some((OperationId(id), parse(r.get::<_, &str>(1))?, false)))
 }
 
 /// As in SQLite; the parent's row is share-locked so a concurrent cancel
@@ -154,7 +187,7 @@ pub(super) const COLUMNS: &str = "operation_id, parent_operation_id, operation_t
     steps_completed, steps_total, items_processed, items_total, eta_seconds, \
     progress_context, metadata, result_summary, error_message, warnings, errors, \
     idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
-    claimed_by, lease_expires_at";
+    claimed_by, lease_expires_at, label, queue, held::bigint, waiting_for::bigint";
 
 fn record(r: &Row) -> Result<OperationRecord> {
     Ok(OperationRecord {
@@ -196,11 +229,10 @@ fn record(r: &Row) -> Result<OperationRecord> {
         gpus_assigned: r.try_get(32)?,
         claimed_by: r.try_get(33)?,
         lease_expires_at: r.try_get(34)?,
-        // SPEC §12's columns are not in the PostgreSQL schema yet.
-        label: None,
-        queue: "default".into(),
-        held: false,
-        waiting_for: 0,
+        label: r.try_get(35)?,
+        queue: r.try_get(36)?,
+        held: r.try_get::<_, i64>(37)? != 0,
+        waiting_for: r.try_get(38)?,
     })
 }
 
@@ -319,6 +351,14 @@ pub(super) fn list<C: GenericClient>(
         args.push(parent.0.clone());
         clauses.push(format!("parent_operation_id = ${}", args.len()));
     }
+    if let Some(label) = &filter.label {
+        args.push(label.clone());
+        clauses.push(format!("label = ${}", args.len()));
+    }
+    if let Some(queue) = &filter.queue {
+        args.push(queue.clone());
+        clauses.push(format!("queue = ${}", args.len()));
+    }
     let where_sql = if clauses.is_empty() {
         String::new()
     } else {
@@ -394,7 +434,8 @@ pub(super) fn claim<C: GenericClient>(
     kind: OperationType,
     gpus: std::ops::RangeInclusive<i64>,
     limit: usize,
-) -> Result<Vec<ClaimedOperation>> {
+    closed: &[String],
+) -> Result<Vec<(String, ClaimedOperation)>> {
     let mut claimed = Vec::new();
     for from in ["resuming", "pending"] {
         let left = limit - claimed.len();
@@ -410,6 +451,8 @@ pub(super) fn claim<C: GenericClient>(
                  WHERE o.status = $8 AND o.operation_type = $2 \
                    AND o.gpus_requested BETWEEN $3 AND $4 \
                    AND (o.run_after IS NULL OR o.run_after <= $1) \
+                   AND ($8 = 'resuming' OR (o.held = 0 AND o.waiting_for = 0)) \
+                   AND NOT (o.queue = ANY($10::text[])) \
                    AND (o.claimed_by IS NULL OR o.claimed_by = $6 OR NOT EXISTS ( \
                        SELECT 1 FROM operation_checkpoints k \
                        WHERE k.operation_id = o.operation_id AND k.artifacts_path IS NOT NULL \
@@ -417,7 +460,8 @@ pub(super) fn claim<C: GenericClient>(
                  ORDER BY o.priority DESC, o.created_at, o.operation_id LIMIT $5 \
                  FOR UPDATE SKIP LOCKED) \
              RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent",
+                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, \
+                 queue",
             7,
         );
         let rows = c.query(
@@ -432,6 +476,7 @@ pub(super) fn claim<C: GenericClient>(
                 &me.lease_secs,
                 &from,
                 &me.shared_prefix,
+                &closed,
             ],
         )?;
         let mut batch = Vec::new();
@@ -439,6 +484,7 @@ pub(super) fn claim<C: GenericClient>(
             let order: (i64, String) = (r.get(7), r.get(8));
             batch.push((
                 order,
+                r.get::<_, String>(10),
                 ClaimedOperation {
                     id: OperationId(r.get(0)),
                     kind,
@@ -452,8 +498,10 @@ pub(super) fn claim<C: GenericClient>(
                 },
             ));
         }
-        batch.sort_by(|(a, x), (b, y)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id)));
-        claimed.extend(batch.into_iter().map(|(_, op)| op));
+        batch.sort_by(|(a, _, x), (b, _, y)| {
+            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
+        });
+        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
     }
     Ok(claimed)
 }
@@ -734,12 +782,21 @@ pub(super) fn cancel_tree<C: GenericClient>(
              stop_reason = CASE WHEN operation_id = $1 THEN $2 ELSE 'parent' END, \
              completed_at = $3, updated_at = $3, eta_seconds = NULL, \
              error_message = CASE WHEN operation_id = $1 THEN $4 ELSE NULL END \
-         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming')"
+         WHERE operation_id IN (SELECT id FROM tree) AND status IN ('pending','resuming') \
+         RETURNING operation_id"
     );
-    c.execute(
-        &waiting,
-        &[&root.as_str(), &reason.as_str(), &now, &message],
-    )?;
+    let stopped: Vec<String> = c
+        .query(
+            &waiting,
+            &[&root.as_str(), &reason.as_str(), &now, &message],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Their dependents stop waiting (an `--after` one is cancelled too).
+    for id in stopped {
+        everyday::settle(c, &OperationId(id), Status::Cancelled, now)?;
+    }
     let running = format!(
         "{TREE} UPDATE operations SET \
              stop_reason = coalesce(stop_reason, CASE WHEN operation_id = $1 THEN $2 ELSE 'parent' END) \

@@ -1,0 +1,463 @@
+//! SPEC §12 on PostgreSQL: named queues (and the gate the claim goes
+//! through), dependencies between operations, hold/release and `clean`,
+//! with the semantics of SQLite's `queues.rs`, `dependencies.rs` and
+//! `operations.rs`.
+//!
+//! What sharing adds: a new operation share-locks the operations it
+//! depends on, so a dependency ending on another host either is seen
+//! ended by the submit or sees its new dependency row; and while a queue
+//! has a parallel cap, the claim locks the capped queue rows, so hosts
+//! claiming at once count each other's running work.
+
+use super::sql::{self, WORK_CHANNEL};
+use super::Db;
+use crate::error::{Error, Result};
+use crate::ids::OperationId;
+use crate::model::Status;
+use crate::store::records::{CleanFilter, QueueChange, QueueRow};
+use postgres::GenericClient;
+use std::collections::{HashMap, HashSet};
+
+/// Check a queue name (as SQLite's `queues::check_name`).
+fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "queue name {name:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// Create the queue if it does not exist yet (a submit to a new name).
+pub(super) fn ensure_queue<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    name: &str,
+    now: &str,
+) -> Result<()> {
+    if name == "default" {
+        return Ok(());
+    }
+    check_name(name)?;
+    c.execute(
+        "INSERT INTO queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&name, &now],
+    )?;
+    Ok(())
+}
+
+/// Every queue with its waiting and running counts, by name.
+pub(super) fn queues<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<QueueRow>> {
+    Ok(c.query(
+        "SELECT q.name, q.paused::bigint, q.parallel::bigint, \
+             (SELECT count(*) FROM operations o WHERE o.status IN ('pending','resuming') \
+                 AND o.queue = q.name), \
+             (SELECT count(*) FROM operations o WHERE o.status = 'running' \
+                 AND o.queue = q.name) \
+         FROM queues q ORDER BY q.name",
+        &[],
+    )?
+    .iter()
+    .map(|r| QueueRow {
+        name: r.get(0),
+        paused: r.get::<_, i64>(1) != 0,
+        parallel: r.get(2),
+        waiting: r.get(3),
+        running: r.get(4),
+    })
+    .collect())
+}
+
+/// Pause, start or cap a queue (creating it); returns it as it is now.
+pub(super) fn set_queue<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    ch: &QueueChange,
+    now: &str,
+) -> Result<QueueRow> {
+    check_name(&ch.name)?;
+    if let Some(Some(n)) = ch.parallel {
+        if n < 1 {
+            return Err(Error::BadRequest(format!(
+                "--parallel must be at least 1 (got {n}); pause the queue to start nothing"
+            )));
+        }
+    }
+    c.execute(
+        "INSERT INTO queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&ch.name, &now],
+    )?;
+    if let Some(p) = ch.paused {
+        c.execute(
+            "UPDATE queues SET paused = $2::bigint WHERE name = $1",
+            &[&ch.name, &(p as i64)],
+        )?;
+    }
+    let mut opened = ch.paused == Some(false);
+    if let Some(n) = ch.parallel {
+        c.execute(
+            "UPDATE queues SET parallel = $2::bigint WHERE name = $1",
+            &[&ch.name, &n],
+        )?;
+        opened = true;
+    }
+    if opened {
+        // Work may have become startable: tell the hosts.
+        sql::notify(c, WORK_CHANNEL, "")?;
+    }
+    queues(c)?
+        .into_iter()
+        .find(|q| q.name == ch.name)
+        .ok_or_else(|| Error::Internal(format!("queue {} vanished", ch.name)))
+}
+
+/// The queues a claim round must respect (as SQLite's `queues::Gate`).
+pub(super) struct Gate {
+    /// name -> (paused, cap, running)
+    queues: HashMap<String, (bool, Option<i64>, i64)>,
+    closed: Vec<String>,
+}
+
+impl Gate {
+    /// Read the paused and capped queues and count their running work.
+    /// Capped queue rows are locked until the claim commits, so claims of
+    /// several hosts take turns and each counts what the others started.
+    pub(super) fn load<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Gate> {
+        let rows = c.query(
+            "SELECT name, paused::bigint, parallel::bigint FROM queues \
+             WHERE paused = 1 OR parallel IS NOT NULL ORDER BY name",
+            &[],
+        )?;
+        let mut queues = HashMap::new();
+        for r in rows {
+            let name: String = r.get(0);
+            let paused = r.get::<_, i64>(1) != 0;
+            let cap: Option<i64> = r.get(2);
+            let running = if cap.is_some() && !paused {
+                c.query(
+                    "SELECT name FROM queues WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )?;
+                c.query_one(
+                    "SELECT count(*) FROM operations WHERE status = 'running' AND queue = $1",
+                    &[&name],
+                )?
+                .get(0)
+            } else {
+                0
+            };
+            queues.insert(name, (paused, cap, running));
+        }
+        let mut g = Gate {
+            queues,
+            closed: Vec::new(),
+        };
+        g.recompute();
+        Ok(g)
+    }
+
+    fn recompute(&mut self) {
+        let mut closed: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, (paused, cap, running))| *paused || cap.is_some_and(|c| *running >= c))
+            .map(|(n, _)| n.clone())
+            .collect();
+        closed.sort();
+        self.closed = closed;
+    }
+
+    /// Queues nothing may be claimed from now.
+    pub(super) fn closed(&self) -> &[String] {
+        &self.closed
+    }
+
+    /// True while an open queue has a cap (claims go one at a time).
+    pub(super) fn capped(&self) -> bool {
+        self.queues
+            .values()
+            .any(|(paused, cap, running)| !paused && cap.is_some_and(|c| *running < c))
+    }
+
+    /// An operation of `queue` was claimed.
+    pub(super) fn took(&mut self, queue: &str) {
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.2 += 1;
+            self.recompute();
+        }
+    }
+}
+
+/// A dependency of a new operation, checked.
+pub(super) struct Dep {
+    id: OperationId,
+    any: bool,
+    pub(super) met: bool,
+}
+
+/// Check the dependencies of a new operation (as SQLite): each must
+/// exist; an `--after` one must not have failed or been cancelled. Each
+/// is share-locked until the submit commits (see the module comment).
+pub(super) fn check_deps<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    after: &[OperationId],
+    after_any: &[OperationId],
+) -> Result<Vec<Dep>> {
+    let mut out: Vec<Dep> = Vec::new();
+    let tagged = after
+        .iter()
+        .map(|i| (i, false))
+        .chain(after_any.iter().map(|i| (i, true)));
+    for (id, any) in tagged {
+        if out.iter().any(|d| &d.id == id) {
+            continue;
+        }
+        let row = c.query_opt(
+            "SELECT status FROM operations WHERE operation_id = $1 FOR SHARE",
+            &[&id.as_str()],
+        )?;
+        let Some(row) = row else {
+            return Err(Error::NotFound(format!(
+                "the dependency {id} does not exist; `opsd list` shows the ids"
+            )));
+        };
+        let status: Status = row.get::<_, &str>(0).parse().map_err(Error::Internal)?;
+        let met = match (status, any) {
+            (Status::Completed, _) => true,
+            (s, true) if !s.is_active() => true,
+            (s, false) if !s.is_active() => {
+                return Err(Error::InvalidTransition(format!(
+                    "--after {id}: that operation is {s} and will not complete unless it is \
+                     resumed; resume it first, or use --after-any to start whatever its outcome"
+                )))
+            }
+            _ => false,
+        };
+        out.push(Dep {
+            id: id.clone(),
+            any,
+            met,
+        });
+    }
+    Ok(out)
+}
+
+/// Store the checked dependencies of a new operation.
+pub(super) fn insert_deps<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    deps: &[Dep],
+) -> Result<()> {
+    for d in deps {
+        c.execute(
+            "INSERT INTO operation_dependencies (operation_id, depends_on, any_outcome, state) \
+             VALUES ($1, $2, $3::bigint, $4)",
+            &[
+                &id.as_str(),
+                &d.id.as_str(),
+                &(d.any as i64),
+                &if d.met { "met" } else { "waiting" },
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// `id` ended with `status`: its waiting dependents count it as met, or
+/// (an `--after` one, when it did not complete) are cancelled with
+/// `stop_reason = dependency`, and so on down the chain (as SQLite).
+/// Returns the operations cancelled that way.
+pub(super) fn settle<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    status: Status,
+    now: &str,
+) -> Result<Vec<OperationId>> {
+    let mut cancelled = Vec::new();
+    let mut work = vec![(id.clone(), status)];
+    let mut freed = false;
+    while let Some((done, st)) = work.pop() {
+        let dependents: Vec<(OperationId, bool)> = c
+            .query(
+                "SELECT operation_id, any_outcome::bigint FROM operation_dependencies \
+                 WHERE depends_on = $1 AND state = 'waiting' ORDER BY operation_id",
+                &[&done.as_str()],
+            )?
+            .iter()
+            .map(|r| (OperationId(r.get(0)), r.get::<_, i64>(1) != 0))
+            .collect();
+        for (dep, any) in dependents {
+            let met = any || st == Status::Completed;
+            c.execute(
+                "UPDATE operation_dependencies SET state = $3 \
+                 WHERE operation_id = $1 AND depends_on = $2",
+                &[
+                    &dep.as_str(),
+                    &done.as_str(),
+                    &if met { "met" } else { "broken" },
+                ],
+            )?;
+            c.execute(
+                "UPDATE operations SET waiting_for = waiting_for - 1 \
+                 WHERE operation_id = $1 AND waiting_for > 0",
+                &[&dep.as_str()],
+            )?;
+            if met {
+                freed = true;
+                continue;
+            }
+            let message = format!("its dependency {done} ended {st}, so it was not started");
+            let n = c.execute(
+                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                     completed_at = $2, updated_at = $2, eta_seconds = NULL, error_message = $3 \
+                 WHERE operation_id = $1 AND status = 'pending'",
+                &[&dep.as_str(), &now, &message],
+            )?;
+            if n == 1 {
+                cancelled.push(dep.clone());
+                work.push((dep, Status::Cancelled));
+            }
+        }
+    }
+    if freed {
+        sql::notify(c, WORK_CHANNEL, "")?;
+    }
+    Ok(cancelled)
+}
+
+/// Settle the dependents of operations that just ended, each with the
+/// status it has now.
+pub(super) fn settle_ended<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    ids: &[OperationId],
+    now: &str,
+) -> Result<()> {
+    for id in ids {
+        let st = sql::status(c, id)?;
+        if !st.is_active() {
+            settle(c, id, st, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// The operations `id` still waits for.
+pub(super) fn waiting_on<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+) -> Result<Vec<OperationId>> {
+    Ok(c.query(
+        "SELECT depends_on FROM operation_dependencies \
+         WHERE operation_id = $1 AND state = 'waiting' ORDER BY depends_on",
+        &[&id.as_str()],
+    )?
+    .iter()
+    .map(|r| OperationId(r.get(0)))
+    .collect())
+}
+
+/// `opsd release`: a held pending operation may start.
+pub(super) fn release<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    id: &OperationId,
+    now: &str,
+) -> Result<()> {
+    let n = c.execute(
+        "UPDATE operations SET held = 0, updated_at = $2 \
+         WHERE operation_id = $1 AND held = 1 AND status = 'pending'",
+        &[&id.as_str(), &now],
+    )?;
+    if n == 1 {
+        return sql::notify(c, WORK_CHANNEL, "");
+    }
+    let rec = sql::get(c, id)?;
+    Err(Error::InvalidTransition(if rec.held {
+        format!(
+            "operation {id} is {}; only a pending operation is held",
+            rec.status
+        )
+    } else {
+        format!(
+            "operation {id} is not held (it is {}); only operations submitted with --hold need a release",
+            rec.status
+        )
+    }))
+}
+
+/// `opsd clean` (as SQLite): finished operations matching `filter`, a
+/// parent only together with all its children; deleted (children first)
+/// unless `dry_run`, with their metrics, checkpoints and dependency rows
+/// (by cascade).
+pub(super) fn clean<C: GenericClient>(
+    c: &mut Db<'_, C>,
+    filter: &CleanFilter,
+) -> Result<Vec<OperationId>> {
+    let statuses: Vec<Status> = if filter.statuses.is_empty() {
+        vec![Status::Completed, Status::Failed, Status::Cancelled]
+    } else {
+        filter.statuses.clone()
+    };
+    if let Some(s) = statuses.iter().find(|s| s.is_active()) {
+        return Err(Error::BadRequest(format!(
+            "clean never deletes {s} operations; --status takes completed, failed or cancelled"
+        )));
+    }
+    let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    let before = filter.ended_before.clone().unwrap_or_else(|| "9999".into());
+    let rows = c.query(
+        "SELECT operation_id, parent_operation_id FROM operations \
+         WHERE completed_at IS NOT NULL AND completed_at < $1 AND status = ANY($2::text[])",
+        &[&before, &names],
+    )?;
+    let mut set: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    // Drop, until nothing changes, parents with a child that stays.
+    loop {
+        let mut keep = Vec::new();
+        for id in &set {
+            let kids = c.query(
+                "SELECT operation_id FROM operations WHERE parent_operation_id = $1",
+                &[id],
+            )?;
+            if kids.iter().any(|k| !set.contains(&k.get::<_, String>(0))) {
+                keep.push(id.clone());
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        for k in keep {
+            set.remove(&k);
+        }
+    }
+    let mut out: Vec<String> = set.into_iter().collect();
+    out.sort();
+    if !filter.dry_run {
+        // Children first: a parent row is referenced by its children's.
+        let parents: HashMap<String, Option<String>> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+            .collect();
+        let depth = |id: &String| {
+            let mut d = 0;
+            let mut at = parents.get(id).cloned().flatten();
+            while let Some(p) = at {
+                d += 1;
+                at = parents.get(&p).cloned().flatten();
+            }
+            d
+        };
+        let mut ordered = out.clone();
+        ordered.sort_by_key(|id| std::cmp::Reverse(depth(id)));
+        for id in &ordered {
+            c.execute(
+                "DELETE FROM operations WHERE operation_id = $1 \
+                 AND status IN ('completed','failed','cancelled')",
+                &[id],
+            )?;
+        }
+    }
+    Ok(out.into_iter().map(OperationId).collect())
+}
