@@ -1,7 +1,7 @@
 -- opsd PostgreSQL migration 2: the columns and tables of SQLite's
 -- everyday-use migration (SPEC §12), so `psql` shows what `sqlite3` shows.
--- (The PostgreSQL backend refuses labels, queues, hold and dependencies in
--- words until it implements them; the schema is here already.)
+-- (Applied once; the PostgreSQL backend implements labels, queues, hold and
+-- dependencies on these tables, like SQLite.)
 
 ALTER TABLE operations ADD COLUMN IF NOT EXISTS label TEXT;
 ALTER TABLE operations ADD COLUMN IF NOT EXISTS queue TEXT NOT NULL DEFAULT 'default';
