@@ -12,6 +12,7 @@
 //! true error; the daemon's own bookkeeping (progress, checkpoints, the
 //! final row of a run) is retried until it lands (see [`sqlite::writer`]).
 
+pub(crate) mod batch;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;

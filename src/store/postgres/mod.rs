@@ -28,7 +28,7 @@ use super::{AfterCommit, Backend, Ticket};
 use crate::error::{DbError, DbErrorKind, Error, Result};
 use crate::ids::OperationId;
 use crate::model::{CheckpointType, Status, StopReason};
-use crate::store::sqlite::Policy;
+use crate::store::batch::Policy;
 pub use migrate::SCHEMA_VERSION;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -219,7 +219,7 @@ impl PostgresStore {
         });
         Ok(PostgresStore {
             location,
-            writer: Writer::start(writer_client, config.clone(), settings.caller_wait)?,
+            writer: Writer::open(writer_client, config.clone(), settings.caller_wait)?,
             config,
             me: Me {
                 host: settings.host,

@@ -114,7 +114,7 @@ impl SqliteStore {
         conn.busy_timeout(WRITER_BUSY_TIMEOUT.min(caller_wait.max(Duration::from_millis(10))))?;
         // The checkpointer thread folds the WAL back; commits do not.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let writer = Writer::start(conn, caller_wait)?;
+        let writer = Writer::start(writer::SqliteEngine::new(conn), caller_wait)?;
         let checkpointer = checkpointer::Checkpointer::start(path);
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)

@@ -1,97 +1,28 @@
-//! The single writer thread and its group commit.
+//! The SQLite side of the writer: how a batch runs on one connection.
 //!
-//! Every mutation is a closure sent over a crossbeam channel. The thread
-//! takes the first waiting closure, then drains everything else already
-//! queued (up to [`MAX_BATCH`]), runs them all inside one `BEGIN IMMEDIATE`
-//! transaction, each in its own savepoint so one failing request does not
-//! undo the others, commits once, and only then answers each caller. One
-//! fsync so covers every request of the batch, and every answer a caller
-//! receives is durable.
-//!
-//! # When the database cannot be written
-//!
-//! A batch can fail as a whole: `BEGIN IMMEDIATE` times out because
-//! another program (a `sqlite3` shell) holds the write lock, `COMMIT` fails
-//! because the disk is full, or a statement's I/O error makes SQLite roll
-//! the whole transaction back. Closures are therefore `FnMut`: nothing is
-//! dropped, the batch is run again from scratch after a backoff, in the
-//! same order (metric points keep their order). What each request gets is
-//! its [`Policy`]:
-//!
-//! - [`Policy::Durable`]: the daemon's own bookkeeping (final rows,
-//!   progress and metric flushes, checkpoints). Retried for as long as it
-//!   takes, so an operation whose job has ended always reaches its final
-//!   row once the database is writable again. Only a shutdown that cannot
-//!   write within [`SHUTDOWN_WAIT`] gives up (the rows then stay `running`
-//!   and start-up recovery handles them as after a crash).
-//! - [`Policy::Caller`]: a client is waiting (submit, cancel, resume). It
-//!   waits out a busy lock until its deadline, and then, or at once on any
-//!   other failure (disk full), hears a true error saying that nothing was
-//!   written and what to do.
-//!
-//! While a batch is being retried, [`Writer::degraded`] says why and since
-//! when (`opsd health` shows it as `store`).
+//! The thread, group commit and failure policy are shared with the other
+//! backend ([`crate::store::batch`]). Here each request runs in its own
+//! savepoint, so one failing request does not undo the others, and one
+//! `BEGIN IMMEDIATE ... COMMIT` (one fsync) covers the batch. A request
+//! that ends the transaction itself (SQLite rolls back on a full disk and
+//! some I/O errors) makes the whole batch fail and be retried, instead of
+//! letting the later requests commit one by one outside it.
 
 use crate::error::{DbErrorKind, Error, Result};
+use crate::store::batch::{self, Answer, BatchFailure, Degraded, Engine};
 use crate::store::Ticket;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-/// Most requests in one transaction; bounds latency under a flood.
-const MAX_BATCH: usize = 4096;
-/// First wait before a failed batch is tried again; doubles up to
-/// [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest wait between two tries of a failed batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How long the writer keeps trying at shutdown before it gives up.
-pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+pub use crate::store::batch::Policy;
 
-/// What a request's caller is owed when its batch cannot be committed.
-#[derive(Debug, Clone, Copy)]
-pub enum Policy {
-    /// Retry until committed: the daemon's own bookkeeping, which must not
-    /// be lost.
-    Durable,
-    /// A caller is waiting: retry a busy lock until `deadline`, fail at
-    /// once on anything else, and tell the caller nothing was written.
-    Caller {
-        /// After this, a busy lock is reported instead of waited out.
-        deadline: Instant,
-    },
-}
-
-impl Policy {
-    /// A caller that waits up to `wait` for a locked database.
-    pub fn caller(wait: Duration) -> Policy {
-        Policy::Caller {
-            deadline: Instant::now() + wait,
-        }
-    }
-}
-
-/// Why a batch could not be committed.
-#[derive(Debug, Clone)]
-struct BatchFailure {
-    /// Another connection holds the lock (worth waiting for).
-    busy: bool,
-    /// What SQLite said, for the log and `health`.
-    message: String,
-}
+/// The SQLite writer's handle.
+pub(crate) type Writer = batch::Writer<SqliteEngine>;
 
 /// One queued request with its result, re-runnable until committed.
-trait Queued: Send {
+pub(crate) trait Queued: Answer {
     /// Run inside the batch transaction (in a savepoint) and keep the
     /// result. Returns the failure when it is one that spoils the batch.
     fn run(&mut self, conn: &Connection) -> Option<BatchFailure>;
-    /// Its policy.
-    fn policy(&self) -> Policy;
-    /// Answer the caller: with the kept result after a commit (`None`), or
-    /// with `Some(error)` when the batch could not be committed.
-    fn deliver(self: Box<Self>, failure: Option<Error>);
 }
 
 /// One kind of change to the database: every implementor is a file in
@@ -127,7 +58,13 @@ where
         self.result = Some(r);
         spoiled
     }
+}
 
+impl<W, D> Answer for Request<W, D>
+where
+    W: Write,
+    D: FnOnce(Result<W::Out>) + Send,
+{
     fn policy(&self) -> Policy {
         self.policy
     }
@@ -163,119 +100,6 @@ fn sqlite_failure(e: rusqlite::Error) -> BatchFailure {
     }
 }
 
-enum Message {
-    Task(Box<dyn Queued>),
-    Shutdown,
-}
-
-/// Why writes are not landing, and since when.
-#[derive(Debug, Clone)]
-struct Degraded {
-    since: String,
-    failure: BatchFailure,
-}
-
-/// Handle to the writer thread. Cloning it is cheap.
-#[derive(Clone)]
-pub struct Writer {
-    tx: Sender<Message>,
-    /// Joined by `shutdown`; shared so any clone can stop the thread.
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
-    /// Set while a batch is being retried.
-    degraded: Arc<Mutex<Option<Degraded>>>,
-    /// How long a caller waits out a locked database.
-    caller_wait: Duration,
-}
-
-impl Writer {
-    /// Start the writer thread on an open, migrated connection. Callers
-    /// wait up to `caller_wait` for a database locked by another program.
-    pub fn start(conn: Connection, caller_wait: Duration) -> Result<Writer> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let degraded = Arc::new(Mutex::new(None));
-        let d = degraded.clone();
-        let thread = std::thread::Builder::new()
-            .name("opsd-writer".into())
-            .spawn(move || Thread::new(conn, d).run(rx))
-            .map_err(|e| Error::io("starting the writer thread", e))?;
-        Ok(Writer {
-            tx,
-            thread: Arc::new(Mutex::new(Some(thread))),
-            degraded,
-            caller_wait,
-        })
-    }
-
-    /// `None` while writes land; otherwise a sentence saying why they do
-    /// not and since when (for `opsd health`).
-    pub fn degraded(&self) -> Option<String> {
-        let d = self.degraded.lock().ok()?.clone()?;
-        Some(if d.failure.busy {
-            format!(
-                "waiting for the write lock since {}: another program holds a write \
-                 transaction on the database ({})",
-                d.since, d.failure.message
-            )
-        } else {
-            format!(
-                "writes failing since {}: {}; retrying until they succeed",
-                d.since, d.failure.message
-            )
-        })
-    }
-
-    /// The policy of a request a client waits for.
-    pub fn caller_policy(&self) -> Policy {
-        Policy::caller(self.caller_wait)
-    }
-
-    /// Queue a write; `deliver` receives its result once it is committed
-    /// (or the error that stopped it). Runs `deliver` on the writer thread.
-    pub(crate) fn submit<W: Write>(
-        &self,
-        policy: Policy,
-        write: W,
-        deliver: impl FnOnce(Result<W::Out>) + Send + 'static,
-    ) {
-        let request = Request {
-            write,
-            deliver,
-            policy,
-            result: None,
-        };
-        // If the writer is gone the request is dropped with its sender, and
-        // the caller's ticket reports `unavailable` instead of hanging.
-        let _ = self.tx.send(Message::Task(Box::new(request)));
-    }
-
-    /// Queue a write and get a ticket for its commit: the queue is FIFO, so
-    /// what is queued first is applied first.
-    pub(crate) fn ticket<W: Write>(&self, policy: Policy, write: W) -> Ticket<W::Out> {
-        let (reply, ticket) = Ticket::new();
-        self.submit(policy, write, move |r| reply.send(r));
-        ticket
-    }
-
-    /// Queue a write that nobody waits for (durable bookkeeping); a failure
-    /// that is not retried is logged.
-    pub(crate) fn fire<W: Write>(&self, write: W, what: &'static str) {
-        self.submit(Policy::Durable, write, move |r| {
-            if let Err(e) = r {
-                tracing::error!("{what} failed: {e}");
-            }
-        });
-    }
-
-    /// Commit what is queued, then stop the thread and close the connection.
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Message::Shutdown);
-        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
-    }
-}
-
 /// Run `f` in a savepoint: its changes stay only if it succeeds.
 fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     // Cached statements: two of these run for every request.
@@ -297,130 +121,27 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
     }
 }
 
-/// The writer thread's state.
-struct Thread {
+/// Runs batches on the writer's connection.
+pub(crate) struct SqliteEngine {
     conn: Connection,
-    degraded: Arc<Mutex<Option<Degraded>>>,
-    /// Requests of a batch that failed as a whole, oldest first.
-    retry: Vec<Box<dyn Queued>>,
-    backoff: Duration,
 }
 
-impl Thread {
-    fn new(conn: Connection, degraded: Arc<Mutex<Option<Degraded>>>) -> Thread {
-        Thread {
-            conn,
-            degraded,
-            retry: Vec::new(),
-            backoff: FIRST_BACKOFF,
-        }
+impl SqliteEngine {
+    /// The engine over an open, migrated connection.
+    pub(crate) fn new(conn: Connection) -> SqliteEngine {
+        SqliteEngine { conn }
     }
+}
 
-    fn run(mut self, rx: Receiver<Message>) {
-        let mut stopping = false;
-        while !stopping {
-            // With nothing to retry, sleep until a request comes; with a
-            // failed batch, wait at most the backoff before trying again.
-            let first = if self.retry.is_empty() {
-                match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => break,
-                }
-            } else {
-                match rx.recv_timeout(self.backoff) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            };
-            let mut batch = std::mem::take(&mut self.retry);
-            match first {
-                Some(Message::Task(t)) => batch.push(t),
-                Some(Message::Shutdown) => stopping = true,
-                None => {}
-            }
-            while !stopping && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Message::Task(t)) => batch.push(t),
-                    Ok(Message::Shutdown) => stopping = true,
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch, false);
-        }
-        // Answer whatever is still queued so no caller waits forever, and
-        // keep trying a failed batch for a while before giving up.
-        let mut batch = std::mem::take(&mut self.retry);
-        while let Ok(Message::Task(t)) = rx.try_recv() {
-            batch.push(t);
-        }
-        let give_up = Instant::now() + SHUTDOWN_WAIT;
-        self.commit(batch, false);
-        while !self.retry.is_empty() && Instant::now() < give_up {
-            std::thread::sleep(self.backoff);
-            let batch = std::mem::take(&mut self.retry);
-            self.commit(batch, Instant::now() >= give_up);
-        }
-        let left = std::mem::take(&mut self.retry);
-        if !left.is_empty() {
-            tracing::error!(
-                requests = left.len(),
-                "stopping with writes that could not be committed; operations left running are \
-                 recovered at the next start"
-            );
-        }
-        for t in left {
-            t.deliver(Some(Error::Unavailable(
-                "the daemon stopped before the database could be written; nothing was recorded"
-                    .into(),
-            )));
-        }
-        // Fold the WAL back into the main file so sqlite3 users see one file.
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    }
-
-    /// Run and commit one batch. On success every request is answered; on
-    /// a failure of the whole batch, callers whose policy allows it are
-    /// answered with a true error and the rest are kept for the next try.
-    fn commit(&mut self, mut batch: Vec<Box<dyn Queued>>, last_try: bool) {
-        if batch.is_empty() {
-            return;
-        }
-        let failure = self.try_commit(&mut batch);
-        match failure {
-            None => {
-                self.backoff = FIRST_BACKOFF;
-                if let Ok(mut d) = self.degraded.lock() {
-                    if d.take().is_some() {
-                        tracing::info!("database writes land again");
-                    }
-                }
-                for t in batch {
-                    t.deliver(None);
-                }
-            }
-            Some(f) => {
-                self.note_degraded(&f);
-                let now = Instant::now();
-                for t in batch {
-                    let keep = match t.policy() {
-                        Policy::Durable => !last_try,
-                        Policy::Caller { deadline } => f.busy && now < deadline,
-                    };
-                    if keep {
-                        self.retry.push(t);
-                    } else {
-                        t.deliver(Some(caller_error(&f)));
-                    }
-                }
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+impl Engine for SqliteEngine {
+    type Job = dyn Queued;
+    const NAME: &'static str = "database";
+    const LEFT_AT_SHUTDOWN: &'static str = "stopping with writes that could not be committed; \
+        operations left running are recovered at the next start";
 
     /// One try: BEGIN, every request in its savepoint, COMMIT. Returns why
     /// the batch as a whole failed (and leaves no transaction open).
-    fn try_commit(&self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
+    fn try_commit(&mut self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             return Some(sqlite_failure(e));
         }
@@ -444,42 +165,90 @@ impl Thread {
         None
     }
 
-    fn note_degraded(&self, f: &BatchFailure) {
-        if let Ok(mut d) = self.degraded.lock() {
-            match d.as_mut() {
-                Some(d) => d.failure = f.clone(),
-                None => {
-                    tracing::error!("database write failed, retrying: {}", f.message);
-                    *d = Some(Degraded {
-                        since: crate::ids::now(),
-                        failure: f.clone(),
-                    });
-                }
-            }
+    fn degraded_text(d: &Degraded) -> String {
+        if d.failure.busy {
+            format!(
+                "waiting for the write lock since {}: another program holds a write \
+                 transaction on the database ({})",
+                d.since, d.failure.message
+            )
+        } else {
+            format!(
+                "writes failing since {}: {}; retrying until they succeed",
+                d.since, d.failure.message
+            )
         }
+    }
+
+    fn caller_error(f: &BatchFailure) -> Error {
+        if f.busy {
+            Error::Unavailable(format!(
+                "the database is locked by another program (a sqlite3 shell or a backup holding a \
+             write transaction?): {}; nothing was written. End that transaction and try again",
+                f.message
+            ))
+        } else {
+            Error::Unavailable(format!(
+                "the database could not be written: {}; nothing was written. If the disk is full, \
+             free space and try again: the daemon recovers by itself",
+                f.message
+            ))
+        }
+    }
+
+    fn stopped_error() -> Error {
+        Error::Unavailable(
+            "the daemon stopped before the database could be written; nothing was recorded".into(),
+        )
+    }
+
+    fn at_exit(&mut self) {
+        // Fold the WAL back into the main file so sqlite3 users see one file.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 }
 
-/// What a caller hears when its request could not be committed.
-fn caller_error(f: &BatchFailure) -> Error {
-    if f.busy {
-        Error::Unavailable(format!(
-            "the database is locked by another program (a sqlite3 shell or a backup holding a \
-             write transaction?): {}; nothing was written. End that transaction and try again",
-            f.message
-        ))
-    } else {
-        Error::Unavailable(format!(
-            "the database could not be written: {}; nothing was written. If the disk is full, \
-             free space and try again: the daemon recovers by itself",
-            f.message
-        ))
+impl Writer {
+    /// Queue a write; `deliver` receives its result once it is committed
+    /// (or the error that stopped it). Runs `deliver` on the writer thread.
+    pub(crate) fn submit<W: Write>(
+        &self,
+        policy: Policy,
+        write: W,
+        deliver: impl FnOnce(Result<W::Out>) + Send + 'static,
+    ) {
+        self.send(Box::new(Request {
+            write,
+            deliver,
+            policy,
+            result: None,
+        }));
+    }
+
+    /// Queue a write and get a ticket for its commit: the queue is FIFO, so
+    /// what is queued first is applied first.
+    pub(crate) fn ticket<W: Write>(&self, policy: Policy, write: W) -> Ticket<W::Out> {
+        let (reply, ticket) = Ticket::new();
+        self.submit(policy, write, move |r| reply.send(r));
+        ticket
+    }
+
+    /// Queue a write that nobody waits for (durable bookkeeping); a failure
+    /// that is not retried is logged.
+    pub(crate) fn fire<W: Write>(&self, write: W, what: &'static str) {
+        self.submit(Policy::Durable, write, move |r| {
+            if let Err(e) = r {
+                tracing::error!("{what} failed: {e}");
+            }
+        });
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     /// A write made of a closure, for tests of the writer's machinery.
     pub(crate) struct Closure<F>(pub F);
@@ -513,7 +282,7 @@ pub(crate) mod tests {
     #[test]
     fn a_locked_database_delays_durable_writes_and_fails_callers_truthfully() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Writer::start(open(&dir), Duration::from_millis(100)).unwrap();
+        let w = Writer::start(SqliteEngine::new(open(&dir)), Duration::from_millis(100)).unwrap();
         let other = Connection::open(dir.path().join("w.db")).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let durable = w.ticket(
@@ -552,7 +321,7 @@ pub(crate) mod tests {
     #[test]
     fn a_request_that_ends_the_transaction_does_not_let_later_ones_commit_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Writer::start(open(&dir), Duration::from_secs(5)).unwrap();
+        let w = Writer::start(SqliteEngine::new(open(&dir)), Duration::from_secs(5)).unwrap();
         let runs = Arc::new(Mutex::new(0));
         let r = runs.clone();
         // The first run of this request ends the transaction the way a
@@ -587,7 +356,7 @@ pub(crate) mod tests {
     #[test]
     fn a_request_error_is_contained_by_its_savepoint() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Writer::start(open(&dir), Duration::from_secs(5)).unwrap();
+        let w = Writer::start(SqliteEngine::new(open(&dir)), Duration::from_secs(5)).unwrap();
         let bad = w.ticket(
             Policy::Durable,
             Closure(|c: &Connection| {

@@ -1,0 +1,310 @@
+//! The write path both backends share: one writer thread, group commit,
+//! and what happens when a batch cannot be committed.
+//!
+//! The thread takes the first waiting request, then everything else
+//! already queued (up to [`MAX_BATCH`]), hands the batch to its backend's
+//! [`Engine`] to run in one transaction, and answers each caller only
+//! after the commit. When the batch fails as a whole (a lock held
+//! elsewhere, a full disk, a dropped connection) nothing is dropped: the
+//! batch is run again from scratch, in order, after a backoff, and what
+//! each caller is owed follows its [`Policy`]:
+//!
+//! - [`Policy::Durable`]: the daemon's own bookkeeping (final rows,
+//!   progress, checkpoints), retried for as long as it takes, so an
+//!   operation whose job has ended always reaches its final row. Only a
+//!   shutdown that cannot write within [`SHUTDOWN_WAIT`] gives up.
+//! - [`Policy::Caller`]: a client waits (submit, cancel, resume). It waits
+//!   out a busy lock until its deadline, and then, or at once on any other
+//!   failure, hears a true error saying nothing was written.
+//!
+//! While a batch is being retried, [`Writer::degraded`] says why and since
+//! when (`opsd health` shows it as `store`). The backends differ only in
+//! how a batch is run ([`Engine::try_commit`]) and in their wording.
+
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most requests in one transaction; bounds latency under a flood.
+pub(crate) const MAX_BATCH: usize = 4096;
+/// First wait before a failed batch is tried again; doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a failed batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the writer keeps trying at shutdown before it gives up.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// What a request's caller is owed when its batch cannot be committed.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    /// Retry until committed: the daemon's own bookkeeping, which must not
+    /// be lost.
+    Durable,
+    /// A caller is waiting: retry a busy lock until `deadline`, fail at
+    /// once on anything else, and tell the caller nothing was written.
+    Caller {
+        /// After this, a busy lock is reported instead of waited out.
+        deadline: Instant,
+    },
+}
+
+impl Policy {
+    /// A caller that waits up to `wait` for a locked database.
+    pub fn caller(wait: Duration) -> Policy {
+        Policy::Caller {
+            deadline: Instant::now() + wait,
+        }
+    }
+}
+
+/// Why a batch could not be committed.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchFailure {
+    /// Another connection holds a lock (worth waiting for).
+    pub(crate) busy: bool,
+    /// What the database said, for the log and `health`.
+    pub(crate) message: String,
+}
+
+/// Why writes are not landing, and since when.
+#[derive(Debug, Clone)]
+pub(crate) struct Degraded {
+    /// When the first failed try was.
+    pub(crate) since: String,
+    /// The latest failure.
+    pub(crate) failure: BatchFailure,
+}
+
+/// What the shared thread needs of a queued request, whatever the backend.
+pub(crate) trait Answer: Send {
+    /// Its policy.
+    fn policy(&self) -> Policy;
+    /// Answer the caller: with the kept result after a commit (`None`), or
+    /// with `Some(error)` when the batch could not be committed.
+    fn deliver(self: Box<Self>, failure: Option<Error>);
+}
+
+/// One backend's way of running a batch, and its wording.
+pub(crate) trait Engine: Send + 'static {
+    /// A queued request of this backend.
+    type Job: ?Sized + Answer;
+    /// What the logs call the store ("database", "PostgreSQL").
+    const NAME: &'static str;
+    /// One try: run every request in one transaction and commit. Returns
+    /// why the batch as a whole failed (leaving no transaction open).
+    fn try_commit(&mut self, batch: &mut [Box<Self::Job>]) -> Option<BatchFailure>;
+    /// The `health` sentence while writes are not landing.
+    fn degraded_text(d: &Degraded) -> String;
+    /// What a caller hears when its request could not be committed.
+    fn caller_error(f: &BatchFailure) -> Error;
+    /// What the requests still unwritten at shutdown hear.
+    fn stopped_error() -> Error;
+    /// The log line for them.
+    const LEFT_AT_SHUTDOWN: &'static str;
+    /// Last words before the thread ends (SQLite folds its WAL back).
+    fn at_exit(&mut self) {}
+}
+
+enum Message<J: ?Sized> {
+    Task(Box<J>),
+    Shutdown,
+}
+
+/// Handle to a writer thread. Cloning it is cheap.
+pub(crate) struct Writer<E: Engine> {
+    tx: Sender<Message<E::Job>>,
+    /// Joined by `shutdown`; shared so any clone can stop the thread.
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set while a batch is being retried.
+    degraded: Arc<Mutex<Option<Degraded>>>,
+    /// How long a caller waits out a locked database.
+    caller_wait: Duration,
+}
+
+impl<E: Engine> Clone for Writer<E> {
+    fn clone(&self) -> Self {
+        Writer {
+            tx: self.tx.clone(),
+            thread: self.thread.clone(),
+            degraded: self.degraded.clone(),
+            caller_wait: self.caller_wait,
+        }
+    }
+}
+
+impl<E: Engine> Writer<E> {
+    /// Start the writer thread on `engine`. Callers wait up to
+    /// `caller_wait` for a database locked by another program.
+    pub(crate) fn start(engine: E, caller_wait: Duration) -> Result<Writer<E>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let degraded = Arc::new(Mutex::new(None));
+        let d = degraded.clone();
+        let thread = std::thread::Builder::new()
+            .name("opsd-writer".into())
+            .spawn(move || {
+                Thread {
+                    engine,
+                    degraded: d,
+                    retry: Vec::new(),
+                    backoff: FIRST_BACKOFF,
+                }
+                .run(rx)
+            })
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        Ok(Writer {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            degraded,
+            caller_wait,
+        })
+    }
+
+    /// `None` while writes land; otherwise a sentence saying why they do
+    /// not and since when (for `opsd health`).
+    pub(crate) fn degraded(&self) -> Option<String> {
+        let d = self.degraded.lock().ok()?.clone()?;
+        Some(E::degraded_text(&d))
+    }
+
+    /// The policy of a request a client waits for.
+    pub(crate) fn caller_policy(&self) -> Policy {
+        Policy::caller(self.caller_wait)
+    }
+
+    /// Queue a request. If the writer is gone it is dropped with its
+    /// sender, and the caller's ticket reports `unavailable`.
+    pub(crate) fn send(&self, job: Box<E::Job>) {
+        let _ = self.tx.send(Message::Task(job));
+    }
+
+    /// Commit what is queued, then stop the thread.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tx.send(Message::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Thread<E: Engine> {
+    engine: E,
+    degraded: Arc<Mutex<Option<Degraded>>>,
+    /// Requests of a batch that failed as a whole, oldest first.
+    retry: Vec<Box<E::Job>>,
+    backoff: Duration,
+}
+
+impl<E: Engine> Thread<E> {
+    fn run(mut self, rx: Receiver<Message<E::Job>>) {
+        let mut stopping = false;
+        while !stopping {
+            // With nothing to retry, sleep until a request comes; with a
+            // failed batch, wait at most the backoff before trying again.
+            let first = if self.retry.is_empty() {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(self.backoff) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch = std::mem::take(&mut self.retry);
+            match first {
+                Some(Message::Task(t)) => batch.push(t),
+                Some(Message::Shutdown) => stopping = true,
+                None => {}
+            }
+            while !stopping && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Message::Task(t)) => batch.push(t),
+                    Ok(Message::Shutdown) => stopping = true,
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch, false);
+        }
+        // Answer whatever is still queued so no caller waits forever, and
+        // keep trying a failed batch for a while before giving up.
+        let mut batch = std::mem::take(&mut self.retry);
+        while let Ok(Message::Task(t)) = rx.try_recv() {
+            batch.push(t);
+        }
+        let give_up = Instant::now() + SHUTDOWN_WAIT;
+        self.commit(batch, false);
+        while !self.retry.is_empty() && Instant::now() < give_up {
+            std::thread::sleep(self.backoff);
+            let batch = std::mem::take(&mut self.retry);
+            self.commit(batch, Instant::now() >= give_up);
+        }
+        let left = std::mem::take(&mut self.retry);
+        if !left.is_empty() {
+            tracing::error!(requests = left.len(), "{}", E::LEFT_AT_SHUTDOWN);
+        }
+        for t in left {
+            t.deliver(Some(E::stopped_error()));
+        }
+        self.engine.at_exit();
+    }
+
+    /// Run and commit one batch. On success every request is answered; on
+    /// a failure of the whole batch, callers whose policy allows it are
+    /// answered with a true error and the rest are kept for the next try.
+    fn commit(&mut self, mut batch: Vec<Box<E::Job>>, last_try: bool) {
+        if batch.is_empty() {
+            return;
+        }
+        match self.engine.try_commit(&mut batch) {
+            None => {
+                self.backoff = FIRST_BACKOFF;
+                if let Ok(mut d) = self.degraded.lock() {
+                    if d.take().is_some() {
+                        tracing::info!("{} writes land again", E::NAME);
+                    }
+                }
+                for t in batch {
+                    t.deliver(None);
+                }
+            }
+            Some(f) => {
+                self.note_degraded(&f);
+                let now = Instant::now();
+                for t in batch {
+                    let keep = match t.policy() {
+                        Policy::Durable => !last_try,
+                        Policy::Caller { deadline } => f.busy && now < deadline,
+                    };
+                    if keep {
+                        self.retry.push(t);
+                    } else {
+                        t.deliver(Some(E::caller_error(&f)));
+                    }
+                }
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    fn note_degraded(&self, f: &BatchFailure) {
+        if let Ok(mut d) = self.degraded.lock() {
+            match d.as_mut() {
+                Some(d) => d.failure = f.clone(),
+                None => {
+                    tracing::error!("{} write failed, retrying: {}", E::NAME, f.message);
+                    *d = Some(Degraded {
+                        since: crate::ids::now(),
+                        failure: f.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
