@@ -60,18 +60,6 @@ impl Service {
             }
         }
         let run_after = s.run_after.as_deref().map(parse_run_after).transpose()?;
-        let everyday = s.label.is_some()
-            || s.queue.as_deref().is_some_and(|q| q != "default")
-            || s.hold
-            || !s.after.is_empty()
-            || !s.after_any.is_empty();
-        if everyday && !self.rt.store.supports_everyday() {
-            return Err(Error::BadRequest(
-                "--label, --queue, --hold, --after and --after-any are not available on the \
-                 PostgreSQL store yet; submit without them, or use an SQLite store"
-                    .into(),
-            ));
-        }
         if let Some(l) = &s.label {
             if l.is_empty() || l.chars().count() > 200 || l.chars().any(char::is_control) {
                 return Err(Error::BadRequest(

@@ -74,11 +74,6 @@ impl JobContext {
         &self.runtime.config
     }
 
-    /// The daemon's state directory.
-    pub fn state_dir(&self) -> PathBuf {
-        self.runtime.config.state_dir.clone()
-    }
-
     /// A directory kept for this operation across attempts, for checkpoint
     /// files (created on first use).
     pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {

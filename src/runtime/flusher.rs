@@ -2,7 +2,7 @@
 //! points every `flush_interval_ms` in one transaction, refreshes parents'
 //! aggregate progress, and runs the hourly checkpoint retention sweep.
 
-use super::live::{self, Live};
+use super::live::Live;
 use super::Stopping;
 use crate::config::Config;
 use crate::ids;
@@ -26,7 +26,7 @@ impl Flusher {
         let mut last_sweep: Option<Instant> = None;
         while !self.stopping.is_set() {
             std::thread::sleep(interval);
-            if let Err(e) = live::wait(self.live.write_progress(&self.store, &self.live.all())) {
+            if let Err(e) = self.live.flush_all(&self.store) {
                 tracing::error!("flushing progress failed: {e}");
             }
             if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {

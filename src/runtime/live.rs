@@ -213,6 +213,12 @@ impl Live {
         Some(store.write_progress(live, parents))
     }
 
+    /// Write every running operation's dirty progress and queued points
+    /// and wait for the commit (the flusher's round, and the drain's last).
+    pub fn flush_all(&self, store: &Store) -> Result<()> {
+        wait(self.write_progress(store, &self.all()))
+    }
+
     /// Queue a checkpoint of `slot`'s operation together with the progress
     /// and points reported before it.
     pub fn save_checkpoint(

@@ -210,7 +210,7 @@ impl Runtime {
     /// Write every running operation's dirty progress and queued points
     /// now, and wait for the commit.
     pub fn flush(&self) {
-        if let Err(e) = live::wait(self.live.write_progress(&self.store, &self.live.all())) {
+        if let Err(e) = self.live.flush_all(&self.store) {
             tracing::error!("flushing progress failed: {e}");
         }
     }

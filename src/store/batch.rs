@@ -28,14 +28,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most requests in one transaction; bounds latency under a flood.
-pub(crate) const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 4096;
 /// First wait before a failed batch is tried again; doubles up to
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between two tries of a failed batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the writer keeps trying at shutdown before it gives up.
-pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// What a request's caller is owed when its batch cannot be committed.
 #[derive(Debug, Clone, Copy)]

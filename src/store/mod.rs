@@ -10,7 +10,7 @@
 //! Write semantics are the backend's business and are the same for every
 //! caller: a write a client waits for either lands durably or fails with a
 //! true error; the daemon's own bookkeeping (progress, checkpoints, the
-//! final row of a run) is retried until it lands (see [`sqlite::writer`]).
+//! final row of a run) is retried until it lands (see [`batch`]).
 
 pub(crate) mod batch;
 pub mod postgres;
@@ -179,11 +179,6 @@ pub trait Backend: Send + Sync {
     fn queues(&self) -> Result<Vec<QueueRow>>;
     /// The operations `id` still waits for (`--after`, `--after-any`).
     fn waiting_on(&self, id: &OperationId) -> Result<Vec<OperationId>>;
-    /// Whether labels, named queues, hold and dependencies (SPEC §12)
-    /// are stored; a backend without them refuses submits that use them.
-    fn supports_everyday(&self) -> bool {
-        true
-    }
 
     // Several hosts on one store (SPEC §11). The defaults are those of a
     // store only one daemon uses (SQLite): nothing to share, nothing to

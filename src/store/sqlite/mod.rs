@@ -345,6 +345,19 @@ mod tests {
         store.writer.ticket(Policy::Durable, Closure(f)).wait()
     }
 
+    /// SQLite's plan for `sql`, its steps joined by ` | `.
+    fn query_plan(store: &SqliteStore, sql: &str, params: impl rusqlite::Params) -> String {
+        store
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt
+                    .query_map(params, |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows.join(" | "))
+            })
+            .unwrap()
+    }
+
     fn new_op(kind: OperationType) -> NewOperation {
         NewOperation::new(kind, serde_json::json!({}))
     }
@@ -379,21 +392,14 @@ mod tests {
     fn claim_walks_the_partial_index_without_sorting() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
-        let plan: Vec<String> = store
-            .read(|c| {
-                let mut stmt = c.prepare(
-                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
-                     WHERE status = 'pending' AND held = 0 AND waiting_for = 0 AND operation_type = ?1 \
-                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
-                     ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
-                )?;
-                let rows = stmt
-                    .query_map(rusqlite::params!["dummy", "x", 10], |r| r.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(rows)
-            })
-            .unwrap();
-        let text = plan.join(" | ");
+        let text = query_plan(
+            &store,
+            "SELECT operation_id FROM operations \
+             WHERE status = 'pending' AND held = 0 AND waiting_for = 0 AND operation_type = ?1 \
+               AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+             ORDER BY priority DESC, created_at, operation_id LIMIT ?3 + 0",
+            rusqlite::params!["dummy", "x", 10],
+        );
         assert!(text.contains("idx_operations_runnable"), "{text}");
         assert!(!text.contains("TEMP B-TREE"), "{text}");
         store.close();
@@ -403,21 +409,14 @@ mod tests {
     fn claiming_resuming_rows_does_not_walk_the_whole_type() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
-        let plan: Vec<String> = store
-            .read(|c| {
-                let mut stmt = c.prepare(
-                    "EXPLAIN QUERY PLAN SELECT operation_id FROM operations \
-                     WHERE status = 'resuming' AND +operation_type = ?1 \
-                       AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
-                     ORDER BY priority DESC, created_at, operation_id LIMIT 10",
-                )?;
-                let rows = stmt
-                    .query_map(["dummy", "x"], |r| r.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(rows)
-            })
-            .unwrap();
-        let text = plan.join(" | ");
+        let text = query_plan(
+            &store,
+            "SELECT operation_id FROM operations \
+             WHERE status = 'resuming' AND +operation_type = ?1 \
+               AND gpus_requested BETWEEN 0 AND 0 AND (run_after IS NULL OR run_after <= ?2) \
+             ORDER BY priority DESC, created_at, operation_id LIMIT 10",
+            rusqlite::params!["dummy", "x"],
+        );
         assert!(
             text.contains("idx_operations_status_created (status=?)"),
             "{text}"
