@@ -13,6 +13,7 @@
 //! final row of a run) is retried until it lands (see [`batch`]).
 
 pub(crate) mod batch;
+pub(crate) mod claiming;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;

@@ -14,6 +14,7 @@ use super::Db;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::Status;
+use crate::store::claiming::Gate;
 use crate::store::records::{CleanFilter, QueueChange, QueueRow};
 use postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
@@ -114,81 +115,37 @@ pub(super) fn set_queue<C: GenericClient>(
         .ok_or_else(|| Error::Internal(format!("queue {} vanished", ch.name)))
 }
 
-/// The queues a claim round must respect (as SQLite's `queues::Gate`).
-pub(super) struct Gate {
-    /// name -> (paused, cap, running)
-    queues: HashMap<String, (bool, Option<i64>, i64)>,
-    closed: Vec<String>,
-}
-
-impl Gate {
-    /// Read the paused and capped queues and count their running work.
-    /// Capped queue rows are locked until the claim commits, so claims of
-    /// several hosts take turns and each counts what the others started.
-    pub(super) fn load<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Gate> {
-        let rows = c.query(
-            "SELECT name, paused::bigint, parallel::bigint FROM queues \
-             WHERE paused = 1 OR parallel IS NOT NULL ORDER BY name",
-            &[],
-        )?;
-        let mut queues = HashMap::new();
-        for r in rows {
-            let name: String = r.get(0);
-            let paused = r.get::<_, i64>(1) != 0;
-            let cap: Option<i64> = r.get(2);
-            let running = if cap.is_some() && !paused {
-                c.query(
-                    "SELECT name FROM queues WHERE name = $1 FOR UPDATE",
-                    &[&name],
-                )?;
-                c.query_one(
-                    "SELECT count(*) FROM operations WHERE status = 'running' AND queue = $1",
-                    &[&name],
-                )?
-                .get(0)
-            } else {
-                0
-            };
-            queues.insert(name, (paused, cap, running));
-        }
-        let mut g = Gate {
-            queues,
-            closed: Vec::new(),
+/// Read the paused and capped queues and count their running work, for
+/// a claim round. Capped queue rows are locked until the claim commits, so
+/// claims of several hosts take turns and each counts what the others
+/// started.
+pub(super) fn gate<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Gate> {
+    let rows = c.query(
+        "SELECT name, paused::bigint, parallel::bigint FROM queues \
+         WHERE paused = 1 OR parallel IS NOT NULL ORDER BY name",
+        &[],
+    )?;
+    let mut queues = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let paused = r.get::<_, i64>(1) != 0;
+        let cap: Option<i64> = r.get(2);
+        let running = if cap.is_some() && !paused {
+            c.query(
+                "SELECT name FROM queues WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )?;
+            c.query_one(
+                "SELECT count(*) FROM operations WHERE status = 'running' AND queue = $1",
+                &[&name],
+            )?
+            .get(0)
+        } else {
+            0
         };
-        g.recompute();
-        Ok(g)
+        queues.push((name, paused, cap, running));
     }
-
-    fn recompute(&mut self) {
-        let mut closed: Vec<String> = self
-            .queues
-            .iter()
-            .filter(|(_, (paused, cap, running))| *paused || cap.is_some_and(|c| *running >= c))
-            .map(|(n, _)| n.clone())
-            .collect();
-        closed.sort();
-        self.closed = closed;
-    }
-
-    /// Queues nothing may be claimed from now.
-    pub(super) fn closed(&self) -> &[String] {
-        &self.closed
-    }
-
-    /// True while an open queue has a cap (claims go one at a time).
-    pub(super) fn capped(&self) -> bool {
-        self.queues
-            .values()
-            .any(|(paused, cap, running)| !paused && cap.is_some_and(|c| *running < c))
-    }
-
-    /// An operation of `queue` was claimed.
-    pub(super) fn took(&mut self, queue: &str) {
-        if let Some(q) = self.queues.get_mut(queue) {
-            q.2 += 1;
-            self.recompute();
-        }
-    }
+    Ok(Gate::new(queues))
 }
 
 /// A dependency of a new operation, checked.

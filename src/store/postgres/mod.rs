@@ -420,44 +420,11 @@ impl Backend for PostgresStore {
     fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>> {
         self.write(Policy::caller(Duration::ZERO), move |tx, me| {
             let now = crate::ids::now();
-            let mut out = Vec::new();
-            let mut budget = plan.total;
-            let mut gpus_left = plan.free_gpus;
             // Paused and capped queues (as SQLite's claim).
-            let mut gate = everyday::Gate::load(tx)?;
-            for &(kind, free) in &plan.per_type {
-                let mut n = free.min(budget);
-                while n > 0 && gpus_left > 0 {
-                    let got = sql::claim(tx, me, &now, kind, 1..=gpus_left, 1, gate.closed())?;
-                    let Some((queue, op)) = got.into_iter().next() else {
-                        break;
-                    };
-                    gate.took(&queue);
-                    gpus_left -= op.gpus_requested;
-                    n -= 1;
-                    budget -= 1;
-                    out.push(op);
-                }
-                // With a capped queue open, one at a time so the cap holds.
-                while n > 0 {
-                    let step = if gate.capped() { 1 } else { n };
-                    let got = sql::claim(tx, me, &now, kind, 0..=0, step, gate.closed())?;
-                    let short = got.len() < step;
-                    n -= got.len();
-                    budget -= got.len();
-                    for (queue, op) in got {
-                        gate.took(&queue);
-                        out.push(op);
-                    }
-                    if short {
-                        break;
-                    }
-                }
-                if budget == 0 {
-                    break;
-                }
-            }
-            Ok(out)
+            let mut gate = everyday::gate(tx)?;
+            crate::store::claiming::walk(&plan, &mut gate, |kind, gpus, n, closed| {
+                sql::claim(tx, me, &now, kind, gpus, n, closed)
+            })
         })
         .wait()
     }

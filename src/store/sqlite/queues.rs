@@ -2,9 +2,9 @@
 //! at run time, and the gate the claim goes through.
 
 use crate::error::{Error, Result};
+use crate::store::claiming::Gate;
 use crate::store::records::{QueueChange, QueueRow};
 use rusqlite::{params, Connection};
-use std::collections::HashMap;
 
 /// Check a queue name: what a user types, not a path or a sentence.
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -81,78 +81,32 @@ pub(crate) fn change(conn: &Connection, ch: &QueueChange, now: &str) -> Result<Q
         .ok_or_else(|| Error::Internal(format!("queue {} vanished", ch.name)))
 }
 
-/// The queues a claim round must respect: paused ones, and capped ones
-/// with how many of theirs run. Empty when no queue is paused or capped,
-/// which costs the claim one lookup on a tiny table.
-pub(crate) struct Gate {
-    /// name -> (paused, cap, running)
-    queues: HashMap<String, (bool, Option<i64>, i64)>,
-    closed: Vec<String>,
-}
-
-impl Gate {
-    /// Read the paused and capped queues and count their running work.
-    pub(crate) fn load(conn: &Connection) -> Result<Gate> {
-        let rows = conn
-            .prepare_cached(
-                "SELECT name, paused, parallel FROM queues WHERE paused = 1 OR parallel IS NOT NULL",
+/// Read the paused and capped queues and count their running work, for
+/// a claim round.
+pub(crate) fn gate(conn: &Connection) -> Result<Gate> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT name, paused, parallel FROM queues WHERE paused = 1 OR parallel IS NOT NULL",
+        )?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? != 0,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut queues = Vec::new();
+    for (name, paused, cap) in rows {
+        let running = if cap.is_some() && !paused {
+            conn.prepare_cached(
+                "SELECT count(*) FROM operations WHERE status = 'running' AND queue = ?1",
             )?
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)? != 0,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut queues = HashMap::new();
-        for (name, paused, cap) in rows {
-            let running = if cap.is_some() && !paused {
-                conn.prepare_cached(
-                    "SELECT count(*) FROM operations WHERE status = 'running' AND queue = ?1",
-                )?
-                .query_row([&name], |r| r.get(0))?
-            } else {
-                0
-            };
-            queues.insert(name, (paused, cap, running));
-        }
-        let mut g = Gate {
-            queues,
-            closed: Vec::new(),
+            .query_row([&name], |r| r.get(0))?
+        } else {
+            0
         };
-        g.recompute();
-        Ok(g)
+        queues.push((name, paused, cap, running));
     }
-
-    fn recompute(&mut self) {
-        let mut closed: Vec<String> = self
-            .queues
-            .iter()
-            .filter(|(_, (paused, cap, running))| *paused || cap.is_some_and(|c| *running >= c))
-            .map(|(n, _)| n.clone())
-            .collect();
-        closed.sort();
-        self.closed = closed;
-    }
-
-    /// Queues nothing may be claimed from now.
-    pub(crate) fn closed(&self) -> &[String] {
-        &self.closed
-    }
-
-    /// True while an open queue has a cap (claims go one at a time).
-    pub(crate) fn capped(&self) -> bool {
-        self.queues
-            .values()
-            .any(|(paused, cap, running)| !paused && cap.is_some_and(|c| *running < c))
-    }
-
-    /// An operation of `queue` was claimed.
-    pub(crate) fn took(&mut self, queue: &str) {
-        if let Some(q) = self.queues.get_mut(queue) {
-            q.2 += 1;
-            self.recompute();
-        }
-    }
+    Ok(Gate::new(queues))
 }

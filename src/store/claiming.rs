@@ -1,0 +1,121 @@
+//! How a claim round walks its plan, the same on every backend: per type,
+//! GPU operations one at a time while GPUs are free, then GPU-free ones,
+//! within the named queues' pauses and parallel caps ([`Gate`]). A backend
+//! supplies only the statement that claims (`claim` below) and how it
+//! reads the queues.
+
+use crate::error::Result;
+use crate::model::OperationType;
+use crate::store::records::{ClaimPlan, ClaimedOperation};
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+
+/// The queues a claim round must respect: paused ones, and capped ones
+/// with how many of theirs run. Empty when no queue is paused or capped,
+/// which costs the claim one lookup on a tiny table.
+pub(crate) struct Gate {
+    /// name -> (paused, cap, running)
+    queues: HashMap<String, (bool, Option<i64>, i64)>,
+    closed: Vec<String>,
+}
+
+impl Gate {
+    /// The gate from each paused or capped queue's `(name, paused, cap,
+    /// running)`.
+    pub(crate) fn new(rows: impl IntoIterator<Item = (String, bool, Option<i64>, i64)>) -> Gate {
+        let mut g = Gate {
+            queues: rows
+                .into_iter()
+                .map(|(name, paused, cap, running)| (name, (paused, cap, running)))
+                .collect(),
+            closed: Vec::new(),
+        };
+        g.recompute();
+        g
+    }
+
+    fn recompute(&mut self) {
+        let mut closed: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, (paused, cap, running))| *paused || cap.is_some_and(|c| *running >= c))
+            .map(|(n, _)| n.clone())
+            .collect();
+        closed.sort();
+        self.closed = closed;
+    }
+
+    /// Queues nothing may be claimed from now.
+    pub(crate) fn closed(&self) -> &[String] {
+        &self.closed
+    }
+
+    /// True while an open queue has a cap (claims go one at a time).
+    pub(crate) fn capped(&self) -> bool {
+        self.queues
+            .values()
+            .any(|(paused, cap, running)| !paused && cap.is_some_and(|c| *running < c))
+    }
+
+    /// An operation of `queue` was claimed.
+    pub(crate) fn took(&mut self, queue: &str) {
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.2 += 1;
+            self.recompute();
+        }
+    }
+}
+
+/// Walk `plan` through `gate`. `claim(kind, gpus, n, closed)` claims up to
+/// `n` operations of `kind` asking for GPUs within `gpus`, from queues not
+/// in `closed`, returning each with its queue.
+pub(crate) fn walk(
+    plan: &ClaimPlan,
+    gate: &mut Gate,
+    mut claim: impl FnMut(
+        OperationType,
+        RangeInclusive<i64>,
+        usize,
+        &[String],
+    ) -> Result<Vec<(String, ClaimedOperation)>>,
+) -> Result<Vec<ClaimedOperation>> {
+    let mut out = Vec::new();
+    let mut budget = plan.total;
+    let mut gpus_left = plan.free_gpus;
+    for &(kind, free) in &plan.per_type {
+        let mut n = free.min(budget);
+        // GPU operations one at a time, while GPUs are free.
+        while n > 0 && gpus_left > 0 {
+            let got = claim(kind, 1..=gpus_left, 1, gate.closed())?;
+            let Some((queue, op)) = got.into_iter().next() else {
+                break;
+            };
+            gate.took(&queue);
+            gpus_left -= op.gpus_requested;
+            n -= 1;
+            budget -= 1;
+            out.push(op);
+        }
+        // With a capped queue open, one at a time so the cap holds;
+        // otherwise the whole batch in one statement.
+        while n > 0 {
+            let step = if gate.capped() { 1 } else { n };
+            let got = claim(kind, 0..=0, step, gate.closed())?;
+            let short = got.len() < step;
+            n -= got.len();
+            budget -= got.len();
+            for (queue, op) in got {
+                gate.took(&queue);
+                out.push(op);
+            }
+            if short {
+                // Nothing more of this type is runnable now.
+                break;
+            }
+        }
+        if budget == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
