@@ -77,6 +77,7 @@ impl JobContext {
     /// A directory kept for this operation across attempts, for checkpoint
     /// files (created on first use).
     pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
+        self.running.mark_checkpoint_dir_used();
         let dir = self.runtime.config.paths().checkpoints(&self.op.id);
         std::fs::create_dir_all(&dir)?;
         Ok(dir)

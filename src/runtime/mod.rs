@@ -14,6 +14,7 @@ pub mod context;
 pub mod files;
 mod flusher;
 pub mod gpus;
+mod handoff;
 mod hooks;
 mod host;
 pub mod live;
@@ -93,7 +94,7 @@ impl Runtime {
     /// workers.
     pub fn start(store: Store, config: Arc<Config>) -> Result<Arc<Runtime>> {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let (job_tx, job_rx) = handoff::handoff();
         let gpu_pool = gpus::GpuPool::new(
             config
                 .gpus

@@ -97,6 +97,9 @@ pub struct RunningOp {
     /// it; a run that never saved one and did not resume from one has
     /// none to delete).
     checkpointed: AtomicBool,
+    /// Set once this run asked for its checkpoint directory (so its end
+    /// must look for files to remove; an earlier attempt counts as asked).
+    checkpoint_dir_used: AtomicBool,
 }
 
 impl RunningOp {
@@ -129,6 +132,7 @@ impl RunningOp {
             stop_message: Mutex::new(None),
             done: tokio::sync::watch::channel(false).0,
             checkpointed: AtomicBool::new(attempt > 1),
+            checkpoint_dir_used: AtomicBool::new(attempt > 1),
         }
     }
 
@@ -276,6 +280,19 @@ impl RunningOp {
     /// resumed from one).
     pub fn may_have_checkpoint(&self) -> bool {
         self.checkpointed.load(Ordering::Acquire)
+    }
+
+    /// Note that this run was handed its checkpoint directory.
+    pub fn mark_checkpoint_dir_used(&self) {
+        self.checkpoint_dir_used.store(true, Ordering::Release);
+    }
+
+    /// Whether checkpoint files may exist for it: this run (or an earlier
+    /// attempt) was handed the directory. A first run that never was has
+    /// none, and its end skips looking (a `stat` per operation on the
+    /// writer thread).
+    pub fn may_have_checkpoint_files(&self) -> bool {
+        self.checkpoint_dir_used.load(Ordering::Acquire) || self.may_have_checkpoint()
     }
 
     /// Mark the worker done with it; wakes anyone waiting in [`Self::wait_done`].

@@ -3,13 +3,14 @@
 //! them to the workers. It sleeps until nudged (a submit, a freed slot) or
 //! for 200 ms, which picks up delayed (`run_after`) work.
 
+use super::handoff::Handoff;
 use super::live::Live;
 use super::{Assignment, Stopping};
 use crate::config::Config;
 use crate::error::Result;
 use crate::store::records::ClaimPlan;
 use crate::store::Store;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub(super) struct Scheduler {
     pub(super) wake: Receiver<()>,
     /// To the workers. Dropped when the scheduler ends, which lets the
     /// workers end once they are idle.
-    pub(super) jobs: Sender<Assignment>,
+    pub(super) jobs: Handoff<Assignment>,
     pub(super) stopping: Stopping,
 }
 
@@ -62,9 +63,7 @@ impl Scheduler {
             if !running.gpus.is_empty() {
                 self.store.record_gpus(&op.id, running.gpus.clone());
             }
-            if self.jobs.send(Assignment { op, running }).is_err() {
-                tracing::error!("no workers to run a claimed operation");
-            }
+            self.jobs.send(Assignment { op, running });
         }
         Ok(())
     }

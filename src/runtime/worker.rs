@@ -4,6 +4,7 @@
 //! status.
 
 use super::context::JobContext;
+use super::handoff::Intake;
 use super::running::{RunningOp, StopRequest};
 use super::{Assignment, Runtime};
 use crate::error::Result;
@@ -13,7 +14,6 @@ use crate::model::{Status, StopReason};
 use crate::store::records::{
     Checkpoint, ClaimedOperation, Finish, Progress, ProgressWrite, RunEnd, RunOutcome,
 };
-use crossbeam_channel::Receiver;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,18 +21,18 @@ use std::time::Duration;
 /// A worker: runs the operations the scheduler hands it, one at a time.
 pub(super) struct Worker {
     rt: Arc<Runtime>,
-    jobs: Receiver<Assignment>,
+    jobs: Intake<Assignment>,
 }
 
 impl Worker {
     /// A worker taking work from `jobs`.
-    pub(super) fn new(rt: Arc<Runtime>, jobs: Receiver<Assignment>) -> Worker {
+    pub(super) fn new(rt: Arc<Runtime>, jobs: Intake<Assignment>) -> Worker {
         Worker { rt, jobs }
     }
 
     /// Run operations until the scheduler has gone and the queue is empty.
     pub(super) fn run(self) {
-        while let Ok(Assignment { op, running }) = self.jobs.recv() {
+        while let Some(Assignment { op, running }) = self.jobs.take() {
             run_one(&self.rt, op, running);
         }
     }
@@ -146,6 +146,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
     };
     let delete_cp =
         finish.status == Status::Completed && rt.config.delete_checkpoints_on_completion;
+    let delete_files = delete_cp && running.may_have_checkpoint_files();
     // Only a run that saved a checkpoint (or resumed from one) has a row to
     // delete: most runs skip the statement. Its directory may exist anyway
     // (a command job creates it at start), so that goes in any case.
@@ -189,7 +190,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         if let Err(e) = result {
             tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
         }
-        if delete_cp {
+        if delete_files {
             rt2.config.paths().remove_checkpoints(id);
         }
         if let Some((parent, msg)) = fail_parent {

@@ -498,3 +498,47 @@ fn command_daemon_restart_mid_job_neither_loses_nor_duplicates_metrics() {
     assert_eq!(metric_data(&d, &id), reference);
     assert_eq!(seqs(&d, &id), (1..=30).collect::<Vec<_>>());
 }
+
+/// The program is the daemon's own child (started in the helper's place,
+/// not under it) and dies with the daemon on a kill -9 instead of running
+/// on unsupervised; the restart records the crash.
+#[test]
+fn a_program_dies_with_the_daemon_on_kill_9() {
+    let mut d = Daemon::start();
+    let pid_file = d.state().join("program.pid");
+    let id = d.submit(
+        "command",
+        json!({ "argv": ["sh", "-c", format!("echo $$ > {}; exec sleep 60", pid_file.display())] }),
+    );
+    let mut pid = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            pid > 0
+        }),
+        "the program never started"
+    );
+    let daemon = d.child.as_ref().unwrap().id() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, daemon, "the program's parent is the daemon: {stat}");
+    d.kill9();
+    assert!(
+        wait_until(Duration::from_secs(5), || is_dead(pid)),
+        "the program {pid} outlived the daemon"
+    );
+    d.spawn();
+    let op = d.wait_status(&id, "failed", 20);
+    assert_eq!(op["stop_reason"], "crash", "{op}");
+}

@@ -24,6 +24,7 @@ mod output;
 pub mod params;
 pub mod procs;
 pub mod progress;
+pub mod spawn;
 
 use super::{Job, JobContext, JobOutcome};
 use crate::control::{ProgressUpdate, RunControl};
@@ -164,10 +165,8 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         p.argv.join(" ")
     ));
 
-    let mut cmd = std::process::Command::new(&program);
-    cmd.arg0(&p.argv[0])
-        .args(&p.argv[1..])
-        .stdin(Stdio::null())
+    let mut cmd = spawn::command(&program, &p.argv);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group: signals reach the program's children too,
@@ -197,35 +196,10 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
             cmd.env("OPSD_RESUME_CHECKPOINT", path);
         }
     }
-    let daemon_pid = nix::unistd::getpid();
-    // SAFETY: the closure only makes async-signal-safe system calls
-    // (prctl, getppid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // If the daemon dies uncleanly, the program dies with it instead
-            // of running on unsupervised (a restart resumes it from its
-            // checkpoint). The signal follows the spawning worker thread,
-            // which lives as long as the daemon.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != daemon_pid {
-                return Err(std::io::Error::other(
-                    "the daemon exited while starting the program",
-                ));
-            }
-            Ok(())
-        });
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let mut msg = format!(
-                "cannot start the program {:?} ({}): {e}",
-                p.argv[0],
-                program.display()
-            );
-            if e.kind() == std::io::ErrorKind::NotFound && program.exists() {
-                msg.push_str(" (the interpreter on its #! line may be missing)");
-            }
+            let msg = start_error(p, &program, &e.to_string());
             note(msg.clone());
             return JobOutcome::Failed(msg);
         }
@@ -377,6 +351,15 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         (Some(e), _) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
         (_, Err(e)) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
     };
+    let last_stderr = stderr_tail
+        .lock()
+        .map(|t| t.last_lines(1))
+        .unwrap_or_default();
+    if let Some(why) = spawn::start_failure(&status, &last_stderr) {
+        let msg = start_error(p, &program, &why);
+        note(msg.clone());
+        return JobOutcome::Failed(msg);
+    }
     let how = describe(&status);
     note(format!("the program {how}"));
     tracing::info!(operation = %id, "command {how}");
@@ -408,6 +391,19 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         msg.push_str(&stderr);
     }
     JobOutcome::Failed(msg)
+}
+
+/// The error of a program that could not be started.
+fn start_error(p: &CommandParams, program: &std::path::Path, why: &str) -> String {
+    let mut msg = format!(
+        "cannot start the program {:?} ({}): {why}",
+        p.argv[0],
+        program.display()
+    );
+    if why.starts_with("No such file or directory") && program.exists() {
+        msg.push_str(" (the interpreter on its #! line may be missing)");
+    }
+    msg
 }
 
 /// A pidfd of the program: lets the supervision loop sleep until the

@@ -1,9 +1,14 @@
 //! The SQLite side of the writer: how a batch runs on one connection.
 //!
 //! The thread, group commit and failure policy are shared with the other
-//! backend ([`crate::store::batch`]). Here each request runs in its own
-//! savepoint, so one failing request does not undo the others, and one
-//! `BEGIN IMMEDIATE ... COMMIT` (one fsync) covers the batch. A request
+//! backend ([`crate::store::batch`]). Here one `BEGIN IMMEDIATE ... COMMIT`
+//! (one fsync) covers the batch. Requests run first as they are, with no
+//! savepoint of their own: in a batch where nothing fails (nearly all of
+//! them) that saves SQLite copying every page a request touches into a
+//! statement journal. When a request fails by itself (a bad submit, a
+//! cancel of a finished operation), the batch is rolled back and run again
+//! with each request in its own savepoint, so the failing one does not
+//! undo the others and leaves nothing half done. A request
 //! that ends the transaction itself (SQLite rolls back on a full disk and
 //! some I/O errors) makes the whole batch fail and be retried, instead of
 //! letting the later requests commit one by one outside it.
@@ -18,11 +23,21 @@ pub use crate::store::batch::Policy;
 /// The SQLite writer's handle.
 pub(crate) type Writer = batch::Writer<SqliteEngine>;
 
+/// How one request's run went.
+pub(crate) enum Ran {
+    /// It succeeded.
+    Ok,
+    /// It failed by itself (its own logic: a constraint, a missing row).
+    Failed,
+    /// It failed in a way that spoils the whole batch (lock, disk, file).
+    Spoiled(BatchFailure),
+}
+
 /// One queued request with its result, re-runnable until committed.
 pub(crate) trait Queued: Answer {
-    /// Run inside the batch transaction (in a savepoint) and keep the
-    /// result. Returns the failure when it is one that spoils the batch.
-    fn run(&mut self, conn: &Connection) -> Option<BatchFailure>;
+    /// Run inside the batch transaction and keep the result; in its own
+    /// savepoint when `isolated`, so a failure undoes only its own changes.
+    fn run(&mut self, conn: &Connection, isolated: bool) -> Ran;
 }
 
 /// One kind of change to the database: every implementor is a file in
@@ -48,15 +63,19 @@ where
     W: Write,
     D: FnOnce(Result<W::Out>) + Send,
 {
-    fn run(&mut self, conn: &Connection) -> Option<BatchFailure> {
+    fn run(&mut self, conn: &Connection, isolated: bool) -> Ran {
         let w = &mut self.write;
-        let r = run_in_savepoint(conn, |c| w.apply(c));
-        let spoiled = match &r {
-            Err(e) => batch_failure(e),
-            Ok(_) => None,
+        let r = if isolated {
+            run_in_savepoint(conn, |c| w.apply(c))
+        } else {
+            w.apply(conn)
+        };
+        let ran = match &r {
+            Ok(_) => Ran::Ok,
+            Err(e) => batch_failure(e).map_or(Ran::Failed, Ran::Spoiled),
         };
         self.result = Some(r);
-        spoiled
+        ran
     }
 }
 
@@ -133,30 +152,58 @@ impl SqliteEngine {
     }
 }
 
+impl SqliteEngine {
+    /// BEGIN and run every request, isolated in savepoints or not. Ok(false):
+    /// a request failed by itself and, not being isolated, may have left
+    /// half its changes: the caller rolls back and runs the batch isolated.
+    /// On Err no transaction is left open.
+    fn run_all(&self, batch: &mut [Box<dyn Queued>], isolated: bool) -> Result<bool, BatchFailure> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sqlite_failure)?;
+        for t in batch.iter_mut() {
+            let ran = t.run(&self.conn, isolated);
+            // An error that ended the transaction (SQLite rolls back by
+            // itself on some I/O errors and on a full disk): the rest
+            // would commit one by one outside it, so stop here.
+            if self.conn.is_autocommit() || matches!(ran, Ran::Spoiled(_)) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(match ran {
+                    Ran::Spoiled(f) => f,
+                    _ => BatchFailure {
+                        busy: false,
+                        message: "the transaction was rolled back by SQLite".into(),
+                    },
+                });
+            }
+            if matches!(ran, Ran::Failed) && !isolated {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Engine for SqliteEngine {
     type Job = dyn Queued;
     const NAME: &'static str = "database";
     const LEFT_AT_SHUTDOWN: &'static str = "stopping with writes that could not be committed; \
         operations left running are recovered at the next start";
 
-    /// One try: BEGIN, every request in its savepoint, COMMIT. Returns why
-    /// the batch as a whole failed (and leaves no transaction open).
+    /// One try: BEGIN, every request, COMMIT; if a request failed by
+    /// itself, the batch again with every request in its savepoint.
+    /// Returns why the batch as a whole failed (and leaves no transaction
+    /// open).
     fn try_commit(&mut self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            return Some(sqlite_failure(e));
-        }
-        for t in batch.iter_mut() {
-            let spoiled = t.run(&self.conn);
-            // An error that ended the transaction (SQLite rolls back by
-            // itself on some I/O errors and on a full disk): the rest
-            // would commit one by one outside it, so stop here.
-            if self.conn.is_autocommit() || spoiled.is_some() {
+        match self.run_all(batch, false) {
+            Ok(true) => {}
+            Ok(false) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                return Some(spoiled.unwrap_or_else(|| BatchFailure {
-                    busy: false,
-                    message: "the transaction was rolled back by SQLite".into(),
-                }));
+                if let Err(f) = self.run_all(batch, true) {
+                    return Some(f);
+                }
             }
+            Err(f) => return Some(f),
         }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -350,6 +397,72 @@ pub(crate) mod tests {
         second.wait().unwrap();
         assert_eq!(*runs.lock().unwrap(), 2, "the batch was run again");
         assert_eq!(count(&dir), 2, "each row exactly once");
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_failing_request_in_a_clean_first_pass_is_undone_and_the_batch_rerun_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(SqliteEngine::new(open(&dir)), Duration::from_secs(5)).unwrap();
+        // Hold the writer inside a first batch, so the next three requests
+        // are queued together and land in one batch.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Mutex::new(wait);
+        let blocker = w.ticket(
+            Policy::Durable,
+            Closure(move |_c: &Connection| {
+                let _ = wait.lock().unwrap().recv_timeout(Duration::from_secs(5));
+                Ok(())
+            }),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let runs = Arc::new(Mutex::new(0));
+        let r = runs.clone();
+        let before = w.ticket(
+            Policy::Durable,
+            Closure(move |c: &Connection| {
+                *r.lock().unwrap() += 1;
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            }),
+        );
+        let bad = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (100)", [])?;
+                Err::<(), _>(Error::BadRequest("half done, then refused".into()))
+            }),
+        );
+        let after = w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                Ok(())
+            }),
+        );
+        go.send(()).unwrap();
+        blocker.wait().unwrap();
+        before.wait().unwrap();
+        assert!(matches!(bad.wait(), Err(Error::BadRequest(_))));
+        after.wait().unwrap();
+        assert_eq!(
+            *runs.lock().unwrap(),
+            2,
+            "the batch ran once plain, then again isolated"
+        );
+        let c = Connection::open(dir.path().join("w.db")).unwrap();
+        let rows: Vec<i64> = c
+            .prepare("SELECT v FROM t ORDER BY v")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![1, 2],
+            "the refused request left nothing; the others once each"
+        );
         w.shutdown();
     }
 

@@ -1,0 +1,203 @@
+//! Starting a `command` job's program.
+//!
+//! The program must die with the daemon (`PR_SET_PDEATHSIG`) instead of
+//! running on unsupervised after a crash. Setting that between fork and
+//! exec rules out `posix_spawn`, and forking a large, multi-threaded daemon
+//! for every job (copying its page tables, then faulting its pages back in)
+//! was most of what a short job cost. So the program is started through
+//! `opsd-exec` (exec_helper.c, built by build.rs and embedded here): the
+//! daemon posix_spawns it, and it arms the death signal and execs the
+//! program in its own place. The helper lives in an in-memory file, so
+//! nothing is written to disk. Where it cannot run (no C compiler at build
+//! time, no /proc, a kernel that refuses to execute in-memory files), the
+//! daemon forks as before.
+
+use nix::sys::signal::Signal;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+
+/// The helper's executable, compiled by build.rs (empty when it could not be).
+static HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/opsd-exec"));
+
+/// What the helper prints before it gives up (then exits 127).
+const FAILURE_PREFIX: &str = "opsd-exec: ";
+
+/// How programs are started in this daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// posix_spawn of the embedded helper: the daemon is not forked.
+    Helper,
+    /// fork and exec, arming the death signal in between.
+    Fork,
+}
+
+/// The way programs start here (the helper is loaded and tried once).
+pub fn launcher() -> Launcher {
+    if helper_path().is_some() {
+        Launcher::Helper
+    } else {
+        Launcher::Fork
+    }
+}
+
+fn helper_path() -> Option<&'static str> {
+    static PATH: OnceLock<Option<String>> = OnceLock::new();
+    PATH.get_or_init(load_helper).as_deref()
+}
+
+/// Put the helper in a memfd (kept open for the daemon's life) and check
+/// it runs; its path is `/proc/self/fd/N`, which names the same file in
+/// the spawned child (it still holds the descriptor until its exec).
+fn load_helper() -> Option<String> {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    if HELPER.is_empty() {
+        tracing::info!("opsd-exec was not built: command jobs fork the daemon");
+        return None;
+    }
+    // SAFETY: a NUL-terminated name and flags; returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"opsd-exec".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        tracing::info!(
+            "no memfd for opsd-exec ({}): command jobs fork the daemon",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned here alone.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    if let Err(e) = file.write_all(HELPER) {
+        tracing::info!("cannot load opsd-exec ({e}): command jobs fork the daemon");
+        return None;
+    }
+    let path = format!("/proc/self/fd/{}", file.into_raw_fd());
+    let probe = Command::new(&path)
+        .arg("--probe")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(s) if s.success() => Some(path),
+        other => {
+            tracing::info!("opsd-exec cannot run here ({other:?}): command jobs fork the daemon");
+            None
+        }
+    }
+}
+
+/// A command that runs `program` with `argv` (`argv[0]` as its name),
+/// dying with the daemon. The caller adds stdio, group, directory and
+/// environment.
+pub fn command(program: &Path, argv: &[String]) -> Command {
+    let daemon_pid = nix::unistd::getpid();
+    if let Some(helper) = helper_path() {
+        let mut cmd = Command::new(helper);
+        cmd.arg(daemon_pid.as_raw().to_string())
+            .arg(program)
+            .args(argv);
+        return cmd;
+    }
+    let mut cmd = Command::new(program);
+    cmd.arg0(&argv[0]).args(&argv[1..]);
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The signal follows the spawning worker thread, which lives
+            // as long as the daemon.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != daemon_pid {
+                return Err(std::io::Error::other(
+                    "the daemon exited while starting the program",
+                ));
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Why the program could not be started, when the helper said so: it
+/// exited 127 with its one line last on stderr. `None` for a program that
+/// ran (whatever its exit).
+pub fn start_failure(status: &ExitStatus, last_stderr_line: &str) -> Option<String> {
+    if status.code() != Some(127) || status.signal().is_some() || launcher() != Launcher::Helper {
+        return None;
+    }
+    last_stderr_line
+        .trim()
+        .strip_prefix(FAILURE_PREFIX)
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_helper_is_built_and_runs_here() {
+        // A fresh machine has a C compiler (the bundled SQLite needs one),
+        // so the fast path must be the one in use, not the fallback.
+        assert!(!HELPER.is_empty(), "build.rs did not build opsd-exec");
+        assert_eq!(launcher(), Launcher::Helper);
+    }
+
+    #[test]
+    fn the_helper_runs_the_program_in_its_place_with_its_name() {
+        let child = command(
+            Path::new("/bin/sh"),
+            &[
+                "my-name".into(),
+                "-c".into(),
+                "echo $$; tr '\\0' ' ' < /proc/$$/cmdline".into(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(pid.to_string().as_str()),
+            "same pid: {text}"
+        );
+        assert!(
+            lines.next().unwrap_or("").starts_with("my-name -c "),
+            "{text}"
+        );
+        assert!(out.status.success());
+    }
+
+    #[test]
+    fn a_program_that_cannot_be_executed_is_reported_as_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s");
+        std::fs::write(&script, "#!/no/such/interpreter\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = command(&script, &["s".into()]).output();
+        match launcher() {
+            Launcher::Helper => {
+                let out = out.unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                let why = start_failure(&out.status, err.lines().last().unwrap_or(""));
+                assert_eq!(why.as_deref(), Some("No such file or directory"), "{err}");
+            }
+            Launcher::Fork => assert!(out.is_err()),
+        }
+        // A program that exits 127 by itself is not a start failure.
+        let out = command(
+            Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), "exit 127".into()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(start_failure(&out.status, ""), None);
+    }
+}
