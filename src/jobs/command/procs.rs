@@ -65,15 +65,30 @@ fn read_proc(pid: i32) -> Option<Proc> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Most pids [`scan_since`] tries one by one before it lists `/proc`
+/// instead.
+const MAX_PID_RANGE: i32 = 256;
+
 /// The processes that may have started since `leader` did: pids from
 /// `leader` up, while the kernel's pid counter has not wrapped since (then
 /// every process). A job's processes all start after its program, so this
 /// finds them while reading a few `/proc` entries instead of all of them.
+/// When few pids were handed out since (a short job on a quiet machine),
+/// each is tried directly, which is cheaper than listing `/proc`; a pid
+/// that names one of the daemon's own threads is left out (listing shows
+/// only processes, and a thread of the daemon must never be signalled).
 fn scan_since(leader: i32) -> Vec<Proc> {
     let last: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
         .and_then(|s| s.trim().parse().ok());
     let wrapped = last.is_none_or(|l| l < leader);
+    if let Some(last) = last.filter(|l| !wrapped && l - leader < MAX_PID_RANGE) {
+        let me = read_proc(std::process::id() as i32);
+        return (leader..=last)
+            .filter_map(read_proc)
+            .filter(|p| !is_own_thread(p, me.as_ref()))
+            .collect();
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -82,6 +97,14 @@ fn scan_since(leader: i32) -> Vec<Proc> {
         .filter(|pid| wrapped || *pid >= leader)
         .filter_map(read_proc)
         .collect()
+}
+
+/// Whether `p` is one of the daemon's own threads: only an entry that
+/// looks like the daemon (same parent, group and session) is checked.
+fn is_own_thread(p: &Proc, me: Option<&Proc>) -> bool {
+    let Some(me) = me else { return false };
+    (p.ppid, p.pgrp, p.session) == (me.ppid, me.pgrp, me.session)
+        && std::path::Path::new(&format!("/proc/self/task/{}", p.pid)).exists()
 }
 
 /// Whether the process's initial environment holds `entry` (`K=V`).
@@ -188,7 +211,10 @@ impl JobProcs {
             leader,
             leader_start: read_proc(leader).map_or(0, |p| p.start),
             marker: format!("OPSD_OPERATION_ID={op}").into_bytes(),
-            last_track: None,
+            // The first look is one period after the start: a program that
+            // has just been exec'd has nothing below it yet, and most
+            // short jobs end before (their end looks once, in `kill_all`).
+            last_track: Some(Instant::now()),
         }
     }
 

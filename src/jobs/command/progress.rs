@@ -138,7 +138,11 @@ pub struct Line<'a> {
 /// Follows the progress file from a byte offset.
 pub struct ProgressTail {
     path: PathBuf,
-    file: File,
+    /// Open once the file exists: the program creates it with its first
+    /// line, so a program that reports nothing costs no file at all.
+    file: Option<File>,
+    /// The path held something other than a regular file (said once).
+    refused: bool,
     /// Offset just past the last complete line handed out.
     consumed: u64,
     /// Bytes read past `consumed` that do not end a line yet.
@@ -149,31 +153,68 @@ pub struct ProgressTail {
 }
 
 impl ProgressTail {
-    /// Open (creating) the file and cut it back to `offset`: what lies
-    /// beyond was written after the checkpoint being resumed from.
+    /// Follow the file at `path` (created by the program when it first
+    /// writes; its directory is made here), cut back to `offset` if it
+    /// exists: what lies beyond was written after the checkpoint being
+    /// resumed from.
     pub fn open(path: &Path, offset: u64) -> std::io::Result<ProgressTail> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
-        let offset = offset.min(len);
-        if len > offset {
-            file.set_len(offset)?;
-        }
+        let (file, consumed) = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                let offset = offset.min(len);
+                if len > offset {
+                    file.set_len(offset)?;
+                }
+                (Some(file), offset)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
+            Err(e) => return Err(e),
+        };
         Ok(ProgressTail {
             path: path.to_path_buf(),
             file,
-            consumed: offset,
+            refused: false,
+            consumed,
             partial: Vec::new(),
             skipping: false,
-            chunk: vec![0; 64 * 1024],
+            chunk: Vec::new(),
         })
+    }
+
+    /// Open the file once the program has made it. Only a regular file is
+    /// followed: a FIFO (opening it would block), a device or a symbolic
+    /// link put there instead is refused, once, with an error.
+    fn ensure_open(&mut self) -> std::io::Result<bool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.file.is_some() {
+            return Ok(true);
+        }
+        if self.refused {
+            return Ok(false);
+        }
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                self.refused = true;
+                return Err(e);
+            }
+        };
+        if !file.metadata()?.is_file() {
+            self.refused = true;
+            return Err(std::io::Error::other(
+                "it is not a regular file; progress lines are not read",
+            ));
+        }
+        self.file = Some(file);
+        Ok(true)
     }
 
     /// The file's path.
@@ -198,11 +239,20 @@ impl ProgressTail {
         at_end: bool,
         f: &mut dyn FnMut(Result<Line<'_>, String>) -> bool,
     ) -> std::io::Result<usize> {
+        if !self.ensure_open()? {
+            return Ok(0);
+        }
+        if self.chunk.is_empty() {
+            self.chunk = vec![0; 64 * 1024];
+        }
         let mut read_total = 0;
         let mut refused = false;
         while read_total < POLL_BYTES && !refused {
             let pos = self.consumed + self.partial.len() as u64;
-            let n = match self.file.read_at(&mut self.chunk, pos) {
+            let Some(file) = self.file.as_ref() else {
+                break;
+            };
+            let n = match file.read_at(&mut self.chunk, pos) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -294,6 +344,36 @@ mod tests {
     use serde_json::json;
     use std::io::Write;
 
+    #[test]
+    fn the_file_is_followed_once_the_program_makes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("progress").join("op.jsonl");
+        let mut t = ProgressTail::open(&p, 0).unwrap();
+        assert!(
+            !p.exists(),
+            "nothing is created for a program that reports nothing"
+        );
+        assert!(lines(&mut t, false).is_empty());
+        std::fs::write(&p, "{\"percentage\": 5}\n").unwrap();
+        assert_eq!(lines(&mut t, false).len(), 1);
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_in_its_place_is_refused_once_and_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.jsonl");
+        let mut t = ProgressTail::open(&fifo, 0).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = t.poll(false, &mut |_| true).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(t.poll(false, &mut |_| true).unwrap(), 0, "said once");
+        let link = dir.path().join("link.jsonl");
+        let mut t = ProgressTail::open(&link, 0).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert!(t.poll(false, &mut |_| true).is_err());
+        assert_eq!(t.poll(false, &mut |_| true).unwrap(), 0);
+    }
+
     fn lines(t: &mut ProgressTail, at_end: bool) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         t.poll(at_end, &mut |l| {
@@ -312,7 +392,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("p.jsonl");
         let mut t = ProgressTail::open(&p, 0).unwrap();
-        let mut w = OpenOptions::new().append(true).open(&p).unwrap();
+        let mut w = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .unwrap();
         w.write_all(b"1\n2\n3\n4").unwrap();
         // Take two lines, refuse the third.
         let mut got = Vec::new();
@@ -346,7 +430,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("p.jsonl");
         let mut t = ProgressTail::open(&p, 0).unwrap();
-        let mut w = OpenOptions::new().append(true).open(&p).unwrap();
+        let mut w = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .unwrap();
         w.write_all(b"{\"a\":1}\n{\"b\"").unwrap();
         assert_eq!(lines(&mut t, false), vec![("{\"a\":1}".to_string(), 8)]);
         w.write_all(b":2}\n").unwrap();
