@@ -7,6 +7,7 @@
 use crate::error::Result;
 use crate::model::OperationType;
 use crate::store::records::{ClaimPlan, ClaimedOperation};
+use crate::store::rows::Claimed;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
@@ -118,4 +119,29 @@ pub(crate) fn walk(
         }
     }
     Ok(out)
+}
+
+/// One claim of up to `limit` operations of a type, the same order on
+/// every backend: `resuming` rows first (they ran before), then `pending`
+/// ones. `claim_from(status, n)` runs the backend's statement for rows
+/// of `status`, at most `n`; since `UPDATE ... RETURNING` does not keep
+/// its subquery's order, each batch is put back in claim order (priority
+/// first, then age, then id) so workers start the most urgent first.
+pub(crate) fn resuming_then_pending(
+    limit: usize,
+    mut claim_from: impl FnMut(&'static str, usize) -> Result<Vec<Claimed>>,
+) -> Result<Vec<(String, ClaimedOperation)>> {
+    let mut claimed = Vec::new();
+    for from in ["resuming", "pending"] {
+        let left = limit - claimed.len();
+        if left == 0 {
+            break;
+        }
+        let mut batch = claim_from(from, left)?;
+        batch.sort_by(|(a, _, x), (b, _, y)| {
+            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
+        });
+        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
+    }
+    Ok(claimed)
 }

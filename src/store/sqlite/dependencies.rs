@@ -7,14 +7,8 @@ use super::operations as ops;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::Status;
+use crate::store::rules::{self, Dep};
 use rusqlite::{params, Connection};
-
-/// A dependency of a new operation, checked.
-pub(crate) struct Dep {
-    id: OperationId,
-    any: bool,
-    pub(crate) met: bool,
-}
 
 /// Check the dependencies of a new operation: each must exist; an
 /// `--after` one must not have failed or been cancelled already.
@@ -23,37 +17,14 @@ pub(crate) fn check(
     after: &[OperationId],
     after_any: &[OperationId],
 ) -> Result<Vec<Dep>> {
-    let mut out: Vec<Dep> = Vec::new();
-    let tagged = after
-        .iter()
-        .map(|i| (i, false))
-        .chain(after_any.iter().map(|i| (i, true)));
-    for (id, any) in tagged {
-        if out.iter().any(|d| &d.id == id) {
-            continue;
-        }
-        let status = ops::status(conn, id).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
-                "the dependency {id} does not exist; `opsd list` shows the ids"
-            )),
-            e => e,
-        })?;
-        let met = match (status, any) {
-            (Status::Completed, _) => true,
-            (s, true) if !s.is_active() => true,
-            (s, false) if !s.is_active() => {
-                return Err(Error::InvalidTransition(format!(
-                    "--after {id}: that operation is {s} and will not complete unless it is \
-                     resumed; resume it first, or use --after-any to start whatever its outcome"
-                )))
-            }
-            _ => false,
+    let mut out = Vec::new();
+    for (id, any) in rules::dependencies(after, after_any) {
+        let status = match ops::status(conn, id) {
+            Ok(s) => Some(s),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
         };
-        out.push(Dep {
-            id: id.clone(),
-            any,
-            met,
-        });
+        out.push(rules::dependency(id, any, status)?);
     }
     Ok(out)
 }
@@ -116,7 +87,7 @@ pub(crate) fn settle(
             if met {
                 continue;
             }
-            let message = format!("its dependency {done} ended {st}, so it was not started");
+            let message = rules::dependency_broken(&done, st);
             let n = conn
                 .prepare_cached(
                     "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
