@@ -67,18 +67,26 @@ impl Gate {
     }
 }
 
-/// Walk `plan` through `gate`. `claim(kind, gpus, n, closed)` claims up to
-/// `n` operations of `kind` asking for GPUs within `gpus`, from queues not
-/// in `closed`, returning each with its queue.
+/// One statement's worth of a claim round: up to `limit` operations of
+/// `kind` asking for GPUs within `gpus` (`0..=0` for none), from queues
+/// not in `closed`.
+pub(crate) struct Ask<'a> {
+    /// The type claimed.
+    pub kind: OperationType,
+    /// How many GPUs a claimed operation may ask for.
+    pub gpus: RangeInclusive<i64>,
+    /// At most this many.
+    pub limit: usize,
+    /// Queues nothing may be claimed from (paused, or at their cap).
+    pub closed: &'a [String],
+}
+
+/// Walk `plan` through `gate`. `claim(ask)` runs the backend's claim
+/// statement for one [`Ask`], returning each operation with its queue.
 pub(crate) fn walk(
     plan: &ClaimPlan,
     gate: &mut Gate,
-    mut claim: impl FnMut(
-        OperationType,
-        RangeInclusive<i64>,
-        usize,
-        &[String],
-    ) -> Result<Vec<(String, ClaimedOperation)>>,
+    mut claim: impl FnMut(Ask<'_>) -> Result<Vec<(String, ClaimedOperation)>>,
 ) -> Result<Vec<ClaimedOperation>> {
     let mut out = Vec::new();
     let mut budget = plan.total;
@@ -87,7 +95,12 @@ pub(crate) fn walk(
         let mut n = free.min(budget);
         // GPU operations one at a time, while GPUs are free.
         while n > 0 && gpus_left > 0 {
-            let got = claim(kind, 1..=gpus_left, 1, gate.closed())?;
+            let got = claim(Ask {
+                kind,
+                gpus: 1..=gpus_left,
+                limit: 1,
+                closed: gate.closed(),
+            })?;
             let Some((queue, op)) = got.into_iter().next() else {
                 break;
             };
@@ -101,7 +114,12 @@ pub(crate) fn walk(
         // otherwise the whole batch in one statement.
         while n > 0 {
             let step = if gate.capped() { 1 } else { n };
-            let got = claim(kind, 0..=0, step, gate.closed())?;
+            let got = claim(Ask {
+                kind,
+                gpus: 0..=0,
+                limit: step,
+                closed: gate.closed(),
+            })?;
             let short = got.len() < step;
             n -= got.len();
             budget -= got.len();

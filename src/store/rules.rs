@@ -110,11 +110,6 @@ pub(crate) fn dependency(id: &OperationId, any: bool, status: Option<Status>) ->
     })
 }
 
-/// The message of a dependent cancelled because `done` ended `status`.
-pub(crate) fn dependency_broken(done: &OperationId, status: Status) -> String {
-    format!("its dependency {done} ended {status}, so it was not started")
-}
-
 /// Check a queue name: what a user types, not a path or a sentence.
 pub(crate) fn queue_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
@@ -246,4 +241,63 @@ pub(crate) fn pick(text: &str, mut found: Vec<String>) -> Result<OperationId> {
 /// `last` with no operation at all.
 pub(crate) fn no_last() -> Error {
     Error::NotFound("there are no operations yet, so `last` names none".into())
+}
+
+/// One dependency row being settled: `dependent` waited for `on`, which
+/// ended; the row is now met, or broken.
+pub(crate) struct Settled<'a> {
+    /// The operation that waited.
+    pub dependent: &'a OperationId,
+    /// The operation it waited for.
+    pub on: &'a OperationId,
+    /// Met (else broken).
+    pub met: bool,
+}
+
+/// The statements [`settle`] runs, as each backend spells them.
+pub(crate) trait DependencyRows {
+    /// The dependents still waiting for `done`, each with `any_outcome`.
+    fn waiting_dependents(&mut self, done: &OperationId) -> Result<Vec<(OperationId, bool)>>;
+    /// Mark the dependency row met or broken and count it off the
+    /// dependent's `waiting_for`.
+    fn resolve_dependency(&mut self, row: Settled<'_>) -> Result<()>;
+    /// Cancel `dep`, if still pending, with `stop_reason = dependency` and
+    /// `message`; true when it was.
+    fn cancel_dependent(&mut self, dep: &OperationId, message: &str, now: &str) -> Result<bool>;
+}
+
+/// `id` ended with `status`: its waiting dependents count it as met, or
+/// (an `--after` one, when it did not complete) are cancelled with
+/// `stop_reason = dependency`, and so on down the chain. Returns the
+/// operations cancelled that way, and whether any dependency was met
+/// (work may have become runnable).
+pub(crate) fn settle(
+    rows: &mut impl DependencyRows,
+    id: &OperationId,
+    status: Status,
+    now: &str,
+) -> Result<(Vec<OperationId>, bool)> {
+    let mut cancelled = Vec::new();
+    let mut freed = false;
+    let mut work = vec![(id.clone(), status)];
+    while let Some((done, st)) = work.pop() {
+        for (dep, any) in rows.waiting_dependents(&done)? {
+            let met = any || st == Status::Completed;
+            rows.resolve_dependency(Settled {
+                dependent: &dep,
+                on: &done,
+                met,
+            })?;
+            if met {
+                freed = true;
+                continue;
+            }
+            let message = format!("its dependency {done} ended {st}, so it was not started");
+            if rows.cancel_dependent(&dep, &message, now)? {
+                cancelled.push(dep.clone());
+                work.push((dep, Status::Cancelled));
+            }
+        }
+    }
+    Ok((cancelled, freed))
 }

@@ -171,21 +171,27 @@ pub(super) fn insert_deps<C: GenericClient>(
     Ok(())
 }
 
-/// `id` ended with `status`: its waiting dependents count it as met, or
-/// (an `--after` one, when it did not complete) are cancelled with
-/// `stop_reason = dependency`, and so on down the chain (as SQLite).
-/// Returns the operations cancelled that way.
+/// `id` ended with `status`: its dependents are settled (see
+/// [`rules::settle`]); when one stopped waiting, the hosts are told
+/// there is work. Returns the operations cancelled that way.
 pub(super) fn settle<C: GenericClient>(
     c: &mut Db<'_, C>,
     id: &OperationId,
     status: Status,
     now: &str,
 ) -> Result<Vec<OperationId>> {
-    let mut cancelled = Vec::new();
-    let mut work = vec![(id.clone(), status)];
-    let mut freed = false;
-    while let Some((done, st)) = work.pop() {
-        let dependents: Vec<(OperationId, bool)> = c
+    let (cancelled, freed) = rules::settle(c, id, status, now)?;
+    if freed {
+        sql::notify(c, WORK_CHANNEL, "")?;
+    }
+    Ok(cancelled)
+}
+
+/// The dependency statements on PostgreSQL; dependents in id order, so
+/// hosts settling at once lock their rows in one order.
+impl<C: GenericClient> rules::DependencyRows for Db<'_, C> {
+    fn waiting_dependents(&mut self, done: &OperationId) -> Result<Vec<(OperationId, bool)>> {
+        Ok(self
             .query(
                 "SELECT operation_id, any_outcome::bigint FROM operation_dependencies \
                  WHERE depends_on = $1 AND state = 'waiting' ORDER BY operation_id",
@@ -193,54 +199,48 @@ pub(super) fn settle<C: GenericClient>(
             )?
             .iter()
             .map(|r| (OperationId(r.get(0)), r.get::<_, i64>(1) != 0))
-            .collect();
-        for (dep, any) in dependents {
-            let met = any || st == Status::Completed;
-            c.execute(
-                "UPDATE operation_dependencies SET state = $3 \
-                 WHERE operation_id = $1 AND depends_on = $2",
-                &[
-                    &dep.as_str(),
-                    &done.as_str(),
-                    &if met { "met" } else { "broken" },
-                ],
-            )?;
-            c.execute(
-                "UPDATE operations SET waiting_for = waiting_for - 1 \
-                 WHERE operation_id = $1 AND waiting_for > 0",
-                &[&dep.as_str()],
-            )?;
-            if met {
-                freed = true;
-                continue;
-            }
-            let message = rules::dependency_broken(&done, st);
-            let n = c.execute(
-                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
-                     completed_at = $2, updated_at = $2, eta_seconds = NULL, error_message = $3 \
-                 WHERE operation_id = $1 AND status = 'pending'",
-                &[&dep.as_str(), &now, &message],
-            )?;
-            if n == 1 {
-                cancelled.push(dep.clone());
-                work.push((dep, Status::Cancelled));
-            }
-        }
+            .collect())
     }
-    if freed {
-        sql::notify(c, WORK_CHANNEL, "")?;
+
+    fn resolve_dependency(&mut self, row: rules::Settled<'_>) -> Result<()> {
+        let (dep, done, met) = (row.dependent, row.on, row.met);
+        self.execute(
+            "UPDATE operation_dependencies SET state = $3 \
+             WHERE operation_id = $1 AND depends_on = $2",
+            &[
+                &dep.as_str(),
+                &done.as_str(),
+                &if met { "met" } else { "broken" },
+            ],
+        )?;
+        self.execute(
+            "UPDATE operations SET waiting_for = waiting_for - 1 \
+             WHERE operation_id = $1 AND waiting_for > 0",
+            &[&dep.as_str()],
+        )?;
+        Ok(())
     }
-    Ok(cancelled)
+
+    fn cancel_dependent(&mut self, dep: &OperationId, message: &str, now: &str) -> Result<bool> {
+        let n = self.execute(
+            "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                 completed_at = $2, updated_at = $2, eta_seconds = NULL, error_message = $3 \
+             WHERE operation_id = $1 AND status = 'pending'",
+            &[&dep.as_str(), &now, &message],
+        )?;
+        Ok(n == 1)
+    }
 }
 
-/// Settle the dependents of operations that just ended, each with the
-/// status it has now.
-pub(super) fn settle_ended<C: GenericClient>(
+/// Recovery: the dependents of crashed operations that stay ended (not
+/// among `resumed`) stop waiting, each by the status it has now.
+pub(super) fn settle_crashed<C: GenericClient>(
     c: &mut Db<'_, C>,
-    ids: &[OperationId],
+    crashed: &[OperationId],
+    resumed: &[OperationId],
     now: &str,
 ) -> Result<()> {
-    for id in ids {
+    for id in crashed.iter().filter(|id| !resumed.contains(id)) {
         let st = sql::status(c, id)?;
         if !st.is_active() {
             settle(c, id, st, now)?;

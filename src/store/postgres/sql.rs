@@ -11,7 +11,7 @@ use super::{everyday, Db};
 use crate::aggregate::{parent_percentage, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::model::{OperationType, Status, StopReason};
+use crate::model::{Status, StopReason};
 use crate::store::claiming;
 use crate::store::records::{
     Checkpoint, ClaimedOperation, Finish, HostRecord, ListFilter, MetricPoint, NewOperation,
@@ -344,20 +344,17 @@ pub(super) fn counts<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<(Status,
     Ok(out)
 }
 
-/// Claim up to `limit` operations of one type for this host: `resuming`
-/// ones first, then `pending` ones by priority then age, skipping rows
+/// Claim what `ask` asks for, for this host: `resuming` rows first, then
+/// `pending` ones by priority then age, skipping rows
 /// another host is claiming (`FOR UPDATE SKIP LOCKED`) and resumable rows
 /// whose checkpoint files are on another host's local disk.
 pub(super) fn claim<C: GenericClient>(
     c: &mut Db<'_, C>,
     me: &Me,
     now: &str,
-    kind: OperationType,
-    gpus: std::ops::RangeInclusive<i64>,
-    limit: usize,
-    closed: &[String],
+    ask: claiming::Ask<'_>,
 ) -> Result<Vec<(String, ClaimedOperation)>> {
-    claiming::resuming_then_pending(limit, |from, left| {
+    claiming::resuming_then_pending(ask.limit, |from, left| {
         let sql = lease_sql(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = $1, updated_at = $1, stop_reason = NULL, error_message = NULL, \
@@ -383,18 +380,18 @@ pub(super) fn claim<C: GenericClient>(
             &sql,
             &[
                 &now,
-                &kind.as_str(),
-                gpus.start(),
-                gpus.end(),
+                &ask.kind.as_str(),
+                ask.gpus.start(),
+                ask.gpus.end(),
                 &(left as i64),
                 &me.host,
                 &me.lease_secs,
                 &from,
                 &me.shared_prefix,
-                &closed,
+                &ask.closed,
             ],
         )?;
-        rows.iter().map(|r| rows::claimed(r, kind)).collect()
+        rows.iter().map(|r| rows::claimed(r, ask.kind)).collect()
     })
 }
 

@@ -46,20 +46,24 @@ pub(crate) fn insert(conn: &Connection, id: &OperationId, deps: &[Dep]) -> Resul
     Ok(())
 }
 
-/// `id` ended with `status`: its waiting dependents count it as met, or
-/// (an `--after` one, when it did not complete) are cancelled with
-/// `stop_reason = dependency`, and so on down the chain. Returns the
-/// operations cancelled that way.
+/// `id` ended with `status`: its dependents are settled (see
+/// [`rules::settle`]). Returns the operations cancelled that way.
 pub(crate) fn settle(
     conn: &Connection,
     id: &OperationId,
     status: Status,
     now: &str,
 ) -> Result<Vec<OperationId>> {
-    let mut cancelled = Vec::new();
-    let mut work = vec![(id.clone(), status)];
-    while let Some((done, st)) = work.pop() {
-        let dependents = conn
+    Ok(rules::settle(&mut Rows(conn), id, status, now)?.0)
+}
+
+/// The dependency statements on one connection.
+struct Rows<'a>(&'a Connection);
+
+impl rules::DependencyRows for Rows<'_> {
+    fn waiting_dependents(&mut self, done: &OperationId) -> Result<Vec<(OperationId, bool)>> {
+        Ok(self
+            .0
             .prepare_cached(
                 "SELECT operation_id, any_outcome FROM operation_dependencies \
                  WHERE depends_on = ?1 AND state = 'waiting'",
@@ -67,10 +71,13 @@ pub(crate) fn settle(
             .query_map([done.as_str()], |r| {
                 Ok((OperationId(r.get(0)?), r.get::<_, i64>(1)? != 0))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (dep, any) in dependents {
-            let met = any || st == Status::Completed;
-            conn.prepare_cached(
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn resolve_dependency(&mut self, row: rules::Settled<'_>) -> Result<()> {
+        let (dep, done, met) = (row.dependent, row.on, row.met);
+        self.0
+            .prepare_cached(
                 "UPDATE operation_dependencies SET state = ?3 \
                  WHERE operation_id = ?1 AND depends_on = ?2",
             )?
@@ -79,29 +86,26 @@ pub(crate) fn settle(
                 done.as_str(),
                 if met { "met" } else { "broken" }
             ])?;
-            conn.prepare_cached(
+        self.0
+            .prepare_cached(
                 "UPDATE operations SET waiting_for = waiting_for - 1 \
                  WHERE operation_id = ?1 AND waiting_for > 0",
             )?
             .execute([dep.as_str()])?;
-            if met {
-                continue;
-            }
-            let message = rules::dependency_broken(&done, st);
-            let n = conn
-                .prepare_cached(
-                    "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
-                         completed_at = ?2, updated_at = ?2, eta_seconds = NULL, error_message = ?3 \
-                     WHERE operation_id = ?1 AND status = 'pending'",
-                )?
-                .execute(params![dep.as_str(), now, message])?;
-            if n == 1 {
-                cancelled.push(dep.clone());
-                work.push((dep, Status::Cancelled));
-            }
-        }
+        Ok(())
     }
-    Ok(cancelled)
+
+    fn cancel_dependent(&mut self, dep: &OperationId, message: &str, now: &str) -> Result<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                     completed_at = ?2, updated_at = ?2, eta_seconds = NULL, error_message = ?3 \
+                 WHERE operation_id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![dep.as_str(), now, message])?;
+        Ok(n == 1)
+    }
 }
 
 /// The operations `id` still waits for.

@@ -8,7 +8,7 @@
 use crate::aggregate::ChildProgress;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::model::{OperationType, Status, StopReason};
+use crate::model::{Status, StopReason};
 use crate::store::records::{
     ClaimedOperation, Finish, ListFilter, NewOperation, OperationRecord, Progress, TreeCancel,
 };
@@ -252,28 +252,25 @@ pub(crate) fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> 
     Ok(out)
 }
 
-/// Claim up to `limit` runnable operations of one type: `resuming` ones
-/// first, then `pending` ones by priority then age, asking for GPUs within
-/// `gpus` (`0..=0` for none), leaving out the queues in `closed` (paused,
-/// or at their parallel cap). Each becomes `running` with `attempt + 1`, in
+/// Claim what `ask` asks for: `resuming` rows first, then `pending` ones
+/// by priority then age. Each becomes `running` with `attempt + 1`, in
 /// one statement per status: with a single writer no `SKIP LOCKED` is needed.
 /// Returns each claimed operation with its queue.
 pub(crate) fn claim(
     conn: &Connection,
     now: &str,
-    kind: OperationType,
-    gpus: std::ops::RangeInclusive<i64>,
-    limit: usize,
-    closed: &[String],
+    ask: claiming::Ask<'_>,
 ) -> Result<Vec<(String, ClaimedOperation)>> {
     // Queue names are bound, never spliced: `?6`, `?7`...
-    let queue_term = if closed.is_empty() {
+    let queue_term = if ask.closed.is_empty() {
         String::new()
     } else {
-        let marks: Vec<String> = (0..closed.len()).map(|i| format!("?{}", i + 6)).collect();
+        let marks: Vec<String> = (0..ask.closed.len())
+            .map(|i| format!("?{}", i + 6))
+            .collect();
         format!(" AND queue NOT IN ({})", marks.join(","))
     };
-    claiming::resuming_then_pending(limit, |from, left| {
+    claiming::resuming_then_pending(ask.limit, |from, left| {
         // Pending rows are found through the partial index on runnable
         // rows (pending, not held, dependencies met), which needs the
         // plain `operation_type = ?2` and the index's own WHERE terms.
@@ -307,14 +304,14 @@ pub(crate) fn claim(
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut args: Vec<rusqlite::types::Value> = vec![
             now.to_string().into(),
-            kind.as_str().to_string().into(),
-            (*gpus.start()).into(),
-            (*gpus.end()).into(),
+            ask.kind.as_str().to_string().into(),
+            (*ask.gpus.start()).into(),
+            (*ask.gpus.end()).into(),
             (left as i64).into(),
         ];
-        args.extend(closed.iter().map(|q| q.clone().into()));
+        args.extend(ask.closed.iter().map(|q| q.clone().into()));
         all(&mut stmt, params_from_iter(args), |r| {
-            rows::claimed(r, kind)
+            rows::claimed(r, ask.kind)
         })
     })
 }

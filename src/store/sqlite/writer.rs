@@ -52,7 +52,7 @@ where
         let w = &mut self.write;
         let r = run_in_savepoint(conn, |c| w.apply(c));
         let spoiled = match &r {
-            Err(e) => batch_failure(e),
+            Err(e) => batch::spoils_batch(e),
             Ok(_) => None,
         };
         self.result = Some(r);
@@ -70,26 +70,8 @@ where
     }
 
     fn deliver(self: Box<Self>, failure: Option<Error>) {
-        let r = match failure {
-            Some(e) => Err(e),
-            None => self.result.unwrap_or_else(|| {
-                Err(Error::Internal("a write was answered before it ran".into()))
-            }),
-        };
-        (self.deliver)(r);
+        (self.deliver)(batch::answer(self.result, failure));
     }
-}
-
-/// A failure of one request that spoils the whole batch: the lock, the
-/// disk or the file, not the request's own logic (a constraint, a missing
-/// row), which its savepoint contains.
-fn batch_failure(e: &Error) -> Option<BatchFailure> {
-    let Error::Database(db) = e else { return None };
-    let busy = db.kind == DbErrorKind::Busy;
-    (busy || db.kind == DbErrorKind::Storage).then(|| BatchFailure {
-        busy,
-        message: db.message.clone(),
-    })
 }
 
 fn sqlite_failure(e: rusqlite::Error) -> BatchFailure {
