@@ -15,6 +15,9 @@
 //!
 //! Rounds interleave the three settings so machine noise hits them alike.
 
+#[path = "support/port.rs"]
+mod port;
+
 use opsd::config::Config;
 use opsd::daemon::Daemon;
 use opsd::model::OperationType;
@@ -37,7 +40,7 @@ enum Mode {
     Api(usize),
 }
 
-fn call(conn: &mut (BufReader<UnixStream>, UnixStream), req: &Value) -> Value {
+fn call(conn: &mut Conn, req: &Value) -> Value {
     let mut line = req.to_string();
     line.push('\n');
     conn.1.write_all(line.as_bytes()).expect("send");
@@ -46,14 +49,6 @@ fn call(conn: &mut (BufReader<UnixStream>, UnixStream), req: &Value) -> Value {
     let v: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["ok"], true, "{v}");
     v
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// CPU seconds of this whole process so far (exited threads included).
@@ -104,15 +99,21 @@ fn tab(port: u16, path: &str, token: String, stop: Arc<AtomicBool>, answered: Ar
     }
 }
 
-/// One lifecycle run: ops/s, the daemon's CPU microseconds per operation
-/// (the process less the pollers), and the pollers' answers.
-fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
+/// A temporary state directory under `OPSD_BENCH_DIR` (else cargo's
+/// target tmp dir).
+fn bench_dir() -> tempfile::TempDir {
     let base = std::env::var_os("OPSD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let port = free_port();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+type Conn = (BufReader<UnixStream>, UnixStream);
+
+/// A daemon in `dir` running only dummies on `WORKERS` slots, with the
+/// dashboard on `port` unless `mode` is `Off`; and a socket connection.
+fn start(dir: &tempfile::TempDir, port: u16, mode: Mode) -> (Daemon, Conn) {
     let mut c = Config {
         state_dir: dir.path().to_path_buf(),
         socket: Some(dir.path().join("opsd.sock")),
@@ -128,15 +129,25 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
     c.concurrency.insert(OperationType::Dummy, WORKERS);
     let daemon = Daemon::start(c).expect("daemon starts");
     let s = UnixStream::connect(&daemon.socket).unwrap();
-    let mut conn = (BufReader::new(s.try_clone().unwrap()), s);
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    let mut tabs = Vec::new();
+    let conn = (BufReader::new(s.try_clone().unwrap()), s);
+    (daemon, conn)
+}
+
+/// Start `mode`'s pollers (none for `Off` and `Idle`) against the
+/// dashboard of the daemon in `dir`.
+fn pollers(
+    mode: Mode,
+    dir: &tempfile::TempDir,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    answered: &Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let polling = match mode {
         Mode::Tabs(n) => Some((n, "/live/operations")),
         Mode::Api(n) => Some((n, "/api/operations?limit=100")),
         _ => None,
     };
+    let mut tabs = Vec::new();
     if let Some((n, path)) = polling {
         let token = std::fs::read_to_string(dir.path().join("http-token"))
             .unwrap()
@@ -147,15 +158,17 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
             tabs.push(std::thread::spawn(move || tab(port, path, t, s, a)));
         }
     }
+    tabs
+}
+
+/// Submit `ops` no-op dummies in batches; the last one's id.
+fn submit_all(conn: &mut Conn, ops: usize) -> String {
     let one = json!({"type": "dummy", "params": {"steps": 0}});
-    POLLER_CPU_NS.store(0, Ordering::Relaxed);
-    let cpu0 = process_cpu();
-    let t = Instant::now();
     let mut last = String::new();
     for b in 0..ops.div_ceil(BATCH) {
         let n = BATCH.min(ops - b * BATCH);
         let v = call(
-            &mut conn,
+            conn,
             &json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}),
         );
         last = v["operations"][n - 1]["operation_id"]
@@ -163,24 +176,45 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
             .unwrap()
             .to_string();
     }
-    while call(&mut conn, &json!({"cmd": "get", "id": last}))["operation"]["status"] != "completed"
-    {
-        std::thread::sleep(Duration::from_millis(2));
+    last
+}
+
+/// Wait until nothing is active, polling every `every`.
+fn wait_idle(conn: &mut Conn, every: Duration) {
+    while call(conn, &json!({"cmd": "list", "active": true, "limit": 0}))["active"] != 0 {
+        std::thread::sleep(every);
     }
-    while call(
-        &mut conn,
-        &json!({"cmd": "list", "active": true, "limit": 0}),
-    )["active"]
-        != 0
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let rate = ops as f64 / t.elapsed().as_secs_f64();
+}
+
+/// Stop the pollers; the daemon's CPU seconds since `cpu0`, less theirs.
+fn stop_pollers(stop: &AtomicBool, tabs: Vec<std::thread::JoinHandle<()>>, cpu0: f64) -> f64 {
     stop.store(true, Ordering::Release);
     for t in tabs {
         let _ = t.join();
     }
-    let cpu = process_cpu() - cpu0 - POLLER_CPU_NS.load(Ordering::Relaxed) as f64 * 1e-9;
+    process_cpu() - cpu0 - POLLER_CPU_NS.load(Ordering::Relaxed) as f64 * 1e-9
+}
+
+/// One lifecycle run: ops/s, the daemon's CPU microseconds per operation
+/// (the process less the pollers), and the pollers' answers.
+fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
+    let dir = bench_dir();
+    let port = port::free_port();
+    let (daemon, mut conn) = start(&dir, port, mode);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let tabs = pollers(mode, &dir, port, &stop, &answered);
+    POLLER_CPU_NS.store(0, Ordering::Relaxed);
+    let cpu0 = process_cpu();
+    let t = Instant::now();
+    let last = submit_all(&mut conn, ops);
+    while call(&mut conn, &json!({"cmd": "get", "id": last}))["operation"]["status"] != "completed"
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_idle(&mut conn, Duration::from_millis(2));
+    let rate = ops as f64 / t.elapsed().as_secs_f64();
+    let cpu = stop_pollers(&stop, tabs, cpu0);
     daemon.stop(&|| false);
     (
         rate,
@@ -193,70 +227,20 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
 /// database of `rows` completed operations and nothing running: the
 /// dashboard's own cost, without the lifecycle's noise.
 fn steady(rows: usize, mode: Mode, secs: u64) -> (f64, u64) {
-    let base = std::env::var_os("OPSD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let port = free_port();
-    let mut c = Config {
-        state_dir: dir.path().to_path_buf(),
-        socket: Some(dir.path().join("opsd.sock")),
-        workers: WORKERS,
-        gpus: Some(Vec::new()),
-        http: (!matches!(mode, Mode::Off)).then(|| format!("127.0.0.1:{port}")),
-        ..Config::default()
-    };
-    for kind in OperationType::ALL {
-        c.concurrency.insert(*kind, 0);
-    }
-    c.concurrency.insert(OperationType::Dummy, WORKERS);
-    let daemon = Daemon::start(c).expect("daemon starts");
-    let s = UnixStream::connect(&daemon.socket).unwrap();
-    let mut conn = (BufReader::new(s.try_clone().unwrap()), s);
-    let one = json!({"type": "dummy", "params": {"steps": 0}});
-    for b in 0..rows.div_ceil(BATCH) {
-        let n = BATCH.min(rows - b * BATCH);
-        call(
-            &mut conn,
-            &json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}),
-        );
-    }
-    while call(
-        &mut conn,
-        &json!({"cmd": "list", "active": true, "limit": 0}),
-    )["active"]
-        != 0
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let dir = bench_dir();
+    let port = port::free_port();
+    let (daemon, mut conn) = start(&dir, port, mode);
+    submit_all(&mut conn, rows);
+    wait_idle(&mut conn, Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(1));
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     POLLER_CPU_NS.store(0, Ordering::Relaxed);
     let cpu0 = process_cpu();
     let t = Instant::now();
-    let polling = match mode {
-        Mode::Tabs(n) => Some((n, "/live/operations")),
-        Mode::Api(n) => Some((n, "/api/operations?limit=100")),
-        _ => None,
-    };
-    let mut tabs = Vec::new();
-    if let Some((n, path)) = polling {
-        let token = std::fs::read_to_string(dir.path().join("http-token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        for _ in 0..n {
-            let (tk, st, a) = (token.clone(), stop.clone(), answered.clone());
-            tabs.push(std::thread::spawn(move || tab(port, path, tk, st, a)));
-        }
-    }
+    let tabs = pollers(mode, &dir, port, &stop, &answered);
     std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Release);
-    for t in tabs {
-        let _ = t.join();
-    }
-    let cpu = process_cpu() - cpu0 - POLLER_CPU_NS.load(Ordering::Relaxed) as f64 * 1e-9;
+    let cpu = stop_pollers(&stop, tabs, cpu0);
     let per_s = cpu / t.elapsed().as_secs_f64();
     daemon.stop(&|| false);
     (per_s, answered.load(Ordering::Relaxed))

@@ -12,6 +12,8 @@
 //! Run: `cargo build --release && cargo bench --bench durability`
 //! (`-- quick` for fewer rows and runs). Medians of several runs.
 
+#[path = "support/prefill.rs"]
+mod prefill;
 #[path = "support/serve.rs"]
 mod serve;
 
@@ -128,18 +130,10 @@ fn prefill(db: &Path, rows: usize, stopped: usize) {
             )
             .expect("prepare");
         for i in 0..rows {
-            let ts = format!(
-                "2026-01-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-                1 + i / 86_400 % 28,
-                i / 3600 % 24,
-                i / 60 % 60,
-                i % 60,
-                i % 1_000_000
-            );
             ins.execute(rusqlite::params![
-                format!("op_dummy_20260101_000000_{i:08x}"),
+                prefill::id(i),
                 "completed",
-                ts
+                prefill::at(i)
             ])
             .expect("insert");
         }

@@ -744,7 +744,7 @@ impl OperationView {
 
 impl From<OperationRecord> for OperationView {
     fn from(r: OperationRecord) -> OperationView {
-        let progress = r.progress();
+        let progress = r.progress;
         let mut v = OperationView {
             attempt: r.attempt,
             claimed_by: r.claimed_by,
@@ -812,15 +812,17 @@ mod tests {
             started_at: Some("s".into()),
             completed_at: None,
             updated_at: "u".into(),
-            progress_percent: 42.5,
-            progress_message: Some("m".into()),
-            current_step: Some("step".into()),
-            steps_completed: Some(1),
-            steps_total: Some(2),
-            items_processed: Some(3),
-            items_total: Some(4),
-            eta_seconds: Some(5.5),
-            progress_context: Some(json!({ "epoch": 1 })),
+            progress: Progress {
+                percentage: 42.5,
+                message: Some("m".into()),
+                current_step: Some("step".into()),
+                steps_completed: Some(1),
+                steps_total: Some(2),
+                items_processed: Some(3),
+                items_total: Some(4),
+                eta_seconds: Some(5.5),
+                context: Some(json!({ "epoch": 1 })),
+            },
             metadata: json!({ "steps": 2 }),
             result_summary: Some(json!({ "r": 1 })),
             error_message: Some("e".into()),
@@ -841,14 +843,27 @@ mod tests {
         }
     }
 
-    /// The wire view is the record's JSON to the letter (SPEC §10: scripts
-    /// read these names), and its text is the record's as it used to be
-    /// written, through a sorted map.
+    /// The wire view of a record spells every column by its name (SPEC
+    /// §10: scripts read these names), progress columns included, and its
+    /// text is the record as it has always been written: through a
+    /// sorted map.
     #[test]
     fn the_view_of_a_record_is_the_records_json() {
-        let rec = record();
-        let as_row = serde_json::to_value(&rec).unwrap();
-        let view = OperationView::from(rec);
+        let as_row = json!({
+            "attempt": 2, "claimed_by": "gpu-box-1", "completed_at": null, "created_at": "c",
+            "current_step": "step", "error_message": "e", "errors": [], "eta_seconds": 5.5,
+            "fail_parent": true, "gpus_assigned": ["0"], "gpus_requested": 1, "held": true,
+            "idempotency_key": "k", "items_processed": 3, "items_total": 4, "label": "l",
+            "lease_expires_at": "l", "max_attempts": 4, "metadata": { "steps": 2 },
+            "operation_id": "op_dummy_20260101_000000_deadbeef", "operation_type": "dummy",
+            "parent_operation_id": "op_pipeline_x", "phase_end": 80.0, "phase_start": 5.0,
+            "priority": 3, "progress_context": { "epoch": 1 }, "progress_message": "m",
+            "progress_percent": 42.5, "queue": "q", "result_summary": { "r": 1 },
+            "run_after": "2026-01-01T00:00:00.000000Z", "started_at": "s", "status": "running",
+            "steps_completed": 1, "steps_total": 2, "stop_reason": "user", "updated_at": "u",
+            "waiting_for": 1, "warnings": ["w"],
+        });
+        let view = OperationView::from(record());
         assert_eq!(serde_json::to_value(&view).unwrap(), as_row);
         assert_eq!(serde_json::to_string(&view).unwrap(), as_row.to_string());
         let back: OperationView = serde_json::from_value(as_row).unwrap();

@@ -259,7 +259,7 @@ impl Service {
                     .map(|l| l.progress().percentage);
                 ChildProgress::of(
                     k.status,
-                    live.unwrap_or(k.progress_percent),
+                    live.unwrap_or(k.progress.percentage),
                     k.phase_start.zip(k.phase_end),
                 )
             })

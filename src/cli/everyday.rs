@@ -624,16 +624,12 @@ mod tests {
             "progress_percent": 0.0,
             "created_at": "2026-11-22T14:30:22.000000Z",
         });
-        let mut full = serde_json::to_value(crate::protocol::OperationView::from(
-            serde_json::from_value::<crate::store::records::OperationRecord>(json!({
-                "operation_id": "x", "operation_type": "command", "status": "pending",
-                "priority": 0, "attempt": 0, "max_attempts": 1, "created_at": "c",
-                "updated_at": "u", "progress_percent": 0.0, "metadata": {}, "warnings": [],
-                "errors": [], "fail_parent": false, "gpus_requested": 0,
-            }))
-            .unwrap(),
-        ))
-        .unwrap();
+        let mut full = json!({
+            "operation_id": "x", "operation_type": "command", "status": "pending",
+            "priority": 0, "attempt": 0, "max_attempts": 1, "created_at": "c",
+            "updated_at": "u", "progress_percent": 0.0, "metadata": {}, "warnings": [],
+            "errors": [], "fail_parent": false, "gpus_requested": 0,
+        });
         for (k, v) in op.as_object().unwrap() {
             full[k] = v.clone();
         }

@@ -259,6 +259,23 @@ pub struct DemoArgs {
 /// seconds on a small machine), few enough to finish in well under 20 s.
 pub const DEMO_EPOCHS: i64 = 300;
 
+/// Columns `line` takes on a terminal: ANSI colour codes take none. A
+/// chart must fit `COLUMNS` by this measure; the unit and integration
+/// tests of `--plot` check it with this one function.
+pub fn screen_width(line: &str) -> usize {
+    let mut n = 0;
+    let mut esc = false;
+    for ch in line.chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

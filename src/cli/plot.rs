@@ -330,21 +330,6 @@ mod tests {
             .collect()
     }
 
-    fn width(line: &str) -> usize {
-        // ANSI colour codes take no room on screen.
-        let mut n = 0;
-        let mut esc = false;
-        for ch in line.chars() {
-            match (esc, ch) {
-                (false, '\x1b') => esc = true,
-                (true, 'm') => esc = false,
-                (true, _) => {}
-                (false, _) => n += 1,
-            }
-        }
-        n
-    }
-
     #[test]
     fn series_uses_x_key_then_step_epoch_seq() {
         let p = vec![
@@ -384,7 +369,10 @@ mod tests {
                     lines.len()
                 );
                 for l in &lines {
-                    assert!(width(l) <= cols, "line wider than {cols}: {l:?}");
+                    assert!(
+                        crate::cli::screen_width(l) <= cols,
+                        "line wider than {cols}: {l:?}"
+                    );
                 }
                 // Uses most of the box: a chart, not a thumbnail.
                 assert!(

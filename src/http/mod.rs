@@ -10,7 +10,7 @@
 //! tabs for a second, so open tabs cost the daemon little.
 
 mod pages;
-mod svg;
+pub mod svg;
 
 use crate::error::{Error, Result};
 use crate::ids::OperationId;

@@ -113,32 +113,3 @@ fn draw(
     root.present().map_err(|x| e(&x))?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn one_polyline_point_per_metric_point() {
-        let pts: Vec<Value> = (1..=17)
-            .map(|i| json!({"seq": i, "data": {"epoch": i, "loss": 1.0 / i as f64, "acc": 0.5}}))
-            .collect();
-        let c = curves(&pts);
-        assert_eq!(c.keys().collect::<Vec<_>>(), vec!["acc", "loss"]);
-        let svg = chart("loss", &c["loss"], &pts, 480, 240);
-        let line = svg
-            .split("<polyline")
-            .skip(1)
-            .find(|s| s.contains("stroke=\"#1F77B4\""))
-            .expect("the curve");
-        let points = line
-            .split("points=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        assert_eq!(points.split_whitespace().count(), 17, "{line}");
-    }
-}

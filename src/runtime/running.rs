@@ -150,31 +150,20 @@ impl RunningOp {
     /// Merge a progress report into the slot. The hot path of every job.
     pub fn report(&self, u: ProgressUpdate) {
         if let Ok(mut s) = self.slot.lock() {
-            let p = &mut s.progress;
-            if let Some(v) = u.percentage {
-                p.percentage = v.clamp(0.0, 100.0);
-            }
-            if u.message.is_some() {
-                p.message = u.message;
-            }
-            if u.current_step.is_some() {
-                p.current_step = u.current_step;
-            }
-            if u.steps_completed.is_some() {
-                p.steps_completed = u.steps_completed;
-            }
-            if u.steps_total.is_some() {
-                p.steps_total = u.steps_total;
-            }
-            if u.items_processed.is_some() {
-                p.items_processed = u.items_processed;
-            }
-            if u.items_total.is_some() {
-                p.items_total = u.items_total;
-            }
-            if u.context.is_some() {
-                p.context = u.context;
-            }
+            // What the report carries replaces what was kept; the ETA is
+            // the daemon's own (a report's is ignored).
+            let old = std::mem::take(&mut s.progress);
+            s.progress = Progress {
+                percentage: u.percentage.map_or(old.percentage, |v| v.clamp(0.0, 100.0)),
+                message: u.message.or(old.message),
+                current_step: u.current_step.or(old.current_step),
+                steps_completed: u.steps_completed.or(old.steps_completed),
+                steps_total: u.steps_total.or(old.steps_total),
+                items_processed: u.items_processed.or(old.items_processed),
+                items_total: u.items_total.or(old.items_total),
+                eta_seconds: old.eta_seconds,
+                context: u.context.or(old.context),
+            };
         }
         self.dirty.store(true, Ordering::Release);
     }

@@ -21,7 +21,7 @@
 //! when (`opsd health` shows it as `store`). The backends differ only in
 //! how a batch is run ([`Engine::try_commit`]) and in their wording.
 
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -67,6 +67,28 @@ pub(crate) struct BatchFailure {
     pub(crate) busy: bool,
     /// What the database said, for the log and `health`.
     pub(crate) message: String,
+}
+
+/// A request's error that spoils its whole batch: the lock, the disk,
+/// the file or the connection, not the request's own logic (a
+/// constraint, a missing row), which its savepoint contains.
+pub(crate) fn spoils_batch(e: &Error) -> Option<BatchFailure> {
+    let Error::Database(db) = e else { return None };
+    let busy = db.kind == DbErrorKind::Busy;
+    (busy || db.kind == DbErrorKind::Storage).then(|| BatchFailure {
+        busy,
+        message: db.message.clone(),
+    })
+}
+
+/// What a request's caller hears: the result it kept when its batch
+/// committed (`failure` is `None`), else the batch's failure.
+pub(crate) fn answer<T>(result: Option<Result<T>>, failure: Option<Error>) -> Result<T> {
+    match failure {
+        Some(e) => Err(e),
+        None => result
+            .unwrap_or_else(|| Err(Error::Internal("a write was answered before it ran".into()))),
+    }
 }
 
 /// Why writes are not landing, and since when.

@@ -7,6 +7,7 @@
 use crate::error::Result;
 use crate::model::OperationType;
 use crate::store::records::{ClaimPlan, ClaimedOperation};
+use crate::store::rows::Claimed;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
@@ -66,18 +67,26 @@ impl Gate {
     }
 }
 
-/// Walk `plan` through `gate`. `claim(kind, gpus, n, closed)` claims up to
-/// `n` operations of `kind` asking for GPUs within `gpus`, from queues not
-/// in `closed`, returning each with its queue.
+/// One statement's worth of a claim round: up to `limit` operations of
+/// `kind` asking for GPUs within `gpus` (`0..=0` for none), from queues
+/// not in `closed`.
+pub(crate) struct Ask<'a> {
+    /// The type claimed.
+    pub kind: OperationType,
+    /// How many GPUs a claimed operation may ask for.
+    pub gpus: RangeInclusive<i64>,
+    /// At most this many.
+    pub limit: usize,
+    /// Queues nothing may be claimed from (paused, or at their cap).
+    pub closed: &'a [String],
+}
+
+/// Walk `plan` through `gate`. `claim(ask)` runs the backend's claim
+/// statement for one [`Ask`], returning each operation with its queue.
 pub(crate) fn walk(
     plan: &ClaimPlan,
     gate: &mut Gate,
-    mut claim: impl FnMut(
-        OperationType,
-        RangeInclusive<i64>,
-        usize,
-        &[String],
-    ) -> Result<Vec<(String, ClaimedOperation)>>,
+    mut claim: impl FnMut(Ask<'_>) -> Result<Vec<(String, ClaimedOperation)>>,
 ) -> Result<Vec<ClaimedOperation>> {
     let mut out = Vec::new();
     let mut budget = plan.total;
@@ -86,7 +95,12 @@ pub(crate) fn walk(
         let mut n = free.min(budget);
         // GPU operations one at a time, while GPUs are free.
         while n > 0 && gpus_left > 0 {
-            let got = claim(kind, 1..=gpus_left, 1, gate.closed())?;
+            let got = claim(Ask {
+                kind,
+                gpus: 1..=gpus_left,
+                limit: 1,
+                closed: gate.closed(),
+            })?;
             let Some((queue, op)) = got.into_iter().next() else {
                 break;
             };
@@ -100,7 +114,12 @@ pub(crate) fn walk(
         // otherwise the whole batch in one statement.
         while n > 0 {
             let step = if gate.capped() { 1 } else { n };
-            let got = claim(kind, 0..=0, step, gate.closed())?;
+            let got = claim(Ask {
+                kind,
+                gpus: 0..=0,
+                limit: step,
+                closed: gate.closed(),
+            })?;
             let short = got.len() < step;
             n -= got.len();
             budget -= got.len();
@@ -118,4 +137,29 @@ pub(crate) fn walk(
         }
     }
     Ok(out)
+}
+
+/// One claim of up to `limit` operations of a type, the same order on
+/// every backend: `resuming` rows first (they ran before), then `pending`
+/// ones. `claim_from(status, n)` runs the backend's statement for rows
+/// of `status`, at most `n`; since `UPDATE ... RETURNING` does not keep
+/// its subquery's order, each batch is put back in claim order (priority
+/// first, then age, then id) so workers start the most urgent first.
+pub(crate) fn resuming_then_pending(
+    limit: usize,
+    mut claim_from: impl FnMut(&'static str, usize) -> Result<Vec<Claimed>>,
+) -> Result<Vec<(String, ClaimedOperation)>> {
+    let mut claimed = Vec::new();
+    for from in ["resuming", "pending"] {
+        let left = limit - claimed.len();
+        if left == 0 {
+            break;
+        }
+        let mut batch = claim_from(from, left)?;
+        batch.sort_by(|(a, _, x), (b, _, y)| {
+            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
+        });
+        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
+    }
+    Ok(claimed)
 }

@@ -16,6 +16,8 @@ pub(crate) mod batch;
 pub(crate) mod claiming;
 pub mod postgres;
 pub mod records;
+pub(crate) mod rows;
+pub(crate) mod rules;
 pub mod sqlite;
 
 use crate::error::{Error, Result};

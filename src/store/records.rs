@@ -112,8 +112,9 @@ impl NewOperation {
 /// [`crate::control::ProgressFields`] with the percentage always known.
 pub type Progress = crate::control::ProgressFields<f64>;
 
-/// One operation, every column (SPEC §5), JSON columns parsed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One operation, every column (SPEC §5), JSON columns parsed. The API
+/// shows it as `crate::protocol::OperationView`, its own type.
+#[derive(Debug, Clone)]
 pub struct OperationRecord {
     /// Primary key.
     pub operation_id: OperationId,
@@ -141,24 +142,9 @@ pub struct OperationRecord {
     pub completed_at: Option<String>,
     /// Last change.
     pub updated_at: String,
-    /// Percent done.
-    pub progress_percent: f64,
-    /// For people.
-    pub progress_message: Option<String>,
-    /// Step name.
-    pub current_step: Option<String>,
-    /// Steps done.
-    pub steps_completed: Option<i64>,
-    /// Steps in all.
-    pub steps_total: Option<i64>,
-    /// Items done.
-    pub items_processed: Option<i64>,
-    /// Items in all.
-    pub items_total: Option<i64>,
-    /// Estimated seconds left.
-    pub eta_seconds: Option<f64>,
-    /// Domain details.
-    pub progress_context: Option<Value>,
+    /// The progress columns (`progress_percent`, `progress_message`,
+    /// `current_step`, ..., `progress_context`), as one [`Progress`].
+    pub progress: Progress,
     /// Submitted parameters.
     pub metadata: Value,
     /// Result, once completed.
@@ -182,57 +168,17 @@ pub struct OperationRecord {
     /// GPUs assigned (array of ids).
     pub gpus_assigned: Option<Value>,
     /// The host that runs it (or ran it last); NULL until first claimed.
-    #[serde(default)]
     pub claimed_by: Option<String>,
     /// Until when the running host's claim holds (NULL when not running).
-    #[serde(default)]
     pub lease_expires_at: Option<String>,
     /// Label given at submit.
-    #[serde(default)]
     pub label: Option<String>,
     /// The named queue it runs in.
-    #[serde(default = "default_queue")]
     pub queue: String,
     /// Held until `opsd release`.
-    #[serde(default)]
     pub held: bool,
     /// Dependencies not met yet.
-    #[serde(default)]
     pub waiting_for: i64,
-}
-
-fn default_queue() -> String {
-    "default".into()
-}
-
-impl OperationRecord {
-    /// The progress columns as a [`Progress`].
-    pub fn progress(&self) -> Progress {
-        Progress {
-            percentage: self.progress_percent,
-            message: self.progress_message.clone(),
-            current_step: self.current_step.clone(),
-            steps_completed: self.steps_completed,
-            steps_total: self.steps_total,
-            items_processed: self.items_processed,
-            items_total: self.items_total,
-            eta_seconds: self.eta_seconds,
-            context: self.progress_context.clone(),
-        }
-    }
-
-    /// Overwrite the progress columns (used to show a live value).
-    pub fn set_progress(&mut self, p: Progress) {
-        self.progress_percent = p.percentage;
-        self.progress_message = p.message;
-        self.current_step = p.current_step;
-        self.steps_completed = p.steps_completed;
-        self.steps_total = p.steps_total;
-        self.items_processed = p.items_processed;
-        self.items_total = p.items_total;
-        self.eta_seconds = p.eta_seconds;
-        self.progress_context = p.context;
-    }
 }
 
 /// Filters of `opsd list`.

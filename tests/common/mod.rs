@@ -3,9 +3,13 @@
 
 #![allow(dead_code)]
 
+#[path = "../../benches/support/port.rs"]
+mod port;
+
 pub use opsd::client::Client;
 pub use opsd::protocol::{Request, Submit};
 pub use opsd::store::records::ListFilter;
+pub use port::free_port;
 use serde_json::Value;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

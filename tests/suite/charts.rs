@@ -5,21 +5,6 @@ use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-/// Columns a line takes on screen (ANSI colour codes take none).
-fn width(line: &str) -> usize {
-    let mut n = 0;
-    let mut esc = false;
-    for ch in line.chars() {
-        match (esc, ch) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, _) => n += 1,
-        }
-    }
-    n
-}
-
 fn plot(d: &Daemon, args: &[&str], cols: usize, rows: usize) -> std::process::Output {
     Command::new(bin())
         .arg("metrics")
@@ -67,7 +52,10 @@ fn several_runs_overlaid_fit_the_terminal_with_a_legend() {
             "the chart uses the height:\n{text}"
         );
         for l in &lines {
-            assert!(width(l) <= cols, "wider than {cols}: {l:?}");
+            assert!(
+                opsd::cli::screen_width(l) <= cols,
+                "wider than {cols}: {l:?}"
+            );
         }
         assert!(lines[0].contains("train_loss over epoch"), "{text}");
         let legend = &lines[lines.len() - 2..];

@@ -9,15 +9,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_with_http() -> (Daemon, u16) {
     let port = free_port();
     let d = Daemon::start_with(&format!(
@@ -198,19 +189,14 @@ fn dump_dom(browser: &PathBuf, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// The `points` of the curve (the polyline in the curve colour) inside
-/// `<figure data-metric="KEY">`.
-fn curve_points(dom: &str, key: &str) -> usize {
-    let fig = dom
-        .split(&format!("<figure data-metric=\"{key}\""))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no figure for {key}"));
-    let fig = fig.split("</figure>").next().unwrap();
-    let line = fig
+/// How many `points` the curve (the polyline in the curve colour) of an
+/// SVG document or a page fragment has.
+fn polyline_points(svg: &str) -> usize {
+    let line = svg
         .split("<polyline")
         .skip(1)
         .find(|s| s.to_ascii_lowercase().contains("stroke=\"#1f77b4\""))
-        .unwrap_or_else(|| panic!("no curve in the {key} figure"));
+        .unwrap_or_else(|| panic!("no curve in {svg}"));
     let pts = line
         .split("points=\"")
         .nth(1)
@@ -219,6 +205,29 @@ fn curve_points(dom: &str, key: &str) -> usize {
         .next()
         .unwrap();
     pts.split_whitespace().count()
+}
+
+/// The points of the curve inside `<figure data-metric="KEY">`.
+fn curve_points(dom: &str, key: &str) -> usize {
+    let fig = dom
+        .split(&format!("<figure data-metric=\"{key}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no figure for {key}"));
+    polyline_points(fig.split("</figure>").next().unwrap())
+}
+
+/// The server draws one polyline point per metric point (no browser
+/// needed: the SVG as the page embeds it).
+#[test]
+fn one_polyline_point_per_metric_point() {
+    use opsd::http::svg::{chart, curves};
+    let pts: Vec<Value> = (1..=17)
+        .map(|i| json!({"seq": i, "data": {"epoch": i, "loss": 1.0 / i as f64, "acc": 0.5}}))
+        .collect();
+    let c = curves(&pts);
+    assert_eq!(c.keys().collect::<Vec<_>>(), vec!["acc", "loss"]);
+    let svg = chart("loss", &c["loss"], &pts, 480, 240);
+    assert_eq!(polyline_points(&svg), 17, "{svg}");
 }
 
 #[test]

@@ -114,20 +114,10 @@ fn on_both(test: &str, scenario: impl Fn(&Store)) {
 }
 
 fn new_op(kind: OperationType) -> NewOperation {
-    NewOperation {
-        id: OperationId::generate(kind, chrono::Utc::now()),
+    NewOperation::new(
         kind,
-        metadata: json!({"steps": 3, "x": 0.30000000000000004, "name": "é ✓"}),
-        parent: None,
-        priority: 0,
-        idempotency_key: None,
-        phase: None,
-        fail_parent: false,
-        gpus: 0,
-        max_attempts: 1,
-        run_after: None,
-        options: Default::default(),
-    }
+        json!({"steps": 3, "x": 0.30000000000000004, "name": "é ✓"}),
+    )
 }
 
 fn submit(s: &Store, op: NewOperation) -> OperationId {
@@ -280,7 +270,7 @@ fn progress_metrics_checkpoint_and_a_new_attempt() {
         let cp = s.checkpoint(&id).unwrap().unwrap();
         assert_eq!(cp.metrics_seq, 5);
         assert_eq!(cp.state, json!({"step": 2}));
-        assert_eq!(s.get(&id).unwrap().progress_percent, 60.0);
+        assert_eq!(s.get(&id).unwrap().progress.percentage, 60.0);
         // A crash and a new attempt: points after the checkpoint go.
         let rec = s.recover(true).unwrap();
         assert_eq!(rec.crashed, vec![id.clone()]);
@@ -293,7 +283,7 @@ fn progress_metrics_checkpoint_and_a_new_attempt() {
         finish(s, &id, again.attempt, Status::Completed, true);
         let done = s.get(&id).unwrap();
         assert_eq!(done.status, Status::Completed);
-        assert_eq!(done.progress_percent, 100.0);
+        assert_eq!(done.progress.percentage, 100.0);
         assert_eq!(done.result_summary, Some(json!({"ok": true, "value": 1.5})));
         assert!(s.checkpoint(&id).unwrap().is_none());
     });
@@ -468,7 +458,7 @@ fn a_host_that_lost_its_lease_writes_nothing_over_the_rescuer() {
     let rec = a.get(&id).unwrap();
     assert_eq!(rec.status, Status::Running);
     assert_eq!(rec.claimed_by.as_deref(), Some("b"));
-    assert_eq!(rec.progress_percent, 70.0);
+    assert_eq!(rec.progress.percentage, 70.0);
     assert_eq!(
         a.metrics(&id, 0, 100).unwrap().1,
         3,

@@ -9,6 +9,11 @@
 //! cargo run --release -- --prefill 1000000 --slots 200   # on 1M finished rows
 //! ```
 
+#[path = "../../support/prefill.rs"]
+mod prefill;
+#[path = "../../support/serve.rs"]
+mod serve;
+
 use effectum::{Job, JobRegistry, JobRunner, Queue, Worker};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -76,33 +81,9 @@ impl Drop for Opsd {
 }
 
 fn start_opsd(bin: &Path, dir: tempfile::TempDir, slots: usize) -> Opsd {
-    let cfg = dir.path().join("opsd.toml");
-    std::fs::write(
-        &cfg,
-        format!("workers = {slots}\n[concurrency]\ndummy = {slots}\n"),
-    )
-    .unwrap();
-    let socket = dir.path().join("opsd.sock");
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&cfg)
-        .env("OPSD_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start opsd");
-    let t = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(60), "opsd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let config = format!("workers = {slots}\n[concurrency]\ndummy = {slots}\n");
+    let (mut child, socket) = serve::spawn(bin, dir.path(), &config);
+    serve::wait_ready(&mut child, &socket, Duration::from_secs(60));
     Opsd {
         child,
         socket,
@@ -149,15 +130,7 @@ fn prefill_opsd(bin: &Path, rows: usize) -> tempfile::TempDir {
             )
             .unwrap();
         for i in 0..rows {
-            let ts = format!(
-                "2026-01-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-                1 + i / 86_400 % 28,
-                i / 3600 % 24,
-                i / 60 % 60,
-                i % 60,
-                i % 1_000_000
-            );
-            ins.execute(rusqlite::params![format!("op_dummy_20260101_000000_{i:08x}"), ts])
+            ins.execute(rusqlite::params![prefill::id(i), prefill::at(i)])
                 .unwrap();
         }
     }

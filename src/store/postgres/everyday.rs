@@ -16,23 +16,9 @@ use crate::ids::OperationId;
 use crate::model::Status;
 use crate::store::claiming::Gate;
 use crate::store::records::{CleanFilter, QueueChange, QueueRow};
+use crate::store::rules::{self, Dep};
 use postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
-
-/// Check a queue name (as SQLite's `queues::check_name`).
-fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "queue name {name:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.'"
-        )))
-    }
-}
 
 /// Create the queue if it does not exist yet (a submit to a new name).
 pub(super) fn ensure_queue<C: GenericClient>(
@@ -43,7 +29,7 @@ pub(super) fn ensure_queue<C: GenericClient>(
     if name == "default" {
         return Ok(());
     }
-    check_name(name)?;
+    rules::queue_name(name)?;
     c.execute(
         "INSERT INTO queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         &[&name, &now],
@@ -79,14 +65,7 @@ pub(super) fn set_queue<C: GenericClient>(
     ch: &QueueChange,
     now: &str,
 ) -> Result<QueueRow> {
-    check_name(&ch.name)?;
-    if let Some(Some(n)) = ch.parallel {
-        if n < 1 {
-            return Err(Error::BadRequest(format!(
-                "--parallel must be at least 1 (got {n}); pause the queue to start nothing"
-            )));
-        }
-    }
+    rules::queue_change(ch)?;
     c.execute(
         "INSERT INTO queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         &[&ch.name, &now],
@@ -148,13 +127,6 @@ pub(super) fn gate<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Gate> {
     Ok(Gate::new(queues))
 }
 
-/// A dependency of a new operation, checked.
-pub(super) struct Dep {
-    id: OperationId,
-    any: bool,
-    pub(super) met: bool,
-}
-
 /// Check the dependencies of a new operation (as SQLite): each must
 /// exist; an `--after` one must not have failed or been cancelled. Each
 /// is share-locked until the submit commits (see the module comment).
@@ -163,41 +135,17 @@ pub(super) fn check_deps<C: GenericClient>(
     after: &[OperationId],
     after_any: &[OperationId],
 ) -> Result<Vec<Dep>> {
-    let mut out: Vec<Dep> = Vec::new();
-    let tagged = after
-        .iter()
-        .map(|i| (i, false))
-        .chain(after_any.iter().map(|i| (i, true)));
-    for (id, any) in tagged {
-        if out.iter().any(|d| &d.id == id) {
-            continue;
-        }
+    let mut out = Vec::new();
+    for (id, any) in rules::dependencies(after, after_any) {
         let row = c.query_opt(
             "SELECT status FROM operations WHERE operation_id = $1 FOR SHARE",
             &[&id.as_str()],
         )?;
-        let Some(row) = row else {
-            return Err(Error::NotFound(format!(
-                "the dependency {id} does not exist; `opsd list` shows the ids"
-            )));
+        let status = match row {
+            Some(r) => Some(r.get::<_, &str>(0).parse().map_err(Error::Internal)?),
+            None => None,
         };
-        let status: Status = row.get::<_, &str>(0).parse().map_err(Error::Internal)?;
-        let met = match (status, any) {
-            (Status::Completed, _) => true,
-            (s, true) if !s.is_active() => true,
-            (s, false) if !s.is_active() => {
-                return Err(Error::InvalidTransition(format!(
-                    "--after {id}: that operation is {s} and will not complete unless it is \
-                     resumed; resume it first, or use --after-any to start whatever its outcome"
-                )))
-            }
-            _ => false,
-        };
-        out.push(Dep {
-            id: id.clone(),
-            any,
-            met,
-        });
+        out.push(rules::dependency(id, any, status)?);
     }
     Ok(out)
 }
@@ -223,21 +171,27 @@ pub(super) fn insert_deps<C: GenericClient>(
     Ok(())
 }
 
-/// `id` ended with `status`: its waiting dependents count it as met, or
-/// (an `--after` one, when it did not complete) are cancelled with
-/// `stop_reason = dependency`, and so on down the chain (as SQLite).
-/// Returns the operations cancelled that way.
+/// `id` ended with `status`: its dependents are settled (see
+/// [`rules::settle`]); when one stopped waiting, the hosts are told
+/// there is work. Returns the operations cancelled that way.
 pub(super) fn settle<C: GenericClient>(
     c: &mut Db<'_, C>,
     id: &OperationId,
     status: Status,
     now: &str,
 ) -> Result<Vec<OperationId>> {
-    let mut cancelled = Vec::new();
-    let mut work = vec![(id.clone(), status)];
-    let mut freed = false;
-    while let Some((done, st)) = work.pop() {
-        let dependents: Vec<(OperationId, bool)> = c
+    let (cancelled, freed) = rules::settle(c, id, status, now)?;
+    if freed {
+        sql::notify(c, WORK_CHANNEL, "")?;
+    }
+    Ok(cancelled)
+}
+
+/// The dependency statements on PostgreSQL; dependents in id order, so
+/// hosts settling at once lock their rows in one order.
+impl<C: GenericClient> rules::DependencyRows for Db<'_, C> {
+    fn waiting_dependents(&mut self, done: &OperationId) -> Result<Vec<(OperationId, bool)>> {
+        Ok(self
             .query(
                 "SELECT operation_id, any_outcome::bigint FROM operation_dependencies \
                  WHERE depends_on = $1 AND state = 'waiting' ORDER BY operation_id",
@@ -245,54 +199,48 @@ pub(super) fn settle<C: GenericClient>(
             )?
             .iter()
             .map(|r| (OperationId(r.get(0)), r.get::<_, i64>(1) != 0))
-            .collect();
-        for (dep, any) in dependents {
-            let met = any || st == Status::Completed;
-            c.execute(
-                "UPDATE operation_dependencies SET state = $3 \
-                 WHERE operation_id = $1 AND depends_on = $2",
-                &[
-                    &dep.as_str(),
-                    &done.as_str(),
-                    &if met { "met" } else { "broken" },
-                ],
-            )?;
-            c.execute(
-                "UPDATE operations SET waiting_for = waiting_for - 1 \
-                 WHERE operation_id = $1 AND waiting_for > 0",
-                &[&dep.as_str()],
-            )?;
-            if met {
-                freed = true;
-                continue;
-            }
-            let message = format!("its dependency {done} ended {st}, so it was not started");
-            let n = c.execute(
-                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
-                     completed_at = $2, updated_at = $2, eta_seconds = NULL, error_message = $3 \
-                 WHERE operation_id = $1 AND status = 'pending'",
-                &[&dep.as_str(), &now, &message],
-            )?;
-            if n == 1 {
-                cancelled.push(dep.clone());
-                work.push((dep, Status::Cancelled));
-            }
-        }
+            .collect())
     }
-    if freed {
-        sql::notify(c, WORK_CHANNEL, "")?;
+
+    fn resolve_dependency(&mut self, row: rules::Settled<'_>) -> Result<()> {
+        let (dep, done, met) = (row.dependent, row.on, row.met);
+        self.execute(
+            "UPDATE operation_dependencies SET state = $3 \
+             WHERE operation_id = $1 AND depends_on = $2",
+            &[
+                &dep.as_str(),
+                &done.as_str(),
+                &if met { "met" } else { "broken" },
+            ],
+        )?;
+        self.execute(
+            "UPDATE operations SET waiting_for = waiting_for - 1 \
+             WHERE operation_id = $1 AND waiting_for > 0",
+            &[&dep.as_str()],
+        )?;
+        Ok(())
     }
-    Ok(cancelled)
+
+    fn cancel_dependent(&mut self, dep: &OperationId, message: &str, now: &str) -> Result<bool> {
+        let n = self.execute(
+            "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                 completed_at = $2, updated_at = $2, eta_seconds = NULL, error_message = $3 \
+             WHERE operation_id = $1 AND status = 'pending'",
+            &[&dep.as_str(), &now, &message],
+        )?;
+        Ok(n == 1)
+    }
 }
 
-/// Settle the dependents of operations that just ended, each with the
-/// status it has now.
-pub(super) fn settle_ended<C: GenericClient>(
+/// Recovery: the dependents of crashed operations that stay ended (not
+/// among `resumed`) stop waiting, each by the status it has now.
+pub(super) fn settle_crashed<C: GenericClient>(
     c: &mut Db<'_, C>,
-    ids: &[OperationId],
+    crashed: &[OperationId],
+    resumed: &[OperationId],
     now: &str,
 ) -> Result<()> {
-    for id in ids {
+    for id in crashed.iter().filter(|id| !resumed.contains(id)) {
         let st = sql::status(c, id)?;
         if !st.is_active() {
             settle(c, id, st, now)?;
@@ -330,18 +278,7 @@ pub(super) fn release<C: GenericClient>(
     if n == 1 {
         return sql::notify(c, WORK_CHANNEL, "");
     }
-    let rec = sql::get(c, id)?;
-    Err(Error::InvalidTransition(if rec.held {
-        format!(
-            "operation {id} is {}; only a pending operation is held",
-            rec.status
-        )
-    } else {
-        format!(
-            "operation {id} is not held (it is {}); only operations submitted with --hold need a release",
-            rec.status
-        )
-    }))
+    Err(rules::release_refused(&sql::get(c, id)?))
 }
 
 /// `opsd clean` (as SQLite): finished operations matching `filter`, a
@@ -352,16 +289,7 @@ pub(super) fn clean<C: GenericClient>(
     c: &mut Db<'_, C>,
     filter: &CleanFilter,
 ) -> Result<Vec<OperationId>> {
-    let statuses: Vec<Status> = if filter.statuses.is_empty() {
-        vec![Status::Completed, Status::Failed, Status::Cancelled]
-    } else {
-        filter.statuses.clone()
-    };
-    if let Some(s) = statuses.iter().find(|s| s.is_active()) {
-        return Err(Error::BadRequest(format!(
-            "clean never deletes {s} operations; --status takes completed, failed or cancelled"
-        )));
-    }
+    let statuses = rules::clean_statuses(filter)?;
     let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
     let before = filter.ended_before.clone().unwrap_or_else(|| "9999".into());
     let rows = c.query(
@@ -369,37 +297,23 @@ pub(super) fn clean<C: GenericClient>(
          WHERE completed_at IS NOT NULL AND completed_at < $1 AND status = ANY($2::text[])",
         &[&before, &names],
     )?;
-    let mut set: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    // Drop, until nothing changes, parents with a child that stays.
-    loop {
-        let mut keep = Vec::new();
-        for id in &set {
-            let kids = c.query(
-                "SELECT operation_id FROM operations WHERE parent_operation_id = $1",
-                &[id],
-            )?;
-            if kids.iter().any(|k| !set.contains(&k.get::<_, String>(0))) {
-                keep.push(id.clone());
-            }
-        }
-        if keep.is_empty() {
-            break;
-        }
-        for k in keep {
-            set.remove(&k);
-        }
-    }
-    let mut out: Vec<String> = set.into_iter().collect();
-    out.sort();
+    let set: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    let out = rules::whole_trees(set, |id| {
+        let kids = c.query(
+            "SELECT operation_id FROM operations WHERE parent_operation_id = $1",
+            &[&id],
+        )?;
+        Ok(kids.iter().map(|k| k.get(0)).collect())
+    })?;
     if !filter.dry_run {
         // Children first: a parent row is referenced by its children's.
         let parents: HashMap<String, Option<String>> = rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
             .collect();
-        let depth = |id: &String| {
+        let depth = |id: &OperationId| {
             let mut d = 0;
-            let mut at = parents.get(id).cloned().flatten();
+            let mut at = parents.get(&id.0).cloned().flatten();
             while let Some(p) = at {
                 d += 1;
                 at = parents.get(&p).cloned().flatten();
@@ -412,9 +326,9 @@ pub(super) fn clean<C: GenericClient>(
             c.execute(
                 "DELETE FROM operations WHERE operation_id = $1 \
                  AND status IN ('completed','failed','cancelled')",
-                &[id],
+                &[&id.as_str()],
             )?;
         }
     }
-    Ok(out.into_iter().map(OperationId).collect())
+    Ok(out)
 }

@@ -406,12 +406,7 @@ impl Backend for PostgresStore {
                 }
             }
             // Crashed operations that stay ended end their dependents' wait.
-            let stay: Vec<OperationId> = crashed
-                .iter()
-                .filter(|id| !resumed.contains(id))
-                .cloned()
-                .collect();
-            everyday::settle_ended(tx, &stay, &now)?;
+            everyday::settle_crashed(tx, &crashed, &resumed, &now)?;
             Ok(Recovery { crashed, resumed })
         })
         .wait()
@@ -422,9 +417,7 @@ impl Backend for PostgresStore {
             let now = crate::ids::now();
             // Paused and capped queues (as SQLite's claim).
             let mut gate = everyday::gate(tx)?;
-            crate::store::claiming::walk(&plan, &mut gate, |kind, gpus, n, closed| {
-                sql::claim(tx, me, &now, kind, gpus, n, closed)
-            })
+            crate::store::claiming::walk(&plan, &mut gate, |ask| sql::claim(tx, me, &now, ask))
         })
         .wait()
     }
@@ -708,12 +701,7 @@ impl Backend for PostgresStore {
                         resumed.push(id);
                     }
                 }
-                let stay: Vec<OperationId> = crashed
-                    .iter()
-                    .filter(|id| !resumed.contains(id))
-                    .cloned()
-                    .collect();
-                everyday::settle_ended(tx, &stay, &now)?;
+                everyday::settle_crashed(tx, &crashed, &resumed, &now)?;
             }
             // What a host that stopped cleanly (and left) had running
             // continues elsewhere, as its own next start would resume it.

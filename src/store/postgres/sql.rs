@@ -11,16 +11,72 @@ use super::{everyday, Db};
 use crate::aggregate::{parent_percentage, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::model::{OperationType, Status, StopReason};
+use crate::model::{Status, StopReason};
+use crate::store::claiming;
 use crate::store::records::{
     Checkpoint, ClaimedOperation, Finish, HostRecord, ListFilter, MetricPoint, NewOperation,
     OperationRecord, Progress, TreeCancel,
 };
-use postgres::types::ToSql;
+use crate::store::rows::{self, Cells, CLAIM_RETURNING, OPERATION_COLUMNS};
+use crate::store::rules::{self, not_found};
+use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, Row};
 use serde_json::Value;
 
 type P<'a> = &'a (dyn ToSql + Sync);
+
+/// Columns as the shared row mappings read them
+/// ([`crate::store::rows`]): JSON is `jsonb`; the flags and counters of
+/// migration 2 are `integer`, widened here.
+impl Cells for Row {
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.try_get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(match *self.columns()[i].type_() {
+            Type::INT4 => self.try_get::<_, i32>(i)?.into(),
+            _ => self.try_get(i)?,
+        })
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(match *self.columns()[i].type_() {
+            Type::INT4 => self.try_get::<_, Option<i32>>(i)?.map(i64::from),
+            _ => self.try_get(i)?,
+        })
+    }
+    fn real(&self, i: usize) -> Result<f64> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_real(&self, i: usize) -> Result<Option<f64>> {
+        Ok(self.try_get(i)?)
+    }
+    fn json(&self, i: usize) -> Result<Option<Value>> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+/// The progress columns' values in their statement order, `percentage`
+/// clamped to 0-100: the write of live progress binds all nine, the
+/// final row all but the ETA (`eta`: false).
+fn progress_values<'a>(p: &'a Progress, pct: &'a f64, eta: bool) -> Vec<P<'a>> {
+    let mut v: Vec<P<'a>> = vec![
+        pct,
+        &p.message,
+        &p.current_step,
+        &p.steps_completed,
+        &p.steps_total,
+        &p.items_processed,
+        &p.items_total,
+    ];
+    if eta {
+        v.push(&p.eta_seconds);
+    }
+    v.push(&p.context);
+    v
+}
 
 /// NOTIFY channel: something became runnable.
 pub(super) const WORK_CHANNEL: &str = "opsd_work";
@@ -44,10 +100,6 @@ fn lease_sql(sql: &str, n: usize) -> String {
 
 fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T> {
     s.parse().map_err(Error::Internal)
-}
-
-fn not_found(id: &OperationId) -> Error {
-    Error::NotFound(format!("no operation {id}; `opsd list` shows the ids"))
 }
 
 /// Insert an operation (see the SQLite insert for the rules).
@@ -137,15 +189,10 @@ fn same_key<C: GenericClient>(
     else {
         return Ok(None);
     };
-    let id: String = r.get(0);
+    let id = OperationId(r.get(0));
     let same = r.get::<_, &str>(2) == op.kind.as_str() && r.get::<_, Value>(3) == op.metadata;
-    if !same {
-        return Err(Error::BadRequest(format!(
-            "key {key:?} was already used by operation {id} with a different type or \
-             parameters; use a new key, or submit the same parameters to get {id} back"
-        )));
-    }
-    Ok(Some((OperationId(id), parse(r.get::<_, &str>(1))?, false)))
+    rules::key_reuse(key, &id, same)?;
+    Ok(Some((id, parse(r.get::<_, &str>(1))?, false)))
 }
 
 /// As in SQLite; the parent's row is share-locked so a concurrent cancel
@@ -159,81 +206,14 @@ fn check_parent_takes_children<C: GenericClient>(
         "SELECT status, stop_reason FROM operations WHERE operation_id = $1 FOR SHARE",
         &[&parent.as_str()],
     )?;
-    let Some(row) = row else {
-        return Err(Error::NotFound(format!(
-            "parent operation {parent} does not exist"
-        )));
+    let row = match row {
+        Some(r) => Some((
+            parse(r.get::<_, &str>(0))?,
+            r.get::<_, Option<&str>>(1).is_some(),
+        )),
+        None => None,
     };
-    let status: Status = parse(row.get::<_, &str>(0))?;
-    let stop: Option<String> = row.get(1);
-    if !status.is_active() {
-        return Err(Error::InvalidTransition(format!(
-            "parent operation {parent} is {status}; children can only be added to a pending or \
-             running operation (resume it first)"
-        )));
-    }
-    if status == Status::Running && stop.is_some() {
-        return Err(Error::InvalidTransition(format!(
-            "parent operation {parent} is being cancelled; no new children can be added to it"
-        )));
-    }
-    Ok(())
-}
-
-/// The columns of [`record`].
-pub(super) const COLUMNS: &str = "operation_id, parent_operation_id, operation_type, status, \
-    stop_reason, priority, attempt, max_attempts, run_after, created_at, started_at, \
-    completed_at, updated_at, progress_percent, progress_message, current_step, \
-    steps_completed, steps_total, items_processed, items_total, eta_seconds, \
-    progress_context, metadata, result_summary, error_message, warnings, errors, \
-    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
-    claimed_by, lease_expires_at, label, queue, held::bigint, waiting_for::bigint";
-
-fn record(r: &Row) -> Result<OperationRecord> {
-    Ok(OperationRecord {
-        operation_id: OperationId(r.try_get(0)?),
-        parent_operation_id: r.try_get::<_, Option<String>>(1)?.map(OperationId),
-        operation_type: parse(r.try_get::<_, &str>(2)?)?,
-        status: parse(r.try_get::<_, &str>(3)?)?,
-        stop_reason: r
-            .try_get::<_, Option<&str>>(4)?
-            .map(parse::<StopReason>)
-            .transpose()?,
-        priority: r.try_get(5)?,
-        attempt: r.try_get(6)?,
-        max_attempts: r.try_get(7)?,
-        run_after: r.try_get(8)?,
-        created_at: r.try_get(9)?,
-        started_at: r.try_get(10)?,
-        completed_at: r.try_get(11)?,
-        updated_at: r.try_get(12)?,
-        progress_percent: r.try_get(13)?,
-        progress_message: r.try_get(14)?,
-        current_step: r.try_get(15)?,
-        steps_completed: r.try_get(16)?,
-        steps_total: r.try_get(17)?,
-        items_processed: r.try_get(18)?,
-        items_total: r.try_get(19)?,
-        eta_seconds: r.try_get(20)?,
-        progress_context: r.try_get(21)?,
-        metadata: r.try_get(22)?,
-        result_summary: r.try_get(23)?,
-        error_message: r.try_get(24)?,
-        warnings: r.try_get(25)?,
-        errors: r.try_get(26)?,
-        idempotency_key: r.try_get(27)?,
-        phase_start: r.try_get(28)?,
-        phase_end: r.try_get(29)?,
-        fail_parent: r.try_get::<_, i64>(30)? != 0,
-        gpus_requested: r.try_get(31)?,
-        gpus_assigned: r.try_get(32)?,
-        claimed_by: r.try_get(33)?,
-        lease_expires_at: r.try_get(34)?,
-        label: r.try_get(35)?,
-        queue: r.try_get(36)?,
-        held: r.try_get::<_, i64>(37)? != 0,
-        waiting_for: r.try_get(38)?,
-    })
+    rules::parent_takes_children(parent, row)
 }
 
 /// What the user typed for an id (SPEC §12): the full id, its 8-hex tail
@@ -245,9 +225,10 @@ pub(super) fn resolve<C: GenericClient>(c: &mut Db<'_, C>, text: &str) -> Result
             "SELECT operation_id FROM operations ORDER BY created_at DESC, operation_id DESC LIMIT 1",
             &[],
         )?;
-        return rows.first().map(|r| OperationId(r.get(0))).ok_or_else(|| {
-            Error::NotFound("there are no operations yet, so `last` names none".into())
-        });
+        return rows
+            .first()
+            .map(|r| OperationId(r.get(0)))
+            .ok_or_else(rules::no_last);
     }
     let exact = c.query(
         "SELECT operation_id FROM operations WHERE operation_id = $1",
@@ -270,7 +251,7 @@ pub(super) fn resolve<C: GenericClient>(c: &mut Db<'_, C>, text: &str) -> Result
         .iter()
         .map(|r| r.get(0))
         .collect();
-    if found.is_empty() && text.len() <= 8 && text.chars().all(|ch| ch.is_ascii_hexdigit()) {
+    if found.is_empty() && rules::could_be_tail(text) {
         let tail = format!("{}%", text.to_ascii_lowercase());
         found = c
             .query(
@@ -282,21 +263,7 @@ pub(super) fn resolve<C: GenericClient>(c: &mut Db<'_, C>, text: &str) -> Result
             .map(|r| r.get(0))
             .collect();
     }
-    match found.len() {
-        0 => Err(Error::NotFound(format!(
-            "no operation matches {text:?}; give the full id, its last 8 hex digits, a unique \
-             start of it, or `last` (`opsd list` shows the ids)"
-        ))),
-        1 => Ok(OperationId(found.remove(0))),
-        n => {
-            let more = if n > 5 { ", ..." } else { "" };
-            found.truncate(5);
-            Err(Error::BadRequest(format!(
-                "{text:?} matches more than one operation: {}{more}; give more of the id",
-                found.join(", ")
-            )))
-        }
-    }
+    rules::pick(text, found)
 }
 
 /// One operation.
@@ -304,9 +271,9 @@ pub(super) fn get<C: GenericClient>(
     c: &mut Db<'_, C>,
     id: &OperationId,
 ) -> Result<OperationRecord> {
-    let sql = format!("SELECT {COLUMNS} FROM operations WHERE operation_id = $1");
+    let sql = format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = $1");
     match c.query_opt(&sql, &[&id.as_str()])? {
-        Some(r) => record(&r),
+        Some(r) => rows::operation(&r),
         None => Err(not_found(id)),
     }
 }
@@ -327,63 +294,14 @@ pub(super) fn list<C: GenericClient>(
     c: &mut Db<'_, C>,
     filter: &ListFilter,
 ) -> Result<(Vec<OperationRecord>, i64, i64)> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Vec<String> = Vec::new();
-    let mut statuses: Vec<Status> = filter.status.clone();
-    if filter.active {
-        statuses.extend([Status::Pending, Status::Resuming, Status::Running]);
-    }
-    if !statuses.is_empty() {
-        let marks: Vec<String> = statuses
-            .iter()
-            .map(|s| {
-                args.push(s.as_str().to_string());
-                format!("${}", args.len())
-            })
-            .collect();
-        clauses.push(format!("status IN ({})", marks.join(",")));
-    }
-    if let Some(kind) = filter.kind {
-        args.push(kind.as_str().to_string());
-        clauses.push(format!("operation_type = ${}", args.len()));
-    }
-    if let Some(parent) = &filter.parent {
-        args.push(parent.0.clone());
-        clauses.push(format!("parent_operation_id = ${}", args.len()));
-    }
-    if let Some(label) = &filter.label {
-        args.push(label.clone());
-        clauses.push(format!("label = ${}", args.len()));
-    }
-    if let Some(queue) = &filter.queue {
-        args.push(queue.clone());
-        clauses.push(format!("queue = ${}", args.len()));
-    }
-    let where_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let limit = filter.limit.unwrap_or(50).clamp(0, 10_000);
-    let offset = filter.offset.unwrap_or(0).max(0);
-    let params: Vec<P> = args.iter().map(|a| a as P).collect();
+    let q = rows::list_query(filter, |n| format!("${n}"));
+    let params: Vec<P> = q.args.iter().map(|a| a as P).collect();
     let rows = c
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM operations {where_sql} \
-                 ORDER BY created_at DESC, operation_id DESC LIMIT {limit} OFFSET {offset}"
-            ),
-            &params,
-        )?
+        .query(&q.rows, &params)?
         .iter()
-        .map(record)
+        .map(rows::operation)
         .collect::<Result<Vec<_>>>()?;
-    let total: i64 = c
-        .query_one(
-            &format!("SELECT count(*) FROM operations {where_sql}"),
-            &params,
-        )?
-        .get(0);
+    let total: i64 = c.query_one(&q.count, &params)?.get(0);
     let active: i64 = c
         .query_one(
             "SELECT count(*) FROM operations WHERE status IN ('pending','resuming','running')",
@@ -399,10 +317,13 @@ pub(super) fn children<C: GenericClient>(
     id: &OperationId,
 ) -> Result<Vec<OperationRecord>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM operations WHERE parent_operation_id = $1 \
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE parent_operation_id = $1 \
          ORDER BY created_at, operation_id"
     );
-    c.query(&sql, &[&id.as_str()])?.iter().map(record).collect()
+    c.query(&sql, &[&id.as_str()])?
+        .iter()
+        .map(rows::operation)
+        .collect()
 }
 
 /// Counts by status.
@@ -423,25 +344,17 @@ pub(super) fn counts<C: GenericClient>(c: &mut Db<'_, C>) -> Result<Vec<(Status,
     Ok(out)
 }
 
-/// Claim up to `limit` operations of one type for this host: `resuming`
-/// ones first, then `pending` ones by priority then age, skipping rows
+/// Claim what `ask` asks for, for this host: `resuming` rows first, then
+/// `pending` ones by priority then age, skipping rows
 /// another host is claiming (`FOR UPDATE SKIP LOCKED`) and resumable rows
 /// whose checkpoint files are on another host's local disk.
 pub(super) fn claim<C: GenericClient>(
     c: &mut Db<'_, C>,
     me: &Me,
     now: &str,
-    kind: OperationType,
-    gpus: std::ops::RangeInclusive<i64>,
-    limit: usize,
-    closed: &[String],
+    ask: claiming::Ask<'_>,
 ) -> Result<Vec<(String, ClaimedOperation)>> {
-    let mut claimed = Vec::new();
-    for from in ["resuming", "pending"] {
-        let left = limit - claimed.len();
-        if left == 0 {
-            break;
-        }
+    claiming::resuming_then_pending(ask.limit, |from, left| {
         let sql = lease_sql(
             "UPDATE operations SET status = 'running', attempt = attempt + 1, \
                  started_at = $1, updated_at = $1, stop_reason = NULL, error_message = NULL, \
@@ -459,51 +372,27 @@ pub(super) fn claim<C: GenericClient>(
                          AND ($9::text IS NULL OR NOT starts_with(k.artifacts_path, $9::text)))) \
                  ORDER BY o.priority DESC, o.created_at, o.operation_id LIMIT $5 \
                  FOR UPDATE SKIP LOCKED) \
-             RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, \
-                 queue",
+             RETURNING $RETURNING",
             7,
-        );
+        )
+        .replace("$RETURNING", CLAIM_RETURNING);
         let rows = c.query(
             &sql,
             &[
                 &now,
-                &kind.as_str(),
-                gpus.start(),
-                gpus.end(),
+                &ask.kind.as_str(),
+                ask.gpus.start(),
+                ask.gpus.end(),
                 &(left as i64),
                 &me.host,
                 &me.lease_secs,
                 &from,
                 &me.shared_prefix,
-                &closed,
+                &ask.closed,
             ],
         )?;
-        let mut batch = Vec::new();
-        for r in rows {
-            let order: (i64, String) = (r.get(7), r.get(8));
-            batch.push((
-                order,
-                r.get::<_, String>(10),
-                ClaimedOperation {
-                    id: OperationId(r.get(0)),
-                    kind,
-                    metadata: r.get(1),
-                    attempt: r.get(2),
-                    parent: r.get::<_, Option<String>>(3).map(OperationId),
-                    progress_percent: r.get(4),
-                    gpus_requested: r.get(5),
-                    max_attempts: r.get(6),
-                    fail_parent: r.get::<_, i64>(9) != 0,
-                },
-            ));
-        }
-        batch.sort_by(|(a, _, x), (b, _, y)| {
-            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
-        });
-        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
-    }
-    Ok(claimed)
+        rows.iter().map(|r| rows::claimed(r, ask.kind)).collect()
+    })
 }
 
 /// Record the GPUs assigned to an operation running here.
@@ -601,25 +490,16 @@ pub(super) fn write_progress<C: GenericClient>(
     p: &Progress,
 ) -> Result<bool> {
     let pct = p.percentage.clamp(0.0, 100.0);
+    let id = id.as_str();
+    let mut args: Vec<P> = vec![&id];
+    args.extend(progress_values(p, &pct, true));
+    args.extend([&me.host as P, &attempt]);
     let n = c.execute(
         "UPDATE operations SET progress_percent = $2, progress_message = $3, current_step = $4, \
              steps_completed = $5, steps_total = $6, items_processed = $7, items_total = $8, \
              eta_seconds = $9, progress_context = $10 \
          WHERE operation_id = $1 AND status = 'running' AND claimed_by = $11 AND attempt = $12",
-        &[
-            &id.as_str(),
-            &pct,
-            &p.message,
-            &p.current_step,
-            &p.steps_completed,
-            &p.steps_total,
-            &p.items_processed,
-            &p.items_total,
-            &p.eta_seconds,
-            &p.context,
-            &me.host,
-            &attempt,
-        ],
+        &args,
     )?;
     Ok(n == 1)
 }
@@ -677,6 +557,14 @@ pub(super) fn finish<C: GenericClient>(
     let keep = f.progress.is_none();
     let pct = p.percentage.clamp(0.0, 100.0);
     let result = f.result.clone();
+    let (id, status, stop) = (
+        id.as_str(),
+        f.status.as_str(),
+        f.stop_reason.map(|r| r.as_str()),
+    );
+    let mut args: Vec<P> = vec![&id, &status, &stop, &result, &f.error, &now, &entry, &keep];
+    args.extend(progress_values(&p, &pct, false));
+    args.extend([&me.host as P, &attempt, &delete_checkpoint]);
     // One statement: the fenced final row and, when asked (`$19`), the
     // checkpoint row of the run that just completed.
     let n: i64 = c.query_one(
@@ -697,27 +585,7 @@ pub(super) fn finish<C: GenericClient>(
          d AS (DELETE FROM operation_checkpoints WHERE $19 \
                AND operation_id IN (SELECT operation_id FROM u)) \
          SELECT count(*) FROM u",
-        &[
-            &id.as_str(),
-            &f.status.as_str(),
-            &f.stop_reason.map(|r| r.as_str()),
-            &result,
-            &f.error,
-            &now,
-            &entry,
-            &keep,
-            &pct,
-            &p.message,
-            &p.current_step,
-            &p.steps_completed,
-            &p.steps_total,
-            &p.items_processed,
-            &p.items_total,
-            &p.context,
-            &me.host,
-            &attempt,
-            &delete_checkpoint,
-        ],
+        &args,
     )?
     .get(0);
     Ok(n == 1)
@@ -772,10 +640,8 @@ pub(super) fn cancel_tree<C: GenericClient>(
     );
     c.query(&lock, &[&root.as_str()])?;
     let before = status(c, root)?;
-    if !before.is_active() {
-        return Err(Error::InvalidTransition(format!(
-            "operation {root} is {before}; only pending, resuming or running operations can be cancelled"
-        )));
+    if let Some(e) = rules::cancel_refused(root, before) {
+        return Err(e);
     }
     let waiting = format!(
         "{TREE} UPDATE operations SET status = 'cancelled', \
@@ -859,12 +725,7 @@ pub(super) fn try_resume<C: GenericClient>(
     )?;
     match won {
         Some(_) => notify(c, WORK_CHANNEL, ""),
-        None => {
-            let s = status(c, id)?;
-            Err(Error::NotResumable(format!(
-                "operation {id} is {s}; only cancelled or failed operations can be resumed"
-            )))
-        }
+        None => Err(rules::not_resumable(id, status(c, id)?)),
     }
 }
 

@@ -62,13 +62,7 @@ impl<T: Send, D: FnOnce(Result<T>) + Send> Queued for Request<T, D> {
         });
         let outcome = match &r {
             Ok(_) => Outcome::Done,
-            Err(Error::Database(db)) if db.kind != DbErrorKind::Other => {
-                Outcome::Spoiled(BatchFailure {
-                    busy: db.kind == DbErrorKind::Busy,
-                    message: db.message.clone(),
-                })
-            }
-            Err(_) => Outcome::Failed,
+            Err(e) => batch::spoils_batch(e).map_or(Outcome::Failed, Outcome::Spoiled),
         };
         self.result = Some(r);
         outcome
@@ -89,13 +83,7 @@ impl<T: Send, D: FnOnce(Result<T>) + Send> Answer for Request<T, D> {
     }
 
     fn deliver(self: Box<Self>, failure: Option<Error>) {
-        let r = match failure {
-            Some(e) => Err(e),
-            None => self.result.unwrap_or_else(|| {
-                Err(Error::Internal("a write was answered before it ran".into()))
-            }),
-        };
-        (self.deliver)(r);
+        (self.deliver)(batch::answer(self.result, failure));
     }
 }
 /// Runs batches on the writer's connection, reconnecting when it is lost.

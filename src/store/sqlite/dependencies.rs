@@ -7,14 +7,8 @@ use super::operations as ops;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::Status;
+use crate::store::rules::{self, Dep};
 use rusqlite::{params, Connection};
-
-/// A dependency of a new operation, checked.
-pub(crate) struct Dep {
-    id: OperationId,
-    any: bool,
-    pub(crate) met: bool,
-}
 
 /// Check the dependencies of a new operation: each must exist; an
 /// `--after` one must not have failed or been cancelled already.
@@ -23,37 +17,14 @@ pub(crate) fn check(
     after: &[OperationId],
     after_any: &[OperationId],
 ) -> Result<Vec<Dep>> {
-    let mut out: Vec<Dep> = Vec::new();
-    let tagged = after
-        .iter()
-        .map(|i| (i, false))
-        .chain(after_any.iter().map(|i| (i, true)));
-    for (id, any) in tagged {
-        if out.iter().any(|d| &d.id == id) {
-            continue;
-        }
-        let status = ops::status(conn, id).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
-                "the dependency {id} does not exist; `opsd list` shows the ids"
-            )),
-            e => e,
-        })?;
-        let met = match (status, any) {
-            (Status::Completed, _) => true,
-            (s, true) if !s.is_active() => true,
-            (s, false) if !s.is_active() => {
-                return Err(Error::InvalidTransition(format!(
-                    "--after {id}: that operation is {s} and will not complete unless it is \
-                     resumed; resume it first, or use --after-any to start whatever its outcome"
-                )))
-            }
-            _ => false,
+    let mut out = Vec::new();
+    for (id, any) in rules::dependencies(after, after_any) {
+        let status = match ops::status(conn, id) {
+            Ok(s) => Some(s),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
         };
-        out.push(Dep {
-            id: id.clone(),
-            any,
-            met,
-        });
+        out.push(rules::dependency(id, any, status)?);
     }
     Ok(out)
 }
@@ -75,20 +46,24 @@ pub(crate) fn insert(conn: &Connection, id: &OperationId, deps: &[Dep]) -> Resul
     Ok(())
 }
 
-/// `id` ended with `status`: its waiting dependents count it as met, or
-/// (an `--after` one, when it did not complete) are cancelled with
-/// `stop_reason = dependency`, and so on down the chain. Returns the
-/// operations cancelled that way.
+/// `id` ended with `status`: its dependents are settled (see
+/// [`rules::settle`]). Returns the operations cancelled that way.
 pub(crate) fn settle(
     conn: &Connection,
     id: &OperationId,
     status: Status,
     now: &str,
 ) -> Result<Vec<OperationId>> {
-    let mut cancelled = Vec::new();
-    let mut work = vec![(id.clone(), status)];
-    while let Some((done, st)) = work.pop() {
-        let dependents = conn
+    Ok(rules::settle(&mut Rows(conn), id, status, now)?.0)
+}
+
+/// The dependency statements on one connection.
+struct Rows<'a>(&'a Connection);
+
+impl rules::DependencyRows for Rows<'_> {
+    fn waiting_dependents(&mut self, done: &OperationId) -> Result<Vec<(OperationId, bool)>> {
+        Ok(self
+            .0
             .prepare_cached(
                 "SELECT operation_id, any_outcome FROM operation_dependencies \
                  WHERE depends_on = ?1 AND state = 'waiting'",
@@ -96,10 +71,13 @@ pub(crate) fn settle(
             .query_map([done.as_str()], |r| {
                 Ok((OperationId(r.get(0)?), r.get::<_, i64>(1)? != 0))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (dep, any) in dependents {
-            let met = any || st == Status::Completed;
-            conn.prepare_cached(
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn resolve_dependency(&mut self, row: rules::Settled<'_>) -> Result<()> {
+        let (dep, done, met) = (row.dependent, row.on, row.met);
+        self.0
+            .prepare_cached(
                 "UPDATE operation_dependencies SET state = ?3 \
                  WHERE operation_id = ?1 AND depends_on = ?2",
             )?
@@ -108,29 +86,26 @@ pub(crate) fn settle(
                 done.as_str(),
                 if met { "met" } else { "broken" }
             ])?;
-            conn.prepare_cached(
+        self.0
+            .prepare_cached(
                 "UPDATE operations SET waiting_for = waiting_for - 1 \
                  WHERE operation_id = ?1 AND waiting_for > 0",
             )?
             .execute([dep.as_str()])?;
-            if met {
-                continue;
-            }
-            let message = format!("its dependency {done} ended {st}, so it was not started");
-            let n = conn
-                .prepare_cached(
-                    "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
-                         completed_at = ?2, updated_at = ?2, eta_seconds = NULL, error_message = ?3 \
-                     WHERE operation_id = ?1 AND status = 'pending'",
-                )?
-                .execute(params![dep.as_str(), now, message])?;
-            if n == 1 {
-                cancelled.push(dep.clone());
-                work.push((dep, Status::Cancelled));
-            }
-        }
+        Ok(())
     }
-    Ok(cancelled)
+
+    fn cancel_dependent(&mut self, dep: &OperationId, message: &str, now: &str) -> Result<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE operations SET status = 'cancelled', stop_reason = 'dependency', \
+                     completed_at = ?2, updated_at = ?2, eta_seconds = NULL, error_message = ?3 \
+                 WHERE operation_id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![dep.as_str(), now, message])?;
+        Ok(n == 1)
+    }
 }
 
 /// The operations `id` still waits for.

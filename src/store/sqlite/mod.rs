@@ -438,18 +438,24 @@ mod tests {
             })
             .unwrap();
         }
-        let claimed = write(&store, |c| {
-            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10, &[])
-        })
-        .unwrap();
+        let claim_dummies = || {
+            write(&store, |c| {
+                let ask = crate::store::claiming::Ask {
+                    kind: OperationType::Dummy,
+                    gpus: 0..=0,
+                    limit: 10,
+                    closed: &[],
+                };
+                operations::claim(c, &crate::ids::now(), ask)
+            })
+            .unwrap()
+        };
+        let claimed = claim_dummies();
         let ids: Vec<_> = claimed.iter().map(|c| c.1.id.clone()).collect();
         assert_eq!(ids, vec![high.id, low.id]);
         assert!(claimed.iter().all(|c| c.1.attempt == 1));
         // Claimed rows are no longer claimable; other types untouched.
-        let again = write(&store, |c| {
-            operations::claim(c, &crate::ids::now(), OperationType::Dummy, 0..=0, 10, &[])
-        })
-        .unwrap();
+        let again = claim_dummies();
         assert!(again.is_empty());
         let status = store
             .read(move |c| operations::status(c, &other.id))

@@ -8,12 +8,78 @@
 use crate::aggregate::ChildProgress;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::model::{OperationType, Status, StopReason};
+use crate::model::{Status, StopReason};
 use crate::store::records::{
     ClaimedOperation, Finish, ListFilter, NewOperation, OperationRecord, Progress, TreeCancel,
 };
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use crate::store::rows::{self, Cells, CLAIM_RETURNING, OPERATION_COLUMNS};
+use crate::store::{claiming, rules};
+use rusqlite::types::ToSql;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Params, Statement};
 use serde_json::Value;
+
+/// Columns as the shared row mappings read them ([`crate::store::rows`]):
+/// JSON is stored as text.
+impl Cells for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn real(&self, i: usize) -> Result<f64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_real(&self, i: usize) -> Result<Option<f64>> {
+        Ok(self.get(i)?)
+    }
+    fn json(&self, i: usize) -> Result<Option<Value>> {
+        self.get::<_, Option<String>>(i)?
+            .map(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| Error::Internal(format!("column {i} is not JSON: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Every row of `stmt` with `params`, each read by `f`.
+pub(crate) fn all<T>(
+    stmt: &mut Statement<'_>,
+    params: impl Params,
+    f: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// The progress columns' values in their statement order (`percentage`
+/// clamped to 0-100, `context` as JSON text): the write of live progress
+/// and the final row bind the same nine.
+fn progress_values(p: &Progress) -> [rusqlite::types::Value; 9] {
+    let text = |s: &Option<String>| s.clone().into();
+    [
+        p.percentage.clamp(0.0, 100.0).into(),
+        text(&p.message),
+        text(&p.current_step),
+        p.steps_completed.into(),
+        p.steps_total.into(),
+        p.items_processed.into(),
+        p.items_total.into(),
+        p.eta_seconds.into(),
+        p.context.as_ref().map(|c| c.to_string()).into(),
+    ]
+}
 
 /// Insert an operation. With an idempotency key already used, return the
 /// existing operation's id and status and `false`.
@@ -38,16 +104,12 @@ pub(crate) fn insert(
             })
             .optional()?;
         if let Some((id, status, kind, metadata)) = existing {
+            let id = OperationId(id);
             let same = kind == op.kind.as_str()
                 && serde_json::from_str::<Value>(&metadata).ok().as_ref() == Some(&op.metadata);
-            if !same {
-                return Err(Error::BadRequest(format!(
-                    "key {key:?} was already used by operation {id} with a different type or \
-                     parameters; use a new key, or submit the same parameters to get {id} back"
-                )));
-            }
+            rules::key_reuse(key, &id, same)?;
             let status = status.parse().map_err(Error::Internal)?;
-            return Ok((OperationId(id), status, false));
+            return Ok((id, status, false));
         }
     }
     if let Some(parent) = &op.parent {
@@ -117,34 +179,21 @@ fn check_parent_takes_children(conn: &Connection, parent: &OperationId) -> Resul
         .prepare_cached("SELECT status, stop_reason FROM operations WHERE operation_id = ?1")?
         .query_row([parent.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((status, stop)) = row else {
-        return Err(Error::NotFound(format!(
-            "parent operation {parent} does not exist"
-        )));
+    let row = match row {
+        Some((status, stop)) => Some((status.parse().map_err(Error::Internal)?, stop.is_some())),
+        None => None,
     };
-    let status: Status = status.parse().map_err(Error::Internal)?;
-    if !status.is_active() {
-        return Err(Error::InvalidTransition(format!(
-            "parent operation {parent} is {status}; children can only be added to a pending or \
-             running operation (resume it first)"
-        )));
-    }
-    if status == Status::Running && stop.is_some() {
-        return Err(Error::InvalidTransition(format!(
-            "parent operation {parent} is being cancelled; no new children can be added to it"
-        )));
-    }
-    Ok(())
+    rules::parent_takes_children(parent, row)
 }
 
 /// One operation by id.
 pub(crate) fn get(conn: &Connection, id: &OperationId) -> Result<OperationRecord> {
-    conn.prepare_cached(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {OPERATION_COLUMNS} FROM operations WHERE operation_id = ?1"
-    ))?
-    .query_row([id.as_str()], record_from_row)
-    .optional()?
-    .ok_or_else(|| Error::NotFound(format!("no operation {id}; `opsd list` shows the ids")))
+    ))?;
+    all(&mut stmt, [id.as_str()], |r| rows::operation(r))?
+        .pop()
+        .ok_or_else(|| rules::not_found(id))
 }
 
 /// The status of one operation, or `not_found`.
@@ -153,7 +202,7 @@ pub(crate) fn status(conn: &Connection, id: &OperationId) -> Result<Status> {
         .prepare_cached("SELECT status FROM operations WHERE operation_id = ?1")?
         .query_row([id.as_str()], |r| r.get(0))
         .optional()?;
-    s.ok_or_else(|| Error::NotFound(format!("no operation {id}; `opsd list` shows the ids")))?
+    s.ok_or_else(|| rules::not_found(id))?
         .parse()
         .map_err(Error::Internal)
 }
@@ -164,55 +213,14 @@ pub(crate) fn list(
     conn: &Connection,
     filter: &ListFilter,
 ) -> Result<(Vec<OperationRecord>, i64, i64)> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Vec<String> = Vec::new();
-    let mut statuses: Vec<Status> = filter.status.clone();
-    if filter.active {
-        statuses.extend([Status::Pending, Status::Resuming, Status::Running]);
-    }
-    if !statuses.is_empty() {
-        let marks: Vec<String> = statuses
-            .iter()
-            .map(|s| {
-                args.push(s.as_str().to_string());
-                format!("?{}", args.len())
-            })
-            .collect();
-        clauses.push(format!("status IN ({})", marks.join(",")));
-    }
-    if let Some(kind) = filter.kind {
-        args.push(kind.as_str().to_string());
-        clauses.push(format!("operation_type = ?{}", args.len()));
-    }
-    if let Some(parent) = &filter.parent {
-        args.push(parent.0.clone());
-        clauses.push(format!("parent_operation_id = ?{}", args.len()));
-    }
-    if let Some(label) = &filter.label {
-        args.push(label.clone());
-        clauses.push(format!("label = ?{}", args.len()));
-    }
-    if let Some(queue) = &filter.queue {
-        args.push(queue.clone());
-        clauses.push(format!("queue = ?{}", args.len()));
-    }
-    let where_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let limit = filter.limit.unwrap_or(50).clamp(0, 10_000);
-    let offset = filter.offset.unwrap_or(0).max(0);
-    let rows = conn
-        .prepare_cached(&format!(
-            "SELECT {OPERATION_COLUMNS} FROM operations {where_sql} \
-             ORDER BY created_at DESC, operation_id DESC LIMIT {limit} OFFSET {offset}"
-        ))?
-        .query_map(params_from_iter(args.iter()), record_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let q = rows::list_query(filter, |n| format!("?{n}"));
+    let mut stmt = conn.prepare_cached(&q.rows)?;
+    let rows = all(&mut stmt, params_from_iter(q.args.iter()), |r| {
+        rows::operation(r)
+    })?;
     let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM operations {where_sql}"))?
-        .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
+        .prepare_cached(&q.count)?
+        .query_row(params_from_iter(q.args.iter()), |r| r.get(0))?;
     let active: i64 = conn
         .prepare_cached(
             "SELECT (SELECT count(*) FROM operations WHERE status = 'pending') \
@@ -225,13 +233,11 @@ pub(crate) fn list(
 
 /// Children of an operation, oldest first.
 pub(crate) fn children(conn: &Connection, id: &OperationId) -> Result<Vec<OperationRecord>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {OPERATION_COLUMNS} FROM operations WHERE parent_operation_id = ?1 \
-             ORDER BY created_at, operation_id"
-        ))?
-        .query_map([id.as_str()], record_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OPERATION_COLUMNS} FROM operations WHERE parent_operation_id = ?1 \
+         ORDER BY created_at, operation_id"
+    ))?;
+    all(&mut stmt, [id.as_str()], |r| rows::operation(r))
 }
 
 /// Counts of operations by status.
@@ -246,33 +252,25 @@ pub(crate) fn counts_by_status(conn: &Connection) -> Result<Vec<(Status, i64)>> 
     Ok(out)
 }
 
-/// Claim up to `limit` runnable operations of one type: `resuming` ones
-/// first, then `pending` ones by priority then age, asking for GPUs within
-/// `gpus` (`0..=0` for none), leaving out the queues in `closed` (paused,
-/// or at their parallel cap). Each becomes `running` with `attempt + 1`, in
+/// Claim what `ask` asks for: `resuming` rows first, then `pending` ones
+/// by priority then age. Each becomes `running` with `attempt + 1`, in
 /// one statement per status: with a single writer no `SKIP LOCKED` is needed.
 /// Returns each claimed operation with its queue.
 pub(crate) fn claim(
     conn: &Connection,
     now: &str,
-    kind: OperationType,
-    gpus: std::ops::RangeInclusive<i64>,
-    limit: usize,
-    closed: &[String],
+    ask: claiming::Ask<'_>,
 ) -> Result<Vec<(String, ClaimedOperation)>> {
-    let mut claimed = Vec::new();
     // Queue names are bound, never spliced: `?6`, `?7`...
-    let queue_term = if closed.is_empty() {
+    let queue_term = if ask.closed.is_empty() {
         String::new()
     } else {
-        let marks: Vec<String> = (0..closed.len()).map(|i| format!("?{}", i + 6)).collect();
+        let marks: Vec<String> = (0..ask.closed.len())
+            .map(|i| format!("?{}", i + 6))
+            .collect();
         format!(" AND queue NOT IN ({})", marks.join(","))
     };
-    for from in ["resuming", "pending"] {
-        let left = limit - claimed.len();
-        if left == 0 {
-            break;
-        }
+    claiming::resuming_then_pending(ask.limit, |from, left| {
         // Pending rows are found through the partial index on runnable
         // rows (pending, not held, dependencies met), which needs the
         // plain `operation_type = ?2` and the index's own WHERE terms.
@@ -301,43 +299,21 @@ pub(crate) fn claim(
                  WHERE status = '{from}'{ready_term} AND {kind_term} = ?2 \
                    AND gpus_requested BETWEEN ?3 AND ?4 AND (run_after IS NULL OR run_after <= ?1){queue_term} \
                  ORDER BY priority DESC, created_at, operation_id LIMIT ?5 + 0) \
-             RETURNING operation_id, metadata, attempt, parent_operation_id, \
-                 progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, \
-                 queue"
+             RETURNING {CLAIM_RETURNING}"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut args: Vec<rusqlite::types::Value> = vec![
             now.to_string().into(),
-            kind.as_str().to_string().into(),
-            (*gpus.start()).into(),
-            (*gpus.end()).into(),
+            ask.kind.as_str().to_string().into(),
+            (*ask.gpus.start()).into(),
+            (*ask.gpus.end()).into(),
             (left as i64).into(),
         ];
-        args.extend(closed.iter().map(|q| q.clone().into()));
-        let rows = stmt.query_map(params_from_iter(args), |r| {
-            let order: (i64, String) = (r.get(7)?, r.get(8)?);
-            let op = ClaimedOperation {
-                id: OperationId(r.get(0)?),
-                kind,
-                metadata: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null),
-                attempt: r.get(2)?,
-                parent: r.get::<_, Option<String>>(3)?.map(OperationId),
-                progress_percent: r.get(4)?,
-                gpus_requested: r.get(5)?,
-                max_attempts: r.get(6)?,
-                fail_parent: r.get::<_, i64>(9)? != 0,
-            };
-            Ok((order, r.get::<_, String>(10)?, op))
-        })?;
-        // RETURNING does not keep the subquery's order: restore it, so
-        // workers start the most urgent first.
-        let mut batch = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        batch.sort_by(|(a, _, x), (b, _, y)| {
-            b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(x.id.cmp(&y.id))
-        });
-        claimed.extend(batch.into_iter().map(|(_, q, op)| (q, op)));
-    }
-    Ok(claimed)
+        args.extend(ask.closed.iter().map(|q| q.clone().into()));
+        all(&mut stmt, params_from_iter(args), |r| {
+            rows::claimed(r, ask.kind)
+        })
+    })
 }
 
 /// Record the GPUs assigned to a running operation.
@@ -378,8 +354,7 @@ pub(crate) fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str)
     // every operation, on the writer thread.
     let p = f.progress.clone().unwrap_or_default();
     let keep_progress = f.progress.is_none();
-    let n = conn
-        .prepare_cached(
+    let mut stmt = conn.prepare_cached(
             "UPDATE operations SET status = ?2, stop_reason = ?3, result_summary = ?4, \
                  error_message = ?5, completed_at = ?6, updated_at = ?6, eta_seconds = NULL, \
                  errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?7)) END, \
@@ -392,26 +367,25 @@ pub(crate) fn finish(conn: &Connection, id: &OperationId, f: &Finish, now: &str)
                  items_total = CASE WHEN ?8 THEN items_total ELSE ?15 END, \
                  progress_context = CASE WHEN ?8 THEN progress_context ELSE ?16 END \
              WHERE operation_id = ?1 AND status = 'running'",
-        )?
-        .execute(params![
-            id.as_str(),
-            f.status.as_str(),
-            f.stop_reason.map(|r| r.as_str()),
-            f.result.as_ref().map(|v| v.to_string()),
-            f.error,
-            now,
-            errors_append,
-            keep_progress,
-            p.percentage.clamp(0.0, 100.0),
-            p.message,
-            p.current_step,
-            p.steps_completed,
-            p.steps_total,
-            p.items_processed,
-            p.items_total,
-            p.context.as_ref().map(|c| c.to_string()),
-        ])?;
-    Ok(n == 1)
+        )?;
+    let result = f.result.as_ref().map(|v| v.to_string());
+    let head: [&dyn ToSql; 8] = [
+        &id.as_str(),
+        &f.status.as_str(),
+        &f.stop_reason.map(|r| r.as_str()),
+        &result,
+        &f.error,
+        &now,
+        &errors_append,
+        &keep_progress,
+    ];
+    // The progress values less the ETA (a final row has none).
+    let values = progress_values(&p);
+    let progress = values.iter().enumerate().filter(|(i, _)| *i != 7);
+    let args = head
+        .into_iter()
+        .chain(progress.map(|(_, v)| v as &dyn ToSql));
+    Ok(stmt.execute(params_from_iter(args))? == 1)
 }
 
 /// Put a failed run with attempts left back in the queue, not before
@@ -456,10 +430,8 @@ pub(crate) fn cancel_tree(
     now: &str,
 ) -> Result<TreeCancel> {
     let before = status(conn, root)?;
-    if !before.is_active() {
-        return Err(Error::InvalidTransition(format!(
-            "operation {root} is {before}; only pending, resuming or running operations can be cancelled"
-        )));
+    if let Some(e) = rules::cancel_refused(root, before) {
+        return Err(e);
     }
     const TREE: &str = "WITH RECURSIVE tree(id) AS ( \
              SELECT ?1 UNION SELECT o.operation_id FROM operations o \
@@ -515,12 +487,7 @@ pub(crate) fn try_resume(conn: &Connection, id: &OperationId, now: &str) -> Resu
         .optional()?;
     match won {
         Some(_) => Ok(()),
-        None => {
-            let s = status(conn, id)?;
-            Err(Error::NotResumable(format!(
-                "operation {id} is {s}; only cancelled or failed operations can be resumed"
-            )))
-        }
+        None => Err(rules::not_resumable(id, status(conn, id)?)),
     }
 }
 
@@ -533,18 +500,9 @@ pub(crate) fn write_progress(conn: &Connection, id: &OperationId, p: &Progress) 
              eta_seconds = ?9, progress_context = ?10 \
          WHERE operation_id = ?1 AND status = 'running'",
     )?
-    .execute(params![
-        id.as_str(),
-        p.percentage.clamp(0.0, 100.0),
-        p.message,
-        p.current_step,
-        p.steps_completed,
-        p.steps_total,
-        p.items_processed,
-        p.items_total,
-        p.eta_seconds,
-        p.context.as_ref().map(|c| c.to_string()),
-    ])?;
+    .execute(params_from_iter(
+        std::iter::once(id.0.clone().into()).chain(progress_values(p)),
+    ))?;
     Ok(())
 }
 
@@ -567,18 +525,15 @@ pub(crate) fn child_progress(
     conn: &Connection,
     parent: &OperationId,
 ) -> Result<Vec<ChildProgress>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT progress_percent, phase_start, phase_end, status FROM operations \
-             WHERE parent_operation_id = ?1",
-        )?
-        .query_map([parent.as_str()], |r| {
-            let status: Status = parse_enum(3, r.get(3)?)?;
-            let start: Option<f64> = r.get(1)?;
-            let end: Option<f64> = r.get(2)?;
-            Ok(ChildProgress::of(status, r.get(0)?, start.zip(end)))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
+    let mut stmt = conn.prepare_cached(
+        "SELECT progress_percent, phase_start, phase_end, status FROM operations \
+         WHERE parent_operation_id = ?1",
+    )?;
+    all(&mut stmt, [parent.as_str()], |r| {
+        let status: Status = r.text(3)?.parse().map_err(Error::Internal)?;
+        let phase = r.opt_real(1)?.zip(r.opt_real(2)?);
+        Ok(ChildProgress::of(status, r.real(0)?, phase))
+    })
 }
 
 /// After an unclean exit: every `running` operation becomes `failed` with
@@ -613,79 +568,6 @@ pub(crate) fn add_warning(
     Ok(())
 }
 
-/// The column list matching [`OperationRecord::from_row`].
-pub(crate) const OPERATION_COLUMNS: &str =
-    "operation_id, parent_operation_id, operation_type, status, \
-    stop_reason, priority, attempt, max_attempts, run_after, created_at, started_at, \
-    completed_at, updated_at, progress_percent, progress_message, current_step, \
-    steps_completed, steps_total, items_processed, items_total, eta_seconds, \
-    progress_context, metadata, result_summary, error_message, warnings, errors, \
-    idempotency_key, phase_start, phase_end, fail_parent, gpus_requested, gpus_assigned, \
-    claimed_by, lease_expires_at, label, queue, held, waiting_for";
-
-fn parse_enum<T: std::str::FromStr<Err = String>>(idx: usize, s: String) -> rusqlite::Result<T> {
-    s.parse().map_err(|e: String| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-    })
-}
-
-fn parse_json(idx: usize, s: Option<String>) -> rusqlite::Result<Option<Value>> {
-    s.map(|s| {
-        serde_json::from_str(&s).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-        })
-    })
-    .transpose()
-}
-
-/// Read a row selected with [`OPERATION_COLUMNS`].
-pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperationRecord> {
-    Ok(OperationRecord {
-        operation_id: OperationId(r.get(0)?),
-        parent_operation_id: r.get::<_, Option<String>>(1)?.map(OperationId),
-        operation_type: parse_enum(2, r.get(2)?)?,
-        status: parse_enum(3, r.get(3)?)?,
-        stop_reason: r
-            .get::<_, Option<String>>(4)?
-            .map(|s| parse_enum(4, s))
-            .transpose()?,
-        priority: r.get(5)?,
-        attempt: r.get(6)?,
-        max_attempts: r.get(7)?,
-        run_after: r.get(8)?,
-        created_at: r.get(9)?,
-        started_at: r.get(10)?,
-        completed_at: r.get(11)?,
-        updated_at: r.get(12)?,
-        progress_percent: r.get(13)?,
-        progress_message: r.get(14)?,
-        current_step: r.get(15)?,
-        steps_completed: r.get(16)?,
-        steps_total: r.get(17)?,
-        items_processed: r.get(18)?,
-        items_total: r.get(19)?,
-        eta_seconds: r.get(20)?,
-        progress_context: parse_json(21, r.get(21)?)?,
-        metadata: parse_json(22, r.get(22)?)?.unwrap_or(Value::Null),
-        result_summary: parse_json(23, r.get(23)?)?,
-        error_message: r.get(24)?,
-        warnings: parse_json(25, r.get(25)?)?.unwrap_or(Value::Array(vec![])),
-        errors: parse_json(26, r.get(26)?)?.unwrap_or(Value::Array(vec![])),
-        idempotency_key: r.get(27)?,
-        phase_start: r.get(28)?,
-        phase_end: r.get(29)?,
-        fail_parent: r.get::<_, i64>(30)? != 0,
-        gpus_requested: r.get(31)?,
-        gpus_assigned: parse_json(32, r.get(32)?)?,
-        claimed_by: r.get(33)?,
-        lease_expires_at: r.get(34)?,
-        label: r.get(35)?,
-        queue: r.get(36)?,
-        held: r.get::<_, i64>(37)? != 0,
-        waiting_for: r.get(38)?,
-    })
-}
-
 /// What the user typed for an id (SPEC §12): the full id, its 8-hex tail
 /// (or the start of it), any unique prefix of the full id, or `last`.
 /// Each is an index lookup (primary key, tail expression index, or
@@ -705,7 +587,7 @@ pub(crate) fn resolve(conn: &Connection, text: &str) -> Result<OperationId> {
             .query_row([], |r| r.get::<_, String>(0))
             .optional()?
             .map(OperationId)
-            .ok_or_else(|| Error::NotFound("there are no operations yet, so `last` names none".into()));
+            .ok_or_else(rules::no_last);
     }
     // Exact ids are the common case (scripts, the tests): one PK probe.
     let exact: Option<String> = conn
@@ -722,8 +604,7 @@ pub(crate) fn resolve(conn: &Connection, text: &str) -> Result<OperationId> {
         )?
         .query_map([text], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let hex = text.len() <= 8 && text.chars().all(|c| c.is_ascii_hexdigit());
-    if found.is_empty() && hex {
+    if found.is_empty() && rules::could_be_tail(text) {
         let low = text.to_ascii_lowercase();
         found = conn
             .prepare_cached(
@@ -734,21 +615,7 @@ pub(crate) fn resolve(conn: &Connection, text: &str) -> Result<OperationId> {
             .query_map([low], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
     }
-    match found.len() {
-        0 => Err(Error::NotFound(format!(
-            "no operation matches {text:?}; give the full id, its last 8 hex digits, a unique \
-             start of it, or `last` (`opsd list` shows the ids)"
-        ))),
-        1 => Ok(OperationId(found.remove(0))),
-        n => {
-            let more = if n > 5 { ", ..." } else { "" };
-            found.truncate(5);
-            Err(Error::BadRequest(format!(
-                "{text:?} matches more than one operation: {}{more}; give more of the id",
-                found.join(", ")
-            )))
-        }
-    }
+    rules::pick(text, found)
 }
 
 /// `opsd release`: a held pending operation may start.
@@ -762,18 +629,7 @@ pub(crate) fn release(conn: &Connection, id: &OperationId, now: &str) -> Result<
     if n == 1 {
         return Ok(());
     }
-    let rec = get(conn, id)?;
-    Err(Error::InvalidTransition(if rec.held {
-        format!(
-            "operation {id} is {}; only a pending operation is held",
-            rec.status
-        )
-    } else {
-        format!(
-            "operation {id} is not held (it is {}); only operations submitted with --hold need a release",
-            rec.status
-        )
-    }))
+    Err(rules::release_refused(&get(conn, id)?))
 }
 
 /// Finished operations matching `filter` that `clean` may delete: a
@@ -783,16 +639,7 @@ pub(crate) fn cleanable(
     conn: &Connection,
     filter: &crate::store::records::CleanFilter,
 ) -> Result<Vec<OperationId>> {
-    let statuses: Vec<Status> = if filter.statuses.is_empty() {
-        vec![Status::Completed, Status::Failed, Status::Cancelled]
-    } else {
-        filter.statuses.clone()
-    };
-    if let Some(s) = statuses.iter().find(|s| s.is_active()) {
-        return Err(Error::BadRequest(format!(
-            "clean never deletes {s} operations; --status takes completed, failed or cancelled"
-        )));
-    }
+    let statuses = rules::clean_statuses(filter)?;
     let marks: Vec<String> = statuses
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
@@ -806,31 +653,12 @@ pub(crate) fn cleanable(
         ))?
         .query_map([before], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut set: std::collections::HashSet<String> = ids.into_iter().collect();
-    // Drop, until nothing changes, parents with a child that stays.
-    loop {
-        let mut keep = Vec::new();
-        for id in &set {
-            let kids: Vec<String> = conn
-                .prepare_cached(
-                    "SELECT operation_id FROM operations WHERE parent_operation_id = ?1",
-                )?
-                .query_map([id], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            if kids.iter().any(|k| !set.contains(k)) {
-                keep.push(id.clone());
-            }
-        }
-        if keep.is_empty() {
-            break;
-        }
-        for k in keep {
-            set.remove(&k);
-        }
-    }
-    let mut out: Vec<String> = set.into_iter().collect();
-    out.sort();
-    Ok(out.into_iter().map(OperationId).collect())
+    rules::whole_trees(ids.into_iter().collect(), |id| {
+        Ok(conn
+            .prepare_cached("SELECT operation_id FROM operations WHERE parent_operation_id = ?1")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    })
 }
 
 /// Delete one finished operation (its metrics, checkpoint and dependency

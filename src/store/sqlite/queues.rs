@@ -4,29 +4,15 @@
 use crate::error::{Error, Result};
 use crate::store::claiming::Gate;
 use crate::store::records::{QueueChange, QueueRow};
+use crate::store::rules;
 use rusqlite::{params, Connection};
-
-/// Check a queue name: what a user types, not a path or a sentence.
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "queue name {name:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.'"
-        )))
-    }
-}
 
 /// Create the queue if it does not exist yet (a submit to a new name).
 pub(crate) fn ensure(conn: &Connection, name: &str, now: &str) -> Result<()> {
     if name == "default" {
         return Ok(());
     }
-    check_name(name)?;
+    rules::queue_name(name)?;
     conn.prepare_cached("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)")?
         .execute(params![name, now])?;
     Ok(())
@@ -57,14 +43,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<QueueRow>> {
 
 /// Pause, start or cap a queue (creating it); returns it as it is now.
 pub(crate) fn change(conn: &Connection, ch: &QueueChange, now: &str) -> Result<QueueRow> {
-    check_name(&ch.name)?;
-    if let Some(Some(n)) = ch.parallel {
-        if n < 1 {
-            return Err(Error::BadRequest(format!(
-                "--parallel must be at least 1 (got {n}); pause the queue to start nothing"
-            )));
-        }
-    }
+    rules::queue_change(ch)?;
     conn.prepare_cached("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)")?
         .execute(params![ch.name, now])?;
     if let Some(p) = ch.paused {

@@ -72,7 +72,7 @@ where
         };
         let ran = match &r {
             Ok(_) => Ran::Ok,
-            Err(e) => batch_failure(e).map_or(Ran::Failed, Ran::Spoiled),
+            Err(e) => batch::spoils_batch(e).map_or(Ran::Failed, Ran::Spoiled),
         };
         self.result = Some(r);
         ran
@@ -89,26 +89,8 @@ where
     }
 
     fn deliver(self: Box<Self>, failure: Option<Error>) {
-        let r = match failure {
-            Some(e) => Err(e),
-            None => self.result.unwrap_or_else(|| {
-                Err(Error::Internal("a write was answered before it ran".into()))
-            }),
-        };
-        (self.deliver)(r);
+        (self.deliver)(batch::answer(self.result, failure));
     }
-}
-
-/// A failure of one request that spoils the whole batch: the lock, the
-/// disk or the file, not the request's own logic (a constraint, a missing
-/// row), which its savepoint contains.
-fn batch_failure(e: &Error) -> Option<BatchFailure> {
-    let Error::Database(db) = e else { return None };
-    let busy = db.kind == DbErrorKind::Busy;
-    (busy || db.kind == DbErrorKind::Storage).then(|| BatchFailure {
-        busy,
-        message: db.message.clone(),
-    })
 }
 
 fn sqlite_failure(e: rusqlite::Error) -> BatchFailure {

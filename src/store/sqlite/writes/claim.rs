@@ -18,8 +18,6 @@ impl Write for Claim {
         let now = crate::ids::now();
         // Paused and capped queues; empty (and free) when none is.
         let mut gate = queues::gate(c)?;
-        claiming::walk(&self.0, &mut gate, |kind, gpus, n, closed| {
-            ops::claim(c, &now, kind, gpus, n, closed)
-        })
+        claiming::walk(&self.0, &mut gate, |ask| ops::claim(c, &now, ask))
     }
 }
