@@ -387,16 +387,22 @@ mod tests {
         out
     }
 
+    /// A tail on `p`, and the program's end of the file (it creates it).
+    fn tail_and_program(p: &Path) -> (ProgressTail, File) {
+        let t = ProgressTail::open(p, 0).unwrap();
+        let w = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .unwrap();
+        (t, w)
+    }
+
     #[test]
     fn a_refused_line_is_read_again_next_time() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("p.jsonl");
-        let mut t = ProgressTail::open(&p, 0).unwrap();
-        let mut w = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&p)
-            .unwrap();
+        let (mut t, mut w) = tail_and_program(&p);
         w.write_all(b"1\n2\n3\n4").unwrap();
         // Take two lines, refuse the third.
         let mut got = Vec::new();
@@ -429,12 +435,7 @@ mod tests {
     fn partial_lines_wait_for_their_newline_and_resume_cuts_back() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("p.jsonl");
-        let mut t = ProgressTail::open(&p, 0).unwrap();
-        let mut w = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&p)
-            .unwrap();
+        let (mut t, mut w) = tail_and_program(&p);
         w.write_all(b"{\"a\":1}\n{\"b\"").unwrap();
         assert_eq!(lines(&mut t, false), vec![("{\"a\":1}".to_string(), 8)]);
         w.write_all(b":2}\n").unwrap();
