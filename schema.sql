@@ -4,7 +4,9 @@
 -- and table of several hosts (claimed_by, lease_expires_at, `hosts`);
 -- version 3, migrations/everyday.sql, adds labels, named queues (table
 -- `queues`), hold, and dependencies (table `operation_dependencies`,
--- stop reason `dependency`).
+-- stop reason `dependency`); version 4, migrations/checks.sql, rewrites
+-- the `IN (...)` lists of the CHECK constraints below as `OR` chains
+-- (same values; SQLite built a table per write for each list).
 -- Timestamps are RFC 3339 UTC text with microseconds (fixed width, so they
 -- sort as text). JSON columns hold valid JSON (checked).
 

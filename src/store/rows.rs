@@ -97,11 +97,17 @@ pub(crate) fn operation(r: &impl Cells) -> Result<OperationRecord> {
 pub(crate) const CLAIM_RETURNING: &str = "operation_id, metadata, attempt, parent_operation_id, \
     progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, queue";
 
+/// The same columns read before the claim's UPDATE (SQLite's claim selects,
+/// then updates): `attempt + 1` is the attempt the claim starts.
+pub(crate) const CLAIM_SELECT: &str = "operation_id, metadata, attempt + 1, parent_operation_id, \
+    progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, queue";
+
 /// One claimed row: its claim order (priority, created_at), its queue and
 /// the operation.
 pub(crate) type Claimed = ((i64, String), String, ClaimedOperation);
 
-/// Read a row returned with [`CLAIM_RETURNING`] by a claim of `kind`.
+/// Read a row returned with [`CLAIM_RETURNING`] (or selected with
+/// [`CLAIM_SELECT`]) by a claim of `kind`.
 pub(crate) fn claimed(r: &impl Cells, kind: OperationType) -> Result<Claimed> {
     let op = ClaimedOperation {
         id: OperationId(r.text(0)?),

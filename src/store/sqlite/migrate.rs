@@ -32,8 +32,12 @@ CREATE TABLE IF NOT EXISTS hosts (
 /// Migration 3: labels, queues, hold and dependencies (SPEC §12).
 pub const EVERYDAY_SQL: &str = include_str!("../../../migrations/everyday.sql");
 
+/// Migration 4: the same CHECK constraints without IN lists, which SQLite
+/// evaluated by building a table on every write (migrations/checks.sql).
+pub const CHECKS_SQL: &str = include_str!("../../../migrations/checks.sql");
+
 /// Migrations in order; index + 1 is the `user_version` after applying it.
-const MIGRATIONS: &[&str] = &[SCHEMA_SQL, HOSTS_SQL, EVERYDAY_SQL];
+const MIGRATIONS: &[&str] = &[SCHEMA_SQL, HOSTS_SQL, EVERYDAY_SQL, CHECKS_SQL];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

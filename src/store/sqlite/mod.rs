@@ -664,6 +664,55 @@ mod tests {
     }
 
     #[test]
+    fn writes_build_no_table_for_their_checks_and_the_checks_still_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path, DEFAULT_CALLER_WAIT)
+            .unwrap()
+            .close();
+        let c = Connection::open(&path).unwrap();
+        let ephemeral = |sql: &str| -> usize {
+            c.prepare(&format!("EXPLAIN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(1))
+                .unwrap()
+                .filter(|op| op.as_ref().unwrap() == "OpenEphemeral")
+                .count()
+        };
+        let insert = "INSERT INTO operations (operation_id, operation_type, status, created_at, \
+                      updated_at) VALUES ('a', 'dummy', 'pending', 't', 't')";
+        assert_eq!(ephemeral(insert), 0, "the insert's checks");
+        assert_eq!(
+            ephemeral("UPDATE operations SET status = 'running', stop_reason = NULL WHERE operation_id = 'a'"),
+            0,
+            "the status update's checks"
+        );
+        c.execute_batch(insert).unwrap();
+        for bad in [
+            "UPDATE operations SET operation_type = 'bogus'",
+            "UPDATE operations SET status = 'bogus'",
+            "UPDATE operations SET stop_reason = 'bogus'",
+            "INSERT INTO operation_checkpoints (operation_id, checkpoint_type, created_at, state) \
+             VALUES ('a', 'bogus', 't', '{}')",
+            "INSERT INTO operation_dependencies (operation_id, depends_on, state) VALUES ('a', 'a', 'bogus')",
+        ] {
+            let err = c.execute_batch(bad).unwrap_err().to_string();
+            assert!(err.contains("CHECK constraint failed"), "{bad}: {err}");
+        }
+        for good in [
+            "completed",
+            "failed",
+            "cancelled",
+            "resuming",
+            "running",
+            "pending",
+        ] {
+            c.execute("UPDATE operations SET status = ?1", [good])
+                .unwrap();
+        }
+    }
+
+    #[test]
     fn short_ids_resolve_by_tail_prefix_and_last() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), DEFAULT_CALLER_WAIT).unwrap();
