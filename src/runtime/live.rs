@@ -83,7 +83,12 @@ impl Live {
     }
 
     /// Free slots: in all (of `workers`), and per type under `limit`
-    /// (types with no free slot left out).
+    /// (types with no free slot left out). An operation whose job has
+    /// ended and whose final row is queued ([`RunningOp::is_finishing`])
+    /// no longer holds its slot: the writer's queue is first in, first
+    /// out, so a claim queued now commits with or after that final row,
+    /// and the freed slot is refilled in the same commit instead of one
+    /// commit later. (Its GPUs stay reserved until the row is committed.)
     pub fn free_slots(
         &self,
         workers: usize,
@@ -91,8 +96,10 @@ impl Live {
     ) -> (usize, Vec<(OperationType, usize)>) {
         let running = lock(&self.running);
         let mut counts: HashMap<OperationType, usize> = HashMap::new();
-        for op in running.values() {
+        let mut busy = 0;
+        for op in running.values().filter(|op| !op.is_finishing()) {
             *counts.entry(op.kind).or_default() += 1;
+            busy += 1;
         }
         let per_type = OperationType::ALL
             .iter()
@@ -102,7 +109,7 @@ impl Live {
             })
             .filter(|(_, free)| *free > 0)
             .collect();
-        (workers.saturating_sub(running.len()), per_type)
+        (workers.saturating_sub(busy), per_type)
     }
 
     /// GPUs not reserved by anyone.
@@ -262,6 +269,7 @@ impl Live {
             }),
             after,
         );
+        slot.mark_finishing();
     }
 }
 

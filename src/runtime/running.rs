@@ -100,6 +100,9 @@ pub struct RunningOp {
     /// Set once this run asked for its checkpoint directory (so its end
     /// must look for files to remove; an earlier attempt counts as asked).
     checkpoint_dir_used: AtomicBool,
+    /// Set once its job has ended and its final row is queued: its slot
+    /// can be claimed for again (the claim commits after the final row).
+    finishing: AtomicBool,
 }
 
 impl RunningOp {
@@ -133,6 +136,7 @@ impl RunningOp {
             done: tokio::sync::watch::channel(false).0,
             checkpointed: AtomicBool::new(attempt > 1),
             checkpoint_dir_used: AtomicBool::new(attempt > 1),
+            finishing: AtomicBool::new(false),
         }
     }
 
@@ -282,6 +286,16 @@ impl RunningOp {
     /// writer thread).
     pub fn may_have_checkpoint_files(&self) -> bool {
         self.checkpoint_dir_used.load(Ordering::Acquire) || self.may_have_checkpoint()
+    }
+
+    /// Note that its job has ended and its final row is queued.
+    pub fn mark_finishing(&self) {
+        self.finishing.store(true, Ordering::Release);
+    }
+
+    /// Whether its job has ended and only its final row's commit is left.
+    pub fn is_finishing(&self) -> bool {
+        self.finishing.load(Ordering::Acquire)
     }
 
     /// Mark the worker done with it; wakes anyone waiting in [`Self::wait_done`].

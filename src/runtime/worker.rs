@@ -202,6 +202,9 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         super::hooks::on_finish(&rt2, id);
     });
     rt.live.finish(&rt.store, &running, end, after);
+    // Its slot can be claimed for now: the claim lands behind the final
+    // row in the writer's queue, usually in the same commit.
+    rt.wake();
 }
 
 /// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).
