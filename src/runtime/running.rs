@@ -105,6 +105,14 @@ pub struct RunningOp {
     finishing: AtomicBool,
 }
 
+/// `*kept = new` when the report carries a value; otherwise keep it.
+#[inline]
+fn replace_if_some<T>(kept: &mut Option<T>, new: Option<T>) {
+    if new.is_some() {
+        *kept = new;
+    }
+}
+
 impl RunningOp {
     /// State for an operation about to run.
     pub fn new(
@@ -154,20 +162,19 @@ impl RunningOp {
     /// Merge a progress report into the slot. The hot path of every job.
     pub fn report(&self, u: ProgressUpdate) {
         if let Ok(mut s) = self.slot.lock() {
-            // What the report carries replaces what was kept; the ETA is
-            // the daemon's own (a report's is ignored).
-            let old = std::mem::take(&mut s.progress);
-            s.progress = Progress {
-                percentage: u.percentage.map_or(old.percentage, |v| v.clamp(0.0, 100.0)),
-                message: u.message.or(old.message),
-                current_step: u.current_step.or(old.current_step),
-                steps_completed: u.steps_completed.or(old.steps_completed),
-                steps_total: u.steps_total.or(old.steps_total),
-                items_processed: u.items_processed.or(old.items_processed),
-                items_total: u.items_total.or(old.items_total),
-                eta_seconds: old.eta_seconds,
-                context: u.context.or(old.context),
-            };
+            // What the report carries replaces what was kept, field by
+            // field in place (no moves of the rest: this is the hot path).
+            let p = &mut s.progress;
+            if let Some(v) = u.percentage {
+                p.percentage = v.clamp(0.0, 100.0);
+            }
+            replace_if_some(&mut p.message, u.message);
+            replace_if_some(&mut p.current_step, u.current_step);
+            replace_if_some(&mut p.steps_completed, u.steps_completed);
+            replace_if_some(&mut p.steps_total, u.steps_total);
+            replace_if_some(&mut p.items_processed, u.items_processed);
+            replace_if_some(&mut p.items_total, u.items_total);
+            replace_if_some(&mut p.context, u.context);
         }
         self.dirty.store(true, Ordering::Release);
     }
