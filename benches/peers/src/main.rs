@@ -135,7 +135,8 @@ fn prefill_opsd(bin: &Path, rows: usize) -> tempfile::TempDir {
         }
     }
     tx.commit().unwrap();
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
     dir
 }
 
