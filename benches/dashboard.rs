@@ -18,12 +18,15 @@
 #[path = "support/port.rs"]
 mod port;
 
+use opsd::client::Client;
 use opsd::config::Config;
 use opsd::daemon::Daemon;
-use opsd::model::OperationType;
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use opsd::ids::OperationId;
+use opsd::model::{OperationType, Status};
+use opsd::protocol::Submit;
+use opsd::store::records::ListFilter;
+use serde_json::json;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,17 +41,6 @@ enum Mode {
     Idle,
     Tabs(usize),
     Api(usize),
-}
-
-fn call(conn: &mut Conn, req: &Value) -> Value {
-    let mut line = req.to_string();
-    line.push('\n');
-    conn.1.write_all(line.as_bytes()).expect("send");
-    let mut out = String::new();
-    conn.0.read_line(&mut out).expect("receive");
-    let v: Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(v["ok"], true, "{v}");
-    v
 }
 
 /// CPU seconds of this whole process so far (exited threads included).
@@ -109,7 +101,8 @@ fn bench_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(base).unwrap()
 }
 
-type Conn = (BufReader<UnixStream>, UnixStream);
+/// The daemon's socket, through the one client.
+type Conn = Client;
 
 /// A daemon in `dir` running only dummies on `WORKERS` slots, with the
 /// dashboard on `port` unless `mode` is `Off`; and a socket connection.
@@ -128,8 +121,7 @@ fn start(dir: &tempfile::TempDir, port: u16, mode: Mode) -> (Daemon, Conn) {
     }
     c.concurrency.insert(OperationType::Dummy, WORKERS);
     let daemon = Daemon::start(c).expect("daemon starts");
-    let s = UnixStream::connect(&daemon.socket).unwrap();
-    let conn = (BufReader::new(s.try_clone().unwrap()), s);
+    let conn = Client::connect(&daemon.socket).expect("connect");
     (daemon, conn)
 }
 
@@ -162,26 +154,25 @@ fn pollers(
 }
 
 /// Submit `ops` no-op dummies in batches; the last one's id.
-fn submit_all(conn: &mut Conn, ops: usize) -> String {
-    let one = json!({"type": "dummy", "params": {"steps": 0}});
-    let mut last = String::new();
+fn submit_all(conn: &mut Conn, ops: usize) -> OperationId {
+    let one = Submit::new("dummy", json!({"steps": 0}));
+    let mut last = None;
     for b in 0..ops.div_ceil(BATCH) {
         let n = BATCH.min(ops - b * BATCH);
-        let v = call(
-            conn,
-            &json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}),
-        );
-        last = v["operations"][n - 1]["operation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let done = conn.submit_batch(vec![one.clone(); n]).expect("submit_batch");
+        last = done.operations.last().map(|s| s.operation_id.clone());
     }
-    last
+    last.expect("at least one operation")
 }
 
 /// Wait until nothing is active, polling every `every`.
 fn wait_idle(conn: &mut Conn, every: Duration) {
-    while call(conn, &json!({"cmd": "list", "active": true, "limit": 0}))["active"] != 0 {
+    let active = ListFilter {
+        active: true,
+        limit: Some(0),
+        ..ListFilter::default()
+    };
+    while conn.list(active.clone()).expect("list").active != Some(0) {
         std::thread::sleep(every);
     }
 }
@@ -208,8 +199,7 @@ fn once(ops: usize, mode: Mode) -> (f64, f64, u64) {
     let cpu0 = process_cpu();
     let t = Instant::now();
     let last = submit_all(&mut conn, ops);
-    while call(&mut conn, &json!({"cmd": "get", "id": last}))["operation"]["status"] != "completed"
-    {
+    while conn.get(&last).expect("get").status != Status::Completed {
         std::thread::sleep(Duration::from_millis(2));
     }
     wait_idle(&mut conn, Duration::from_millis(2));
