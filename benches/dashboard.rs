@@ -159,7 +159,9 @@ fn submit_all(conn: &mut Conn, ops: usize) -> OperationId {
     let mut last = None;
     for b in 0..ops.div_ceil(BATCH) {
         let n = BATCH.min(ops - b * BATCH);
-        let done = conn.submit_batch(vec![one.clone(); n]).expect("submit_batch");
+        let done = conn
+            .submit_batch(vec![one.clone(); n])
+            .expect("submit_batch");
         last = done.operations.last().map(|s| s.operation_id.clone());
     }
     last.expect("at least one operation")
