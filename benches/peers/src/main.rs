@@ -47,14 +47,23 @@ fn args() -> Args {
         match k.as_str() {
             "--ops" => a.ops = v().parse().expect("--ops N"),
             "--batch" => a.batch = v().parse().expect("--batch N"),
-            "--slots" => a.slots = v().split(',').map(|s| s.parse().expect("--slots N,M")).collect(),
+            "--slots" => {
+                a.slots = v()
+                    .split(',')
+                    .map(|s| s.parse().expect("--slots N,M"))
+                    .collect()
+            }
             "--pairs" => a.pairs = v().parse().expect("--pairs N"),
             "--prefill" => a.prefill = v().parse().expect("--prefill N"),
             "--opsd" => a.opsd = v().into(),
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!(a.opsd.exists(), "{} not found: run `cargo build --release` first", a.opsd.display());
+    assert!(
+        a.opsd.exists(),
+        "{} not found: run `cargo build --release` first",
+        a.opsd.display()
+    );
     a
 }
 
@@ -75,7 +84,9 @@ struct Opsd {
 
 impl Drop for Opsd {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -154,7 +165,8 @@ fn opsd_once(bin: &Path, ops: usize, batch: usize, slots: usize, prefill: usize)
     let batches: Vec<String> = (0..ops.div_ceil(batch))
         .map(|b| {
             let n = batch.min(ops - b * batch);
-            let mut l = json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}).to_string();
+            let mut l =
+                json!({"cmd": "submit_batch", "operations": vec![one.clone(); n]}).to_string();
             l.push('\n');
             l
         })
@@ -163,7 +175,11 @@ fn opsd_once(bin: &Path, ops: usize, batch: usize, slots: usize, prefill: usize)
     let mut last = String::new();
     for b in &batches {
         let v = request(&mut conn, b);
-        last = v["operations"].as_array().expect("operations").last().unwrap()["operation_id"]
+        last = v["operations"]
+            .as_array()
+            .expect("operations")
+            .last()
+            .unwrap()["operation_id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -269,16 +285,22 @@ async fn main() {
         let (mut o, mut e, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.pairs {
             let (bin, ops, batch, prefill) = (a.opsd.clone(), a.ops, a.batch, a.prefill);
-            let x = tokio::task::spawn_blocking(move || opsd_once(&bin, ops, batch, slots, prefill))
-                .await
-                .unwrap();
+            let x =
+                tokio::task::spawn_blocking(move || opsd_once(&bin, ops, batch, slots, prefill))
+                    .await
+                    .unwrap();
             let y = effectum_once(a.ops, a.batch, slots, a.prefill).await;
             eprintln!("  slots {slots}: opsd {x:.0}/s, effectum {y:.0}/s");
             o.push(x);
             e.push(y);
             ratios.push(x / y);
         }
-        let runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+        let runs = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
             "| {slots} | {} | {:.0} ({}) | {:.0} ({}) | **{:.2}×** |",
             a.prefill,
