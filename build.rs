@@ -6,20 +6,19 @@
 //!   dynamic loader at each start), else dynamically. Without a working C
 //!   compiler the file is left empty and the daemon forks as before.
 //! - How the binary is linked. Every CLI call is a fresh process, and a
-//!   position-independent executable with eager binding spends most of its
-//!   start resolving symbols and relocating pages before `main` (measured:
-//!   `opsd --version` 1.7 ms of CPU against 1.0 ms linked this way; see
-//!   BENCHMARKS.md). So on Linux the binary is linked as a fixed-address
-//!   executable (`-no-pie`: shared libraries, heap and stack are still
-//!   randomised) with lazy binding. Only the `opsd` binary; tests and
-//!   benches link as usual.
+//!   position-independent executable spends much of its start relocating
+//!   itself before `main` (measured: `opsd --version` 1.3-1.7 ms of CPU
+//!   as PIE against 0.9-1.1 ms linked `-no-pie`; BENCHMARKS.md §15). So
+//!   on Linux the `opsd` binary is a fixed-address executable. The price is
+//!   that its own code is not address-randomised (shared libraries, heap
+//!   and stack still are); full RELRO (`-z now`) is kept. Deleting the
+//!   line below restores a PIE. Tests and benches link as usual.
 
 use std::path::PathBuf;
 
 fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bin=opsd=-no-pie");
-        println!("cargo:rustc-link-arg-bin=opsd=-Wl,-z,lazy");
     }
     let src = "src/jobs/command/exec_helper.c";
     println!("cargo:rerun-if-changed={src}");

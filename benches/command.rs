@@ -201,7 +201,7 @@ fn main() {
     let secs = if quick { 3 } else { 10 };
     let writer = format!(
         "import json, os, time\n\
-         f = os.open(os.environ['OPSD_PROGRESS_FILE'], os.O_WRONLY | os.O_APPEND)\n\
+         f = os.open(os.environ['OPSD_PROGRESS_FILE'], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)\n\
          t0 = time.monotonic()\n\
          for i in range({n}):\n\
          \x20   os.write(f, (json.dumps({{'progress': {{'percentage': i / {n} * 100, 'message': 'step %d' % i}}}}) + '\\n').encode())\n\

@@ -47,6 +47,9 @@ impl Runtime {
             .live
             .all()
             .iter()
+            // A job that has ended has its final row queued ahead of this
+            // write: it is not stuck, and its checkpoint keeps its type.
+            .filter(|op| !op.is_finishing())
             .map(|op| {
                 let why = op
                     .stop_requested()

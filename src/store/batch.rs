@@ -292,6 +292,10 @@ impl<E: Engine> Thread<E> {
                         tracing::info!("{} writes land again", E::NAME);
                     }
                 }
+                // In queue order, on this thread: a final row's `after`
+                // (which releases its slot) runs before a claim queued
+                // behind it is answered. `runtime::live` relies on it when
+                // it lets a finishing slot be claimed for again.
                 for t in batch {
                     t.deliver(None);
                 }

@@ -165,38 +165,40 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         p.argv.join(" ")
     ));
 
-    let mut cmd = spawn::command(&program, &p.argv);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: signals reach the program's children too,
-        // and a Ctrl-C meant for a foreground daemon does not reach it.
-        .process_group(0);
-    if let Some(cwd) = &p.cwd {
-        cmd.current_dir(cwd);
-    }
-    if std::env::var_os("PYTHONUNBUFFERED").is_none() && !p.env.contains_key("PYTHONUNBUFFERED") {
-        // Python buffers stdout into a pipe; users expect `opsd logs` live.
-        cmd.env("PYTHONUNBUFFERED", "1");
-    }
-    cmd.envs(&p.env)
-        .env("OPSD_OPERATION_ID", &id)
-        .env("OPSD_ATTEMPT", ctx.attempt().to_string())
-        .env("OPSD_PROGRESS_FILE", tail.path())
-        .env("OPSD_CHECKPOINT_DIR", &checkpoint_dir);
-    if !ctx.gpus().is_empty() {
-        cmd.env("CUDA_VISIBLE_DEVICES", ctx.gpus().join(","))
-            .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
-    }
-    cmd.env_remove("OPSD_RESUME_STATE")
-        .env_remove("OPSD_RESUME_CHECKPOINT");
-    if let Some(r) = &resume {
-        cmd.env("OPSD_RESUME_STATE", r.script_state.to_string());
-        if let Some(path) = &r.path {
-            cmd.env("OPSD_RESUME_CHECKPOINT", path);
+    let configure = |cmd: &mut std::process::Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: signals reach the program's children too,
+            // and a Ctrl-C meant for a foreground daemon does not reach it.
+            .process_group(0);
+        if let Some(cwd) = &p.cwd {
+            cmd.current_dir(cwd);
         }
-    }
-    let mut child = match cmd.spawn() {
+        if std::env::var_os("PYTHONUNBUFFERED").is_none() && !p.env.contains_key("PYTHONUNBUFFERED")
+        {
+            // Python buffers stdout into a pipe; users expect `opsd logs` live.
+            cmd.env("PYTHONUNBUFFERED", "1");
+        }
+        cmd.envs(&p.env)
+            .env("OPSD_OPERATION_ID", &id)
+            .env("OPSD_ATTEMPT", ctx.attempt().to_string())
+            .env("OPSD_PROGRESS_FILE", tail.path())
+            .env("OPSD_CHECKPOINT_DIR", &checkpoint_dir);
+        if !ctx.gpus().is_empty() {
+            cmd.env("CUDA_VISIBLE_DEVICES", ctx.gpus().join(","))
+                .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        }
+        cmd.env_remove("OPSD_RESUME_STATE")
+            .env_remove("OPSD_RESUME_CHECKPOINT");
+        if let Some(r) = &resume {
+            cmd.env("OPSD_RESUME_STATE", r.script_state.to_string());
+            if let Some(path) = &r.path {
+                cmd.env("OPSD_RESUME_CHECKPOINT", path);
+            }
+        }
+    };
+    let mut child = match spawn::spawn(&program, &p.argv, configure) {
         Ok(c) => c,
         Err(e) => {
             let msg = start_error(p, &program, &e.to_string());

@@ -74,19 +74,20 @@ const MAX_PID_RANGE: i32 = 256;
 /// every process). A job's processes all start after its program, so this
 /// finds them while reading a few `/proc` entries instead of all of them.
 /// When few pids were handed out since (a short job on a quiet machine),
-/// each is tried directly, which is cheaper than listing `/proc`; a pid
-/// that names one of the daemon's own threads is left out (listing shows
-/// only processes, and a thread of the daemon must never be signalled).
+/// each is tried directly, which is cheaper than listing `/proc`. A pid
+/// tried directly may name a thread (`/proc/<tid>` answers, though the
+/// listing shows only processes): only thread-group leaders are kept, as
+/// the listing would (a thread would otherwise be signalled, counted and
+/// remembered as a process of its own).
 fn scan_since(leader: i32) -> Vec<Proc> {
     let last: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
         .and_then(|s| s.trim().parse().ok());
     let wrapped = last.is_none_or(|l| l < leader);
     if let Some(last) = last.filter(|l| !wrapped && l - leader < MAX_PID_RANGE) {
-        let me = read_proc(std::process::id() as i32);
         return (leader..=last)
             .filter_map(read_proc)
-            .filter(|p| !is_own_thread(p, me.as_ref()))
+            .filter(|p| is_process(p.pid))
             .collect();
     }
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -99,12 +100,16 @@ fn scan_since(leader: i32) -> Vec<Proc> {
         .collect()
 }
 
-/// Whether `p` is one of the daemon's own threads: only an entry that
-/// looks like the daemon (same parent, group and session) is checked.
-fn is_own_thread(p: &Proc, me: Option<&Proc>) -> bool {
-    let Some(me) = me else { return false };
-    (p.ppid, p.pgrp, p.session) == (me.ppid, me.pgrp, me.session)
-        && std::path::Path::new(&format!("/proc/self/task/{}", p.pid)).exists()
+/// Whether `pid` is a process (a thread-group leader), not a thread.
+fn is_process(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        == Some(pid)
 }
 
 /// Whether the process's initial environment holds `entry` (`K=V`).
@@ -356,6 +361,36 @@ mod tests {
         let me = read_proc(std::process::id() as i32).unwrap();
         assert_eq!(me.pid, std::process::id() as i32);
         assert!(!me.zombie);
+    }
+
+    #[test]
+    fn a_scan_by_pid_keeps_processes_and_leaves_threads_out() {
+        use std::io::BufRead;
+        // A process with a second thread, as a job's Python program has.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import threading, time\n\
+                 def t():\n    print(threading.get_native_id(), flush=True); time.sleep(30)\n\
+                 threading.Thread(target=t, daemon=True).start(); time.sleep(30)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let tid: i32 = line.trim().parse().unwrap();
+        assert!(is_process(pid));
+        assert!(read_proc(tid).is_some(), "/proc/<tid> answers for a thread");
+        assert!(!is_process(tid), "but a thread is not a process");
+        let found: Vec<i32> = scan_since(pid).iter().map(|p| p.pid).collect();
+        assert!(found.contains(&pid), "{found:?}");
+        assert!(!found.contains(&tid), "{found:?}");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

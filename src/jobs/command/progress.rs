@@ -135,6 +135,17 @@ pub struct Line<'a> {
     pub end: u64,
 }
 
+/// Remove whatever is at `path` (not following a link): a file, a link, a
+/// FIFO, or a directory with what the program put in it.
+fn remove_entry(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Follows the progress file from a byte offset.
 pub struct ProgressTail {
     path: PathBuf,
@@ -161,8 +172,18 @@ impl ProgressTail {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let (file, consumed) = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(file) => {
+        use std::os::unix::fs::OpenOptionsExt;
+        // What an earlier attempt left there is cut back only if it is a
+        // regular file of ours: a link (to anything) or a FIFO, device or
+        // directory put in its place is removed, never opened or
+        // truncated, and the program makes the file anew.
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(path);
+        let (file, consumed) = match opened {
+            Ok(file) if file.metadata()?.is_file() => {
                 let len = file.metadata()?.len();
                 let offset = offset.min(len);
                 if len > offset {
@@ -171,7 +192,10 @@ impl ProgressTail {
                 (Some(file), offset)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
-            Err(e) => return Err(e),
+            _ => {
+                remove_entry(path)?;
+                (None, 0)
+            }
         };
         Ok(ProgressTail {
             path: path.to_path_buf(),
@@ -356,6 +380,31 @@ mod tests {
         assert!(lines(&mut t, false).is_empty());
         std::fs::write(&p, "{\"percentage\": 5}\n").unwrap();
         assert_eq!(lines(&mut t, false).len(), 1);
+    }
+
+    #[test]
+    fn what_an_earlier_attempt_left_in_its_place_is_removed_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let t = ProgressTail::open(&link, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "the link is gone"
+        );
+        assert_eq!(t.consumed(), 0);
+        let fifo = dir.path().join("fifo.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        ProgressTail::open(&fifo, 10).unwrap();
+        assert!(!fifo.exists());
+        let d = dir.path().join("dir.jsonl");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("x"), "y").unwrap();
+        ProgressTail::open(&d, 0).unwrap();
+        assert!(!d.exists());
     }
 
     #[test]

@@ -21,8 +21,14 @@ use std::sync::OnceLock;
 /// The helper's executable, compiled by build.rs (empty when it could not be).
 static HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/opsd-exec"));
 
-/// What the helper prints before it gives up (then exits 127).
-const FAILURE_PREFIX: &str = "opsd-exec: ";
+/// The helper, once loaded: its memfd (held for the daemon's life, so the
+/// path below keeps naming it), its `/proc/self/fd/N` path, and the random
+/// tag it puts on its failure line.
+struct Loaded {
+    _fd: std::os::fd::OwnedFd,
+    path: String,
+    tag: String,
+}
 
 /// How programs are started in this daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,17 +48,21 @@ pub fn launcher() -> Launcher {
     }
 }
 
+fn helper() -> Option<&'static Loaded> {
+    static HELPER_FILE: OnceLock<Option<Loaded>> = OnceLock::new();
+    HELPER_FILE.get_or_init(load_helper).as_ref()
+}
+
 fn helper_path() -> Option<&'static str> {
-    static PATH: OnceLock<Option<String>> = OnceLock::new();
-    PATH.get_or_init(load_helper).as_deref()
+    helper().map(|h| h.path.as_str())
 }
 
 /// Put the helper in a memfd (kept open for the daemon's life) and check
 /// it runs; its path is `/proc/self/fd/N`, which names the same file in
 /// the spawned child (it still holds the descriptor until its exec).
-fn load_helper() -> Option<String> {
+fn load_helper() -> Option<Loaded> {
     use std::io::Write;
-    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::fd::{AsRawFd, FromRawFd};
     if HELPER.is_empty() {
         tracing::info!("opsd-exec was not built: command jobs fork the daemon");
         return None;
@@ -72,7 +82,7 @@ fn load_helper() -> Option<String> {
         tracing::info!("cannot load opsd-exec ({e}): command jobs fork the daemon");
         return None;
     }
-    let path = format!("/proc/self/fd/{}", file.into_raw_fd());
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
     let probe = Command::new(&path)
         .arg("--probe")
         .stdin(Stdio::null())
@@ -80,7 +90,11 @@ fn load_helper() -> Option<String> {
         .stderr(Stdio::null())
         .status();
     match probe {
-        Ok(s) if s.success() => Some(path),
+        Ok(s) if s.success() => Some(Loaded {
+            _fd: file.into(),
+            path,
+            tag: format!("{:016x}", rand::random::<u64>()),
+        }),
         other => {
             tracing::info!("opsd-exec cannot run here ({other:?}): command jobs fork the daemon");
             None
@@ -89,13 +103,14 @@ fn load_helper() -> Option<String> {
 }
 
 /// A command that runs `program` with `argv` (`argv[0]` as its name),
-/// dying with the daemon. The caller adds stdio, group, directory and
-/// environment.
-pub fn command(program: &Path, argv: &[String]) -> Command {
+/// dying with the daemon, through the helper when `helper` is true. The
+/// caller adds stdio, group, directory and environment.
+fn command(program: &Path, argv: &[String], helper: Option<&Loaded>) -> Command {
     let daemon_pid = nix::unistd::getpid();
-    if let Some(helper) = helper_path() {
-        let mut cmd = Command::new(helper);
+    if let Some(h) = helper {
+        let mut cmd = Command::new(&h.path);
         cmd.arg(daemon_pid.as_raw().to_string())
+            .arg(&h.tag)
             .arg(program)
             .args(argv);
         return cmd;
@@ -120,16 +135,42 @@ pub fn command(program: &Path, argv: &[String]) -> Command {
     cmd
 }
 
+/// Start `program` with `argv` (`argv[0]` as its name), dying with the
+/// daemon; `configure` adds stdio, group, directory and environment. Through
+/// the helper when it runs here; should starting the helper itself fail
+/// (its only way to fail here: a problem of the program is its exit 127),
+/// by forking instead, whose error is then the program's own.
+pub fn spawn(
+    program: &Path,
+    argv: &[String],
+    configure: impl Fn(&mut Command),
+) -> std::io::Result<std::process::Child> {
+    if let Some(h) = helper() {
+        let mut cmd = command(program, argv, Some(h));
+        configure(&mut cmd);
+        match cmd.spawn() {
+            Ok(child) => return Ok(child),
+            Err(e) => {
+                tracing::warn!("cannot start opsd-exec ({e}); forking the daemon for this job")
+            }
+        }
+    }
+    let mut cmd = command(program, argv, None);
+    configure(&mut cmd);
+    cmd.spawn()
+}
+
 /// Why the program could not be started, when the helper said so: it
-/// exited 127 with its one line last on stderr. `None` for a program that
-/// ran (whatever its exit).
+/// exited 127 with its tagged line last on stderr. `None` for a program
+/// that ran (whatever its exit).
 pub fn start_failure(status: &ExitStatus, last_stderr_line: &str) -> Option<String> {
-    if status.code() != Some(127) || status.signal().is_some() || launcher() != Launcher::Helper {
+    let h = helper()?;
+    if status.code() != Some(127) || status.signal().is_some() {
         return None;
     }
     last_stderr_line
         .trim()
-        .strip_prefix(FAILURE_PREFIX)
+        .strip_prefix(&format!("opsd-exec[{}]: ", h.tag))
         .map(str::to_string)
 }
 
@@ -147,16 +188,17 @@ mod tests {
 
     #[test]
     fn the_helper_runs_the_program_in_its_place_with_its_name() {
-        let child = command(
+        let child = spawn(
             Path::new("/bin/sh"),
             &[
                 "my-name".into(),
                 "-c".into(),
                 "echo $$; tr '\\0' ' ' < /proc/$$/cmdline".into(),
             ],
+            |c| {
+                c.stdout(Stdio::piped());
+            },
         )
-        .stdout(Stdio::piped())
-        .spawn()
         .unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
@@ -181,7 +223,10 @@ mod tests {
         std::fs::write(&script, "#!/no/such/interpreter\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = command(&script, &["s".into()]).output();
+        let out = spawn(&script, &["s".into()], |c| {
+            c.stderr(Stdio::piped());
+        })
+        .and_then(|c| c.wait_with_output());
         match launcher() {
             Launcher::Helper => {
                 let out = out.unwrap();
@@ -191,13 +236,49 @@ mod tests {
             }
             Launcher::Fork => assert!(out.is_err()),
         }
-        // A program that exits 127 by itself is not a start failure.
-        let out = command(
+        // A program that exits 127 by itself is not a start failure, even
+        // when its last line looks like the helper's (the tag differs).
+        let out = spawn(
             Path::new("/bin/sh"),
-            &["sh".into(), "-c".into(), "exit 127".into()],
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo 'opsd-exec: x' >&2; exit 127".into(),
+            ],
+            |c| {
+                c.stderr(Stdio::piped());
+            },
         )
-        .output()
+        .unwrap()
+        .wait_with_output()
         .unwrap();
-        assert_eq!(start_failure(&out.status, ""), None);
+        assert_eq!(out.status.code(), Some(127));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            start_failure(&out.status, err.lines().last().unwrap_or("")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_script_without_an_interpreter_line_runs_with_sh() {
+        // As execvp does (and the fork path did): the kernel refuses the
+        // file (ENOEXEC), so it is run by /bin/sh.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plain");
+        std::fs::write(&script, "echo \"ran with $# args: $1\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = spawn(&script, &["plain".into(), "one".into()], |c| {
+            c.stdout(Stdio::piped());
+        })
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ran with 1 args: one\n"
+        );
     }
 }
