@@ -93,14 +93,25 @@ pub(crate) fn operation(r: &impl Cells) -> Result<OperationRecord> {
     })
 }
 
-/// What a claim statement returns, in the order [`claimed`] reads it.
-pub(crate) const CLAIM_RETURNING: &str = "operation_id, metadata, attempt, parent_operation_id, \
-    progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, queue";
+/// The claimed columns in the order [`claimed`] reads them, with the
+/// expression that gives the attempt the claim starts.
+macro_rules! claim_columns {
+    ($attempt:literal) => {
+        concat!(
+            "operation_id, metadata, ",
+            $attempt,
+            ", parent_operation_id, progress_percent, gpus_requested, max_attempts, \
+             priority, created_at, fail_parent, queue"
+        )
+    };
+}
+
+/// What a claim statement returns (`RETURNING`, after its UPDATE).
+pub(crate) const CLAIM_RETURNING: &str = claim_columns!("attempt");
 
 /// The same columns read before the claim's UPDATE (SQLite's claim selects,
 /// then updates): `attempt + 1` is the attempt the claim starts.
-pub(crate) const CLAIM_SELECT: &str = "operation_id, metadata, attempt + 1, parent_operation_id, \
-    progress_percent, gpus_requested, max_attempts, priority, created_at, fail_parent, queue";
+pub(crate) const CLAIM_SELECT: &str = claim_columns!("attempt + 1");
 
 /// One claimed row: its claim order (priority, created_at), its queue and
 /// the operation.

@@ -353,11 +353,13 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         (Some(e), _) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
         (_, Err(e)) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
     };
-    let last_stderr = stderr_tail
-        .lock()
-        .map(|t| t.last_lines(1))
-        .unwrap_or_default();
-    if let Some(why) = spawn::start_failure(&status, &last_stderr) {
+    let last_stderr = || {
+        stderr_tail
+            .lock()
+            .map(|t| t.last_lines(1))
+            .unwrap_or_default()
+    };
+    if let Some(why) = spawn::start_failure(&status, last_stderr) {
         let msg = start_error(p, &program, &why);
         note(msg.clone());
         return JobOutcome::Failed(msg);

@@ -135,6 +135,29 @@ pub struct Line<'a> {
     pub end: u64,
 }
 
+/// Open `path` if it is a regular file (`Ok(None)` when nothing is there),
+/// without following a link and without blocking on a FIFO; anything else
+/// at the path is an error.
+fn open_regular(path: &Path, write: bool) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "it is not a regular file; progress lines are not read",
+        ));
+    }
+    Ok(Some(file))
+}
+
 /// Remove whatever is at `path` (not following a link): a file, a link, a
 /// FIFO, or a directory with what the program put in it.
 fn remove_entry(path: &Path) -> std::io::Result<()> {
@@ -172,18 +195,12 @@ impl ProgressTail {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        use std::os::unix::fs::OpenOptionsExt;
         // What an earlier attempt left there is cut back only if it is a
         // regular file of ours: a link (to anything) or a FIFO, device or
         // directory put in its place is removed, never opened or
         // truncated, and the program makes the file anew.
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-            .open(path);
-        let (file, consumed) = match opened {
-            Ok(file) if file.metadata()?.is_file() => {
+        let (file, consumed) = match open_regular(path, true) {
+            Ok(Some(file)) => {
                 let len = file.metadata()?.len();
                 let offset = offset.min(len);
                 if len > offset {
@@ -191,8 +208,8 @@ impl ProgressTail {
                 }
                 (Some(file), offset)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
-            _ => {
+            Ok(None) => (None, 0),
+            Err(_) => {
                 remove_entry(path)?;
                 (None, 0)
             }
@@ -212,33 +229,22 @@ impl ProgressTail {
     /// followed: a FIFO (opening it would block), a device or a symbolic
     /// link put there instead is refused, once, with an error.
     fn ensure_open(&mut self) -> std::io::Result<bool> {
-        use std::os::unix::fs::OpenOptionsExt;
         if self.file.is_some() {
             return Ok(true);
         }
         if self.refused {
             return Ok(false);
         }
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-            .open(&self.path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        match open_regular(&self.path, false) {
+            Ok(file) => {
+                self.file = file;
+                Ok(self.file.is_some())
+            }
             Err(e) => {
                 self.refused = true;
-                return Err(e);
+                Err(e)
             }
-        };
-        if !file.metadata()?.is_file() {
-            self.refused = true;
-            return Err(std::io::Error::other(
-                "it is not a regular file; progress lines are not read",
-            ));
         }
-        self.file = Some(file);
-        Ok(true)
     }
 
     /// The file's path.

@@ -30,31 +30,11 @@ struct Loaded {
     tag: String,
 }
 
-/// How programs are started in this daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Launcher {
-    /// posix_spawn of the embedded helper: the daemon is not forked.
-    Helper,
-    /// fork and exec, arming the death signal in between.
-    Fork,
-}
-
-/// The way programs start here (the helper is loaded and tried once).
-pub fn launcher() -> Launcher {
-    if helper_path().is_some() {
-        Launcher::Helper
-    } else {
-        Launcher::Fork
-    }
-}
-
+/// The helper, loaded and tried once per daemon; `None`: programs are
+/// started by forking.
 fn helper() -> Option<&'static Loaded> {
     static HELPER_FILE: OnceLock<Option<Loaded>> = OnceLock::new();
     HELPER_FILE.get_or_init(load_helper).as_ref()
-}
-
-fn helper_path() -> Option<&'static str> {
-    helper().map(|h| h.path.as_str())
 }
 
 /// Put the helper in a memfd (kept open for the daemon's life) and check
@@ -103,8 +83,8 @@ fn load_helper() -> Option<Loaded> {
 }
 
 /// A command that runs `program` with `argv` (`argv[0]` as its name),
-/// dying with the daemon, through the helper when `helper` is true. The
-/// caller adds stdio, group, directory and environment.
+/// dying with the daemon: through `helper` when given, else by forking
+/// with the death signal armed before the exec.
 fn command(program: &Path, argv: &[String], helper: Option<&Loaded>) -> Command {
     let daemon_pid = nix::unistd::getpid();
     if let Some(h) = helper {
@@ -161,14 +141,17 @@ pub fn spawn(
 }
 
 /// Why the program could not be started, when the helper said so: it
-/// exited 127 with its tagged line last on stderr. `None` for a program
-/// that ran (whatever its exit).
-pub fn start_failure(status: &ExitStatus, last_stderr_line: &str) -> Option<String> {
+/// exited 127 with its tagged line last on stderr (`last_stderr_line` is
+/// asked for only then). `None` for a program that ran, whatever its exit.
+pub fn start_failure(
+    status: &ExitStatus,
+    last_stderr_line: impl FnOnce() -> String,
+) -> Option<String> {
     let h = helper()?;
     if status.code() != Some(127) || status.signal().is_some() {
         return None;
     }
-    last_stderr_line
+    last_stderr_line()
         .trim()
         .strip_prefix(&format!("opsd-exec[{}]: ", h.tag))
         .map(str::to_string)
@@ -178,12 +161,30 @@ pub fn start_failure(status: &ExitStatus, last_stderr_line: &str) -> Option<Stri
 mod tests {
     use super::*;
 
+    /// An executable file `name` in `dir` holding `text`.
+    fn script(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// The last line of a process's stderr.
+    fn last_line(stderr: &[u8]) -> String {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    }
+
     #[test]
     fn the_helper_is_built_and_runs_here() {
         // A fresh machine has a C compiler (the bundled SQLite needs one),
         // so the fast path must be the one in use, not the fallback.
         assert!(!HELPER.is_empty(), "build.rs did not build opsd-exec");
-        assert_eq!(launcher(), Launcher::Helper);
+        assert!(helper().is_some(), "opsd-exec does not run here");
     }
 
     #[test]
@@ -219,22 +220,22 @@ mod tests {
     #[test]
     fn a_program_that_cannot_be_executed_is_reported_as_not_started() {
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("s");
-        std::fs::write(&script, "#!/no/such/interpreter\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = script(&dir, "s", "#!/no/such/interpreter\n");
         let out = spawn(&script, &["s".into()], |c| {
             c.stderr(Stdio::piped());
         })
         .and_then(|c| c.wait_with_output());
-        match launcher() {
-            Launcher::Helper => {
-                let out = out.unwrap();
-                let err = String::from_utf8_lossy(&out.stderr);
-                let why = start_failure(&out.status, err.lines().last().unwrap_or(""));
-                assert_eq!(why.as_deref(), Some("No such file or directory"), "{err}");
-            }
-            Launcher::Fork => assert!(out.is_err()),
+        if helper().is_some() {
+            let out = out.unwrap();
+            let why = start_failure(&out.status, || last_line(&out.stderr));
+            assert_eq!(
+                why.as_deref(),
+                Some("No such file or directory"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            assert!(out.is_err());
         }
         // A program that exits 127 by itself is not a start failure, even
         // when its last line looks like the helper's (the tag differs).
@@ -253,11 +254,7 @@ mod tests {
         .wait_with_output()
         .unwrap();
         assert_eq!(out.status.code(), Some(127));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            start_failure(&out.status, err.lines().last().unwrap_or("")),
-            None
-        );
+        assert_eq!(start_failure(&out.status, || last_line(&out.stderr)), None);
     }
 
     #[test]
@@ -265,10 +262,7 @@ mod tests {
         // As execvp does (and the fork path did): the kernel refuses the
         // file (ENOEXEC), so it is run by /bin/sh.
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("plain");
-        std::fs::write(&script, "echo \"ran with $# args: $1\"\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = script(&dir, "plain", "echo \"ran with $# args: $1\"\n");
         let out = spawn(&script, &["plain".into(), "one".into()], |c| {
             c.stdout(Stdio::piped());
         })
