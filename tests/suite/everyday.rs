@@ -203,7 +203,15 @@ fn a_paused_queue_starts_nothing_across_a_restart_and_a_kill_9_and_parallel_caps
     );
     let mut most = 0;
     let all_done = wait_until(Duration::from_secs(60), || {
-        let running = ids.iter().filter(|id| d.status(id) == "running").count();
+        // One request, so one snapshot of the rows: reading the three
+        // statuses one by one could see a run that ended and the one that
+        // replaced it in the same commit both `running`.
+        let running = ok(
+            &d,
+            json!({"cmd": "list", "queue": "gpu", "status": ["running"], "limit": 0}),
+        )["total"]
+            .as_i64()
+            .unwrap();
         most = most.max(running);
         ids.iter().all(|id| d.status(id) == "completed")
     });
