@@ -19,9 +19,13 @@
 //!
 //! While a batch is being retried, [`Writer::degraded`] says why and since
 //! when (`opsd health` shows it as `store`). The backends differ only in
-//! how a batch is run ([`Engine::try_commit`]) and in their wording.
+//! how a batch is run ([`Engine::try_commit`]), in their wording, and in
+//! whether a commit is durable when it returns: when it is not (SQLite,
+//! [`Engine::deferred_flush`]), answers go through [`crate::store::durable`],
+//! which flushes first, while this thread runs the next batch.
 
 use crate::error::{DbErrorKind, Error, Result};
+use crate::store::durable::{self, Deliver, Item, Stage};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -100,13 +104,13 @@ pub(crate) struct Degraded {
     pub(crate) failure: BatchFailure,
 }
 
-/// What the shared thread needs of a queued request, whatever the backend.
-pub(crate) trait Answer: Send {
+/// What the shared thread needs of a queued request, whatever the backend:
+/// its policy, and ([`Deliver`]) how to answer its caller, with the kept
+/// result after a commit (`None`) or with `Some(error)` when the batch
+/// could not be committed.
+pub(crate) trait Answer: Deliver {
     /// Its policy.
     fn policy(&self) -> Policy;
-    /// Answer the caller: with the kept result after a commit (`None`), or
-    /// with `Some(error)` when the batch could not be committed.
-    fn deliver(self: Box<Self>, failure: Option<Error>);
 }
 
 /// One backend's way of running a batch, and its wording.
@@ -128,6 +132,14 @@ pub(crate) trait Engine: Send + 'static {
     const LEFT_AT_SHUTDOWN: &'static str;
     /// Last words before the thread ends (SQLite folds its WAL back).
     fn at_exit(&mut self) {}
+    /// `Some(flush)` when [`Engine::try_commit`] returns before the commit
+    /// is on disk: `flush` makes every commit so far durable, and callers
+    /// are answered only after it (on a thread of its own, so the next
+    /// batch runs meanwhile). Asked once, at start. `None`: each commit is
+    /// durable when it returns.
+    fn deferred_flush(&mut self) -> Option<durable::Flush> {
+        None
+    }
 }
 
 enum Message<J: ?Sized> {
@@ -160,10 +172,17 @@ impl<E: Engine> Clone for Writer<E> {
 impl<E: Engine> Writer<E> {
     /// Start the writer thread on `engine`. Callers wait up to
     /// `caller_wait` for a database locked by another program.
-    pub(crate) fn start(engine: E, caller_wait: Duration) -> Result<Writer<E>> {
+    pub(crate) fn start(mut engine: E, caller_wait: Duration) -> Result<Writer<E>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let degraded = Arc::new(Mutex::new(None));
         let d = degraded.clone();
+        let stage = match engine.deferred_flush() {
+            Some(flush) => Some(
+                Stage::start(flush, durable::abort)
+                    .map_err(|e| Error::io("starting the fsync thread", e))?,
+            ),
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("opsd-writer".into())
             .spawn(move || {
@@ -172,6 +191,7 @@ impl<E: Engine> Writer<E> {
                     degraded: d,
                     retry: Vec::new(),
                     backoff: FIRST_BACKOFF,
+                    stage,
                 }
                 .run(rx)
             })
@@ -219,6 +239,9 @@ struct Thread<E: Engine> {
     /// Requests of a batch that failed as a whole, oldest first.
     retry: Vec<Box<E::Job>>,
     backoff: Duration,
+    /// Answers commits after flushing them, when commits do not wait for
+    /// the disk themselves.
+    stage: Option<Stage<E::Job>>,
 }
 
 impl<E: Engine> Thread<E> {
@@ -267,6 +290,11 @@ impl<E: Engine> Thread<E> {
             let batch = std::mem::take(&mut self.retry);
             self.commit(batch, Instant::now() >= give_up);
         }
+        // Every committed request is answered (after its flush) before the
+        // ones left over hear that they were not written.
+        if let Some(stage) = self.stage.take() {
+            stage.finish();
+        }
         let left = std::mem::take(&mut self.retry);
         if !left.is_empty() {
             tracing::error!(requests = left.len(), "{}", E::LEFT_AT_SHUTDOWN);
@@ -292,17 +320,24 @@ impl<E: Engine> Thread<E> {
                         tracing::info!("{} writes land again", E::NAME);
                     }
                 }
-                // In queue order, on this thread: a final row's `after`
-                // (which releases its slot) runs before a claim queued
-                // behind it is answered. `runtime::live` relies on it when
-                // it lets a finishing slot be claimed for again.
-                for t in batch {
-                    t.deliver(None);
+                // In queue order, on one thread (this one, or the flushing
+                // stage's, which keeps the order of commits): a final row's
+                // `after` (which releases its slot) runs before a claim
+                // queued behind it is answered. `runtime::live` relies on it
+                // when it lets a finishing slot be claimed for again.
+                match &self.stage {
+                    Some(stage) => stage.push(Item::Committed(batch)),
+                    None => {
+                        for t in batch {
+                            t.deliver(None);
+                        }
+                    }
                 }
             }
             Some(f) => {
                 self.note_degraded(&f);
                 let now = Instant::now();
+                let mut refused = Vec::new();
                 for t in batch {
                     let keep = match t.policy() {
                         Policy::Durable => !last_try,
@@ -311,7 +346,16 @@ impl<E: Engine> Thread<E> {
                     if keep {
                         self.retry.push(t);
                     } else {
-                        t.deliver(Some(E::caller_error(&f)));
+                        refused.push((t, E::caller_error(&f)));
+                    }
+                }
+                // Behind the answers of earlier commits, in order.
+                match &self.stage {
+                    Some(stage) if !refused.is_empty() => stage.push(Item::Answered(refused)),
+                    _ => {
+                        for (t, e) in refused {
+                            t.deliver(Some(e));
+                        }
                     }
                 }
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);

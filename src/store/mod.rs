@@ -14,6 +14,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod claiming;
+pub(crate) mod durable;
 pub mod postgres;
 pub mod records;
 pub(crate) mod rows;

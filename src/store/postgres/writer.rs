@@ -81,7 +81,9 @@ impl<T: Send, D: FnOnce(Result<T>) + Send> Answer for Request<T, D> {
     fn policy(&self) -> Policy {
         self.policy
     }
+}
 
+impl<T: Send, D: FnOnce(Result<T>) + Send> crate::store::durable::Deliver for Request<T, D> {
     fn deliver(self: Box<Self>, failure: Option<Error>) {
         (self.deliver)(batch::answer(self.result, failure));
     }

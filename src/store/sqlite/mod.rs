@@ -12,6 +12,7 @@ mod metrics;
 pub mod migrate;
 mod operations;
 mod queues;
+mod wal_flush;
 pub(crate) mod writer;
 mod writes;
 
@@ -47,7 +48,9 @@ pub fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // FULL: an acknowledged submit, cancel or resume survives a power cut
-    // (SPEC §5). Group commit keeps it fast.
+    // (SPEC §5). Group commit keeps it fast. The writer's own connection
+    // then commits with NORMAL and flushes the WAL behind each commit
+    // before answering, which is the same guarantee (`writer::SqliteEngine`).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -16_000)?;
@@ -374,7 +377,9 @@ mod tests {
             ))
         })
         .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+        // NORMAL (1) on the writer: its commits are flushed behind it by
+        // `store::durable` before anyone is answered (see `wal_flush`).
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 1, 1));
         let (mode, fk, timeout) = store
             .read(|c| {
                 Ok((

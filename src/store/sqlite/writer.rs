@@ -15,6 +15,7 @@
 
 use crate::error::{DbErrorKind, Error, Result};
 use crate::store::batch::{self, Answer, BatchFailure, Degraded, Engine};
+use crate::store::durable::{Deliver, Flush};
 use crate::store::Ticket;
 use rusqlite::Connection;
 
@@ -87,7 +88,13 @@ where
     fn policy(&self) -> Policy {
         self.policy
     }
+}
 
+impl<W, D> Deliver for Request<W, D>
+where
+    W: Write,
+    D: FnOnce(Result<W::Out>) + Send,
+{
     fn deliver(self: Box<Self>, failure: Option<Error>) {
         (self.deliver)(batch::answer(self.result, failure));
     }
@@ -125,12 +132,20 @@ fn run_in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<
 /// Runs batches on the writer's connection.
 pub(crate) struct SqliteEngine {
     conn: Connection,
+    /// The WAL to flush after commits, when they do not flush it
+    /// themselves (taken by [`Engine::deferred_flush`]).
+    wal: Option<super::wal_flush::WalFile>,
 }
 
 impl SqliteEngine {
-    /// The engine over an open, migrated connection.
+    /// The engine over an open, migrated connection. On a database in WAL
+    /// mode its commits stop waiting for the disk (`synchronous=NORMAL`)
+    /// and the writer flushes the WAL behind them before answering
+    /// ([`crate::store::durable`]); otherwise they stay `FULL`.
     pub(crate) fn new(conn: Connection) -> SqliteEngine {
-        SqliteEngine { conn }
+        let wal = super::wal_flush::WalFile::of(&conn)
+            .filter(|_| conn.pragma_update(None, "synchronous", "NORMAL").is_ok());
+        SqliteEngine { conn, wal }
     }
 }
 
@@ -234,6 +249,11 @@ impl Engine for SqliteEngine {
     fn at_exit(&mut self) {
         // Fold the WAL back into the main file so sqlite3 users see one file.
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn deferred_flush(&mut self) -> Option<Flush> {
+        let mut wal = self.wal.take()?;
+        Some(Box::new(move || wal.flush()))
     }
 }
 
