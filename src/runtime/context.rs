@@ -16,6 +16,8 @@ use std::time::Duration;
 /// A job's handle on the daemon while it runs.
 pub struct JobContext {
     op: ClaimedOperation,
+    /// `op`'s parameters, parsed here on the worker's thread.
+    params: Value,
     running: Arc<RunningOp>,
     runtime: Arc<Runtime>,
     resume: Option<Checkpoint>,
@@ -30,7 +32,12 @@ impl JobContext {
         runtime: Arc<Runtime>,
         resume: Option<Checkpoint>,
     ) -> Self {
+        // Stored by the daemon itself as validated JSON (and checked by the
+        // table's CHECK constraint); a job given `null` fails its own
+        // parameter parsing with a clear error.
+        let params = serde_json::from_str(&op.metadata_json).unwrap_or(Value::Null);
         JobContext {
+            params,
             op,
             running,
             runtime,
@@ -51,7 +58,7 @@ impl JobContext {
 
     /// The validated parameters.
     pub fn params(&self) -> &Value {
-        &self.op.metadata
+        &self.params
     }
 
     /// The checkpoint state to continue from, when resuming.

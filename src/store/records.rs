@@ -211,8 +211,10 @@ pub struct ClaimedOperation {
     pub id: OperationId,
     /// Type.
     pub kind: OperationType,
-    /// Parameters.
-    pub metadata: Value,
+    /// Parameters as stored (JSON text). The worker that runs the job
+    /// parses them ([`crate::runtime::JobContext::params`]), not the single
+    /// writer thread that claimed it.
+    pub metadata_json: String,
     /// This start's number (1 for the first).
     pub attempt: i64,
     /// Parent, if a child.

@@ -29,6 +29,8 @@ pub(crate) trait Cells {
     fn opt_real(&self, i: usize) -> Result<Option<f64>>;
     /// A nullable JSON column, parsed.
     fn json(&self, i: usize) -> Result<Option<Value>>;
+    /// A non-null JSON column as its text, unparsed.
+    fn json_text(&self, i: usize) -> Result<String>;
 }
 
 /// A column holding one of our enums' names.
@@ -123,7 +125,7 @@ pub(crate) fn claimed(r: &impl Cells, kind: OperationType) -> Result<Claimed> {
     let op = ClaimedOperation {
         id: OperationId(r.text(0)?),
         kind,
-        metadata: r.json(1)?.unwrap_or(Value::Null),
+        metadata_json: r.json_text(1)?,
         attempt: r.int(2)?,
         parent: r.opt_text(3)?.map(OperationId),
         progress_percent: r.real(4)?,

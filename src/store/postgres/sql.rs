@@ -56,6 +56,9 @@ impl Cells for Row {
     fn json(&self, i: usize) -> Result<Option<Value>> {
         Ok(self.try_get(i)?)
     }
+    fn json_text(&self, i: usize) -> Result<String> {
+        Ok(self.try_get::<_, Value>(i)?.to_string())
+    }
 }
 
 /// The progress columns' values in their statement order, `percentage`

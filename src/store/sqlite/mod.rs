@@ -168,7 +168,7 @@ impl Backend for SqliteStore {
 
     fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>> {
         self.writer
-            .ticket(self.caller(), writes::submit::Submit(ops))
+            .ticket(self.caller(), writes::submit::Submit::new(ops))
     }
 
     fn cancel_tree(
@@ -439,7 +439,7 @@ mod tests {
         let other = new_op(OperationType::Backtest);
         for op in [low.clone(), high.clone(), other.clone()] {
             write(&store, move |c| {
-                operations::insert(c, &op, &crate::ids::now())
+                operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now())
             })
             .unwrap();
         }
@@ -530,8 +530,8 @@ mod tests {
         let (a, b) = write(&store, move |c| {
             let now = crate::ids::now();
             Ok((
-                operations::insert(c, &first, &now)?,
-                operations::insert(c, &twin, &now)?,
+                operations::insert(c, &first, &first.metadata.to_string(), &now)?,
+                operations::insert(c, &twin, &twin.metadata.to_string(), &now)?,
             ))
         })
         .unwrap();
@@ -567,7 +567,7 @@ mod tests {
                         )?;
                         Ok(())
                     } else {
-                        operations::insert(c, &op, &crate::ids::now()).map(|_| ())
+                        operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now()).map(|_| ())
                     }
                 }),
                 move |r| tx.send(r.is_ok()).unwrap(),
@@ -599,7 +599,7 @@ mod tests {
         ] {
             let (op, created, status) = (op.clone(), created.to_string(), status.to_string());
             write(&store, move |c| {
-                operations::insert(c, &op, &crate::ids::now())?;
+                operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now())?;
                 c.execute(
                     "UPDATE operations SET status = ?2 WHERE operation_id = ?1",
                     [op.id.as_str(), &status],

@@ -39,6 +39,9 @@ impl Cells for rusqlite::Row<'_> {
     fn opt_real(&self, i: usize) -> Result<Option<f64>> {
         Ok(self.get(i)?)
     }
+    fn json_text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
+    }
     fn json(&self, i: usize) -> Result<Option<Value>> {
         self.get::<_, Option<String>>(i)?
             .map(|s| {
@@ -81,11 +84,13 @@ fn progress_values(p: &Progress) -> [rusqlite::types::Value; 9] {
     ]
 }
 
-/// Insert an operation. With an idempotency key already used, return the
-/// existing operation's id and status and `false`.
+/// Insert an operation, with `metadata` its `metadata` as JSON text. With
+/// an idempotency key already used, return the existing operation's id and
+/// status and `false`.
 pub(crate) fn insert(
     conn: &Connection,
     op: &NewOperation,
+    metadata: &str,
     now: &str,
 ) -> Result<(OperationId, Status, bool)> {
     if let Some(key) = &op.idempotency_key {
@@ -103,10 +108,10 @@ pub(crate) fn insert(
                 ))
             })
             .optional()?;
-        if let Some((id, status, kind, metadata)) = existing {
+        if let Some((id, status, kind, stored)) = existing {
             let id = OperationId(id);
             let same = kind == op.kind.as_str()
-                && serde_json::from_str::<Value>(&metadata).ok().as_ref() == Some(&op.metadata);
+                && serde_json::from_str::<Value>(&stored).ok().as_ref() == Some(&op.metadata);
             rules::key_reuse(key, &id, same)?;
             let status = status.parse().map_err(Error::Internal)?;
             return Ok((id, status, false));
@@ -141,7 +146,7 @@ pub(crate) fn insert(
                 op.kind.as_str(),
                 op.priority,
                 now,
-                op.metadata.to_string(),
+                metadata,
                 op.idempotency_key,
                 op.phase.map(|p| p.0),
                 op.phase.map(|p| p.1),
