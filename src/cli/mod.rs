@@ -6,6 +6,7 @@
 mod commands;
 mod demo;
 mod everyday;
+mod fast;
 mod output;
 mod plot;
 mod watch;
@@ -278,7 +279,7 @@ pub fn screen_width(line: &str) -> usize {
 
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = fast::parse(std::env::args_os().collect()).unwrap_or_else(Cli::parse);
     init_logging(matches!(cli.command, Command::Serve(_)));
     commands::run(cli.command, &cli.client)
 }

@@ -129,3 +129,72 @@ fn cancel_and_resume_from_the_cli() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["checkpoints"].as_array().unwrap().len(), 0);
 }
+
+/// `submit` and `run` are parsed without building the other subcommands
+/// (`cli::fast`); help, usage errors and options before the subcommand
+/// must still come out as the full parser gives them.
+#[test]
+fn quick_subcommands_keep_help_errors_and_leading_options() {
+    let d = Daemon::start();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env_remove("OPSD_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["submit", "--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let help = stdout(&o);
+    assert!(
+        help.starts_with("Queue an operation and print its id"),
+        "{help}"
+    );
+    assert!(
+        help.contains("Usage: opsd submit [OPTIONS] <TYPE>"),
+        "{help}"
+    );
+    for opt in [
+        "--param <KEY=VALUE>",
+        "--socket <SOCKET>",
+        "--json",
+        "--watch",
+    ] {
+        assert!(help.contains(opt), "{opt}: {help}");
+    }
+    let o = run(&["run", "--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Usage: opsd run"), "{}", stdout(&o));
+    // A bad argument: exit 2, the argument named, the subcommand's usage.
+    let o = d.cli(&["submit", "dummy", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("unexpected argument '--bogus'"), "{err}");
+    assert!(err.contains("Usage: opsd submit"), "{err}");
+    let socket = d.socket.to_str().unwrap();
+    // After `--` everything is the program's, even what looks like an option.
+    let o = run(&["run", "--socket", socket, "--", "true", "--bogus"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = d.cli(&["run", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // The shared options before the subcommand.
+    let o = run(&["--socket", socket, "submit", "dummy", "-p", "steps=1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).trim().starts_with("op_dummy_"), "{}", stdout(&o));
+    let o = run(&["--json", "--socket", socket, "show", "last"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["operation_type"], "dummy", "{v}");
+    // And after it, with `$OPSD_SOCKET` instead of `--socket`.
+    let o = std::process::Command::new(bin())
+        .args(["submit", "dummy", "--json"])
+        .env("OPSD_SOCKET", socket)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        v["operation_id"].as_str().unwrap().starts_with("op_dummy_"),
+        "{v}"
+    );
+}
