@@ -280,7 +280,13 @@ pub fn screen_width(line: &str) -> usize {
 /// Parse the command line and run it; the process exit code.
 pub fn main() -> ExitCode {
     let cli = fast::parse(std::env::args_os().collect()).unwrap_or_else(Cli::parse);
-    init_logging(matches!(cli.command, Command::Serve(_)));
+    // Only the daemon (`serve`, and `demo`'s own) logs; a client command
+    // sets up logging only when asked to (`OPSD_LOG`): the subscriber's
+    // set-up is ~40k of a short command's ~690k instructions.
+    let daemon = matches!(cli.command, Command::Serve(_));
+    if daemon || matches!(cli.command, Command::Demo(_)) || std::env::var_os("OPSD_LOG").is_some() {
+        init_logging(daemon);
+    }
     commands::run(cli.command, &cli.client)
 }
 
