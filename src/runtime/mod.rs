@@ -94,6 +94,7 @@ impl Runtime {
     /// workers.
     pub fn start(store: Store, config: Arc<Config>) -> Result<Arc<Runtime>> {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let nudge = wake_tx.clone();
         let (job_tx, job_rx) = handoff::handoff();
         let gpu_pool = gpus::GpuPool::new(
             config
@@ -128,6 +129,7 @@ impl Runtime {
             live: live.clone(),
             config: config.clone(),
             wake: wake_rx,
+            nudge,
             jobs: job_tx,
             stopping: stopping.clone(),
         };

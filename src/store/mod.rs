@@ -35,6 +35,9 @@ use std::sync::Arc;
 /// The store the daemon runs on: one backend, shared by every thread.
 pub type Store = Arc<dyn Backend>;
 
+/// Receives a claim's result ([`Backend::claim_then`]).
+pub type ClaimDone = Box<dyn FnOnce(Result<Vec<ClaimedOperation>>) + Send>;
+
 /// Called on the writer's side once a run's final row is committed (or
 /// could not be): frees the operation's slot. Runs on the writer thread,
 /// so it must be cheap and must not write to the store.
@@ -122,8 +125,16 @@ pub trait Backend: Send + Sync {
     /// Claim runnable operations within `plan`; each becomes `running`
     /// with its attempt counted. Not retried: the next round claims anew.
     /// Held operations, ones whose dependencies are not met, and ones in
-    /// paused or full queues are left waiting.
-    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>>;
+    /// paused or full queues are left waiting. `done` gets the claimed
+    /// operations once their claim is committed (on the writer's side: it
+    /// must not block), so the scheduler can have several rounds in flight.
+    fn claim_then(&self, plan: ClaimPlan, done: ClaimDone);
+    /// [`Backend::claim_then`], waiting for the answer.
+    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>> {
+        let (reply, ticket) = Ticket::new();
+        self.claim_then(plan, Box::new(move |r| reply.send(r)));
+        ticket.wait()
+    }
     /// `opsd release`: a held pending operation may start.
     fn release(&self, id: &OperationId) -> Ticket<()>;
     /// Pause, start or cap a named queue (created if new).

@@ -24,7 +24,7 @@ use super::records::{
     Listing, MetricPoint, NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow,
     Recovery, RunEnd, RunOutcome, Signals, Submitted, TreeCancel,
 };
-use super::{AfterCommit, Backend, Ticket};
+use super::{AfterCommit, Backend, ClaimDone, Ticket};
 use crate::error::{DbError, DbErrorKind, Error, Result};
 use crate::ids::OperationId;
 use crate::model::{CheckpointType, Status, StopReason};
@@ -412,14 +412,15 @@ impl Backend for PostgresStore {
         .wait()
     }
 
-    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>> {
-        self.write(Policy::caller(Duration::ZERO), move |tx, me| {
+    fn claim_then(&self, plan: ClaimPlan, done: ClaimDone) {
+        let me = self.me.clone();
+        let w: WriteFn<Vec<ClaimedOperation>> = Box::new(move |tx| {
             let now = crate::ids::now();
             // Paused and capped queues (as SQLite's claim).
             let mut gate = everyday::gate(tx)?;
-            crate::store::claiming::walk(&plan, &mut gate, |ask| sql::claim(tx, me, &now, ask))
-        })
-        .wait()
+            crate::store::claiming::walk(&plan, &mut gate, |ask| sql::claim(tx, &me, &now, ask))
+        });
+        self.writer.submit(Policy::caller(Duration::ZERO), w, done);
     }
 
     fn record_gpus(&self, id: &OperationId, gpus: Vec<String>) {

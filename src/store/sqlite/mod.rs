@@ -17,11 +17,11 @@ pub(crate) mod writer;
 mod writes;
 
 use super::records::{
-    Checkpoint, CheckpointWrite, ClaimPlan, ClaimedOperation, CleanFilter, ListFilter, Listing,
-    MetricPoint, NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow, Recovery,
-    RunEnd, Submitted, TreeCancel,
+    Checkpoint, CheckpointWrite, ClaimPlan, CleanFilter, ListFilter, Listing, MetricPoint,
+    NewOperation, OperationRecord, ProgressWrite, QueueChange, QueueRow, Recovery, RunEnd,
+    Submitted, TreeCancel,
 };
-use super::{AfterCommit, Backend, Ticket};
+use super::{AfterCommit, Backend, ClaimDone, Ticket};
 use crate::error::{DbError, DbErrorKind, Error, Result};
 use crate::ids::OperationId;
 use crate::model::{Status, StopReason};
@@ -205,12 +205,14 @@ impl Backend for SqliteStore {
         self.writer.ticket(self.caller(), w).wait()
     }
 
-    fn claim(&self, plan: ClaimPlan) -> Result<Vec<ClaimedOperation>> {
+    fn claim_then(&self, plan: ClaimPlan, done: ClaimDone) {
         // A claim that cannot be committed is not retried by the writer:
         // the next round claims afresh.
-        self.writer
-            .ticket(Policy::caller(Duration::ZERO), writes::claim::Claim(plan))
-            .wait()
+        self.writer.submit(
+            Policy::caller(Duration::ZERO),
+            writes::claim::Claim(plan),
+            done,
+        );
     }
 
     fn release(&self, id: &OperationId) -> Ticket<()> {
