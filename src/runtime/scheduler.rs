@@ -196,7 +196,8 @@ impl Room {
 
 impl Landing {
     /// Register a round's answer and hand its operations to the workers;
-    /// then release what the round held and nudge the scheduler.
+    /// then release what the round held, and nudge the scheduler if it
+    /// wants another round.
     fn land(&self, round: u64, got: Result<Vec<ClaimedOperation>>) {
         let asked = lock(&self.rounds)
             .in_flight
@@ -226,12 +227,18 @@ impl Landing {
                 true
             }
         };
-        {
+        let wanted = {
             let mut r = lock(&self.rounds);
             r.in_flight.retain(|h| h.round != round);
             r.dirty |= more;
+            r.dirty
+        };
+        // Only when a round is wanted (this one filled up, or a nudge came
+        // while the most rounds were in flight): an answer that nudged
+        // every time would start an empty round after every empty round.
+        if wanted {
+            let _ = self.nudge.try_send(());
         }
-        let _ = self.nudge.try_send(());
     }
 }
 
