@@ -15,6 +15,7 @@
 
 use super::handoff::Handoff;
 use super::live::Live;
+use super::running::StopRequest;
 use super::{Assignment, Stopping};
 use crate::config::Config;
 use crate::error::Result;
@@ -80,6 +81,8 @@ struct Landing {
     live: Arc<Live>,
     jobs: Handoff<Assignment>,
     nudge: Sender<()>,
+    /// Set at shutdown: what lands then is asked to stop at once.
+    stopping: Stopping,
 }
 
 impl Scheduler {
@@ -104,11 +107,15 @@ impl Scheduler {
             live: room.live.clone(),
             jobs,
             nudge,
+            stopping: stopping.clone(),
         });
         while !stopping.is_set() {
             let paused_until = {
                 let mut r = lock(&land.rounds);
-                let ready = r.paused_until.is_none_or(|t| Instant::now() >= t);
+                if r.paused_until.is_some_and(|t| Instant::now() >= t) {
+                    r.paused_until = None;
+                }
+                let ready = r.paused_until.is_none();
                 if r.dirty && ready && r.in_flight.len() < MAX_IN_FLIGHT {
                     r.dirty = false;
                     if let Some((n, plan)) = room.next_round(&mut r) {
@@ -118,6 +125,8 @@ impl Scheduler {
                     }
                     None
                 } else {
+                    // A pause still to run out; with the most rounds in
+                    // flight, their answers nudge (or the idle timeout).
                     r.paused_until
                 }
             };
@@ -210,6 +219,12 @@ impl Landing {
                 let full = claimed.len() >= asked;
                 for op in claimed {
                     let running = self.live.register(&op);
+                    // Claimed just as the daemon began to stop (the drain
+                    // may already have asked the others): it stops at once
+                    // and is resumed at the next start, like the others.
+                    if self.stopping.is_set() {
+                        running.request_stop(StopRequest::Shutdown, None);
+                    }
                     if !running.gpus.is_empty() {
                         self.store.record_gpus(&op.id, running.gpus.clone());
                     }

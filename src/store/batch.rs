@@ -119,9 +119,15 @@ pub(crate) trait Engine: Send + 'static {
     type Job: ?Sized + Answer;
     /// What the logs call the store ("database", "PostgreSQL").
     const NAME: &'static str;
-    /// One try: run every request in one transaction and commit. Returns
-    /// why the batch as a whole failed (leaving no transaction open).
-    fn try_commit(&mut self, batch: &mut [Box<Self::Job>]) -> Option<BatchFailure>;
+    /// One try: run every request in one transaction and commit, calling
+    /// `at_commit` just before the commit (from then on readers may see
+    /// it). Returns why the batch as a whole failed (leaving no transaction
+    /// open).
+    fn try_commit(
+        &mut self,
+        batch: &mut [Box<Self::Job>],
+        at_commit: &mut dyn FnMut(),
+    ) -> Option<BatchFailure>;
     /// The `health` sentence while writes are not landing.
     fn degraded_text(d: &Degraded) -> String;
     /// What a caller hears when its request could not be committed.
@@ -156,6 +162,8 @@ pub(crate) struct Writer<E: Engine> {
     degraded: Arc<Mutex<Option<Degraded>>>,
     /// How long a caller waits out a locked database.
     caller_wait: Duration,
+    /// How far commits are flushed, when the flush follows the commit.
+    watermark: Option<Arc<durable::Watermark>>,
 }
 
 impl<E: Engine> Clone for Writer<E> {
@@ -165,6 +173,7 @@ impl<E: Engine> Clone for Writer<E> {
             thread: self.thread.clone(),
             degraded: self.degraded.clone(),
             caller_wait: self.caller_wait,
+            watermark: self.watermark.clone(),
         }
     }
 }
@@ -183,6 +192,7 @@ impl<E: Engine> Writer<E> {
             ),
             None => None,
         };
+        let watermark = stage.as_ref().map(|s| s.watermark().clone());
         let thread = std::thread::Builder::new()
             .name("opsd-writer".into())
             .spawn(move || {
@@ -201,7 +211,17 @@ impl<E: Engine> Writer<E> {
             thread: Arc::new(Mutex::new(Some(thread))),
             degraded,
             caller_wait,
+            watermark,
         })
+    }
+
+    /// Return once every commit made so far is durable: a read calls it
+    /// after its query, so it never answers what a power cut could undo.
+    /// At once when each commit is durable when it returns.
+    pub(crate) fn wait_durable(&self) {
+        if let Some(w) = &self.watermark {
+            w.wait_durable();
+        }
     }
 
     /// `None` while writes land; otherwise a sentence saying why they do
@@ -312,7 +332,17 @@ impl<E: Engine> Thread<E> {
         if batch.is_empty() {
             return;
         }
-        match self.engine.try_commit(&mut batch) {
+        // Numbered just before it can become visible: a reader that may
+        // have seen it waits for its flush.
+        let mut number = 0;
+        let watermark = self.stage.as_ref().map(|s| s.watermark().clone());
+        let mut at_commit = || {
+            if let Some(w) = &watermark {
+                number = w.begin();
+            }
+        };
+        let failure = self.engine.try_commit(&mut batch, &mut at_commit);
+        match failure {
             None => {
                 self.backoff = FIRST_BACKOFF;
                 if let Ok(mut d) = self.degraded.lock() {
@@ -326,7 +356,7 @@ impl<E: Engine> Thread<E> {
                 // queued behind it is answered. `runtime::live` relies on it
                 // when it lets a finishing slot be claimed for again.
                 match &self.stage {
-                    Some(stage) => stage.push(Item::Committed(batch)),
+                    Some(stage) => stage.push(Item::Committed(batch, number)),
                     None => {
                         for t in batch {
                             t.deliver(None);
@@ -349,10 +379,11 @@ impl<E: Engine> Thread<E> {
                         refused.push((t, E::caller_error(&f)));
                     }
                 }
-                // Behind the answers of earlier commits, in order.
+                // Behind the answers of earlier commits, in order (and,
+                // even with none, so that readers stop waiting for it).
                 match &self.stage {
-                    Some(stage) if !refused.is_empty() => stage.push(Item::Answered(refused)),
-                    _ => {
+                    Some(stage) => stage.push(Item::Answered(refused, number)),
+                    None => {
                         for (t, e) in refused {
                             t.deliver(Some(e));
                         }

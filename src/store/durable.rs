@@ -9,10 +9,12 @@
 //! in commit order. What a caller is told is exactly as durable as before:
 //! no answer (a submit's id, a claim that starts a job, a cancel) leaves
 //! before the flush that covers its commit has returned (SPEC §5,
-//! "`synchronous=FULL` or an equivalent durable commit"). The difference is
-//! only for readers, which may see a commit a few hundred microseconds
-//! before it is on disk; nothing the daemon does on it (starting a job,
-//! answering a client) happens before.
+//! "`synchronous=FULL` or an equivalent durable commit"). Readers could see
+//! a commit before it is on disk; so a read made through the daemon waits,
+//! once it has run, until every commit it could have seen is flushed
+//! ([`Watermark`]), and answers only what would survive a power cut, as
+//! with `FULL`. (A `sqlite3` shell reading the file meanwhile may see a
+//! commit up to one flush early.)
 //!
 //! A flush that fails means the kernel may have dropped the data it could
 //! not write, and a second flush would report success without it. So the
@@ -21,7 +23,64 @@
 
 use crate::error::Error;
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How far commits are durable. The writer numbers each commit attempt
+/// before it starts ([`Watermark::begin`]); the stage marks numbers flushed.
+/// A reader that waits, after its query, until everything begun so far is
+/// flushed has seen only durable commits: a commit is visible only after
+/// its number was taken.
+#[derive(Default)]
+pub(crate) struct Watermark {
+    begun: AtomicU64,
+    flushed: Mutex<u64>,
+    advanced: Condvar,
+}
+
+/// The longest a read waits for a flush; past it (a disk that stalls for
+/// that long) it answers anyway, with a warning, rather than hang.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+impl Watermark {
+    /// The number of the commit about to be tried.
+    pub(crate) fn begin(&self) -> u64 {
+        self.begun.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Wait until every commit begun so far is flushed (or failed).
+    pub(crate) fn wait_durable(&self) {
+        let target = self.begun.load(Ordering::SeqCst);
+        let mut flushed = lock(&self.flushed);
+        let deadline = std::time::Instant::now() + READ_WAIT;
+        while *flushed < target {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!("a read waited {READ_WAIT:?} for the disk; answering anyway");
+                return;
+            }
+            flushed = self
+                .advanced
+                .wait_timeout(flushed, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn mark(&self, upto: u64) {
+        let mut flushed = lock(&self.flushed);
+        if upto > *flushed {
+            *flushed = upto;
+            self.advanced.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Flushes what the backend has committed so far to disk.
 pub(crate) type Flush = Box<dyn FnMut() -> std::io::Result<()> + Send>;
@@ -37,13 +96,22 @@ pub(crate) trait Deliver: Send {
     fn deliver(self: Box<Self>, failure: Option<Error>);
 }
 
-/// One item of the stage's queue, in commit order.
+/// One item of the stage's queue, in commit order, with the number its
+/// commit attempt took ([`Watermark::begin`]).
 pub(crate) enum Item<J: ?Sized> {
     /// A committed batch: answered after the next flush.
-    Committed(Vec<Box<J>>),
-    /// Requests that already have their answer (their batch failed):
-    /// answered in order, no flush needed.
-    Answered(Vec<(Box<J>, Error)>),
+    Committed(Vec<Box<J>>, u64),
+    /// Requests that already have their answer (their batch failed; maybe
+    /// none): answered in order, no flush needed.
+    Answered(Vec<(Box<J>, Error)>, u64),
+}
+
+impl<J: ?Sized> Item<J> {
+    fn number(&self) -> u64 {
+        match self {
+            Item::Committed(_, n) | Item::Answered(_, n) => *n,
+        }
+    }
 }
 
 /// The running stage; dropping [`Stage::finish`] joins it after every
@@ -51,27 +119,41 @@ pub(crate) enum Item<J: ?Sized> {
 pub(crate) struct Stage<J: ?Sized + Deliver + 'static> {
     tx: Option<Sender<Item<J>>>,
     thread: Option<JoinHandle<()>>,
+    watermark: Arc<Watermark>,
 }
 
 impl<J: ?Sized + Deliver + 'static> Stage<J> {
     /// Start the stage's thread with the backend's `flush`.
     pub(crate) fn start(flush: Flush, on_failure: OnFailure) -> std::io::Result<Stage<J>> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let watermark = Arc::new(Watermark::default());
+        let w = watermark.clone();
         let thread = std::thread::Builder::new()
             .name("opsd-fsync".into())
-            .spawn(move || run(rx, flush, on_failure))?;
+            .spawn(move || run(rx, flush, on_failure, &w))?;
         Ok(Stage {
             tx: Some(tx),
             thread: Some(thread),
+            watermark,
         })
+    }
+
+    /// How far commits are durable: the writer numbers its commits with it
+    /// and readers wait on it.
+    pub(crate) fn watermark(&self) -> &Arc<Watermark> {
+        &self.watermark
     }
 
     /// Queue an item; it is answered after everything queued before it.
     pub(crate) fn push(&self, item: Item<J>) {
         if let Some(tx) = &self.tx {
-            // The thread ends only when this sender is dropped, or when a
-            // flush failed (and the daemon is stopping).
-            let _ = tx.send(item);
+            // The thread ends only when this sender is dropped, or after a
+            // failed flush (the daemon is aborting). Commits nobody would
+            // answer must not go on: stop here too.
+            if tx.send(item).is_err() {
+                tracing::error!("the fsync thread is gone; opsd stops");
+                std::process::abort();
+            }
         }
     }
 
@@ -94,26 +176,34 @@ impl<J: ?Sized + Deliver + 'static> Drop for Stage<J> {
     }
 }
 
-fn run<J: ?Sized + Deliver>(rx: Receiver<Item<J>>, mut flush: Flush, on_failure: OnFailure) {
+fn run<J: ?Sized + Deliver>(
+    rx: Receiver<Item<J>>,
+    mut flush: Flush,
+    on_failure: OnFailure,
+    watermark: &Watermark,
+) {
     while let Ok(first) = rx.recv() {
         // Everything committed by now is covered by one flush.
         let mut items = vec![first];
         items.extend(rx.try_iter());
-        let failed = if items.iter().any(|i| matches!(i, Item::Committed(_))) {
+        let failed = if items.iter().any(|i| matches!(i, Item::Committed(..))) {
             flush().err()
         } else {
             None
         };
+        if failed.is_none() {
+            watermark.mark(items.iter().map(Item::number).max().unwrap_or(0));
+        }
         for item in items {
             match item {
-                Item::Committed(batch) => {
+                Item::Committed(batch, _) => {
                     for job in batch {
-                        job.deliver(failed.as_ref().map(flush_error));
+                        deliver(job, failed.as_ref().map(flush_error));
                     }
                 }
-                Item::Answered(jobs) => {
+                Item::Answered(jobs, _) => {
                     for (job, e) in jobs {
-                        job.deliver(Some(e));
+                        deliver(job, Some(e));
                     }
                 }
             }
@@ -127,8 +217,8 @@ fn run<J: ?Sized + Deliver>(rx: Receiver<Item<J>>, mut flush: Flush, on_failure:
             // Nothing after a failed flush may be answered as durable.
             for item in rx.try_iter() {
                 let jobs: Vec<Box<J>> = match item {
-                    Item::Committed(b) => b,
-                    Item::Answered(a) => a.into_iter().map(|(j, _)| j).collect(),
+                    Item::Committed(b, _) => b,
+                    Item::Answered(a, _) => a.into_iter().map(|(j, _)| j).collect(),
                 };
                 for job in jobs {
                     job.deliver(Some(flush_error(&e)));
@@ -136,6 +226,16 @@ fn run<J: ?Sized + Deliver>(rx: Receiver<Item<J>>, mut flush: Flush, on_failure:
             }
             return;
         }
+    }
+}
+
+/// Answer one caller. A callback that panics must not take the thread
+/// (and every later answer) with it: it is logged and the next one runs.
+fn deliver<J: ?Sized + Deliver>(job: Box<J>, failure: Option<Error>) {
+    let answered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || job.deliver(failure)));
+    if answered.is_err() {
+        tracing::error!("answering a committed write panicked; going on with the next");
     }
 }
 
@@ -196,17 +296,17 @@ mod tests {
             |_| panic!("no failure here"),
         )
         .unwrap();
-        stage.push(Item::Committed(vec![probe("a", &log), probe("b", &log)]));
+        stage.push(Item::Committed(vec![probe("a", &log), probe("b", &log)], 1));
         std::thread::sleep(Duration::from_millis(100));
         assert!(
             log.lock().unwrap().is_empty(),
             "answered before its commit was flushed"
         );
-        stage.push(Item::Answered(vec![(
-            probe("refused", &log),
-            Error::BadRequest("no".into()),
-        )]));
-        stage.push(Item::Committed(vec![probe("c", &log)]));
+        stage.push(Item::Answered(
+            vec![(probe("refused", &log), Error::BadRequest("no".into()))],
+            2,
+        ));
+        stage.push(Item::Committed(vec![probe("c", &log)], 3));
         release.send(()).unwrap();
         release.send(()).unwrap();
         stage.finish();
@@ -232,10 +332,10 @@ mod tests {
             |_| panic!("no failure here"),
         )
         .unwrap();
-        stage.push(Item::Committed(vec![probe("first", &log)]));
+        stage.push(Item::Committed(vec![probe("first", &log)], 1));
         std::thread::sleep(Duration::from_millis(50));
-        for name in ["x", "y", "z"] {
-            stage.push(Item::Committed(vec![probe(name, &log)]));
+        for (n, name) in ["x", "y", "z"].into_iter().enumerate() {
+            stage.push(Item::Committed(vec![probe(name, &log)], 2 + n as u64));
         }
         release.send(()).unwrap();
         release.send(()).unwrap();
@@ -253,9 +353,48 @@ mod tests {
                 FAILURES.fetch_add(1, Ordering::SeqCst);
             })
             .unwrap();
-        stage.push(Item::Committed(vec![probe("a", &log), probe("b", &log)]));
+        stage.push(Item::Committed(vec![probe("a", &log), probe("b", &log)], 1));
         stage.finish();
         assert_eq!(*log.lock().unwrap(), vec![("a", false), ("b", false)]);
         assert_eq!(FAILURES.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_read_waits_until_every_commit_begun_before_it_is_flushed() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = crossbeam_channel::unbounded::<()>();
+        let stage: Stage<Probe> = Stage::start(
+            Box::new(move || {
+                gate.recv_timeout(Duration::from_secs(5)).unwrap();
+                Ok(())
+            }),
+            |_| panic!("no failure here"),
+        )
+        .unwrap();
+        let w = stage.watermark().clone();
+        // Nothing begun: a read answers at once.
+        w.wait_durable();
+        let n = w.begin();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let reader = w.clone();
+        std::thread::spawn(move || {
+            reader.wait_durable();
+            done_tx.send(()).unwrap();
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the read answered before the commit it may have seen was flushed"
+        );
+        stage.push(Item::Committed(vec![probe("a", &log)], n));
+        assert!(done_rx.recv_timeout(Duration::from_millis(100)).is_err());
+        release.send(()).unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("answered once flushed");
+        // A failed batch's number is let go without a flush.
+        let m = w.begin();
+        stage.push(Item::Answered(Vec::new(), m));
+        w.wait_durable();
+        stage.finish();
     }
 }

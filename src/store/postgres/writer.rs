@@ -170,7 +170,13 @@ impl Engine for PgEngine {
         )
     }
 
-    fn try_commit(&mut self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
+    /// `at_commit` is not called: a PostgreSQL commit is durable when it
+    /// returns, and no reader waits on a flush behind it.
+    fn try_commit(
+        &mut self,
+        batch: &mut [Box<dyn Queued>],
+        _at_commit: &mut dyn FnMut(),
+    ) -> Option<BatchFailure> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.cache = Cache::default();
             match connect(&self.config) {

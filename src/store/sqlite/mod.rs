@@ -144,7 +144,11 @@ impl SqliteStore {
     /// Run a read-only query on a pooled connection.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.pool.get()?;
-        f(&conn)
+        let out = f(&conn);
+        // What it saw may include a commit not flushed yet (the writer
+        // commits with NORMAL): answer it only once it is durable.
+        self.writer.wait_durable();
+        out
     }
 
     fn caller(&self) -> Policy {

@@ -191,7 +191,11 @@ impl Engine for SqliteEngine {
     /// itself, the batch again with every request in its savepoint.
     /// Returns why the batch as a whole failed (and leaves no transaction
     /// open).
-    fn try_commit(&mut self, batch: &mut [Box<dyn Queued>]) -> Option<BatchFailure> {
+    fn try_commit(
+        &mut self,
+        batch: &mut [Box<dyn Queued>],
+        at_commit: &mut dyn FnMut(),
+    ) -> Option<BatchFailure> {
         match self.run_all(batch, false) {
             Ok(true) => {}
             Ok(false) => {
@@ -202,6 +206,7 @@ impl Engine for SqliteEngine {
             }
             Err(f) => return Some(f),
         }
+        at_commit();
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Some(sqlite_failure(e));
