@@ -65,7 +65,8 @@ fn run_one(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>) {
 }
 
 /// After the final row is committed: free the GPUs and the slot, wake
-/// whoever waits. Runs on the writer thread, so it stays cheap.
+/// whoever waits. Runs on the writer's side (after the commit's flush),
+/// so it stays cheap.
 fn release(rt: &Runtime, id: &crate::ids::OperationId, running: &RunningOp) {
     rt.live.release(id, running);
     rt.notify_change();

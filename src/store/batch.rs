@@ -335,10 +335,10 @@ impl<E: Engine> Thread<E> {
         // Numbered just before it can become visible: a reader that may
         // have seen it waits for its flush.
         let mut number = 0;
-        let watermark = self.stage.as_ref().map(|s| s.watermark().clone());
+        let stage = self.stage.as_ref();
         let mut at_commit = || {
-            if let Some(w) = &watermark {
-                number = w.begin();
+            if let Some(s) = stage {
+                number = s.watermark().begin();
             }
         };
         let failure = self.engine.try_commit(&mut batch, &mut at_commit);
@@ -355,14 +355,7 @@ impl<E: Engine> Thread<E> {
                 // `after` (which releases its slot) runs before a claim
                 // queued behind it is answered. `runtime::live` relies on it
                 // when it lets a finishing slot be claimed for again.
-                match &self.stage {
-                    Some(stage) => stage.push(Item::Committed(batch, number)),
-                    None => {
-                        for t in batch {
-                            t.deliver(None);
-                        }
-                    }
-                }
+                self.hand_over(Item::Committed(batch, number));
             }
             Some(f) => {
                 self.note_degraded(&f);
@@ -381,16 +374,18 @@ impl<E: Engine> Thread<E> {
                 }
                 // Behind the answers of earlier commits, in order (and,
                 // even with none, so that readers stop waiting for it).
-                match &self.stage {
-                    Some(stage) => stage.push(Item::Answered(refused, number)),
-                    None => {
-                        for (t, e) in refused {
-                            t.deliver(Some(e));
-                        }
-                    }
-                }
+                self.hand_over(Item::Answered(refused, number));
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+
+    /// Answer `item`'s callers: through the flushing stage when there is
+    /// one, else here and now (each commit was durable when it returned).
+    fn hand_over(&self, item: Item<E::Job>) {
+        match &self.stage {
+            Some(stage) => stage.push(item),
+            None => item.answer(None),
         }
     }
 

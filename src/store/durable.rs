@@ -36,7 +36,9 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct Watermark {
     begun: AtomicU64,
-    flushed: Mutex<u64>,
+    flushed: AtomicU64,
+    /// Held while `flushed` advances, so a waiting reader cannot miss it.
+    lock: Mutex<()>,
     advanced: Condvar,
 }
 
@@ -53,26 +55,29 @@ impl Watermark {
     /// Wait until every commit begun so far is flushed (or failed).
     pub(crate) fn wait_durable(&self) {
         let target = self.begun.load(Ordering::SeqCst);
-        let mut flushed = lock(&self.flushed);
+        // Nearly every read when the writer is idle: no lock.
+        if self.flushed.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        let mut guard = lock(&self.lock);
         let deadline = std::time::Instant::now() + READ_WAIT;
-        while *flushed < target {
+        while self.flushed.load(Ordering::SeqCst) < target {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 tracing::warn!("a read waited {READ_WAIT:?} for the disk; answering anyway");
                 return;
             }
-            flushed = self
+            guard = self
                 .advanced
-                .wait_timeout(flushed, left)
+                .wait_timeout(guard, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
     fn mark(&self, upto: u64) {
-        let mut flushed = lock(&self.flushed);
-        if upto > *flushed {
-            *flushed = upto;
+        let _guard = lock(&self.lock);
+        if self.flushed.fetch_max(upto, Ordering::SeqCst) < upto {
             self.advanced.notify_all();
         }
     }
@@ -106,10 +111,27 @@ pub(crate) enum Item<J: ?Sized> {
     Answered(Vec<(Box<J>, Error)>, u64),
 }
 
-impl<J: ?Sized> Item<J> {
+impl<J: ?Sized + Deliver> Item<J> {
     fn number(&self) -> u64 {
         match self {
             Item::Committed(_, n) | Item::Answered(_, n) => *n,
+        }
+    }
+
+    /// Answer everyone in it: a committed batch with `flush_failed`'s
+    /// error, if any, else its results.
+    pub(crate) fn answer(self, flush_failed: Option<&std::io::Error>) {
+        match self {
+            Item::Committed(batch, _) => {
+                for job in batch {
+                    deliver(job, flush_failed.map(flush_error));
+                }
+            }
+            Item::Answered(jobs, _) => {
+                for (job, e) in jobs {
+                    deliver(job, Some(e));
+                }
+            }
         }
     }
 }
@@ -195,18 +217,7 @@ fn run<J: ?Sized + Deliver>(
             watermark.mark(items.iter().map(Item::number).max().unwrap_or(0));
         }
         for item in items {
-            match item {
-                Item::Committed(batch, _) => {
-                    for job in batch {
-                        deliver(job, failed.as_ref().map(flush_error));
-                    }
-                }
-                Item::Answered(jobs, _) => {
-                    for (job, e) in jobs {
-                        deliver(job, Some(e));
-                    }
-                }
-            }
+            item.answer(failed.as_ref());
         }
         if let Some(e) = failed {
             tracing::error!(
@@ -216,13 +227,7 @@ fn run<J: ?Sized + Deliver>(
             on_failure(&e);
             // Nothing after a failed flush may be answered as durable.
             for item in rx.try_iter() {
-                let jobs: Vec<Box<J>> = match item {
-                    Item::Committed(b, _) => b,
-                    Item::Answered(a, _) => a.into_iter().map(|(j, _)| j).collect(),
-                };
-                for job in jobs {
-                    job.deliver(Some(flush_error(&e)));
-                }
+                item.answer(Some(&e));
             }
             return;
         }
@@ -281,13 +286,17 @@ mod tests {
         })
     }
 
-    #[test]
-    fn nothing_is_answered_before_the_flush_returns_and_answers_keep_commit_order() {
-        let log = Arc::new(Mutex::new(Vec::new()));
+    /// A stage whose each flush waits for a message on the returned sender,
+    /// and the count of flushes done.
+    fn gated_stage() -> (
+        Stage<Probe>,
+        crossbeam_channel::Sender<()>,
+        Arc<AtomicUsize>,
+    ) {
         let (release, gate) = crossbeam_channel::unbounded::<()>();
         let flushes = Arc::new(AtomicUsize::new(0));
         let f = flushes.clone();
-        let stage: Stage<Probe> = Stage::start(
+        let stage = Stage::start(
             Box::new(move || {
                 gate.recv_timeout(Duration::from_secs(5)).unwrap();
                 f.fetch_add(1, Ordering::SeqCst);
@@ -296,6 +305,13 @@ mod tests {
             |_| panic!("no failure here"),
         )
         .unwrap();
+        (stage, release, flushes)
+    }
+
+    #[test]
+    fn nothing_is_answered_before_the_flush_returns_and_answers_keep_commit_order() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stage, release, flushes) = gated_stage();
         stage.push(Item::Committed(vec![probe("a", &log), probe("b", &log)], 1));
         std::thread::sleep(Duration::from_millis(100));
         assert!(
@@ -320,18 +336,7 @@ mod tests {
     #[test]
     fn one_flush_covers_every_commit_queued_while_the_last_one_ran() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (release, gate) = crossbeam_channel::unbounded::<()>();
-        let flushes = Arc::new(AtomicUsize::new(0));
-        let f = flushes.clone();
-        let stage: Stage<Probe> = Stage::start(
-            Box::new(move || {
-                gate.recv_timeout(Duration::from_secs(5)).unwrap();
-                f.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }),
-            |_| panic!("no failure here"),
-        )
-        .unwrap();
+        let (stage, release, flushes) = gated_stage();
         stage.push(Item::Committed(vec![probe("first", &log)], 1));
         std::thread::sleep(Duration::from_millis(50));
         for (n, name) in ["x", "y", "z"].into_iter().enumerate() {
@@ -362,15 +367,7 @@ mod tests {
     #[test]
     fn a_read_waits_until_every_commit_begun_before_it_is_flushed() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (release, gate) = crossbeam_channel::unbounded::<()>();
-        let stage: Stage<Probe> = Stage::start(
-            Box::new(move || {
-                gate.recv_timeout(Duration::from_secs(5)).unwrap();
-                Ok(())
-            }),
-            |_| panic!("no failure here"),
-        )
-        .unwrap();
+        let (stage, release, _) = gated_stage();
         let w = stage.watermark().clone();
         // Nothing begun: a read answers at once.
         w.wait_durable();

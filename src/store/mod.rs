@@ -39,7 +39,8 @@ pub type Store = Arc<dyn Backend>;
 pub type ClaimDone = Box<dyn FnOnce(Result<Vec<ClaimedOperation>>) + Send>;
 
 /// Called on the writer's side once a run's final row is committed (or
-/// could not be): frees the operation's slot. Runs on the writer thread,
+/// could not be): frees the operation's slot. Runs on the writer's side
+/// (the writer thread, or for SQLite the thread that flushes its commits),
 /// so it must be cheap and must not write to the store.
 pub type AfterCommit = Box<dyn FnOnce(Result<()>) + Send>;
 

@@ -367,6 +367,11 @@ mod tests {
             .unwrap()
     }
 
+    /// Insert `op` as a submit does (its metadata serialized here).
+    fn insert(c: &Connection, op: &NewOperation, now: &str) -> Result<(OperationId, Status, bool)> {
+        operations::insert(c, op, &op.metadata.to_string(), now)
+    }
+
     fn new_op(kind: OperationType) -> NewOperation {
         NewOperation::new(kind, serde_json::json!({}))
     }
@@ -444,10 +449,7 @@ mod tests {
         high.priority = 5;
         let other = new_op(OperationType::Backtest);
         for op in [low.clone(), high.clone(), other.clone()] {
-            write(&store, move |c| {
-                operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now())
-            })
-            .unwrap();
+            write(&store, move |c| insert(c, &op, &crate::ids::now())).unwrap();
         }
         let claim_dummies = || {
             write(&store, |c| {
@@ -535,10 +537,7 @@ mod tests {
         let twin = first.clone();
         let (a, b) = write(&store, move |c| {
             let now = crate::ids::now();
-            Ok((
-                operations::insert(c, &first, &first.metadata.to_string(), &now)?,
-                operations::insert(c, &twin, &twin.metadata.to_string(), &now)?,
-            ))
+            Ok((insert(c, &first, &now)?, insert(c, &twin, &now)?))
         })
         .unwrap();
         assert!(a.2 && b.2, "both inserted");
@@ -573,7 +572,7 @@ mod tests {
                         )?;
                         Ok(())
                     } else {
-                        operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now()).map(|_| ())
+                        insert(c, &op, &crate::ids::now()).map(|_| ())
                     }
                 }),
                 move |r| tx.send(r.is_ok()).unwrap(),
@@ -605,7 +604,7 @@ mod tests {
         ] {
             let (op, created, status) = (op.clone(), created.to_string(), status.to_string());
             write(&store, move |c| {
-                operations::insert(c, &op, &op.metadata.to_string(), &crate::ids::now())?;
+                insert(c, &op, &crate::ids::now())?;
                 c.execute(
                     "UPDATE operations SET status = ?2 WHERE operation_id = ?1",
                     [op.id.as_str(), &status],

@@ -264,7 +264,9 @@ impl Engine for SqliteEngine {
 
 impl Writer {
     /// Queue a write; `deliver` receives its result once it is committed
-    /// (or the error that stopped it). Runs `deliver` on the writer thread.
+    /// (or the error that stopped it). Runs `deliver` on the thread that
+    /// flushes the commits (`store::durable`), or on the writer thread for
+    /// a database that is not in WAL mode.
     pub(crate) fn submit<W: Write>(
         &self,
         policy: Policy,
