@@ -74,21 +74,20 @@ const MAX_PID_RANGE: i32 = 256;
 /// every process). A job's processes all start after its program, so this
 /// finds them while reading a few `/proc` entries instead of all of them.
 /// When few pids were handed out since (a short job on a quiet machine),
-/// each is tried directly, which is cheaper than listing `/proc`. A pid
-/// tried directly may name a thread (`/proc/<tid>` answers, though the
-/// listing shows only processes): only thread-group leaders are kept, as
-/// the listing would (a thread would otherwise be signalled, counted and
-/// remembered as a process of its own).
+/// each is tried directly, which is cheaper than listing `/proc`.
+///
+/// A pid tried directly may name a thread (`/proc/<tid>` answers, though
+/// the listing shows only processes), so the result may hold threads:
+/// [`JobProcs::members`] leaves them out of what it returns. Telling them
+/// apart costs a read of `/proc/<pid>/status`, done only for the few
+/// entries that turn out to be the job's, not for every pid in the range.
 fn scan_since(leader: i32) -> Vec<Proc> {
     let last: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
         .and_then(|s| s.trim().parse().ok());
     let wrapped = last.is_none_or(|l| l < leader);
     if let Some(last) = last.filter(|l| !wrapped && l - leader < MAX_PID_RANGE) {
-        return (leader..=last)
-            .filter_map(read_proc)
-            .filter(|p| is_process(p.pid))
-            .collect();
+        return (leader..=last).filter_map(read_proc).collect();
     }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -176,6 +175,12 @@ fn reap_known() -> usize {
     reaped
 }
 
+/// Whether [`adopt_orphans`] made the daemon a child subreaper: then a
+/// process that left a job and lost its parent is the daemon's child, and
+/// only the daemon's children need their environment read for the job's
+/// marker; without it, every young process does.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Make the daemon a child subreaper and start the thread that reaps
 /// adopted processes once they exit. Called once per process (later calls
 /// do nothing); without it, escaped processes go to init and are still
@@ -183,8 +188,9 @@ fn reap_known() -> usize {
 pub fn adopt_orphans() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives");
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives"),
         }
         let spawned = std::thread::Builder::new()
             .name("opsd-reaper".into())
@@ -223,9 +229,10 @@ impl JobProcs {
         }
     }
 
-    /// The job's processes (without the leader) in this snapshot.
-    /// `environ_all`: look for the marker in every process, not only in
-    /// those adopted by the daemon.
+    /// The job's processes (without the leader, and never a thread) in this
+    /// snapshot. `environ_all`: look for the marker in every process, not
+    /// only in those adopted by the daemon (needed only when the daemon is
+    /// not a subreaper: an orphan then belongs to init).
     fn members(&self, all: &[Proc], environ_all: bool) -> Vec<Proc> {
         let me = std::process::id() as i32;
         let known: HashMap<i32, u64> = known_for(&self.op).into_iter().collect();
@@ -270,8 +277,13 @@ impl JobProcs {
                 break;
             }
         }
+        // A thread of a member shares its group and shows its parent, so
+        // the closure takes it in: keep processes only (the scan may list
+        // threads), or it would be signalled, counted and remembered as a
+        // process of its own.
         all.iter()
             .filter(|p| p.pid != self.leader && ids.contains(&p.pid))
+            .filter(|p| is_process(p.pid))
             .copied()
             .collect()
     }
@@ -316,7 +328,8 @@ impl JobProcs {
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
         loop {
             let all = scan_since(self.leader);
-            let members = self.members(&all, true);
+            let environ_all = !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed);
+            let members = self.members(&all, environ_all);
             remember(&self.op, &members);
             let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();
             for p in &living {
@@ -364,33 +377,43 @@ mod tests {
     }
 
     #[test]
-    fn a_scan_by_pid_keeps_processes_and_leaves_threads_out() {
+    fn a_jobs_members_are_its_processes_never_their_threads() {
         use std::io::BufRead;
-        // A process with a second thread, as a job's Python program has.
-        let mut child = std::process::Command::new("python3")
+        // A program whose child has a second thread, as a job's Python
+        // data loader has: the child is the job's, its thread is not a
+        // process to signal or count.
+        let mut leader = std::process::Command::new("sh")
             .args([
                 "-c",
-                "import threading, time\n\
-                 def t():\n    print(threading.get_native_id(), flush=True); time.sleep(30)\n\
-                 threading.Thread(target=t, daemon=True).start(); time.sleep(30)",
+                "python3 -c 'import os, threading, time\n\
+                 def t():\n    print(os.getpid(), threading.get_native_id(), flush=True); time.sleep(30)\n\
+                 threading.Thread(target=t, daemon=True).start(); time.sleep(30)' & wait",
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
+        std::io::BufReader::new(leader.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let tid: i32 = line.trim().parse().unwrap();
+        let ids: Vec<i32> = line
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let (pid, tid) = (ids[0], ids[1]);
         assert!(is_process(pid));
         assert!(read_proc(tid).is_some(), "/proc/<tid> answers for a thread");
         assert!(!is_process(tid), "but a thread is not a process");
-        let found: Vec<i32> = scan_since(pid).iter().map(|p| p.pid).collect();
-        assert!(found.contains(&pid), "{found:?}");
-        assert!(!found.contains(&tid), "{found:?}");
-        let _ = child.kill();
-        let _ = child.wait();
+        let job = JobProcs::new("op_test", Pid::from_raw(leader.id() as i32));
+        let found: Vec<i32> = job
+            .members(&scan_since(leader.id() as i32), false)
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        assert_eq!(found, vec![pid], "the child, not its thread");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = leader.kill();
+        let _ = leader.wait();
     }
 
     #[test]

@@ -151,10 +151,25 @@ pub fn start_failure(
     if status.code() != Some(127) || status.signal().is_some() {
         return None;
     }
-    last_stderr_line()
+    let line = last_stderr_line();
+    let why = line
         .trim()
-        .strip_prefix(&format!("opsd-exec[{}]: ", h.tag))
-        .map(str::to_string)
+        .strip_prefix(&format!("opsd-exec[{}]: ", h.tag))?;
+    Some(describe_errno(why))
+}
+
+/// The helper's "WHAT errno N" in words: the helper has no C library to
+/// name the error, so the daemon does ("errno 2" is "No such file or
+/// directory"; "cannot arm the death signal: errno 1" ends in "Operation
+/// not permitted"). Anything else is passed on as written.
+fn describe_errno(why: &str) -> String {
+    let Some((what, n)) = why.rsplit_once("errno ") else {
+        return why.to_string();
+    };
+    match n.parse::<i32>() {
+        Ok(n) => format!("{what}{}", nix::errno::Errno::from_raw(n).desc()),
+        Err(_) => why.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +200,34 @@ mod tests {
         // so the fast path must be the one in use, not the fallback.
         assert!(!HELPER.is_empty(), "build.rs did not build opsd-exec");
         assert!(helper().is_some(), "opsd-exec does not run here");
+    }
+
+    #[test]
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    fn the_helper_is_the_build_without_a_c_library() {
+        // A static glibc build is hundreds of KiB and spends its start in
+        // the C library's set-up; the build without one is a few KiB.
+        assert!(
+            HELPER.len() < 64 * 1024,
+            "opsd-exec is {} bytes: build.rs fell back to the C library build",
+            HELPER.len()
+        );
+    }
+
+    #[test]
+    fn the_helpers_error_numbers_are_said_in_words() {
+        assert_eq!(describe_errno("errno 2"), "No such file or directory");
+        assert_eq!(
+            describe_errno("cannot arm the death signal: errno 1"),
+            "cannot arm the death signal: Operation not permitted"
+        );
+        assert_eq!(
+            describe_errno("the daemon exited while starting the program"),
+            "the daemon exited while starting the program"
+        );
     }
 
     #[test]
