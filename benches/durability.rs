@@ -230,6 +230,7 @@ fn checkpoint_1mb(runs: usize) -> f64 {
                     progress: Default::default(),
                     points: Vec::new(),
                 },
+                parent: None,
             })
             .wait()
             .expect("save");

@@ -246,6 +246,7 @@ impl Live {
                 progress,
                 points,
             },
+            parent: slot.parent.clone(),
         })
     }
 

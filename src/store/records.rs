@@ -371,6 +371,11 @@ pub struct CheckpointWrite {
     pub checkpoint: Checkpoint,
     /// Progress and points up to the checkpoint.
     pub live: ProgressWrite,
+    /// The operation's parent, whose stored percentage is recomputed in the
+    /// same transaction (as the flusher does): the child's progress moves
+    /// with the checkpoint, and a reader of the file must never see the
+    /// parent behind it.
+    pub parent: Option<OperationId>,
 }
 
 /// What start-up recovery did.

@@ -187,6 +187,7 @@ fn checkpoint_write(id: &OperationId, attempt: i64, points: usize) -> Checkpoint
             metrics_seq: 0,
         },
         live: live(id, attempt, 40.0, points),
+        parent: None,
     }
 }
 
@@ -286,6 +287,28 @@ fn progress_metrics_checkpoint_and_a_new_attempt() {
         assert_eq!(done.progress.percentage, 100.0);
         assert_eq!(done.result_summary, Some(json!({"ok": true, "value": 1.5})));
         assert!(s.checkpoint(&id).unwrap().is_none());
+    });
+}
+
+#[test]
+fn a_childs_checkpoint_moves_its_parents_stored_percentage_with_it() {
+    // A reader of the database (sqlite3, a dashboard) must never see a
+    // running child ahead of its parent: the checkpoint carries the child's
+    // progress, so it recomputes the parent in the same transaction, as
+    // the flusher's progress writes do.
+    on_both("child_checkpoint_parent", |s| {
+        let parent = submit(s, new_op(OperationType::Pipeline));
+        s.claim(plan(OperationType::Pipeline, 1)).unwrap();
+        let mut child = new_op(OperationType::Dummy);
+        child.parent = Some(parent.clone());
+        let child = submit(s, child);
+        let c = s.claim(plan(OperationType::Dummy, 1)).unwrap().remove(0);
+        assert_eq!(s.get(&parent).unwrap().progress.percentage, 0.0);
+        let mut cp = checkpoint_write(&child, c.attempt, 0);
+        cp.parent = Some(parent.clone());
+        s.save_checkpoint(cp).wait().unwrap();
+        assert_eq!(s.get(&child).unwrap().progress.percentage, 40.0);
+        assert_eq!(s.get(&parent).unwrap().progress.percentage, 40.0);
     });
 }
 

@@ -450,7 +450,11 @@ impl Backend for PostgresStore {
             match Self::apply_live(tx, me, &cp.live, true)? {
                 Some(seq) => {
                     cp.checkpoint.metrics_seq = seq;
-                    sql::save_checkpoint(tx, &cp.checkpoint)
+                    sql::save_checkpoint(tx, &cp.checkpoint)?;
+                    match &cp.parent {
+                        Some(p) => sql::refresh_parent_progress(tx, p),
+                        None => Ok(()),
+                    }
                 }
                 None => {
                     Self::lost(me, &cp.live.id, cp.live.attempt, "checkpoint");
