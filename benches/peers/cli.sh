@@ -2,7 +2,9 @@
 # Command jobs through the CLI, side by side: N submits of `true`, P at a
 # time (one CLI call each), until every job has finished; opsd against
 # task-spooler (installed if missing) and pueue (when present). Pairs are
-# interleaved; the table gives each run and the median.
+# interleaved; the table gives each run and the median, and the machine's
+# busy CPU per job (all processes: CLI, daemon, the jobs, xargs), which
+# is steadier than the rate on a shared machine.
 #
 #   cargo build --release && benches/peers/cli.sh [N] [P,P,...] [PAIRS]
 #   benches/peers/cli.sh 200 1,4,16 3
@@ -19,7 +21,10 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/opsd-cli-bench.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; tsp -K >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
-rate() { python3 -c "import sys; print(f'{$1/($3-$2):.0f}')" ; }
+# Busy jiffies of the whole machine (user, nice, system, irq, softirq).
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# "RATE CPU_MS_PER_JOB" from N, t0, t1, busy0, busy1.
+rate() { python3 -c "print(f'{$1/($3-$2):.0f} {($5-$4)*1000/$(getconf CLK_TCK)/$1:.2f}')" ; }
 
 opsd_run() { # $1 = parallelism
   local st="$work/opsd.$RANDOM"; mkdir -p "$st"
@@ -27,52 +32,55 @@ opsd_run() { # $1 = parallelism
   "$OPSD" serve --state-dir "$st" --socket "$st/s.sock" --config "$st/cfg.toml" 2>/dev/null &
   local pid=$!
   while ! "$OPSD" health --socket "$st/s.sock" >/dev/null 2>&1; do sleep 0.05; done
-  local t0; t0=$(now)
+  local t0 b0; t0=$(now); b0=$(busy)
   seq "$N" | xargs -P "$1" -I{} "$OPSD" submit command --socket "$st/s.sock" \
       --params '{"argv":["true"]}' >/dev/null
   # A check as cheap as tsp's below (no Python start per look).
   while ! "$OPSD" list --socket "$st/s.sock" --active --json | grep -q '"active": 0'; do sleep 0.01; done
-  local t1; t1=$(now)
+  local t1 b1; t1=$(now); b1=$(busy)
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  rate "$N" "$t0" "$t1"
+  rate "$N" "$t0" "$t1" "$b0" "$b1"
 }
 
 tsp_run() { # $1 = parallelism
   export TS_SOCKET="$work/tsp.$RANDOM.sock"
   tsp -S "$1" >/dev/null
-  local t0; t0=$(now)
+  local t0 b0; t0=$(now); b0=$(busy)
   seq "$N" | xargs -P "$1" -I{} tsp true >/dev/null
   tsp -w >/dev/null 2>&1 || true
   # -w waits for the last job; make sure nothing is queued or running.
   while tsp | awk 'NR>1 && ($2=="running" || $2=="queued")' | grep -q .; do sleep 0.01; done
-  local t1; t1=$(now)
+  local t1 b1; t1=$(now); b1=$(busy)
   tsp -K >/dev/null 2>&1 || true
-  rate "$N" "$t0" "$t1"
+  rate "$N" "$t0" "$t1" "$b0" "$b1"
 }
 
 pueue_run() { # $1 = parallelism
   command -v pueue >/dev/null 2>&1 || { echo "-"; return; }
   pueue parallel "$1" >/dev/null 2>&1 || { echo "-"; return; }
   pueue clean >/dev/null 2>&1 || true
-  local t0; t0=$(now)
+  local t0 b0; t0=$(now); b0=$(busy)
   seq "$N" | xargs -P "$1" -I{} pueue add -- true >/dev/null
   pueue wait >/dev/null 2>&1 || true
-  local t1; t1=$(now)
-  rate "$N" "$t0" "$t1"
+  local t1 b1; t1=$(now); b1=$(busy)
+  rate "$N" "$t0" "$t1" "$b0" "$b1" | cut -d' ' -f1
 }
 
 median() { tr " " "\n" | { grep -v "^-$" || true; } | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
 
-echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp |"
-echo "|---:|---|---|---|---:|"
+echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp | CPU ms/job opsd / tsp (medians) |"
+echo "|---:|---|---|---|---:|---|"
 IFS=, read -ra plist <<< "$PARS"
 for p in "${plist[@]}"; do
-  o=(); t=(); q=()
+  o=(); t=(); q=(); oc=(); tc=()
   for _ in $(seq "$PAIRS"); do
-    o+=("$(opsd_run "$p")"); t+=("$(tsp_run "$p")"); q+=("$(pueue_run "$p")")
-    echo "  P=$p: opsd ${o[-1]}/s, tsp ${t[-1]}/s, pueue ${q[-1]}" >&2
+    read -r r c <<< "$(opsd_run "$p")"; o+=("$r"); oc+=("$c")
+    read -r r c <<< "$(tsp_run "$p")"; t+=("$r"); tc+=("$c")
+    q+=("$(pueue_run "$p")")
+    echo "  P=$p: opsd ${o[-1]}/s (${oc[-1]} ms CPU/job), tsp ${t[-1]}/s (${tc[-1]} ms), pueue ${q[-1]}" >&2
   done
   om=$(echo "${o[*]}" | median); tm=$(echo "${t[*]}" | median); qm=$(echo "${q[*]}" | median)
+  ocm=$(echo "${oc[*]}" | median); tcm=$(echo "${tc[*]}" | median)
   ratio=$(python3 -c "print(f'{$om/$tm:.2f}')")
-  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** |"
+  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** | $ocm / $tcm |"
 done
