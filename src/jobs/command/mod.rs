@@ -6,7 +6,7 @@
 //!     │  ▲                                        │  │
 //!     │  └── tail OPSD_PROGRESS_FILE (JSON lines) ◀┘  │ stdout/stderr pipes
 //!     │                                              ▼
-//!     └── SIGTERM to the group on stop,      copier threads ──▶ logs/<id>.log
+//!     └── SIGTERM to the group on stop,      copier thread ──▶ logs/<id>.log
 //!         SIGKILL after grace_seconds
 //! ```
 //!
@@ -213,26 +213,23 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
 
     let stderr_tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let mut copiers = 0;
-    if let Some(out) = child.stdout.take() {
-        if output::spawn_copier("opsd-cmd-stdout", out, log.clone(), None, done_tx.clone()).is_ok()
-        {
-            copiers += 1;
+    let copiers = match output::spawn_copier(
+        child.stdout.take(),
+        child.stderr.take(),
+        log.clone(),
+        stderr_tail.clone(),
+        done_tx,
+    ) {
+        Ok(()) => 1,
+        Err(e) => {
+            // The pipes were dropped with the thread that could not start:
+            // the program sees EPIPE on output rather than a full pipe.
+            note(format!(
+                "cannot start the output copier ({e}); output is lost"
+            ));
+            0
         }
-    }
-    if let Some(err) = child.stderr.take() {
-        if output::spawn_copier(
-            "opsd-cmd-stderr",
-            err,
-            log.clone(),
-            Some(stderr_tail.clone()),
-            done_tx,
-        )
-        .is_ok()
-        {
-            copiers += 1;
-        }
-    }
+    };
     let sampler = if ctx.gpus().is_empty() {
         None
     } else {

@@ -2,13 +2,16 @@
 //! under a size cap (one rotated `.1` file kept), with the last stderr
 //! bytes remembered for the error message.
 //!
-//! Each stream has a reader thread with a fixed buffer, so the daemon's
-//! memory stays flat however much the program prints; a program is never
-//! blocked on a full pipe, even when the log cannot be written.
+//! One reader thread per job drains both pipes (`poll`), with a fixed
+//! buffer, so the daemon's memory stays flat however much the program
+//! prints; a program is never blocked on a full pipe, even when the log
+//! cannot be written, and never waits on the job's supervision loop (which
+//! may itself wait on a database write).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -119,39 +122,100 @@ impl Tail {
     }
 }
 
-/// Copy `from` into the log (and `tail`, for stderr) until EOF, on a thread
-/// named `name`; `done` gets a message when it ends.
+/// One of the program's output pipes, while it is open.
+struct Stream {
+    pipe: Box<dyn ReadFd>,
+    /// stderr: also remembered in the tail.
+    is_stderr: bool,
+}
+
+/// A readable pipe with a descriptor to poll.
+trait ReadFd: Read + AsRawFd + Send {}
+impl<T: Read + AsRawFd + Send> ReadFd for T {}
+
+/// Copy `stdout` and `stderr` into the log (and stderr into `tail` too)
+/// until both reach EOF, on one thread named `opsd-cmd-output`; `done`
+/// gets a message when it ends. One thread per job rather than one per
+/// stream: a short job's cost is largely the threads it starts.
 pub fn spawn_copier(
-    name: &str,
-    mut from: impl Read + Send + 'static,
+    stdout: Option<impl Read + AsRawFd + Send + 'static>,
+    stderr: Option<impl Read + AsRawFd + Send + 'static>,
     log: Arc<Mutex<LogFile>>,
-    tail: Option<Arc<Mutex<Tail>>>,
+    tail: Arc<Mutex<Tail>>,
     done: crossbeam_channel::Sender<()>,
 ) -> std::io::Result<()> {
+    let mut streams: Vec<Stream> = Vec::new();
+    if let Some(out) = stdout {
+        streams.push(Stream {
+            pipe: Box::new(out),
+            is_stderr: false,
+        });
+    }
+    if let Some(err) = stderr {
+        streams.push(Stream {
+            pipe: Box::new(err),
+            is_stderr: true,
+        });
+    }
     std::thread::Builder::new()
-        .name(name.to_string())
+        .name("opsd-cmd-output".to_string())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                if let Ok(mut l) = log.lock() {
-                    l.write(&buf[..n]);
-                }
-                if let Some(t) = &tail {
-                    if let Ok(mut t) = t.lock() {
-                        t.push(&buf[..n]);
-                    }
-                }
-            }
+            copy_until_eof(streams, &log, &tail);
             let _ = done.send(());
         })
         .map(|_| ())
+}
+
+/// The copier's loop: wait until a pipe has data (or is closed), read it
+/// once, and drop each pipe at its EOF or read error.
+fn copy_until_eof(mut streams: Vec<Stream>, log: &Mutex<LogFile>, tail: &Mutex<Tail>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !streams.is_empty() {
+        let mut fds: Vec<libc::pollfd> = streams
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            // EINTR, or ENOMEM (transient): try again; the pipes stay open,
+            // so nothing is lost.
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            continue;
+        }
+        let mut closed = Vec::new();
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 {
+                continue;
+            }
+            let s = &mut streams[i];
+            match s.pipe.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    if let Ok(mut l) = log.lock() {
+                        l.write(&buf[..n]);
+                    }
+                    if s.is_stderr {
+                        if let Ok(mut t) = tail.lock() {
+                            t.push(&buf[..n]);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            streams.remove(i);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +236,45 @@ mod tests {
             100
         );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn one_copier_drains_both_pipes_to_their_ends() {
+        // A program that writes more than a pipe holds to each stream in
+        // turn would block for ever if either were left undrained.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("op.log");
+        let log = Arc::new(Mutex::new(LogFile::open(&p, 0).unwrap()));
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "head -c 200000 /dev/zero | tr '\\0' e >&2; echo >&2; head -c 300000 /dev/zero | tr '\\0' o; echo last-err >&2",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        spawn_copier(
+            child.stdout.take(),
+            child.stderr.take(),
+            log.clone(),
+            tail.clone(),
+            tx,
+        )
+        .unwrap();
+        let ended = rx.recv_timeout(std::time::Duration::from_secs(20));
+        if ended.is_err() {
+            let _ = child.kill();
+        }
+        assert!(child.wait().unwrap().success(), "the program was blocked");
+        ended.expect("the copier ends at the pipes' EOF");
+        drop(log);
+        let text = std::fs::read(&p).unwrap();
+        assert_eq!(text.iter().filter(|b| **b == b'e').count(), 200_000 + 1);
+        assert_eq!(text.iter().filter(|b| **b == b'o').count(), 300_000);
+        assert_eq!(tail.lock().unwrap().last_lines(1), "last-err");
     }
 
     #[test]
