@@ -41,8 +41,11 @@ fn main() {
         "-fno-asynchronous-unwind-tables",
     ];
     let mut attempts: Vec<&[&str]> = Vec::new();
+    // 64-bit pointers only: x32 and aarch64 ILP32 report the same arch
+    // but have other system-call numbers and 4-byte pointers.
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && (arch == "x86_64" || arch == "aarch64")
+        && std::env::var("CARGO_CFG_TARGET_POINTER_WIDTH").as_deref() == Ok("64")
     {
         attempts.push(nolibc);
     }

@@ -35,7 +35,9 @@
 
 #ifdef OPSD_EXEC_NOLIBC
 
-#if defined(__x86_64__)
+#if defined(__ILP32__)
+#error "OPSD_EXEC_NOLIBC needs 64-bit pointers (not x32 or ILP32)"
+#elif defined(__x86_64__)
 #define SYS_write_ 1
 #define SYS_getppid_ 110
 #define SYS_prctl_ 157

@@ -175,12 +175,6 @@ fn reap_known() -> usize {
     reaped
 }
 
-/// Whether [`adopt_orphans`] made the daemon a child subreaper: then a
-/// process that left a job and lost its parent is the daemon's child, and
-/// only the daemon's children need their environment read for the job's
-/// marker; without it, every young process does.
-static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Make the daemon a child subreaper and start the thread that reaps
 /// adopted processes once they exit. Called once per process (later calls
 /// do nothing); without it, escaped processes go to init and are still
@@ -188,9 +182,8 @@ static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 pub fn adopt_orphans() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        match nix::sys::prctl::set_child_subreaper(true) {
-            Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed),
-            Err(e) => tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives"),
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives");
         }
         let spawned = std::thread::Builder::new()
             .name("opsd-reaper".into())
@@ -230,9 +223,11 @@ impl JobProcs {
     }
 
     /// The job's processes (without the leader, and never a thread) in this
-    /// snapshot. `environ_all`: look for the marker in every process, not
-    /// only in those adopted by the daemon (needed only when the daemon is
-    /// not a subreaper: an orphan then belongs to init).
+    /// snapshot. `environ_all`: look for the marker in every young process,
+    /// not only in those adopted by the daemon. The job's end needs it even
+    /// with the daemon a subreaper: an escaped process whose environment
+    /// cannot be read (`sudo`, a non-dumpable program) may have children
+    /// that carry the marker, and a short job was never tracked.
     fn members(&self, all: &[Proc], environ_all: bool) -> Vec<Proc> {
         let me = std::process::id() as i32;
         let known: HashMap<i32, u64> = known_for(&self.op).into_iter().collect();
@@ -328,8 +323,7 @@ impl JobProcs {
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
         loop {
             let all = scan_since(self.leader);
-            let environ_all = !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed);
-            let members = self.members(&all, environ_all);
+            let members = self.members(&all, true);
             remember(&self.op, &members);
             let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();
             for p in &living {
