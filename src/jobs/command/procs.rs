@@ -19,7 +19,7 @@
 //! never in the set, so `Child::wait` still gets its exit status.
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, Once};
@@ -81,22 +81,51 @@ const MAX_PID_RANGE: i32 = 256;
 /// [`JobProcs::members`] leaves them out of what it returns. Telling them
 /// apart costs a read of `/proc/<pid>/status`, done only for the few
 /// entries that turn out to be the job's, not for every pid in the range.
-fn scan_since(leader: i32) -> Vec<Proc> {
+///
+/// `wrapped` is the job's memory that the counter has wrapped since its
+/// program started: once seen, it stays set, because after a wrap the
+/// counter passes the leader's pid again and processes started in
+/// between have smaller pids.
+fn scan_since(leader: i32, wrapped: &mut bool) -> Vec<Proc> {
     let last: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let wrapped = last.is_none_or(|l| l < leader);
-    if let Some(last) = last.filter(|l| !wrapped && l - leader < MAX_PID_RANGE) {
-        return (leader..=last).filter_map(read_proc).collect();
+    match pids_to_scan(leader, last, wrapped) {
+        Scan::Range(from, to) => (from..=to).filter_map(read_proc).collect(),
+        Scan::Listing { from } => {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return Vec::new();
+            };
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| *pid >= from)
+                .filter_map(read_proc)
+                .collect()
+        }
     }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| wrapped || *pid >= leader)
-        .filter_map(read_proc)
-        .collect()
+}
+
+/// Which pids a scan reads.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// These pids one by one.
+    Range(i32, i32),
+    /// The `/proc` listing, from this pid up (1: everything).
+    Listing { from: i32 },
+}
+
+/// The scan for a job whose program is `leader`, with the kernel's last
+/// pid `last` (`None`: unknown); sets `wrapped` when the counter is below
+/// the leader, and keeps to the whole listing once it is set.
+fn pids_to_scan(leader: i32, last: Option<i32>, wrapped: &mut bool) -> Scan {
+    if last.is_none_or(|l| l < leader) {
+        *wrapped = true;
+    }
+    match last {
+        _ if *wrapped => Scan::Listing { from: 1 },
+        Some(l) if l - leader < MAX_PID_RANGE => Scan::Range(leader, l),
+        _ => Scan::Listing { from: leader },
+    }
 }
 
 /// Whether `pid` is a process (a thread-group leader), not a thread.
@@ -164,10 +193,16 @@ fn reap_known() -> usize {
     known.retain(|pid, (start, _)| match read_proc(*pid) {
         Some(p) if p.start != *start => false,
         Some(p) if p.zombie && p.ppid == me => {
-            if waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG)).is_ok() {
-                reaped += 1;
+            match waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG)) {
+                // A process whose main thread has exited shows as a zombie
+                // while its other threads still run: not reaped, still ours.
+                Ok(WaitStatus::StillAlive) => true,
+                Ok(_) => {
+                    reaped += 1;
+                    false
+                }
+                Err(_) => false,
             }
-            false
         }
         Some(_) => true,
         None => false,
@@ -204,6 +239,8 @@ pub(super) struct JobProcs {
     leader_start: u64,
     marker: Vec<u8>,
     last_track: Option<Instant>,
+    /// The pid counter has wrapped since the program started.
+    wrapped: bool,
 }
 
 impl JobProcs {
@@ -219,6 +256,7 @@ impl JobProcs {
             // has just been exec'd has nothing below it yet, and most
             // short jobs end before (their end looks once, in `kill_all`).
             last_track: Some(Instant::now()),
+            wrapped: false,
         }
     }
 
@@ -287,7 +325,7 @@ impl JobProcs {
     /// known to be the job's.
     pub(super) fn track(&mut self) {
         self.last_track = Some(Instant::now());
-        let all = scan_since(self.leader);
+        let all = scan_since(self.leader, &mut self.wrapped);
         let members = self.members(&all, false);
         remember(&self.op, &members);
         reap_known();
@@ -303,7 +341,7 @@ impl JobProcs {
     /// Send `sig` to the job's processes outside the program's own group
     /// (the group itself is signalled with `killpg`).
     pub(super) fn signal_escaped(&mut self, sig: Signal) {
-        let all = scan_since(self.leader);
+        let all = scan_since(self.leader, &mut self.wrapped);
         let members = self.members(&all, false);
         remember(&self.op, &members);
         for p in members
@@ -322,12 +360,15 @@ impl JobProcs {
         let until = Instant::now() + KILL_FOR;
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
         loop {
-            let all = scan_since(self.leader);
+            let all = scan_since(self.leader, &mut self.wrapped);
             let members = self.members(&all, true);
             remember(&self.op, &members);
             let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();
-            for p in &living {
-                if kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
+            for p in &members {
+                // A "zombie" may still have running threads (its main
+                // thread exited first): it is killed too; a real zombie
+                // ignores the signal and is not counted.
+                if kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() && !p.zombie {
                     killed.insert((p.pid, p.start));
                 }
             }
@@ -400,7 +441,7 @@ mod tests {
         assert!(!is_process(tid), "but a thread is not a process");
         let job = JobProcs::new("op_test", Pid::from_raw(leader.id() as i32));
         let found: Vec<i32> = job
-            .members(&scan_since(leader.id() as i32), false)
+            .members(&scan_since(leader.id() as i32, &mut false), false)
             .iter()
             .map(|p| p.pid)
             .collect();
@@ -408,6 +449,76 @@ mod tests {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = leader.kill();
         let _ = leader.wait();
+    }
+
+    #[test]
+    fn a_process_whose_main_thread_exited_is_kept_until_its_threads_end() {
+        // /proc shows it as a zombie while a thread still runs; waitpid
+        // says it is alive. It must stay remembered (to be killed and
+        // reaped later), not be counted as reaped and forgotten.
+        let child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, threading, time\n\
+                 threading.Thread(target=lambda: time.sleep(1.5)).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let until = Instant::now() + Duration::from_secs(10);
+        let p = loop {
+            match read_proc(pid) {
+                Some(p) if p.zombie => break p,
+                _ => assert!(Instant::now() < until, "the main thread did not exit"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let op = "op_test_zombie_leader";
+        remember(op, &[p]);
+        reap_known();
+        assert_eq!(
+            known_for(op),
+            vec![(pid, p.start)],
+            "kept while its thread runs"
+        );
+        let until = Instant::now() + Duration::from_secs(10);
+        while !known_for(op).is_empty() {
+            assert!(Instant::now() < until, "never reaped");
+            reap_known();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(read_proc(pid).is_none_or(|q| q.start != p.start), "reaped");
+        drop(child);
+    }
+
+    #[test]
+    fn once_the_pid_counter_wraps_every_later_scan_lists_all_of_proc() {
+        let mut wrapped = false;
+        assert_eq!(
+            pids_to_scan(30_000, Some(30_010), &mut wrapped),
+            Scan::Range(30_000, 30_010)
+        );
+        assert_eq!(
+            pids_to_scan(30_000, Some(31_000), &mut wrapped),
+            Scan::Listing { from: 30_000 }
+        );
+        assert!(!wrapped);
+        assert_eq!(
+            pids_to_scan(30_000, Some(120), &mut wrapped),
+            Scan::Listing { from: 1 }
+        );
+        assert!(wrapped);
+        // Past the leader again: processes started since the wrap have
+        // smaller pids, so the scan must not go back to a range.
+        assert_eq!(
+            pids_to_scan(30_000, Some(30_005), &mut wrapped),
+            Scan::Listing { from: 1 }
+        );
+        assert_eq!(
+            pids_to_scan(30_000, None, &mut false),
+            Scan::Listing { from: 1 }
+        );
     }
 
     #[test]
