@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Command jobs through the CLI, side by side: N submits of `true`, P at a
 # time (one CLI call each), until every job has finished; opsd against
-# task-spooler (installed if missing) and pueue (when present). Pairs are
+# task-spooler (installed if missing) and pueue (when `pueue` and `pueued`
+# are on PATH: `cargo install pueue`; a private pueued is started with its
+# own config and state under the bench's temporary folder). Pairs are
 # interleaved; the table gives each run and the median, and the machine's
 # busy CPU per job (all processes: CLI, daemon, the jobs, xargs), which
 # is steadier than the rate on a shared machine.
@@ -19,7 +21,16 @@ if ! command -v tsp >/dev/null 2>&1; then
   apt-get install -y -qq task-spooler >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq task-spooler; }
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/opsd-cli-bench.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null || true; tsp -K >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+PUEUE=()
+if command -v pueue >/dev/null 2>&1 && command -v pueued >/dev/null 2>&1; then
+  mkdir -p "$work/pueue/run" "$work/pueue/data"
+  printf 'shared:\n  pueue_directory: %s\n  runtime_directory: %s\n  use_unix_socket: true\n' \
+    "$work/pueue/data" "$work/pueue/run" > "$work/pueue/pueue.yml"
+  pueued -c "$work/pueue/pueue.yml" >/dev/null 2>&1 &
+  PUEUE=(pueue -c "$work/pueue/pueue.yml")
+  for _ in $(seq 100); do "${PUEUE[@]}" status >/dev/null 2>&1 && break; sleep 0.05; done
+fi
+trap '[ ${#PUEUE[@]} -gt 0 ] && "${PUEUE[@]}" shutdown >/dev/null 2>&1; kill $(jobs -p) 2>/dev/null || true; tsp -K >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 # Busy jiffies of the whole machine (user, nice, system, irq, softirq).
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
@@ -56,12 +67,12 @@ tsp_run() { # $1 = parallelism
 }
 
 pueue_run() { # $1 = parallelism
-  command -v pueue >/dev/null 2>&1 || { echo "-"; return; }
-  pueue parallel "$1" >/dev/null 2>&1 || { echo "-"; return; }
-  pueue clean >/dev/null 2>&1 || true
+  [ ${#PUEUE[@]} -gt 0 ] || { echo "-"; return; }
+  "${PUEUE[@]}" parallel "$1" >/dev/null 2>&1 || { echo "-"; return; }
+  "${PUEUE[@]}" clean >/dev/null 2>&1 || true
   local t0 b0; t0=$(now); b0=$(busy)
-  seq "$N" | xargs -P "$1" -I{} pueue add -- true >/dev/null
-  pueue wait >/dev/null 2>&1 || true
+  seq "$N" | xargs -P "$1" -I{} "${PUEUE[@]}" add -- true >/dev/null
+  "${PUEUE[@]}" wait >/dev/null 2>&1 || true
   local t1 b1; t1=$(now); b1=$(busy)
   rate "$N" "$t0" "$t1" "$b0" "$b1" | cut -d' ' -f1
 }
