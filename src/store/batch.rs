@@ -146,6 +146,12 @@ pub(crate) trait Engine: Send + 'static {
     fn deferred_flush(&mut self) -> Option<durable::Flush> {
         None
     }
+    /// Whether the last successful [`Engine::try_commit`] changed nothing
+    /// (so there is nothing for the deferred flush to make durable).
+    /// `false` when unsure.
+    fn committed_nothing(&self) -> bool {
+        false
+    }
 }
 
 enum Message<J: ?Sized> {
@@ -355,7 +361,11 @@ impl<E: Engine> Thread<E> {
                 // `after` (which releases its slot) runs before a claim
                 // queued behind it is answered. `runtime::live` relies on it
                 // when it lets a finishing slot be claimed for again.
-                self.hand_over(Item::Committed(batch, number));
+                self.hand_over(if self.engine.committed_nothing() {
+                    Item::Unchanged(batch, number)
+                } else {
+                    Item::Committed(batch, number)
+                });
             }
             Some(f) => {
                 self.note_degraded(&f);

@@ -109,12 +109,16 @@ pub(crate) enum Item<J: ?Sized> {
     /// Requests that already have their answer (their batch failed; maybe
     /// none): answered in order, no flush needed.
     Answered(Vec<(Box<J>, Error)>, u64),
+    /// A committed batch that changed nothing (an idle claim round that
+    /// found no work): answered in order, but it needs no flush of its own,
+    /// so an idle daemon does not flush the disk several times a second.
+    Unchanged(Vec<Box<J>>, u64),
 }
 
 impl<J: ?Sized + Deliver> Item<J> {
     fn number(&self) -> u64 {
         match self {
-            Item::Committed(_, n) | Item::Answered(_, n) => *n,
+            Item::Committed(_, n) | Item::Answered(_, n) | Item::Unchanged(_, n) => *n,
         }
     }
 
@@ -122,7 +126,7 @@ impl<J: ?Sized + Deliver> Item<J> {
     /// error, if any, else its results.
     pub(crate) fn answer(self, flush_failed: Option<&std::io::Error>) {
         match self {
-            Item::Committed(batch, _) => {
+            Item::Committed(batch, _) | Item::Unchanged(batch, _) => {
                 for job in batch {
                     deliver(job, flush_failed.map(flush_error));
                 }

@@ -20,6 +20,8 @@ use std::fs::File;
 /// The `-wal` file of one database, open.
 pub(crate) struct WalFile {
     file: File,
+    /// Flushes done, for tests (an idle daemon must not flush).
+    flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl WalFile {
@@ -37,12 +39,23 @@ impl WalFile {
         // The connection has read the database in WAL mode, so its WAL
         // exists (SQLite made it at the first read).
         let file = File::open(format!("{db}-wal")).ok()?;
-        Some(WalFile { file })
+        Some(WalFile {
+            file,
+            flushes: Default::default(),
+        })
     }
 
     /// Make everything written to the WAL so far durable.
     pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.file.sync_data()
+    }
+
+    /// How many flushes this file has had (shared, for tests).
+    #[cfg(test)]
+    pub(crate) fn flush_count(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.flushes.clone()
     }
 }
 

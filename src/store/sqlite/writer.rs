@@ -135,6 +135,11 @@ pub(crate) struct SqliteEngine {
     /// The WAL to flush after commits, when they do not flush it
     /// themselves (taken by [`Engine::deferred_flush`]).
     wal: Option<super::wal_flush::WalFile>,
+    /// The last commit changed no row: SQLite wrote no WAL frame for it.
+    /// (The writer's requests change the database only through INSERT,
+    /// UPDATE and DELETE, which `total_changes` counts; a rolled-back
+    /// first pass counts too, which errs on the side of flushing.)
+    committed_nothing: bool,
 }
 
 impl SqliteEngine {
@@ -145,7 +150,11 @@ impl SqliteEngine {
     pub(crate) fn new(conn: Connection) -> SqliteEngine {
         let wal = super::wal_flush::WalFile::of(&conn)
             .filter(|_| conn.pragma_update(None, "synchronous", "NORMAL").is_ok());
-        SqliteEngine { conn, wal }
+        SqliteEngine {
+            conn,
+            wal,
+            committed_nothing: false,
+        }
     }
 }
 
@@ -196,6 +205,7 @@ impl Engine for SqliteEngine {
         batch: &mut [Box<dyn Queued>],
         at_commit: &mut dyn FnMut(),
     ) -> Option<BatchFailure> {
+        let changes_before = self.conn.total_changes();
         match self.run_all(batch, false) {
             Ok(true) => {}
             Ok(false) => {
@@ -211,7 +221,12 @@ impl Engine for SqliteEngine {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Some(sqlite_failure(e));
         }
+        self.committed_nothing = self.conn.total_changes() == changes_before;
         None
+    }
+
+    fn committed_nothing(&self) -> bool {
+        self.committed_nothing
     }
 
     fn degraded_text(d: &Degraded) -> String {
@@ -406,6 +421,46 @@ pub(crate) mod tests {
         second.wait().unwrap();
         assert_eq!(*runs.lock().unwrap(), 2, "the batch was run again");
         assert_eq!(count(&dir), 2, "each row exactly once");
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_commit_that_changed_nothing_is_answered_without_a_flush() {
+        // An idle daemon's claim rounds find nothing; they must not flush
+        // the disk several times a second. A change is still flushed
+        // before it is answered.
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SqliteEngine::new(open(&dir));
+        let flushes = engine.wal.as_ref().expect("a WAL database").flush_count();
+        let w = Writer::start(engine, Duration::from_secs(5)).unwrap();
+        for _ in 0..5 {
+            w.ticket(
+                Policy::Durable,
+                Closure(|c: &Connection| {
+                    c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?;
+                    c.execute("UPDATE t SET v = 0 WHERE v < 0", [])?;
+                    Ok(())
+                }),
+            )
+            .wait()
+            .unwrap();
+        }
+        assert_eq!(flushes.load(Relaxed), 0, "nothing changed, nothing flushed");
+        w.ticket(
+            Policy::Durable,
+            Closure(|c: &Connection| {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            }),
+        )
+        .wait()
+        .unwrap();
+        assert_eq!(
+            flushes.load(Relaxed),
+            1,
+            "the change was flushed before its answer"
+        );
         w.shutdown();
     }
 
