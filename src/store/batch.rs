@@ -121,13 +121,15 @@ pub(crate) trait Engine: Send + 'static {
     const NAME: &'static str;
     /// One try: run every request in one transaction and commit, calling
     /// `at_commit` just before the commit (from then on readers may see
-    /// it). Returns why the batch as a whole failed (leaving no transaction
+    /// it). `Ok(changed)`: committed, and whether it changed anything (a
+    /// commit that changed nothing needs no flush; `true` when unsure).
+    /// `Err`: why the batch as a whole failed (leaving no transaction
     /// open).
     fn try_commit(
         &mut self,
         batch: &mut [Box<Self::Job>],
         at_commit: &mut dyn FnMut(),
-    ) -> Option<BatchFailure>;
+    ) -> std::result::Result<bool, BatchFailure>;
     /// The `health` sentence while writes are not landing.
     fn degraded_text(d: &Degraded) -> String;
     /// What a caller hears when its request could not be committed.
@@ -145,12 +147,6 @@ pub(crate) trait Engine: Send + 'static {
     /// durable when it returns.
     fn deferred_flush(&mut self) -> Option<durable::Flush> {
         None
-    }
-    /// Whether the last successful [`Engine::try_commit`] changed nothing
-    /// (so there is nothing for the deferred flush to make durable).
-    /// `false` when unsure.
-    fn committed_nothing(&self) -> bool {
-        false
     }
 }
 
@@ -347,9 +343,8 @@ impl<E: Engine> Thread<E> {
                 number = s.watermark().begin();
             }
         };
-        let failure = self.engine.try_commit(&mut batch, &mut at_commit);
-        match failure {
-            None => {
+        match self.engine.try_commit(&mut batch, &mut at_commit) {
+            Ok(changed) => {
                 self.backoff = FIRST_BACKOFF;
                 if let Ok(mut d) = self.degraded.lock() {
                     if d.take().is_some() {
@@ -361,13 +356,13 @@ impl<E: Engine> Thread<E> {
                 // `after` (which releases its slot) runs before a claim
                 // queued behind it is answered. `runtime::live` relies on it
                 // when it lets a finishing slot be claimed for again.
-                self.hand_over(if self.engine.committed_nothing() {
-                    Item::Unchanged(batch, number)
-                } else {
+                self.hand_over(if changed {
                     Item::Committed(batch, number)
+                } else {
+                    Item::Unchanged(batch, number)
                 });
             }
-            Some(f) => {
+            Err(f) => {
                 self.note_degraded(&f);
                 let now = Instant::now();
                 let mut refused = Vec::new();

@@ -21,17 +21,26 @@
  * /bin/sh, as execvp and the shell do. A failed system call is reported
  * as "errno N" (the daemon turns N into its text).
  *
- * Two builds of the same logic (build.rs picks the first that compiles):
- * - OPSD_EXEC_NOLIBC (x86-64 and aarch64 Linux): no C library at all, its
- *   own _start and raw system calls. A libc's start-up (CPU feature probes,
- *   which trap to the hypervisor in a VM, ifunc resolution, stdio) cost as
- *   much as the job's whole program for a short job; this build does four
- *   system calls before the exec.
- * - otherwise the same steps through the C library, static or dynamic.
+ * One logic (`run` below), two ways to reach the kernel (build.rs picks
+ * the first that compiles):
+ * - OPSD_EXEC_NOLIBC (x86-64 and aarch64 Linux, 64-bit pointers): no C
+ *   library at all, its own _start and raw system calls. A libc's start-up
+ *   (CPU feature probes, which trap to the hypervisor in a VM, ifunc
+ *   resolution, stdio) cost as much as the job's whole program for a short
+ *   job; this build does four system calls before the exec.
+ * - otherwise the same calls through the C library, static or dynamic.
  */
 #define PR_SET_PDEATHSIG_ 1
 #define SIGKILL_ 9
 #define ENOEXEC_ 8
+
+/* The system calls `run` needs; each returns the kernel's result, a
+ * negative errno on failure. */
+static long sys_write(const char *s, unsigned long n);
+static __attribute__((noreturn)) void sys_exit(int code);
+static long sys_pdeathsig_kill(void);
+static long sys_getppid(void);
+static long sys_execve(const char *path, char **argv, char **envp);
 
 #ifdef OPSD_EXEC_NOLIBC
 
@@ -71,6 +80,36 @@ __asm__(".text\n.global _start\n_start:\n  mov x29, #0\n  mov x0, sp\n  bl start
 #error "OPSD_EXEC_NOLIBC supports x86-64 and aarch64 only"
 #endif
 
+static long sys_write(const char *s, unsigned long n) { return sys3(SYS_write_, 2, (long)s, (long)n); }
+static void sys_exit(int code) {
+    for (;;)
+        sys3(SYS_exit_group_, code, 0, 0);
+}
+static long sys_pdeathsig_kill(void) { return sys3(SYS_prctl_, PR_SET_PDEATHSIG_, SIGKILL_, 0); }
+static long sys_getppid(void) { return sys3(SYS_getppid_, 0, 0, 0); }
+static long sys_execve(const char *path, char **argv, char **envp) {
+    return sys3(SYS_execve_, (long)path, (long)argv, (long)envp);
+}
+
+#else /* through the C library */
+
+#include <errno.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static long sys_write(const char *s, unsigned long n) { return write(2, s, n); }
+static void sys_exit(int code) { _exit(code); }
+static long sys_pdeathsig_kill(void) {
+    return prctl(PR_SET_PDEATHSIG_, SIGKILL_) == 0 ? 0 : -errno;
+}
+static long sys_getppid(void) { return getppid(); }
+static long sys_execve(const char *path, char **argv, char **envp) {
+    execve(path, argv, envp);
+    return -errno;
+}
+
+#endif
+
 static unsigned long len(const char *s) {
     unsigned long n = 0;
     while (s[n])
@@ -78,12 +117,7 @@ static unsigned long len(const char *s) {
     return n;
 }
 
-static void put(const char *s) { sys3(SYS_write_, 2, (long)s, (long)len(s)); }
-
-static __attribute__((noreturn)) void quit(int code) {
-    for (;;)
-        sys3(SYS_exit_group_, code, 0, 0);
-}
+static void put(const char *s) { sys_write(s, len(s)); }
 
 /* "opsd-exec[TAG]: WHAT[ N]\n" on stderr, then exit 127. */
 static __attribute__((noreturn)) void fail(const char *tag, const char *what, long errno_) {
@@ -103,7 +137,7 @@ static __attribute__((noreturn)) void fail(const char *tag, const char *what, lo
     put("]: ");
     put(what);
     put(&num[i]);
-    quit(127);
+    sys_exit(127);
 }
 
 static int same(const char *a, const char *b) {
@@ -112,75 +146,42 @@ static int same(const char *a, const char *b) {
     return *a == *b;
 }
 
-__attribute__((noreturn, used)) void start_c(long *sp) {
-    long argc = sp[0];
-    char **argv = (char **)(sp + 1);
-    char **envp = argv + argc + 1;
+/* The helper itself, whichever way it reaches the kernel. */
+static __attribute__((noreturn)) void run(long argc, char **argv, char **envp) {
     if (argc == 2 && same(argv[1], "--probe"))
-        quit(0);
+        sys_exit(0);
     if (argc < 5) {
         put("opsd-exec: usage: opsd-exec DAEMON_PID TAG PROGRAM ARGV0 [ARGS...]\n");
-        quit(127);
+        sys_exit(127);
     }
     long daemon = 0;
     for (const char *d = argv[1]; *d >= '0' && *d <= '9'; d++)
         daemon = daemon * 10 + (*d - '0');
     const char *tag = argv[2];
     char *program = argv[3];
-    long r = sys3(SYS_prctl_, PR_SET_PDEATHSIG_, SIGKILL_, 0);
+    long r = sys_pdeathsig_kill();
     if (r < 0)
         fail(tag, "cannot arm the death signal: errno", -r);
     /* The daemon may have died before the signal was armed. */
-    if (sys3(SYS_getppid_, 0, 0, 0) != daemon)
+    if (sys_getppid() != daemon)
         fail(tag, "the daemon exited while starting the program", -1);
-    r = sys3(SYS_execve_, (long)program, (long)&argv[4], (long)envp);
+    r = sys_execve(program, &argv[4], envp);
     if (r == -ENOEXEC_) {
         /* argv[3] is the program's path, argv[4] its name: sh PATH ARGS... */
         argv[3] = "sh";
         argv[4] = program;
-        r = sys3(SYS_execve_, (long)"/bin/sh", (long)&argv[3], (long)envp);
+        r = sys_execve("/bin/sh", &argv[3], envp);
     }
     fail(tag, "errno", -r);
 }
 
-#else /* through the C library */
-
-#include <errno.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <unistd.h>
-
-int main(int argc, char **argv) {
-    if (argc == 2 && strcmp(argv[1], "--probe") == 0)
-        return 0;
-    if (argc < 5) {
-        fputs("opsd-exec: usage: opsd-exec DAEMON_PID TAG PROGRAM ARGV0 [ARGS...]\n", stderr);
-        return 127;
-    }
-    pid_t daemon = (pid_t)strtol(argv[1], NULL, 10);
-    const char *tag = argv[2];
-    const char *program = argv[3];
-    if (prctl(PR_SET_PDEATHSIG_, SIGKILL_) != 0) {
-        fprintf(stderr, "opsd-exec[%s]: cannot arm the death signal: errno %d\n", tag, errno);
-        return 127;
-    }
-    /* The daemon may have died before the signal was armed. */
-    if (getppid() != daemon) {
-        fprintf(stderr, "opsd-exec[%s]: the daemon exited while starting the program\n", tag);
-        return 127;
-    }
-    execv(program, &argv[4]);
-    if (errno == ENOEXEC_) {
-        /* argv[3] is the program's path, argv[4] its name: sh PATH ARGS... */
-        argv[3] = "sh";
-        argv[4] = (char *)program;
-        execv("/bin/sh", &argv[3]);
-    }
-    fprintf(stderr, "opsd-exec[%s]: errno %d\n", tag, errno);
-    return 127;
+#ifdef OPSD_EXEC_NOLIBC
+__attribute__((noreturn, used)) void start_c(long *sp) {
+    long argc = sp[0];
+    char **argv = (char **)(sp + 1);
+    run(argc, argv, argv + argc + 1);
 }
-
+#else
+extern char **environ;
+int main(int argc, char **argv) { run(argc, argv, environ); }
 #endif

@@ -176,21 +176,26 @@ impl Engine for PgEngine {
         &mut self,
         batch: &mut [Box<dyn Queued>],
         _at_commit: &mut dyn FnMut(),
-    ) -> Option<BatchFailure> {
+    ) -> std::result::Result<bool, BatchFailure> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.cache = Cache::default();
             match connect(&self.config) {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
                     self.client = None;
-                    return Some(BatchFailure {
+                    return Err(BatchFailure {
                         busy: false,
                         message: e.to_string(),
                     });
                 }
             }
         }
-        let client = self.client.as_mut()?;
+        let Some(client) = self.client.as_mut() else {
+            return Err(BatchFailure {
+                busy: false,
+                message: "no connection to PostgreSQL".into(),
+            });
+        };
         let failure = |e: postgres::Error| {
             let db = pg_error(e);
             BatchFailure {
@@ -210,7 +215,7 @@ impl Engine for PgEngine {
             self.cache.notes.clear();
             let mut tx = match client.transaction() {
                 Ok(tx) => tx,
-                Err(e) => return Some(failure(e)),
+                Err(e) => return Err(failure(e)),
             };
             for t in batch.iter_mut() {
                 if t.failed() {
@@ -220,23 +225,25 @@ impl Engine for PgEngine {
                     Outcome::Done => {}
                     Outcome::Failed => {
                         if let Err(e) = tx.rollback() {
-                            return Some(failure(e));
+                            return Err(failure(e));
                         }
                         continue 'rerun;
                     }
                     Outcome::Spoiled(f) => {
                         let _ = tx.rollback();
-                        return Some(f);
+                        return Err(f);
                     }
                 }
             }
             for (channel, payload) in std::mem::take(&mut self.cache.notes) {
                 if let Err(e) = tx.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]) {
                     let _ = tx.rollback();
-                    return Some(failure(e));
+                    return Err(failure(e));
                 }
             }
-            return tx.commit().err().map(failure);
+            // Commits are durable when they return: "changed" only matters
+            // for a deferred flush, which PostgreSQL does not have.
+            return tx.commit().map(|()| true).map_err(failure);
         }
     }
 }

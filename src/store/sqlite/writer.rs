@@ -135,11 +135,6 @@ pub(crate) struct SqliteEngine {
     /// The WAL to flush after commits, when they do not flush it
     /// themselves (taken by [`Engine::deferred_flush`]).
     wal: Option<super::wal_flush::WalFile>,
-    /// The last commit changed no row: SQLite wrote no WAL frame for it.
-    /// (The writer's requests change the database only through INSERT,
-    /// UPDATE and DELETE, which `total_changes` counts; a rolled-back
-    /// first pass counts too, which errs on the side of flushing.)
-    committed_nothing: bool,
 }
 
 impl SqliteEngine {
@@ -150,11 +145,7 @@ impl SqliteEngine {
     pub(crate) fn new(conn: Connection) -> SqliteEngine {
         let wal = super::wal_flush::WalFile::of(&conn)
             .filter(|_| conn.pragma_update(None, "synchronous", "NORMAL").is_ok());
-        SqliteEngine {
-            conn,
-            wal,
-            committed_nothing: false,
-        }
+        SqliteEngine { conn, wal }
     }
 }
 
@@ -204,29 +195,26 @@ impl Engine for SqliteEngine {
         &mut self,
         batch: &mut [Box<dyn Queued>],
         at_commit: &mut dyn FnMut(),
-    ) -> Option<BatchFailure> {
+    ) -> std::result::Result<bool, BatchFailure> {
         let changes_before = self.conn.total_changes();
         match self.run_all(batch, false) {
             Ok(true) => {}
             Ok(false) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                if let Err(f) = self.run_all(batch, true) {
-                    return Some(f);
-                }
+                self.run_all(batch, true)?;
             }
-            Err(f) => return Some(f),
+            Err(f) => return Err(f),
         }
         at_commit();
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
-            return Some(sqlite_failure(e));
+            return Err(sqlite_failure(e));
         }
-        self.committed_nothing = self.conn.total_changes() == changes_before;
-        None
-    }
-
-    fn committed_nothing(&self) -> bool {
-        self.committed_nothing
+        // A commit that changed no row wrote no WAL frame: the writer's
+        // requests change the database only through INSERT, UPDATE and
+        // DELETE, which `total_changes` counts (a rolled-back first pass
+        // counts too, which errs on the side of flushing).
+        Ok(self.conn.total_changes() != changes_before)
     }
 
     fn degraded_text(d: &Degraded) -> String {
