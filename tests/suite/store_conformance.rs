@@ -443,6 +443,61 @@ fn two_hosts_claim_disjoint_sets_with_skip_locked() {
 }
 
 #[test]
+fn two_hosts_refreshing_one_parent_at_once_both_count() {
+    // Two children of one pipeline run on two hosts. Each host's progress
+    // write recomputes the parent in its own transaction. At READ COMMITTED
+    // the second one must read the children after the first has
+    // committed, or it stores a percentage without the other child's step.
+    let Some(db) = PgDb::create("two_hosts_refresh_one_parent") else {
+        return;
+    };
+    let s = db.store("a", Duration::from_secs(30));
+    let parent = submit(&s, new_op(OperationType::Pipeline));
+    s.claim(plan(OperationType::Pipeline, 1)).unwrap();
+    let kids: Vec<OperationId> = (0..2)
+        .map(|_| {
+            let mut child = new_op(OperationType::Dummy);
+            child.parent = Some(parent.clone());
+            submit(&s, child)
+        })
+        .collect();
+    let claimed = s.claim(plan(OperationType::Dummy, 2)).unwrap();
+    assert_eq!(claimed.len(), 2);
+    // The "other host": child 0 at 50 % and the parent refreshed to 25 %,
+    // not yet committed, so it holds the parent's row.
+    let mut other = db.client();
+    let mut tx = other.transaction().unwrap();
+    tx.execute(
+        "UPDATE operations SET progress_percent = 50 WHERE operation_id = $1",
+        &[&kids[0].as_str()],
+    )
+    .unwrap();
+    tx.execute(
+        "UPDATE operations SET progress_percent = 25 WHERE operation_id = $1",
+        &[&parent.as_str()],
+    )
+    .unwrap();
+    // This host: child 1 at 50 %, with the parent to refresh.
+    let attempt = claimed
+        .iter()
+        .find(|c| c.id == kids[1])
+        .map(|c| c.attempt)
+        .unwrap();
+    let ticket = s.write_progress(vec![live(&kids[1], attempt, 50.0, 0)], vec![parent.clone()]);
+    let waiter = std::thread::spawn(move || ticket.wait());
+    // Give the write time to reach the parent's row and wait on it.
+    std::thread::sleep(Duration::from_millis(500));
+    tx.commit().unwrap();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(
+        s.get(&parent).unwrap().progress.percentage,
+        50.0,
+        "both children's 50 % count in the parent"
+    );
+    s.close();
+}
+
+#[test]
 fn a_host_that_lost_its_lease_writes_nothing_over_the_rescuer() {
     let Some(db) = PgDb::create("lost_lease_is_fenced") else {
         return;

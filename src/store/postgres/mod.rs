@@ -437,6 +437,9 @@ impl Backend for PostgresStore {
                     Self::lost(me, &w.id, w.attempt, "progress");
                 }
             }
+            let mut parents = parents.clone();
+            parents.sort();
+            parents.dedup();
             for p in &parents {
                 sql::refresh_parent_progress(tx, p)?;
             }

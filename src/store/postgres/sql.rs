@@ -508,10 +508,25 @@ pub(super) fn write_progress<C: GenericClient>(
 }
 
 /// Recompute a running parent's stored percentage from its children.
+///
+/// The parent's row is locked first (`FOR UPDATE`): at READ COMMITTED two
+/// hosts refreshing the same parent for different children would each
+/// read the other's child as it was before, and the later UPDATE would
+/// store a percentage missing the earlier child's step. Under the lock the
+/// second one reads the children after the first has committed. Callers
+/// that refresh several parents lock them in id order, so two batches
+/// cannot wait on each other.
 pub(super) fn refresh_parent_progress<C: GenericClient>(
     c: &mut Db<'_, C>,
     parent: &OperationId,
 ) -> Result<()> {
+    let running = c.query_opt(
+        "SELECT 1 FROM operations WHERE operation_id = $1 AND status = 'running' FOR UPDATE",
+        &[&parent.as_str()],
+    )?;
+    if running.is_none() {
+        return Ok(());
+    }
     let kids: Vec<ChildProgress> = c
         .query(
             "SELECT progress_percent, phase_start, phase_end, status FROM operations \
