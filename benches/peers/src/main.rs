@@ -1,7 +1,9 @@
 //! opsd against effectum on the same no-op lifecycle, interleaved in one
 //! run: N operations submitted in batches, drained to completion; the
 //! clock runs from the first submit to the last completion. Medians of
-//! several pairs, and their ratio.
+//! several pairs, and their ratio; and each side's bytes written to
+//! storage per operation (`/proc/<pid>/io`), which does not move with the
+//! VM's speed the way the rates do.
 //!
 //! ```sh
 //! cargo build --release                      # the opsd binary
@@ -158,8 +160,23 @@ fn request(conn: &mut BufReader<UnixStream>, line: &str) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn opsd_once(bin: &Path, ops: usize, batch: usize, slots: usize, prefill: usize) -> f64 {
+/// Bytes a process has caused to be written to storage so far
+/// (`write_bytes` of `/proc/<pid>/io`: the WAL, checkpoints into the
+/// database file, journals). Steadier than a rate on a noisy machine: it
+/// counts what the work costs the disk, not how fast the VM was.
+fn written(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One opsd run: operations per second and bytes written per operation.
+fn opsd_once(bin: &Path, ops: usize, batch: usize, slots: usize, prefill: usize) -> (f64, f64) {
     let d = start_opsd(bin, prefill_opsd(bin, prefill), slots);
+    let pid = d.child.id().to_string();
+    let before = written(&pid);
     let mut conn = BufReader::new(UnixStream::connect(&d.socket).unwrap());
     let one = json!({"type": "dummy", "params": {"steps": 0}});
     let batches: Vec<String> = (0..ops.div_ceil(batch))
@@ -192,7 +209,8 @@ fn opsd_once(bin: &Path, ops: usize, batch: usize, slots: usize, prefill: usize)
     while request(&mut conn, &active)["active"].as_i64() != Some(0) {
         std::thread::sleep(Duration::from_millis(2));
     }
-    ops as f64 / t.elapsed().as_secs_f64()
+    let rate = ops as f64 / t.elapsed().as_secs_f64();
+    (rate, (written(&pid) - before) as f64 / ops as f64)
 }
 
 // ---- effectum: in process, as its stress test runs it --------------------
@@ -227,7 +245,10 @@ fn prefill_effectum(db: &Path, rows: usize) {
     tx.commit().unwrap();
 }
 
-async fn effectum_once(ops: usize, batch: usize, slots: usize, prefill: usize) -> f64 {
+/// One effectum run (in this process): jobs per second and bytes written
+/// per job (this process's `write_bytes` over the run; nothing else here
+/// writes meanwhile).
+async fn effectum_once(ops: usize, batch: usize, slots: usize, prefill: usize) -> (f64, f64) {
     let dir = bench_dir();
     let path = dir.path().join("effectum.db");
     let queue = Arc::new(Queue::new(&path).await.unwrap());
@@ -248,6 +269,7 @@ async fn effectum_once(ops: usize, batch: usize, slots: usize, prefill: usize) -
                 .unwrap(),
         );
     }
+    let before = written("self");
     let t = Instant::now();
     for b in 0..ops.div_ceil(batch) {
         let n = batch.min(ops - b * batch);
@@ -262,11 +284,12 @@ async fn effectum_once(ops: usize, batch: usize, slots: usize, prefill: usize) -
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = ops as f64 / t.elapsed().as_secs_f64();
+    let bytes = (written("self") - before) as f64 / ops as f64;
     for w in workers {
         let _ = w.unregister(Some(Duration::from_secs(5))).await;
     }
     let _ = queue.close(Duration::from_secs(5)).await;
-    rate
+    (rate, bytes)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -278,19 +301,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let a = args();
     println!(
-        "| slots | rows before | opsd ops/s (runs) | effectum jobs/s (runs) | opsd / effectum |"
+        "| slots | rows before | opsd ops/s (runs) | effectum jobs/s (runs) | opsd / effectum \
+         | KB written per op, opsd / effectum |"
     );
-    println!("|---:|---:|---|---|---:|");
+    println!("|---:|---:|---|---|---:|---|");
     for &slots in &a.slots {
         let (mut o, mut e, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ob, mut eb) = (Vec::new(), Vec::new());
         for _ in 0..a.pairs {
             let (bin, ops, batch, prefill) = (a.opsd.clone(), a.ops, a.batch, a.prefill);
-            let x =
+            let (x, xb) =
                 tokio::task::spawn_blocking(move || opsd_once(&bin, ops, batch, slots, prefill))
                     .await
                     .unwrap();
-            let y = effectum_once(a.ops, a.batch, slots, a.prefill).await;
-            eprintln!("  slots {slots}: opsd {x:.0}/s, effectum {y:.0}/s");
+            let (y, yb) = effectum_once(a.ops, a.batch, slots, a.prefill).await;
+            eprintln!(
+                "  slots {slots}: opsd {x:.0}/s ({:.1} KB/op), effectum {y:.0}/s ({:.1} KB/op)",
+                xb / 1024.0,
+                yb / 1024.0
+            );
+            ob.push(xb);
+            eb.push(yb);
             o.push(x);
             e.push(y);
             ratios.push(x / y);
@@ -302,13 +333,15 @@ async fn main() {
                 .join(", ")
         };
         println!(
-            "| {slots} | {} | {:.0} ({}) | {:.0} ({}) | **{:.2}×** |",
+            "| {slots} | {} | {:.0} ({}) | {:.0} ({}) | **{:.2}×** | {:.1} / {:.1} |",
             a.prefill,
             median(o.clone()),
             runs(&o),
             median(e.clone()),
             runs(&e),
-            median(ratios)
+            median(ratios),
+            median(ob) / 1024.0,
+            median(eb) / 1024.0
         );
     }
 }
