@@ -34,10 +34,15 @@ impl StatePaths {
         &self.root
     }
 
+    /// The parent of every operation's checkpoint directory.
+    pub fn checkpoints_root(&self) -> PathBuf {
+        self.shared.join("checkpoints")
+    }
+
     /// Checkpoint files of an operation, kept across its attempts and
     /// deleted with its checkpoint.
     pub fn checkpoints(&self, id: &OperationId) -> PathBuf {
-        self.shared.join("checkpoints").join(id.as_str())
+        self.checkpoints_root().join(id.as_str())
     }
 
     /// Artifacts (models, ...) of an operation.

@@ -85,9 +85,7 @@ impl JobContext {
     /// files (created on first use).
     pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
         self.running.mark_checkpoint_dir_used();
-        let dir = self.runtime.config.paths().checkpoints(&self.op.id);
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
+        self.runtime.checkpoint_dir(&self.op.id)
     }
 
     /// Where this operation's artifacts (models, ...) go (created on use).

@@ -21,6 +21,7 @@ pub mod live;
 pub mod running;
 mod scheduler;
 mod shutdown;
+mod spare_dirs;
 mod worker;
 
 use crate::config::Config;
@@ -87,6 +88,8 @@ pub struct Runtime {
     started_at_text: String,
     /// Ends the host loop (shared stores), and its thread.
     host_loop: (Arc<AtomicBool>, Mutex<Option<JoinHandle<()>>>),
+    /// Empty checkpoint directories of finished runs, handed to new ones.
+    spare_dirs: spare_dirs::SpareDirs,
 }
 
 impl Runtime {
@@ -117,6 +120,10 @@ impl Runtime {
             recovery: Mutex::new(Value::Null),
             started_at_text: crate::ids::now(),
             host_loop: (Arc::new(AtomicBool::new(false)), Mutex::new(None)),
+            spare_dirs: spare_dirs::SpareDirs::new(
+                &config.paths().checkpoints_root(),
+                &config.host_name(),
+            ),
         });
         rt.recover()?;
         let mut threads = Vec::new();
@@ -188,6 +195,24 @@ impl Runtime {
     /// True while the daemon takes new work.
     pub fn accepting(&self) -> bool {
         !self.stopping.is_set()
+    }
+
+    /// Make an operation's checkpoint directory exist and say where it is:
+    /// an empty spare moved there when there is one (see [`spare_dirs`]).
+    pub(crate) fn checkpoint_dir(&self, id: &OperationId) -> std::io::Result<std::path::PathBuf> {
+        let dir = self.config.paths().checkpoints(id);
+        self.spare_dirs.place(&dir)?;
+        Ok(dir)
+    }
+
+    /// Remove an operation's checkpoint files at the end of its last run.
+    /// A directory the run left empty is kept for a later run instead
+    /// ([`spare_dirs`]): no inode is freed only to be made again.
+    pub(crate) fn remove_checkpoint_dir(&self, id: &OperationId) {
+        let paths = self.config.paths();
+        if !self.spare_dirs.take_back(&paths.checkpoints(id)) {
+            paths.remove_checkpoints(id);
+        }
     }
 
     /// The live state of a running operation.

@@ -192,7 +192,7 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
             tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
         }
         if delete_files {
-            rt2.config.paths().remove_checkpoints(id);
+            rt2.remove_checkpoint_dir(id);
         }
         if let Some((parent, msg)) = fail_parent {
             if let Some(live) = rt2.live(&parent) {

@@ -542,3 +542,49 @@ fn a_program_dies_with_the_daemon_on_kill_9() {
     let op = d.wait_status(&id, "failed", 20);
     assert_eq!(op["stop_reason"], "crash", "{op}");
 }
+
+#[test]
+fn every_run_gets_an_empty_checkpoint_directory_and_finished_ones_leave_none() {
+    // A finished run's empty directory is kept for the next run (no mkdir
+    // or rmdir per job); one with files is removed with them. Either way
+    // each run finds its own directory existing and empty, and nothing
+    // of a finished operation stays under `checkpoints/`.
+    let d = Daemon::start();
+    let sh = |script: &str| d.submit("command", json!({"argv": ["sh", "-c", script]}));
+    let check = "test -d \"$OPSD_CHECKPOINT_DIR\" && test -z \"$(ls -A \"$OPSD_CHECKPOINT_DIR\")\" \
+                 && case \"$OPSD_CHECKPOINT_DIR\" in */\"$OPSD_OPERATION_ID\") ;; *) exit 9 ;; esac";
+    for round in 0..3 {
+        let writer = sh(&format!(
+            "{check} && echo weights > \"$OPSD_CHECKPOINT_DIR/model.pt\""
+        ));
+        assert_eq!(
+            d.wait_status(&writer, "completed", 30)["status"],
+            "completed"
+        );
+        let empty = sh(check);
+        let op = d.wait_status(&empty, "completed", 30);
+        assert_eq!(op["status"], "completed", "round {round}: {op}");
+    }
+    let root = d.state().join("checkpoints");
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("op_"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "finished operations' directories remain: {left:?}"
+    );
+    let spares: Vec<PathBuf> = std::fs::read_dir(root.join(".spare"))
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(!spares.is_empty(), "an empty directory was kept for reuse");
+    for s in &spares {
+        assert_eq!(
+            std::fs::read_dir(s).unwrap().count(),
+            0,
+            "{} is not empty",
+            s.display()
+        );
+    }
+}
