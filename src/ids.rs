@@ -10,6 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// The id of an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,24 +61,30 @@ impl From<&str> for OperationId {
     }
 }
 
-/// The tail of a new id: the clock in 16-microsecond ticks, modulo 2^32
-/// (it wraps every 19 hours), and strictly increasing within this process
-/// (a burst of more than one id per tick runs a little ahead of the clock).
+/// The tail of a new id: the clock in 16-microsecond ticks plus a random
+/// offset drawn once per process, modulo 2^32 (it wraps every 19 hours),
+/// and strictly increasing within this process (a burst of more than one
+/// id per tick runs a little ahead of the clock).
 ///
-/// Two ids from one process never share a tail within a wrap, and two
-/// hosts collide only when they make an id in the same tick, which the
-/// store's collision retry ([`OperationId::with_new_suffix`]) handles.
+/// Two ids from one process never share a tail within a wrap. Two
+/// processes (hosts on one PostgreSQL) have different offsets, so their
+/// tails meet no more often than random ones would; a full id that does
+/// collide is retried by the store ([`OperationId::with_new_suffix`]).
 /// Consecutive ids get neighbouring tails, so inserts into the short-id
 /// index append: with random tails, at a million rows every insert
 /// dirtied a random leaf page of it (another page in the WAL per insert).
 fn next_tail(at: DateTime<Utc>) -> u32 {
     static LAST: AtomicU64 = AtomicU64::new(0);
+    // A random offset per process: two hosts making ids in the same tick
+    // then collide no more often than random tails did.
+    static OFFSET: OnceLock<u32> = OnceLock::new();
+    let offset = *OFFSET.get_or_init(rand::random);
     let tick = (at.timestamp_micros().max(0) as u64) >> 4;
     let mut prev = LAST.load(Ordering::Relaxed);
     loop {
         let next = tick.max(prev + 1);
         match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next as u32,
+            Ok(_) => return (next as u32).wrapping_add(offset),
             Err(seen) => prev = seen,
         }
     }

@@ -88,6 +88,14 @@ impl JobContext {
         self.runtime.checkpoint_dir(&self.op.id)
     }
 
+    /// Say that a process of this run may outlive it (one that did not die,
+    /// or held its output open): its checkpoint directory is then removed
+    /// at the end, never handed to a later run, where late files of this
+    /// one would appear.
+    pub fn checkpoint_dir_may_be_in_use(&self) {
+        self.running.mark_dir_in_use();
+    }
+
     /// Where this operation's artifacts (models, ...) go (created on use).
     pub fn artifacts_dir(&self) -> std::io::Result<PathBuf> {
         let dir = self.runtime.config.paths().artifacts(&self.op.id);

@@ -207,10 +207,11 @@ impl Runtime {
 
     /// Remove an operation's checkpoint files at the end of its last run.
     /// A directory the run left empty is kept for a later run instead
-    /// ([`spare_dirs`]): no inode is freed only to be made again.
-    pub(crate) fn remove_checkpoint_dir(&self, id: &OperationId) {
+    /// ([`spare_dirs`]) when `reusable` (no process of the run may still
+    /// write into it): no inode is freed only to be made again.
+    pub(crate) fn remove_checkpoint_dir(&self, id: &OperationId, reusable: bool) {
         let paths = self.config.paths();
-        if !self.spare_dirs.take_back(&paths.checkpoints(id)) {
+        if !(reusable && self.spare_dirs.take_back(&paths.checkpoints(id))) {
             paths.remove_checkpoints(id);
         }
     }

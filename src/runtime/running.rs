@@ -103,6 +103,9 @@ pub struct RunningOp {
     /// Set once its job has ended and its final row is queued: its slot
     /// can be claimed for again (the claim commits after the final row).
     finishing: AtomicBool,
+    /// Set when a process of this run may outlive it: its checkpoint
+    /// directory is not recycled for another run.
+    dir_in_use: AtomicBool,
 }
 
 /// `*kept = new` when the report carries a value; otherwise keep it.
@@ -145,6 +148,7 @@ impl RunningOp {
             checkpointed: AtomicBool::new(attempt > 1),
             checkpoint_dir_used: AtomicBool::new(attempt > 1),
             finishing: AtomicBool::new(false),
+            dir_in_use: AtomicBool::new(false),
         }
     }
 
@@ -293,6 +297,17 @@ impl RunningOp {
     /// writer thread).
     pub fn may_have_checkpoint_files(&self) -> bool {
         self.checkpoint_dir_used.load(Ordering::Acquire) || self.may_have_checkpoint()
+    }
+
+    /// Note that a process of this run may outlive it.
+    pub fn mark_dir_in_use(&self) {
+        self.dir_in_use.store(true, Ordering::Release);
+    }
+
+    /// Whether its checkpoint directory may be handed to a later run: no
+    /// process of this run is known to have outlived it.
+    pub fn dir_reusable(&self) -> bool {
+        !self.dir_in_use.load(Ordering::Acquire)
     }
 
     /// Note that its job has ended and its final row is queued.

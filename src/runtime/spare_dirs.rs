@@ -15,10 +15,16 @@
 //!
 //! Only directories this process moved in are handed out (the list is in
 //! memory), and a directory is handed out only while it is still empty:
-//! no run ever sees another's files. The pool lives inside the checkpoint
-//! directory's parent, so a `rename` never crosses a file system; its
-//! names carry the host and the process, so hosts sharing `shared_dir`
-//! never take each other's.
+//! no run ever sees another's files. A run one of whose processes may
+//! outlive it (one that did not die, or held its output open) has its
+//! directory removed as before, never kept. The pool lives inside the
+//! checkpoint directory's parent, so a `rename` never crosses a file
+//! system; its names carry the host (in hex), the pid and a random token,
+//! so hosts sharing `shared_dir` never take each other's. A process
+//! outside the job that was handed the directory and writes into it after
+//! the job ended (a detached container with it mounted) is not detected:
+//! before, its writes failed in a deleted directory; now they would appear
+//! in a later run's.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,7 +39,7 @@ const KEEP: usize = 256;
 pub struct SpareDirs {
     /// Where they wait: `<checkpoints>/.spare`.
     home: PathBuf,
-    /// Prefix of their names: `<host>-<pid>-`.
+    /// Prefix of their names: `<host in hex>-<pid>-<random>-`.
     prefix: String,
     /// The ones this process moved in, still there.
     free: Mutex<Vec<PathBuf>>,
@@ -55,10 +61,8 @@ impl SpareDirs {
     /// directory with anything in it is never touched).
     pub fn new(checkpoints: &Path, host: &str) -> SpareDirs {
         let home = checkpoints.join(".spare");
-        let host: String = host
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
+        // Hex, so that no two host names give one prefix.
+        let host: String = host.bytes().map(|b| format!("{b:02x}")).collect();
         if let Ok(entries) = std::fs::read_dir(&home) {
             for e in entries.flatten() {
                 if e.file_name()
@@ -71,7 +75,13 @@ impl SpareDirs {
         }
         SpareDirs {
             home,
-            prefix: format!("{host}-{}-", std::process::id()),
+            // The pid and a random token: two processes never share a name
+            // (a container's daemon is often pid 1 on every host).
+            prefix: format!(
+                "{host}-{}-{:08x}-",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             free: Mutex::new(Vec::new()),
             named: AtomicU64::new(0),
         }
@@ -204,15 +214,16 @@ mod tests {
     fn an_earlier_processes_empty_spares_are_removed_and_full_ones_kept() {
         let d = tempfile::tempdir().unwrap();
         let home = d.path().join(".spare");
-        std::fs::create_dir_all(home.join("h-1-0")).unwrap();
-        std::fs::create_dir_all(home.join("h-1-1")).unwrap();
-        std::fs::write(home.join("h-1-1").join("f"), b"x").unwrap();
-        std::fs::create_dir_all(home.join("other-1-0")).unwrap();
+        // "h" is 68 in hex, "h.1" 682e31: neither is the other's prefix.
+        std::fs::create_dir_all(home.join("68-1-0-0")).unwrap();
+        std::fs::create_dir_all(home.join("68-1-0-1")).unwrap();
+        std::fs::write(home.join("68-1-0-1").join("f"), b"x").unwrap();
+        std::fs::create_dir_all(home.join("682e31-1-0-0")).unwrap();
         let _pool = SpareDirs::new(d.path(), "h");
-        assert!(!home.join("h-1-0").exists());
-        assert!(home.join("h-1-1").join("f").exists());
+        assert!(!home.join("68-1-0-0").exists());
+        assert!(home.join("68-1-0-1").join("f").exists());
         assert!(
-            home.join("other-1-0").exists(),
+            home.join("682e31-1-0-0").exists(),
             "another host's is not ours"
         );
     }

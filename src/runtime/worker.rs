@@ -188,11 +188,15 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
     let slot = running.clone();
     let after = Box::new(move |result: Result<()>| {
         let id = &op.id;
-        if let Err(e) = result {
-            tracing::error!(operation = %id, "recording the end of the operation failed: {e}");
-        }
-        if delete_files {
-            rt2.remove_checkpoint_dir(id);
+        match result {
+            // The end is not recorded (a failed commit, or on a shared
+            // store a run whose claim another host took over): its files
+            // stay, for the run that will hold it.
+            Err(e) => {
+                tracing::error!(operation = %id, "recording the end of the operation failed: {e}")
+            }
+            Ok(()) if delete_files => rt2.remove_checkpoint_dir(id, slot.dir_reusable()),
+            Ok(()) => {}
         }
         if let Some((parent, msg)) = fail_parent {
             if let Some(live) = rt2.live(&parent) {

@@ -566,14 +566,19 @@ fn every_run_gets_an_empty_checkpoint_directory_and_finished_ones_leave_none() {
         assert_eq!(op["status"], "completed", "round {round}: {op}");
     }
     let root = d.state().join("checkpoints");
-    let left: Vec<String> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("op_"))
-        .collect();
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("op_"))
+            .collect()
+    };
+    // The last one's directory goes just after its row is committed.
+    wait_until(Duration::from_secs(10), || left().is_empty());
     assert!(
-        left.is_empty(),
-        "finished operations' directories remain: {left:?}"
+        left().is_empty(),
+        "finished operations' directories remain: {:?}",
+        left()
     );
     let spares: Vec<PathBuf> = std::fs::read_dir(root.join(".spare"))
         .map(|r| r.map(|e| e.unwrap().path()).collect())

@@ -153,6 +153,14 @@ fn live(id: &OperationId, attempt: i64, pct: f64, points: usize) -> ProgressWrit
 }
 
 fn finish(s: &Store, id: &OperationId, attempt: i64, status: Status, delete_cp: bool) {
+    assert!(
+        try_finish(s, id, attempt, status, delete_cp),
+        "the end was recorded"
+    );
+}
+
+/// Record the end of a run; whether its `after` heard that it was recorded.
+fn try_finish(s: &Store, id: &OperationId, attempt: i64, status: Status, delete_cp: bool) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     s.finish(
         RunEnd {
@@ -170,7 +178,7 @@ fn finish(s: &Store, id: &OperationId, attempt: i64, status: Status, delete_cp: 
         },
         Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     );
-    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
 }
 
 fn checkpoint_write(id: &OperationId, attempt: i64, points: usize) -> CheckpointWrite {
@@ -485,8 +493,20 @@ fn two_hosts_refreshing_one_parent_at_once_both_count() {
         .unwrap();
     let ticket = s.write_progress(vec![live(&kids[1], attempt, 50.0, 0)], vec![parent.clone()]);
     let waiter = std::thread::spawn(move || ticket.wait());
-    // Give the write time to reach the parent's row and wait on it.
-    std::thread::sleep(Duration::from_millis(500));
+    // Our write must be waiting on the parent's row before the other
+    // commits, or the test would pass without any lock.
+    let mut watcher = db.client();
+    opsd_wait(Duration::from_secs(20), || {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    });
     tx.commit().unwrap();
     waiter.join().unwrap().unwrap();
     assert_eq!(
@@ -530,7 +550,9 @@ fn a_host_that_lost_its_lease_writes_nothing_over_the_rescuer() {
     a.save_checkpoint(checkpoint_write(&id, run_a.attempt, 5))
         .wait()
         .unwrap();
-    finish(&a, &id, run_a.attempt, Status::Completed, true);
+    // Its `after` hears that the end was not recorded, so the daemon
+    // leaves the checkpoint files to B, which runs the operation now.
+    assert!(!try_finish(&a, &id, run_a.attempt, Status::Completed, true));
     let lost = a.renew_leases(&[(id.clone(), run_a.attempt)]).unwrap();
     assert_eq!(lost, vec![(id.clone(), run_a.attempt)]);
     let rec = a.get(&id).unwrap();

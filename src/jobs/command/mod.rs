@@ -320,7 +320,10 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     // so does what left the group (`setsid`). The program's zombie still
     // holds its pid, so the group id cannot name another group yet.
     let _ = killpg(pid, Signal::SIGKILL);
-    let escaped = procs.kill_all();
+    let (escaped, survivors) = procs.kill_all();
+    if survivors {
+        ctx.checkpoint_dir_may_be_in_use();
+    }
     if escaped > 0 {
         note(format!(
             "killed {escaped} process(es) the program left behind"
@@ -333,6 +336,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     for _ in 0..copiers {
         if done_rx.recv_deadline(until).is_err() {
             tracing::warn!(operation = %id, "a process outside the program's group still holds its output open");
+            ctx.checkpoint_dir_may_be_in_use();
             break;
         }
     }

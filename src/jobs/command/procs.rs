@@ -355,10 +355,12 @@ impl JobProcs {
     /// SIGKILL every process of the job but the program itself, until none
     /// is left (or [`KILL_FOR`] passes), and reap those adopted by the
     /// daemon. Call while the program's zombie still holds its pid.
-    /// Returns how many processes were killed.
-    pub(super) fn kill_all(&mut self) -> usize {
+    /// Returns how many processes were killed, and whether any was still
+    /// alive when it gave up.
+    pub(super) fn kill_all(&mut self) -> (usize, bool) {
         let until = Instant::now() + KILL_FOR;
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
+        let mut survivors = false;
         loop {
             let all = scan_since(self.leader, &mut self.wrapped);
             let members = self.members(&all, true);
@@ -378,11 +380,12 @@ impl JobProcs {
             }
             if Instant::now() >= until {
                 tracing::warn!(operation = %self.op, left = living.len(), "processes of the job did not die after SIGKILL");
+                survivors = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        killed.len()
+        (killed.len(), survivors)
     }
 }
 

@@ -437,9 +437,6 @@ impl Backend for PostgresStore {
                     Self::lost(me, &w.id, w.attempt, "progress");
                 }
             }
-            let mut parents = parents.clone();
-            parents.sort();
-            parents.dedup();
             for p in &parents {
                 sql::refresh_parent_progress(tx, p)?;
             }
@@ -494,7 +491,11 @@ impl Backend for PostgresStore {
             };
             if !held {
                 Self::lost(&me, id, last.attempt, "the end of its run");
-                return Ok(());
+                // Not Ok: the caller must not act on an end that was not
+                // recorded (its files belong to the host running it now).
+                return Err(Error::InvalidTransition(format!(
+                    "{id}: this host no longer holds the operation; the end of its run was not recorded"
+                )));
             }
             match &end.outcome {
                 // A cancel that reached the row first makes it the cancel.

@@ -513,9 +513,10 @@ pub(super) fn write_progress<C: GenericClient>(
 /// hosts refreshing the same parent for different children would each
 /// read the other's child as it was before, and the later UPDATE would
 /// store a percentage missing the earlier child's step. Under the lock the
-/// second one reads the children after the first has committed. Callers
-/// that refresh several parents lock them in id order, so two batches
-/// cannot wait on each other.
+/// second one reads the children after the first has committed. The
+/// UPDATE took the same row lock before, so two batches that lock two
+/// parents in opposite orders still end in a deadlock error, which the
+/// writer retries as busy (SQLSTATE 40P01).
 pub(super) fn refresh_parent_progress<C: GenericClient>(
     c: &mut Db<'_, C>,
     parent: &OperationId,
