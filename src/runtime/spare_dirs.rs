@@ -28,8 +28,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// Directories kept at most: enough for a burst of short jobs on every
 /// slot; the rest are removed as before.
@@ -45,6 +45,9 @@ pub struct SpareDirs {
     free: Mutex<Vec<PathBuf>>,
     /// Names handed out so far.
     named: AtomicU64,
+    /// Set once `home` is known to exist (made on the first keep, not at
+    /// start-up, and not again for every finished run).
+    home_made: AtomicBool,
 }
 
 /// Whether `dir` is a directory with nothing in it.
@@ -63,12 +66,10 @@ impl SpareDirs {
         let home = checkpoints.join(".spare");
         // Hex, so that no two host names give one prefix.
         let host: String = host.bytes().map(|b| format!("{b:02x}")).collect();
+        let ours = format!("{host}-");
         if let Ok(entries) = std::fs::read_dir(&home) {
             for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{host}-"))
-                {
+                if e.file_name().to_string_lossy().starts_with(&ours) {
                     let _ = std::fs::remove_dir(e.path());
                 }
             }
@@ -84,7 +85,13 @@ impl SpareDirs {
             ),
             free: Mutex::new(Vec::new()),
             named: AtomicU64::new(0),
+            home_made: AtomicBool::new(false),
         }
+    }
+
+    /// The kept directories (a poisoned lock still holds a valid list).
+    fn free(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Make `dir` exist: it is left as it is when it already does (a run
@@ -95,7 +102,7 @@ impl SpareDirs {
             return Ok(());
         }
         loop {
-            let spare = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let spare = self.free().pop();
             let Some(spare) = spare else { break };
             // Something put a file into it meanwhile: not handed out.
             if !is_empty_dir(&spare) {
@@ -118,22 +125,22 @@ impl SpareDirs {
     /// caller should remove it as before (it holds files, the pool is
     /// full, or it could not be moved).
     pub fn take_back(&self, dir: &Path) -> bool {
-        if self.free.lock().unwrap_or_else(|e| e.into_inner()).len() >= KEEP || !is_empty_dir(dir) {
+        if self.free().len() >= KEEP || !is_empty_dir(dir) {
             return false;
         }
-        if let Err(e) = std::fs::create_dir_all(&self.home) {
-            tracing::debug!("cannot create {}: {e}", self.home.display());
-            return false;
+        if !self.home_made.load(Ordering::Relaxed) {
+            if let Err(e) = std::fs::create_dir_all(&self.home) {
+                tracing::debug!("cannot create {}: {e}", self.home.display());
+                return false;
+            }
+            self.home_made.store(true, Ordering::Relaxed);
         }
         let n = self.named.fetch_add(1, Ordering::Relaxed);
         let spare = self.home.join(format!("{}{n}", self.prefix));
         if std::fs::rename(dir, &spare).is_err() {
             return false;
         }
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(spare);
+        self.free().push(spare);
         true
     }
 }
@@ -143,12 +150,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// A pool in a fresh directory, and a first run's directory placed
+    /// (`op_0`), which the test may keep or fill.
+    fn pool(host: &str) -> (tempfile::TempDir, SpareDirs, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let pool = SpareDirs::new(d.path(), host);
+        let first = d.path().join("op_0");
+        pool.place(&first).unwrap();
+        (d, pool, first)
+    }
+
     #[test]
     fn an_empty_finished_directory_becomes_the_next_runs() {
-        let d = tempfile::tempdir().unwrap();
-        let pool = SpareDirs::new(d.path(), "host a");
-        let first = d.path().join("op_1");
-        pool.place(&first).unwrap();
+        let (d, pool, first) = pool("host a");
         let inode = std::fs::metadata(&first).unwrap().ino();
         assert!(pool.take_back(&first));
         assert!(!first.exists());
@@ -169,10 +183,7 @@ mod tests {
 
     #[test]
     fn a_directory_with_files_is_never_kept_or_handed_out() {
-        let d = tempfile::tempdir().unwrap();
-        let pool = SpareDirs::new(d.path(), "h");
-        let used = d.path().join("op_1");
-        pool.place(&used).unwrap();
+        let (d, pool, used) = pool("h");
         std::fs::write(used.join("model.pt"), b"weights").unwrap();
         assert!(!pool.take_back(&used), "it holds a file");
         assert!(used.join("model.pt").exists(), "nothing of it was touched");
@@ -180,7 +191,7 @@ mod tests {
         let empty = d.path().join("op_2");
         pool.place(&empty).unwrap();
         assert!(pool.take_back(&empty));
-        let spare = pool.free.lock().unwrap()[0].clone();
+        let spare = pool.free()[0].clone();
         std::fs::write(spare.join("stray"), b"x").unwrap();
         let next = d.path().join("op_3");
         pool.place(&next).unwrap();
@@ -190,10 +201,7 @@ mod tests {
 
     #[test]
     fn a_resumed_runs_directory_is_left_as_it_is() {
-        let d = tempfile::tempdir().unwrap();
-        let pool = SpareDirs::new(d.path(), "h");
-        let spare_source = d.path().join("op_0");
-        pool.place(&spare_source).unwrap();
+        let (d, pool, spare_source) = pool("h");
         assert!(pool.take_back(&spare_source));
         let resumed = d.path().join("op_1");
         std::fs::create_dir(&resumed).unwrap();
@@ -203,11 +211,7 @@ mod tests {
             std::fs::read(resumed.join("state.bin")).unwrap(),
             b"step 40"
         );
-        assert_eq!(
-            pool.free.lock().unwrap().len(),
-            1,
-            "the spare is still kept"
-        );
+        assert_eq!(pool.free().len(), 1, "the spare is still kept");
     }
 
     #[test]

@@ -551,7 +551,8 @@ pub(super) fn refresh_parent_progress<C: GenericClient>(
     }
     let pct = parent_percentage(100.0, &kids);
     c.execute(
-        "UPDATE operations SET progress_percent = $2 WHERE operation_id = $1 AND status = 'running'",
+        // Locked above and known to be running.
+        "UPDATE operations SET progress_percent = $2 WHERE operation_id = $1",
         &[&parent.as_str(), &pct],
     )?;
     Ok(())
