@@ -459,7 +459,9 @@ fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
     let mut client = connect(c)?;
     client.send(&Request::logs(op_id(&a.id), a.follow))?;
     let mut text = String::new();
+    let mut printed = false;
     while let Some(chunk) = client.recv::<crate::protocol::LogChunk>()? {
+        printed |= !chunk.text.is_empty();
         if c.json {
             text.push_str(&chunk.text);
         } else {
@@ -471,6 +473,13 @@ fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
     }
     if c.json {
         outln!("{}", json!({ "operation_id": a.id, "text": text }));
+    } else if !printed {
+        // A program that prints nothing leaves no log file (its start and
+        // exit are in `opsd show`).
+        eprintln!(
+            "{} has no output; `opsd show {}` has its status",
+            a.id, a.id
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -110,6 +110,33 @@ fn command_progress_metrics_and_logs_through_the_cli() {
         text.contains("==> opsd: the program exited with code 0"),
         "{text}"
     );
+    assert!(
+        text.starts_with("==> opsd: attempt 1 starting: "),
+        "the attempt's line comes first: {text}"
+    );
+}
+
+#[test]
+fn a_program_that_prints_nothing_leaves_no_log_file() {
+    // Creating a file is a large part of a short job's cost, so a silent
+    // job's log is never made; `opsd logs` says there is no output.
+    let d = Daemon::start();
+    let id = d.submit("command", json!({ "argv": ["true"] }));
+    d.wait_status(&id, "completed", 20);
+    let log = d.state().join("logs").join(format!("{id}.log"));
+    assert!(!log.exists(), "{} exists", log.display());
+    let out = d.cli(&["logs", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no output"), "{err}");
+    let out = d.cli(&["logs", &id, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("logs --json");
+    assert_eq!(v["text"], "");
+    // A silent program that fails still has its reason where users look.
+    let id = d.submit("command", json!({ "argv": ["false"] }));
+    let op = d.wait_status(&id, "failed", 20);
+    assert!(op["error_message"].to_string().contains("exit"), "{op}");
 }
 
 #[test]

@@ -154,16 +154,21 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
             l.write(format!("==> opsd: {text}\n").as_bytes());
         }
     };
-    note(format!(
-        "attempt {} {}: {}",
-        ctx.attempt(),
-        if resume.is_some() {
-            "resuming from its checkpoint"
-        } else {
-            "starting"
-        },
-        p.argv.join(" ")
-    ));
+    // The attempt's first line waits until the program prints something
+    // (or opsd has a notice): a job that prints nothing makes no log file.
+    if let Ok(mut l) = log.lock() {
+        let line = format!(
+            "==> opsd: attempt {} {}: {}\n",
+            ctx.attempt(),
+            if resume.is_some() {
+                "resuming from its checkpoint"
+            } else {
+                "starting"
+            },
+            p.argv.join(" ")
+        );
+        l.header(line.as_bytes());
+    }
 
     let configure = |cmd: &mut std::process::Command| {
         cmd.stdin(Stdio::null())
@@ -366,7 +371,9 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         return JobOutcome::Failed(msg);
     }
     let how = describe(&status);
-    note(format!("the program {how}"));
+    if let Ok(mut l) = log.lock() {
+        l.note_if_open(format!("==> opsd: the program {how}\n").as_bytes());
+    }
     tracing::info!(operation = %id, "command {how}");
     if stopped_at_exit {
         return JobOutcome::Stopped;
