@@ -76,9 +76,15 @@ fn hostile_setsid_grandchild_dies_when_the_program_exits() {
     let dir = tempfile::tempdir().unwrap();
     // One grandchild keeps opsd's environment, one starts with an empty
     // one (so only the daemon's watch over the program's tree finds it).
-    for (name, clean) in [("kept-env", false), ("clean-env", true)] {
+    // A program that exits at once was never looked at while it ran: its
+    // grandchild is found at its end, among the daemon's adopted children.
+    for (name, clean, linger) in [
+        ("kept-env", false, "1"),
+        ("clean-env", true, "1"),
+        ("kept-env-exits-at-once", false, "0"),
+    ] {
         let pid_file = dir.path().join(name);
-        let mut flags = vec!["--escape", pid_file.to_str().unwrap(), "--linger", "1"];
+        let mut flags = vec!["--escape", pid_file.to_str().unwrap(), "--linger", linger];
         if clean {
             flags.push("--clean-env");
         }

@@ -22,6 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -210,6 +211,29 @@ fn reap_known() -> usize {
     reaped
 }
 
+/// Whether this process is a child subreaper ([`adopt_orphans`] succeeded).
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+/// Whether the daemon has no adopted children at all: the children list of
+/// its main thread, where the kernel puts every orphan it hands a
+/// subreaper, is readable and empty. `false` when unsure (no subreaper, no
+/// `CONFIG_PROC_CHILDREN`).
+///
+/// Why that proves a finished job left nothing behind: once the program
+/// has exited (all its threads: `waitid` reports only then), every living
+/// process it started has a chain of living parents that ends in a child
+/// of the nearest subreaper above the program, which is the daemon. Jobs'
+/// programs are children of the worker threads that started them, so
+/// they are not in the main thread's list.
+fn adopted_none() -> bool {
+    if !SUBREAPER.load(Ordering::Relaxed) {
+        return false;
+    }
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .is_ok_and(|s| s.trim().is_empty())
+}
+
 /// Make the daemon a child subreaper and start the thread that reaps
 /// adopted processes once they exit. Called once per process (later calls
 /// do nothing); without it, escaped processes go to init and are still
@@ -217,8 +241,9 @@ fn reap_known() -> usize {
 pub fn adopt_orphans() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives");
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => SUBREAPER.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!("cannot become a child subreaper ({e}); processes that leave a job's session are found only while their parent lives"),
         }
         let spawned = std::thread::Builder::new()
             .name("opsd-reaper".into())
@@ -236,7 +261,9 @@ pub fn adopt_orphans() {
 pub(super) struct JobProcs {
     op: String,
     leader: i32,
-    leader_start: u64,
+    /// The program's start time, read at the first look at `/proc` (a
+    /// short job that leaves nothing behind never needs it).
+    leader_start: Option<u64>,
     marker: Vec<u8>,
     last_track: Option<Instant>,
     /// The pid counter has wrapped since the program started.
@@ -250,7 +277,7 @@ impl JobProcs {
         JobProcs {
             op: op.to_string(),
             leader,
-            leader_start: read_proc(leader).map_or(0, |p| p.start),
+            leader_start: None,
             marker: format!("OPSD_OPERATION_ID={op}").into_bytes(),
             // The first look is one period after the start: a program that
             // has just been exec'd has nothing below it yet, and most
@@ -273,7 +300,7 @@ impl JobProcs {
         let mut leaders: HashSet<i32> = HashSet::new();
         if all
             .iter()
-            .any(|p| p.pid == self.leader && p.start == self.leader_start)
+            .any(|p| p.pid == self.leader && Some(p.start) == self.leader_start)
         {
             ids.insert(self.leader);
         }
@@ -286,7 +313,7 @@ impl JobProcs {
             // Whatever the job started, started after its program: older
             // processes need not have their environment read (most of
             // /proc, on a busy machine).
-            let young = p.start >= self.leader_start;
+            let young = p.start >= self.leader_start.unwrap_or(0);
             if remembered || (!p.zombie && adopted && young && environ_has(p.pid, &self.marker)) {
                 ids.insert(p.pid);
             }
@@ -321,11 +348,20 @@ impl JobProcs {
             .collect()
     }
 
+    /// The processes that may be the job's (see [`scan_since`]); reads the
+    /// program's start time first, while its pid is still held.
+    fn scan(&mut self) -> Vec<Proc> {
+        if self.leader_start.is_none() {
+            self.leader_start = Some(read_proc(self.leader).map_or(0, |p| p.start));
+        }
+        scan_since(self.leader, &mut self.wrapped)
+    }
+
     /// Remember the job's processes now, so one orphaned later is still
     /// known to be the job's.
     pub(super) fn track(&mut self) {
         self.last_track = Some(Instant::now());
-        let all = scan_since(self.leader, &mut self.wrapped);
+        let all = self.scan();
         let members = self.members(&all, false);
         remember(&self.op, &members);
         reap_known();
@@ -341,7 +377,7 @@ impl JobProcs {
     /// Send `sig` to the job's processes outside the program's own group
     /// (the group itself is signalled with `killpg`).
     pub(super) fn signal_escaped(&mut self, sig: Signal) {
-        let all = scan_since(self.leader, &mut self.wrapped);
+        let all = self.scan();
         let members = self.members(&all, false);
         remember(&self.op, &members);
         for p in members
@@ -358,11 +394,16 @@ impl JobProcs {
     /// Returns how many processes were killed, and whether any was still
     /// alive when it gave up.
     pub(super) fn kill_all(&mut self) -> (usize, bool) {
+        // Most jobs leave nothing: then one read of the daemon's children
+        // replaces a look at every process started since the program.
+        if known_for(&self.op).is_empty() && adopted_none() {
+            return (0, false);
+        }
         let until = Instant::now() + KILL_FOR;
         let mut killed: HashSet<(i32, u64)> = HashSet::new();
         let mut survivors = false;
         loop {
-            let all = scan_since(self.leader, &mut self.wrapped);
+            let all = self.scan();
             let members = self.members(&all, true);
             remember(&self.op, &members);
             let living: Vec<&Proc> = members.iter().filter(|p| !p.zombie).collect();
@@ -442,12 +483,9 @@ mod tests {
         assert!(is_process(pid));
         assert!(read_proc(tid).is_some(), "/proc/<tid> answers for a thread");
         assert!(!is_process(tid), "but a thread is not a process");
-        let job = JobProcs::new("op_test", Pid::from_raw(leader.id() as i32));
-        let found: Vec<i32> = job
-            .members(&scan_since(leader.id() as i32, &mut false), false)
-            .iter()
-            .map(|p| p.pid)
-            .collect();
+        let mut job = JobProcs::new("op_test", Pid::from_raw(leader.id() as i32));
+        let all = job.scan();
+        let found: Vec<i32> = job.members(&all, false).iter().map(|p| p.pid).collect();
         assert_eq!(found, vec![pid], "the child, not its thread");
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = leader.kill();
