@@ -6,7 +6,8 @@
 # own config and state under the bench's temporary folder). Pairs are
 # interleaved; the table gives each run and the median, and the machine's
 # busy CPU per job (all processes: CLI, daemon, the jobs, xargs), which
-# is steadier than the rate on a shared machine.
+# is steadier than the rate on a shared machine, and the part of it the
+# opsd daemon spent itself (its own threads, not the jobs it reaped).
 #
 #   cargo build --release && benches/peers/cli.sh [N] [P,P,...] [PAIRS]
 #   benches/peers/cli.sh 200 1,4,16 3
@@ -34,6 +35,8 @@ trap '[ ${#PUEUE[@]} -gt 0 ] && "${PUEUE[@]}" shutdown >/dev/null 2>&1; kill $(j
 now() { date +%s.%N; }
 # Busy jiffies of the whole machine (user, nice, system, irq, softirq).
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# CPU jiffies a process has used itself (utime + stime; not its children).
+own_cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # "RATE CPU_MS_PER_JOB" from N, t0, t1, busy0, busy1.
 rate() { python3 -c "print(f'{$1/($3-$2):.0f} {($5-$4)*1000/$(getconf CLK_TCK)/$1:.2f}')" ; }
 
@@ -43,14 +46,14 @@ opsd_run() { # $1 = parallelism
   "$OPSD" serve --state-dir "$st" --socket "$st/s.sock" --config "$st/cfg.toml" 2>/dev/null &
   local pid=$!
   while ! "$OPSD" health --socket "$st/s.sock" >/dev/null 2>&1; do sleep 0.05; done
-  local t0 b0; t0=$(now); b0=$(busy)
+  local t0 b0 d0; t0=$(now); b0=$(busy); d0=$(own_cpu "$pid")
   seq "$N" | xargs -P "$1" -I{} "$OPSD" submit command --socket "$st/s.sock" \
       --params '{"argv":["true"]}' >/dev/null
   # A check as cheap as tsp's below (no Python start per look).
   while ! "$OPSD" list --socket "$st/s.sock" --active --json | grep -q '"active": 0'; do sleep 0.01; done
-  local t1 b1; t1=$(now); b1=$(busy)
+  local t1 b1 d1; t1=$(now); b1=$(busy); d1=$(own_cpu "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  rate "$N" "$t0" "$t1" "$b0" "$b1"
+  echo "$(rate "$N" "$t0" "$t1" "$b0" "$b1") $(python3 -c "print(f'{($d1-$d0)*1000/$(getconf CLK_TCK)/$N:.2f}')")"
 }
 
 tsp_run() { # $1 = parallelism
@@ -79,19 +82,19 @@ pueue_run() { # $1 = parallelism
 
 median() { tr " " "\n" | { grep -v "^-$" || true; } | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
 
-echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp | CPU ms/job opsd / tsp (medians) |"
-echo "|---:|---|---|---|---:|---|"
+echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp | CPU ms/job opsd / tsp (medians) | of which the opsd daemon |"
+echo "|---:|---|---|---|---:|---|---:|"
 IFS=, read -ra plist <<< "$PARS"
 for p in "${plist[@]}"; do
-  o=(); t=(); q=(); oc=(); tc=()
+  o=(); t=(); q=(); oc=(); tc=(); od=()
   for _ in $(seq "$PAIRS"); do
-    read -r r c <<< "$(opsd_run "$p")"; o+=("$r"); oc+=("$c")
+    read -r r c dc <<< "$(opsd_run "$p")"; o+=("$r"); oc+=("$c"); od+=("$dc")
     read -r r c <<< "$(tsp_run "$p")"; t+=("$r"); tc+=("$c")
     q+=("$(pueue_run "$p")")
-    echo "  P=$p: opsd ${o[-1]}/s (${oc[-1]} ms CPU/job), tsp ${t[-1]}/s (${tc[-1]} ms), pueue ${q[-1]}" >&2
+    echo "  P=$p: opsd ${o[-1]}/s (${oc[-1]} ms CPU/job, daemon ${od[-1]}), tsp ${t[-1]}/s (${tc[-1]} ms), pueue ${q[-1]}" >&2
   done
   om=$(echo "${o[*]}" | median); tm=$(echo "${t[*]}" | median); qm=$(echo "${q[*]}" | median)
-  ocm=$(echo "${oc[*]}" | median); tcm=$(echo "${tc[*]}" | median)
+  ocm=$(echo "${oc[*]}" | median); tcm=$(echo "${tc[*]}" | median); odm=$(echo "${od[*]}" | median)
   ratio=$(python3 -c "print(f'{$om/$tm:.2f}')")
-  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** | $ocm / $tcm |"
+  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** | $ocm / $tcm | $odm |"
 done
