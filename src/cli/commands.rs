@@ -477,7 +477,7 @@ fn logs(a: super::LogsArgs, c: &ClientOpts) -> Outcome {
         // A program that prints nothing leaves no log file (its start and
         // exit are in `opsd show`).
         eprintln!(
-            "{} has no output; `opsd show {}` has its status",
+            "{} has printed nothing; `opsd show {}` has its status",
             a.id, a.id
         );
     }

@@ -119,7 +119,7 @@ fn command_progress_metrics_and_logs_through_the_cli() {
 #[test]
 fn a_program_that_prints_nothing_leaves_no_log_file() {
     // Creating a file is a large part of a short job's cost, so a silent
-    // job's log is never made; `opsd logs` says there is no output.
+    // job's log is never made; `opsd logs` says it has printed nothing.
     let d = Daemon::start();
     let id = d.submit("command", json!({ "argv": ["true"] }));
     d.wait_status(&id, "completed", 20);
@@ -129,7 +129,7 @@ fn a_program_that_prints_nothing_leaves_no_log_file() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("has no output"), "{err}");
+    assert!(err.contains("has printed nothing"), "{err}");
     let out = d.cli(&["logs", &id, "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("logs --json");
     assert_eq!(v["text"], "");

@@ -325,7 +325,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     // so does what left the group (`setsid`). The program's zombie still
     // holds its pid, so the group id cannot name another group yet.
     let _ = killpg(pid, Signal::SIGKILL);
-    let (escaped, survivors) = procs.kill_all();
+    let (escaped, survivors) = procs.kill_all(wait_error.is_none());
     if survivors {
         ctx.checkpoint_dir_may_be_in_use();
     }

@@ -47,13 +47,17 @@ pub struct LogFile {
 impl LogFile {
     /// The log at `path`: an earlier attempt's file is opened for appending
     /// (its log continues); a missing one is created at the first write.
-    /// The directory is made now, so that a state directory where no log
-    /// can go fails the job before its program starts.
+    /// The directory is made now and must be writable, so that a state
+    /// directory where no log can go fails the job before its program
+    /// starts. (A creation that fails later, as with no inode left, drops
+    /// the output with a warning in the daemon's log; the program runs on.)
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<LogFile> {
         if let Some(dir) = path.parent() {
             if !dir.is_dir() {
                 std::fs::create_dir_all(dir)?;
             }
+            nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+                .map_err(std::io::Error::from)?;
         }
         let (file, size) = match OpenOptions::new().append(true).open(path) {
             Ok(f) => {
@@ -84,12 +88,11 @@ impl LogFile {
     }
 
     /// Append `data` only to a log that exists (a closing line that says
-    /// nothing on its own); dropped, with any waiting header, otherwise.
+    /// nothing on its own); dropped otherwise. A waiting header stays: a
+    /// process outside the program's group may still print.
     pub fn note_if_open(&mut self, data: &[u8]) {
         if self.file.is_some() {
             self.write(data);
-        } else {
-            self.header.clear();
         }
     }
 
@@ -313,8 +316,13 @@ mod tests {
         );
         l.header(b"start\n");
         l.note_if_open(b"exit\n");
-        drop(l);
         assert!(!p.exists(), "a silent job left a log file");
+        // Output after the exit line (a leftover process) still gets the
+        // header first.
+        l.write(b"late\n");
+        drop(l);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "start\nlate\n");
+        std::fs::remove_file(&p).unwrap();
         // The first output creates it, the waiting header first.
         let mut l = LogFile::open(&p, 0).unwrap();
         l.header(b"start\n");
@@ -331,6 +339,22 @@ mod tests {
             std::fs::read_to_string(&p).unwrap(),
             "start\nout\nexit\nagain\nexit\n"
         );
+    }
+
+    #[test]
+    fn a_log_directory_that_cannot_be_written_fails_at_once() {
+        use std::os::unix::fs::PermissionsExt;
+        if nix::unistd::geteuid().is_root() {
+            eprintln!("note: root writes anywhere; the permission check is not exercised");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let logs = d.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let r = LogFile::open(&logs.join("op.log"), 0);
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(r.is_err(), "an unwritable log directory was accepted");
     }
 
     #[test]

@@ -214,24 +214,36 @@ fn reap_known() -> usize {
 /// Whether this process is a child subreaper ([`adopt_orphans`] succeeded).
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
-/// Whether the daemon has no adopted children at all: the children list of
-/// its main thread, where the kernel puts every orphan it hands a
-/// subreaper, is readable and empty. `false` when unsure (no subreaper, no
-/// `CONFIG_PROC_CHILDREN`).
+/// The pids in a `/proc/<pid>/task/<tid>/children` file (`None`: it
+/// cannot be read, as without `CONFIG_PROC_CHILDREN`).
+fn children_of_thread(pid: u32, tid: i32) -> Option<Vec<i32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).ok()?;
+    text.split_whitespace().map(|p| p.parse().ok()).collect()
+}
+
+/// Whether a job whose program `leader` has exited (all its threads:
+/// `waitid` reports only then) can have left no process alive, judged
+/// from two children lists instead of a look at every process since the
+/// program started. Call on the thread that started the program. `false`
+/// when unsure (not a subreaper, no children files).
 ///
-/// Why that proves a finished job left nothing behind: once the program
-/// has exited (all its threads: `waitid` reports only then), every living
-/// process it started has a chain of living parents that ends in a child
-/// of the nearest subreaper above the program, which is the daemon. Jobs'
-/// programs are children of the worker threads that started them, so
-/// they are not in the main thread's list.
-fn adopted_none() -> bool {
+/// Why: every living process the program started hangs from a chain of
+/// living parents, and the top of that chain was handed at its parent's
+/// death to the nearest subreaper above, the daemon: the kernel gives an
+/// orphan to the subreaper's first live thread (the main thread) or, on
+/// kernels before 3.19, to the thread above it (the one that started the
+/// program). A process made with `clone(CLONE_PARENT)` is a child of that
+/// thread too. So the main thread must have no children and this thread
+/// the program alone (its zombie is still there, which also shows the
+/// file works).
+fn nothing_left_behind(leader: i32) -> bool {
     if !SUBREAPER.load(Ordering::Relaxed) {
         return false;
     }
     let me = std::process::id();
-    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
-        .is_ok_and(|s| s.trim().is_empty())
+    let this_thread = nix::unistd::gettid().as_raw();
+    children_of_thread(me, me as i32).is_some_and(|c| c.is_empty() || this_thread == me as i32)
+        && children_of_thread(me, this_thread).is_some_and(|c| c == [leader])
 }
 
 /// Make the daemon a child subreaper and start the thread that reaps
@@ -393,10 +405,13 @@ impl JobProcs {
     /// daemon. Call while the program's zombie still holds its pid.
     /// Returns how many processes were killed, and whether any was still
     /// alive when it gave up.
-    pub(super) fn kill_all(&mut self) -> (usize, bool) {
-        // Most jobs leave nothing: then one read of the daemon's children
-        // replaces a look at every process started since the program.
-        if known_for(&self.op).is_empty() && adopted_none() {
+    ///
+    /// `exited`: the program's exit was seen (else it may still be alive,
+    /// and the whole scan runs). Must run on the thread that started it.
+    pub(super) fn kill_all(&mut self, exited: bool) -> (usize, bool) {
+        // Most jobs leave nothing: then two children lists replace a look
+        // at every process started since the program.
+        if exited && known_for(&self.op).is_empty() && nothing_left_behind(self.leader) {
             return (0, false);
         }
         let until = Instant::now() + KILL_FOR;
@@ -453,6 +468,42 @@ mod tests {
         let me = read_proc(std::process::id() as i32).unwrap();
         assert_eq!(me.pid, std::process::id() as i32);
         assert!(!me.zombie);
+    }
+
+    #[test]
+    fn a_threads_children_list_holds_what_it_started_even_once_exited() {
+        // The end of a job trusts these lists to skip its /proc scan: the
+        // program must show in the list of the thread that started it
+        // while its zombie waits (WNOWAIT), and in no other thread's.
+        use nix::sys::wait::{waitid, Id};
+        let me = std::process::id();
+        let this_thread = nix::unistd::gettid().as_raw();
+        let Some(before) = children_of_thread(me, this_thread) else {
+            eprintln!("note: no /proc/<pid>/task/<tid>/children here; the scan always runs");
+            return;
+        };
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        let mine = children_of_thread(me, this_thread).unwrap();
+        assert!(mine.contains(&pid), "{pid} not in {mine:?}");
+        assert!(!before.contains(&pid));
+        let other = std::thread::spawn(move || {
+            children_of_thread(me, nix::unistd::gettid().as_raw()).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            !other.contains(&pid),
+            "another thread lists {pid}: {other:?}"
+        );
+        child.wait().unwrap();
+        let after = children_of_thread(me, this_thread).unwrap();
+        assert!(!after.contains(&pid), "reaped, yet listed: {after:?}");
     }
 
     #[test]
