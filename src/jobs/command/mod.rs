@@ -151,14 +151,14 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     };
     let note = |text: String| {
         if let Ok(mut l) = log.lock() {
-            l.write(format!("==> opsd: {text}\n").as_bytes());
+            l.write(&output::notice(&text));
         }
     };
     // The attempt's first line waits until the program prints something
     // (or opsd has a notice): a job that prints nothing makes no log file.
     if let Ok(mut l) = log.lock() {
         let line = format!(
-            "==> opsd: attempt {} {}: {}\n",
+            "attempt {} {}: {}",
             ctx.attempt(),
             if resume.is_some() {
                 "resuming from its checkpoint"
@@ -167,7 +167,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
             },
             p.argv.join(" ")
         );
-        l.header(line.as_bytes());
+        l.header(&output::notice(&line));
     }
 
     let configure = |cmd: &mut std::process::Command| {
@@ -372,7 +372,7 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     }
     let how = describe(&status);
     if let Ok(mut l) = log.lock() {
-        l.note_if_open(format!("==> opsd: the program {how}\n").as_bytes());
+        l.note_if_open(&output::notice(&format!("the program {how}")));
     }
     tracing::info!(operation = %id, "command {how}");
     if stopped_at_exit {

@@ -22,6 +22,11 @@ const STDERR_TAIL_BYTES: usize = 8 * 1024;
 /// Lines of stderr put into the error message.
 pub const STDERR_TAIL_LINES: usize = 15;
 
+/// One line of opsd's own in a program's log: `==> opsd: <text>`.
+pub fn notice(text: &str) -> Vec<u8> {
+    format!("==> opsd: {text}\n").into_bytes()
+}
+
 /// A size-capped log file with one rotated generation, created when there
 /// is something to keep in it.
 ///
@@ -53,11 +58,12 @@ impl LogFile {
     /// the output with a warning in the daemon's log; the program runs on.)
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<LogFile> {
         if let Some(dir) = path.parent() {
-            if !dir.is_dir() {
-                std::fs::create_dir_all(dir)?;
+            // One call per job in the common case (the directory is there).
+            match nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::ENOENT) => std::fs::create_dir_all(dir)?,
+                Err(e) => return Err(e.into()),
             }
-            nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
-                .map_err(std::io::Error::from)?;
         }
         let (file, size) = match OpenOptions::new().append(true).open(path) {
             Ok(f) => {

@@ -242,8 +242,11 @@ fn nothing_left_behind(leader: i32) -> bool {
     }
     let me = std::process::id();
     let this_thread = nix::unistd::gettid().as_raw();
-    children_of_thread(me, me as i32).is_some_and(|c| c.is_empty() || this_thread == me as i32)
-        && children_of_thread(me, this_thread).is_some_and(|c| c == [leader])
+    // On the main thread itself (not so in the daemon), the second list
+    // is the main thread's.
+    let main_has_none =
+        this_thread == me as i32 || children_of_thread(me, me as i32).is_some_and(|c| c.is_empty());
+    main_has_none && children_of_thread(me, this_thread).is_some_and(|c| c == [leader])
 }
 
 /// Make the daemon a child subreaper and start the thread that reaps
