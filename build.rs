@@ -22,6 +22,11 @@ use std::path::PathBuf;
 fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bin=opsd=-no-pie");
+        println!("cargo:rustc-link-arg-bin=opsd-full=-no-pie");
+        if let Some(dir) = static_libgcc() {
+            println!("cargo:rustc-link-arg-bin=opsd=-L{}", dir.display());
+            println!("cargo:rustc-link-arg-bin=opsd-full=-L{}", dir.display());
+        }
     }
     let src = "src/jobs/command/exec_helper.c";
     println!("cargo:rerun-if-changed={src}");
@@ -59,4 +64,24 @@ fn main() {
         println!("cargo:warning=could not compile {src}: command jobs will fork the daemon");
         std::fs::write(&out, b"").expect("write OUT_DIR/opsd-exec");
     }
+}
+
+/// A directory whose `libgcc_s.a` is the C compiler's static unwinder
+/// (`libgcc_eh.a`), so that the `-lgcc_s` Rust's std asks for links it
+/// statically instead of loading `libgcc_s.so.1` at every start.
+fn static_libgcc() -> Option<PathBuf> {
+    let compiler = cc::Build::new().cargo_metadata(false).get_compiler();
+    let out = compiler
+        .to_command()
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()?;
+    let eh = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    if !eh.is_absolute() || !eh.exists() {
+        return None;
+    }
+    let dir = PathBuf::from(std::env::var_os("OUT_DIR")?).join("static-libgcc");
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::copy(&eh, dir.join("libgcc_s.a")).ok()?;
+    Some(dir)
 }

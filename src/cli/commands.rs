@@ -34,33 +34,61 @@ impl From<crate::error::Error> for Failure {
     }
 }
 
-/// Run a parsed subcommand with the global socket and output options.
-pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
+/// Run the subcommands the light `opsd` binary runs in its own process
+/// (the quick ones scripts call in loops: `cli::fast` parses them);
+/// `Err` hands back any other, for `run` or for `opsd-full`. Both
+/// binaries run these through this one function, so they behave the same.
+pub fn run_light(cmd: Command, c: &ClientOpts) -> Result<ExitCode, Box<Command>> {
     let result = match cmd {
-        Command::Serve(a) => serve(a, c),
         Command::Submit(a) => submit(a, c),
         Command::List(a) => list(a, c),
         Command::Show(a) => show(&a.id, c),
-        Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, c),
         Command::Cancel(a) => cancel(&a.id, a.reason, c),
+        Command::Health(_) => health(c),
+        Command::Run(a) => super::everyday::run(a, c),
+        Command::Wait(a) => super::everyday::wait(a, c),
+        Command::Release(a) => super::everyday::release(&a.id, c),
+        other => return Err(Box::new(other)),
+    };
+    Ok(exit_code(result))
+}
+
+/// Run a parsed subcommand with the global socket and output options.
+pub fn run(cmd: Command, c: &ClientOpts) -> ExitCode {
+    let cmd = match run_light(cmd, c) {
+        Ok(code) => return code,
+        Err(cmd) => *cmd,
+    };
+    let result = match cmd {
+        Command::Serve(a) => serve(a, c),
+        Command::Watch(a) => watch(&a.id, a.cancel_on_interrupt, c),
         Command::Resume(a) => resume(&a.id, c),
         Command::Metrics(a) => metrics(a, c),
         Command::Children(a) => children(&a.id, c),
         Command::Logs(a) => logs(a, c),
         Command::Checkpoints(a) => checkpoints(a, c),
-        Command::Health(_) => health(c),
         Command::Hosts(_) => hosts(c),
         Command::Demo(a) => super::demo::run(a, c.json),
         Command::Dashboard(_) => dashboard(c),
-        Command::Run(a) => super::everyday::run(a, c),
-        Command::Wait(a) => super::everyday::wait(a, c),
-        Command::Release(a) => super::everyday::release(&a.id, c),
         Command::Rerun(a) => super::everyday::rerun(a, c),
         Command::Clean(a) => super::everyday::clean(a, c),
         Command::Queue(a) => super::everyday::queue(a, c),
         Command::Completions(a) => super::everyday::completions(a),
         Command::Man => super::everyday::man(),
+        Command::Submit(_)
+        | Command::List(_)
+        | Command::Show(_)
+        | Command::Cancel(_)
+        | Command::Health(_)
+        | Command::Run(_)
+        | Command::Wait(_)
+        | Command::Release(_) => unreachable!("run_light runs it"),
     };
+    exit_code(result)
+}
+
+/// The exit code of a command's outcome, its failure said on stderr.
+fn exit_code(result: Outcome) -> ExitCode {
     // Written without `eprintln!`, which panics when stderr is full.
     let say = |m: &str| {
         use std::io::Write;

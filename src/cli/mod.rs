@@ -7,6 +7,7 @@ mod commands;
 mod demo;
 mod everyday;
 mod fast;
+pub mod light;
 mod output;
 mod plot;
 mod watch;
@@ -277,17 +278,27 @@ pub fn screen_width(line: &str) -> usize {
     n
 }
 
-/// Parse the command line and run it; the process exit code.
+/// Parse the command line and run it; the process exit code (the
+/// `opsd-full` binary; `opsd` itself is [`light::main`]).
 pub fn main() -> ExitCode {
     let cli = fast::parse(std::env::args_os().collect()).unwrap_or_else(Cli::parse);
     // Only the daemon (`serve`, and `demo`'s own) logs; a client command
     // sets up logging only when asked to (`OPSD_LOG`): the subscriber's
     // set-up is ~40k of a short command's ~690k instructions.
     let daemon = matches!(cli.command, Command::Serve(_));
-    if daemon || matches!(cli.command, Command::Demo(_)) || std::env::var_os("OPSD_LOG").is_some() {
+    if daemon || matches!(cli.command, Command::Demo(_)) {
         init_logging(daemon);
+    } else {
+        init_client_logging();
     }
     commands::run(cli.command, &cli.client)
+}
+
+/// A client command logs only when asked to (`OPSD_LOG`).
+fn init_client_logging() {
+    if std::env::var_os("OPSD_LOG").is_some() {
+        init_logging(false);
+    }
 }
 
 fn init_logging(daemon: bool) {

@@ -198,3 +198,67 @@ fn quick_subcommands_keep_help_errors_and_leading_options() {
         "{v}"
     );
 }
+
+/// `opsd` runs the quick subcommands itself and hands the rest to
+/// `opsd-full` beside it (`cli::light`). A lone copy of `opsd` must still
+/// run the quick ones (so they really run in the light binary), say what
+/// is missing for the others, and both binaries must give the same help.
+#[test]
+fn the_light_binary_runs_quick_commands_alone_and_hands_over_the_rest() {
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start();
+    let socket = d.socket.to_str().unwrap();
+    let full = bin().with_file_name("opsd-full");
+    assert!(full.exists(), "{} was not built", full.display());
+    let lone_dir = tempfile::tempdir().unwrap();
+    let lone = lone_dir.path().join("opsd");
+    std::fs::copy(bin(), &lone).unwrap();
+    let run = |exe: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(exe)
+            .args(args)
+            .env_remove("OPSD_SOCKET")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["health", "--socket", socket, "--json"][..],
+        &["submit", "dummy", "-p", "steps=1", "--socket", socket],
+        &["list", "--socket", socket],
+        &["wait", "last", "--socket", socket],
+    ] {
+        let o = run(&lone, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    // What it does not run, a lone copy explains instead of running.
+    for args in [&["logs", "last", "--socket", socket][..], &["--version"]] {
+        let o = run(&lone, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("opsd-full") && err.contains("cargo install --path ."),
+            "{err}"
+        );
+    }
+    // Beside it, `opsd-full` takes them with the same arguments (its name
+    // included, which clap's usage lines show) and gives the same output.
+    for args in [
+        &["--help"][..],
+        &["submit", "--help"],
+        &["logs", "--help"],
+        &["--version"],
+    ] {
+        let light = run(&bin(), args);
+        let whole = std::process::Command::new(&full)
+            .arg0(bin())
+            .args(args)
+            .env_remove("OPSD_SOCKET")
+            .output()
+            .unwrap();
+        assert!(!stdout(&light).contains("opsd-full"), "{}", stdout(&light));
+        assert_eq!(light.status.code(), Some(0), "{args:?}: {}", stderr(&light));
+        assert_eq!(stdout(&light), stdout(&whole), "{args:?}");
+    }
+    let o = run(&bin(), &["logs", "nope", "--socket", socket]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+}
