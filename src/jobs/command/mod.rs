@@ -37,9 +37,9 @@ use output::{LogFile, Tail};
 use params::CommandParams;
 use progress::ProgressTail;
 use serde_json::{json, Map, Value};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -170,40 +170,37 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         l.header(&output::notice(&line));
     }
 
-    let configure = |cmd: &mut std::process::Command| {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: signals reach the program's children too,
-            // and a Ctrl-C meant for a foreground daemon does not reach it.
-            .process_group(0);
+    let launch = || -> std::io::Result<spawn::Launch> {
+        let mut l = spawn::Launch::new(&program, &p.argv)?;
         if let Some(cwd) = &p.cwd {
-            cmd.current_dir(cwd);
+            l.cwd(std::path::Path::new(cwd))?;
         }
-        if std::env::var_os("PYTHONUNBUFFERED").is_none() && !p.env.contains_key("PYTHONUNBUFFERED")
-        {
+        if !l.has_env("PYTHONUNBUFFERED") && !p.env.contains_key("PYTHONUNBUFFERED") {
             // Python buffers stdout into a pipe; users expect `opsd logs` live.
-            cmd.env("PYTHONUNBUFFERED", "1");
+            l.env("PYTHONUNBUFFERED", "1");
         }
-        cmd.envs(&p.env)
-            .env("OPSD_OPERATION_ID", &id)
+        for (k, v) in &p.env {
+            l.env(k, v);
+        }
+        l.env("OPSD_OPERATION_ID", &id)
             .env("OPSD_ATTEMPT", ctx.attempt().to_string())
             .env("OPSD_PROGRESS_FILE", tail.path())
             .env("OPSD_CHECKPOINT_DIR", &checkpoint_dir);
         if !ctx.gpus().is_empty() {
-            cmd.env("CUDA_VISIBLE_DEVICES", ctx.gpus().join(","))
+            l.env("CUDA_VISIBLE_DEVICES", ctx.gpus().join(","))
                 .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         }
-        cmd.env_remove("OPSD_RESUME_STATE")
+        l.env_remove("OPSD_RESUME_STATE")
             .env_remove("OPSD_RESUME_CHECKPOINT");
         if let Some(r) = &resume {
-            cmd.env("OPSD_RESUME_STATE", r.script_state.to_string());
+            l.env("OPSD_RESUME_STATE", r.script_state.to_string());
             if let Some(path) = &r.path {
-                cmd.env("OPSD_RESUME_CHECKPOINT", path);
+                l.env("OPSD_RESUME_CHECKPOINT", path);
             }
         }
+        Ok(l)
     };
-    let mut child = match spawn::spawn(&program, &p.argv, configure) {
+    let mut child = match launch().and_then(|l| l.spawn()) {
         Ok(c) => c,
         Err(e) => {
             let msg = start_error(p, &program, &e.to_string());
@@ -359,17 +356,6 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
         (Some(e), _) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
         (_, Err(e)) => return JobOutcome::Failed(format!("lost track of the program: {e}")),
     };
-    let last_stderr = || {
-        stderr_tail
-            .lock()
-            .map(|t| t.last_lines(1))
-            .unwrap_or_default()
-    };
-    if let Some(why) = spawn::start_failure(&status, last_stderr) {
-        let msg = start_error(p, &program, &why);
-        note(msg.clone());
-        return JobOutcome::Failed(msg);
-    }
     let how = describe(&status);
     if let Ok(mut l) = log.lock() {
         l.note_if_open(&output::notice(&format!("the program {how}")));

@@ -1,180 +1,377 @@
 //! Starting a `command` job's program.
 //!
 //! The program must die with the daemon (`PR_SET_PDEATHSIG`) instead of
-//! running on unsupervised after a crash. Setting that between fork and
-//! exec rules out `posix_spawn`, and forking a large, multi-threaded daemon
-//! for every job (copying its page tables, then faulting its pages back in)
-//! was most of what a short job cost. So the program is started through
-//! `opsd-exec` (exec_helper.c, built by build.rs and embedded here): the
-//! daemon posix_spawns it, and it arms the death signal and execs the
-//! program in its own place. The helper lives in an in-memory file, so
-//! nothing is written to disk. Where it cannot run (no C compiler at build
-//! time, no /proc, a kernel that refuses to execute in-memory files), the
-//! daemon forks as before.
+//! running on unsupervised after a crash, and only the program itself can
+//! arm that, between fork and exec. Forking a large, multi-threaded daemon
+//! for every job (copying its page tables, then faulting its pages back
+//! in) was most of what a short job cost, `posix_spawn` runs no code of
+//! ours in between, and a helper program that arms the signal and execs
+//! the real one costs a second exec per job. So the daemon starts the
+//! program as `posix_spawn` does inside: `clone(CLONE_VM | CLONE_VFORK)`
+//! onto a small stack of its own. The child shares the daemon's memory
+//! while the spawning thread waits for its exec, and makes only system
+//! calls: signal handlers back to their defaults, its own process group,
+//! the death signal, its standard streams, its directory, the exec. Should
+//! one fail, it writes which and why into memory the parent reads once it
+//! has gone, and exits 127; `spawn` then reaps it and returns the error.
 
-use nix::sys::signal::Signal;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::process::ExitStatus;
 
-/// The helper's executable, compiled by build.rs (empty when it could not be).
-static HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/opsd-exec"));
-
-/// The helper, once loaded: its memfd (held for the daemon's life, so the
-/// path below keeps naming it), its `/proc/self/fd/N` path, and the random
-/// tag it puts on its failure line.
-struct Loaded {
-    _fd: std::os::fd::OwnedFd,
-    path: String,
-    tag: String,
+/// How to start a program: what `std::process::Command` would hold for
+/// it. Its environment starts as the daemon's.
+pub struct Launch {
+    program: CString,
+    argv: Vec<CString>,
+    cwd: Option<CString>,
+    env: BTreeMap<OsString, OsString>,
 }
 
-/// The helper, loaded and tried once per daemon; `None`: programs are
-/// started by forking.
-fn helper() -> Option<&'static Loaded> {
-    static HELPER_FILE: OnceLock<Option<Loaded>> = OnceLock::new();
-    HELPER_FILE.get_or_init(load_helper).as_ref()
-}
-
-/// Put the helper in a memfd (kept open for the daemon's life) and check
-/// it runs; its path is `/proc/self/fd/N`, which names the same file in
-/// the spawned child (it still holds the descriptor until its exec).
-fn load_helper() -> Option<Loaded> {
-    use std::io::Write;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    if HELPER.is_empty() {
-        tracing::info!("opsd-exec was not built: command jobs fork the daemon");
-        return None;
+impl Launch {
+    /// `program` (a path) run with `argv`, `argv[0]` as its name.
+    pub fn new(program: &Path, argv: &[String]) -> io::Result<Launch> {
+        Ok(Launch {
+            program: c_string(program.as_os_str())?,
+            argv: argv
+                .iter()
+                .map(|a| c_string(OsStr::new(a)))
+                .collect::<io::Result<_>>()?,
+            cwd: None,
+            env: std::env::vars_os().collect(),
+        })
     }
-    // SAFETY: a NUL-terminated name and flags; returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"opsd-exec".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        tracing::info!(
-            "no memfd for opsd-exec ({}): command jobs fork the daemon",
-            std::io::Error::last_os_error()
+
+    /// Start in `dir` instead of the daemon's directory.
+    pub fn cwd(&mut self, dir: &Path) -> io::Result<&mut Launch> {
+        self.cwd = Some(c_string(dir.as_os_str())?);
+        Ok(self)
+    }
+
+    /// Set `key` in its environment.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Launch {
+        self.env
+            .insert(key.as_ref().to_owned(), value.as_ref().to_owned());
+        self
+    }
+
+    /// Take `key` out of its environment.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Launch {
+        self.env.remove(key.as_ref());
+        self
+    }
+
+    /// Whether its environment has `key`.
+    pub fn has_env(&self, key: impl AsRef<OsStr>) -> bool {
+        self.env.contains_key(key.as_ref())
+    }
+
+    /// Start it, stdin from /dev/null and stdout and stderr into pipes,
+    /// in a process group of its own, dying with the daemon. A file the
+    /// kernel will not execute for want of a `#!` line (ENOEXEC) is run by
+    /// /bin/sh, as execvp and the shell do.
+    pub fn spawn(&self) -> io::Result<Program> {
+        let env: Vec<CString> = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                c_string(OsStr::from_bytes(&kv))
+            })
+            .collect::<io::Result<_>>()?;
+        let sh = c"/bin/sh";
+        let mut argv = pointers(&self.argv);
+        // sh PROGRAM ARGS...: the program's path in place of its name.
+        let mut sh_argv = vec![sh.as_ptr(), self.program.as_ptr()];
+        sh_argv.extend(self.argv.iter().skip(1).map(|a| a.as_ptr()));
+        sh_argv.push(std::ptr::null());
+        let envp = pointers(&env);
+
+        let stdin = above_stdio(File::open("/dev/null")?.into())?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let mut plan = Plan {
+            path: self.program.as_ptr(),
+            argv: argv.as_mut_ptr(),
+            sh: sh.as_ptr(),
+            sh_argv: sh_argv.as_ptr(),
+            envp: envp.as_ptr(),
+            cwd: self.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            fds: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            daemon: std::process::id() as libc::pid_t,
+            failed: Step::None,
+            errno: 0,
+        };
+        let pid = clone_vfork(&mut plan)?;
+        drop((stdin, out_w, err_w));
+        // The child has exec'd or exited: what it wrote is there to read.
+        let (failed, errno) =
+            // SAFETY: `plan` lives on; the volatile reads see the child's writes.
+            unsafe { (std::ptr::read_volatile(&plan.failed), std::ptr::read_volatile(&plan.errno)) };
+        let mut program = Program {
+            pid,
+            stdout: Some(File::from(out_r)),
+            stderr: Some(File::from(err_r)),
+            status: None,
+        };
+        if failed != Step::None {
+            let _ = program.wait();
+            return Err(failed.error(errno, self.cwd.as_deref()));
+        }
+        Ok(program)
+    }
+}
+
+/// A started program: its pid, the reading ends of its output pipes, and
+/// its exit status once waited for.
+pub struct Program {
+    pid: libc::pid_t,
+    /// The program's stdout.
+    pub stdout: Option<File>,
+    /// The program's stderr.
+    pub stderr: Option<File>,
+    status: Option<ExitStatus>,
+}
+
+impl Program {
+    /// Its process id (also its process group's).
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Wait for it to exit and reap it; later calls give the same status.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let mut raw = 0;
+        loop {
+            // SAFETY: waits for our own child; `raw` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut raw, 0) };
+            if r == self.pid {
+                let s = ExitStatus::from_raw(raw);
+                self.status = Some(s);
+                return Ok(s);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The step of the child's start that failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(i32)]
+enum Step {
+    None,
+    ProcessGroup,
+    DeathSignal,
+    DaemonGone,
+    Stdio,
+    Directory,
+    Exec,
+}
+
+impl Step {
+    /// The failure as the error `spawn` returns.
+    fn error(self, errno: i32, cwd: Option<&std::ffi::CStr>) -> io::Error {
+        let os = io::Error::from_raw_os_error(errno);
+        let what = match self {
+            Step::None | Step::Exec => return os,
+            Step::ProcessGroup => "cannot give the program its own process group".to_string(),
+            Step::DeathSignal => "cannot arm the death signal".to_string(),
+            Step::DaemonGone => {
+                return io::Error::other("the daemon exited while starting the program")
+            }
+            Step::Stdio => "cannot connect the program's stdin, stdout and stderr".to_string(),
+            Step::Directory => format!(
+                "cannot enter the working directory {}",
+                cwd.map(|c| c.to_string_lossy()).unwrap_or_default()
+            ),
+        };
+        io::Error::new(os.kind(), format!("{what}: {os}"))
+    }
+}
+
+/// Everything the child needs, prepared by the parent: the child reads it
+/// and writes only `failed` and `errno`.
+#[repr(C)]
+struct Plan {
+    path: *const libc::c_char,
+    argv: *mut *const libc::c_char,
+    sh: *const libc::c_char,
+    sh_argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    fds: [RawFd; 3],
+    daemon: libc::pid_t,
+    failed: Step,
+    errno: i32,
+}
+
+/// Bytes of stack the child runs on (it calls a few libc wrappers only).
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Start the child on a stack of its own with all signals blocked (no
+/// handler of the daemon's may run in it before it has reset them), and
+/// return once it has exec'd or exited.
+fn clone_vfork(plan: &mut Plan) -> io::Result<libc::pid_t> {
+    // 16-byte aligned, as the ABI wants the stack pointer.
+    let mut stack = vec![0u128; CHILD_STACK / 16];
+    // SAFETY: one past the end of `stack`, which outlives the child's use
+    // of it (the parent thread is suspended until the child's exec or exit).
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+    // SAFETY: sigset_t is plain data; the calls only fill and apply sets.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // SAFETY: `child` makes only system calls on its own stack and
+        // reads `plan`, which stays valid and unchanged until it returns.
+        let pid = libc::clone(
+            child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *mut Plan as *mut libc::c_void,
         );
-        return None;
-    }
-    // SAFETY: `fd` was just created and is owned here alone.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    if let Err(e) = file.write_all(HELPER) {
-        tracing::info!("cannot load opsd-exec ({e}): command jobs fork the daemon");
-        return None;
-    }
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let probe = Command::new(&path)
-        .arg("--probe")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match probe {
-        Ok(s) if s.success() => Some(Loaded {
-            _fd: file.into(),
-            path,
-            tag: format!("{:016x}", rand::random::<u64>()),
-        }),
-        other => {
-            tracing::info!("opsd-exec cannot run here ({other:?}): command jobs fork the daemon");
-            None
+        let e = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(e);
         }
-    }
-}
-
-/// A command that runs `program` with `argv` (`argv[0]` as its name),
-/// dying with the daemon: through `helper` when given, else by forking
-/// with the death signal armed before the exec.
-fn command(program: &Path, argv: &[String], helper: Option<&Loaded>) -> Command {
-    let daemon_pid = nix::unistd::getpid();
-    if let Some(h) = helper {
-        let mut cmd = Command::new(&h.path);
-        cmd.arg(daemon_pid.as_raw().to_string())
-            .arg(&h.tag)
-            .arg(program)
-            .args(argv);
-        return cmd;
-    }
-    let mut cmd = Command::new(program);
-    cmd.arg0(&argv[0]).args(&argv[1..]);
-    // SAFETY: the closure only makes async-signal-safe system calls
-    // (prctl, getppid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The signal follows the spawning worker thread, which lives
-            // as long as the daemon.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != daemon_pid {
-                return Err(std::io::Error::other(
-                    "the daemon exited while starting the program",
-                ));
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// Start `program` with `argv` (`argv[0]` as its name), dying with the
-/// daemon; `configure` adds stdio, group, directory and environment. Through
-/// the helper when it runs here; should starting the helper itself fail
-/// (its only way to fail here: a problem of the program is its exit 127),
-/// by forking instead, whose error is then the program's own.
-pub fn spawn(
-    program: &Path,
-    argv: &[String],
-    configure: impl Fn(&mut Command),
-) -> std::io::Result<std::process::Child> {
-    if let Some(h) = helper() {
-        let mut cmd = command(program, argv, Some(h));
-        configure(&mut cmd);
-        match cmd.spawn() {
-            Ok(child) => return Ok(child),
-            Err(e) => {
-                tracing::warn!("cannot start opsd-exec ({e}); forking the daemon for this job")
-            }
-        }
-    }
-    let mut cmd = command(program, argv, None);
-    configure(&mut cmd);
-    cmd.spawn()
-}
-
-/// Why the program could not be started, when the helper said so: it
-/// exited 127 with its tagged line last on stderr (`last_stderr_line` is
-/// asked for only then). `None` for a program that ran, whatever its exit.
-pub fn start_failure(
-    status: &ExitStatus,
-    last_stderr_line: impl FnOnce() -> String,
-) -> Option<String> {
-    let h = helper()?;
-    if status.code() != Some(127) || status.signal().is_some() {
-        return None;
-    }
-    let line = last_stderr_line();
-    let why = line
-        .trim()
-        .strip_prefix(&format!("opsd-exec[{}]: ", h.tag))?;
-    Some(describe_errno(why))
-}
-
-/// The helper's "WHAT errno N" in words: the helper has no C library to
-/// name the error, so the daemon does ("errno 2" is "No such file or
-/// directory"; "cannot arm the death signal: errno 1" ends in "Operation
-/// not permitted"). Anything else is passed on as written.
-fn describe_errno(why: &str) -> String {
-    let Some((what, n)) = why.rsplit_once("errno ") else {
-        return why.to_string();
+        pid
     };
-    match n.parse::<i32>() {
-        Ok(n) => format!("{what}{}", nix::errno::Errno::from_raw(n).desc()),
-        Err(_) => why.to_string(),
+    drop(stack);
+    Ok(pid)
+}
+
+/// The child, between clone and exec. It shares the daemon's memory, so
+/// it allocates nothing, takes no lock and never returns into Rust code
+/// of the daemon's: each step is one system call, and a failure ends it.
+extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `Plan`, alive while the parent waits;
+    // every call below is a plain system call wrapper.
+    unsafe {
+        let plan = &mut *(arg as *mut Plan);
+        // Handlers are the daemon's code: back to the defaults. SIGPIPE,
+        // which Rust programs ignore, too; other ignored signals stay so.
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+            if handled || (sig == libc::SIGPIPE && old.sa_sigaction != libc::SIG_DFL) {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Its own process group: signals reach the program's children too,
+        // and a Ctrl-C meant for a foreground daemon does not reach it.
+        if libc::setpgid(0, 0) != 0 {
+            fail(plan, Step::ProcessGroup);
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            fail(plan, Step::DeathSignal);
+        }
+        // The daemon may have died before the signal was armed.
+        if libc::getppid() != plan.daemon {
+            *libc::__errno_location() = 0;
+            fail(plan, Step::DaemonGone);
+        }
+        for (target, &fd) in plan.fds.iter().enumerate() {
+            if libc::dup2(fd, target as RawFd) < 0 {
+                fail(plan, Step::Stdio);
+            }
+        }
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
+            fail(plan, Step::Directory);
+        }
+        libc::execve(plan.path, plan.argv, plan.envp);
+        if *libc::__errno_location() == libc::ENOEXEC {
+            libc::execve(plan.sh, plan.sh_argv, plan.envp);
+        }
+        fail(plan, Step::Exec)
     }
+}
+
+/// Tell the parent which step failed, with errno as it stands, and exit.
+///
+/// # Safety
+/// Only in `child`, with its `plan`.
+unsafe fn fail(plan: &mut Plan, step: Step) -> ! {
+    std::ptr::write_volatile(&mut plan.errno, *libc::__errno_location());
+    std::ptr::write_volatile(&mut plan.failed, step);
+    libc::_exit(127)
+}
+
+/// A NUL-terminated copy of `s`; an error naming it if it holds a NUL.
+fn c_string(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{:?} contains a NUL byte", s.to_string_lossy()),
+        )
+    })
+}
+
+/// The pointers of `strings`, NULL-terminated, as execve takes them.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    let mut v: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
+    v.push(std::ptr::null());
+    v
+}
+
+/// A pipe, both ends close-on-exec and numbered above 2 (the child puts
+/// them on 1 and 2, which must not be one of them).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and are owned here alone.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// `fd`, moved above 0-2 if it is one of them (a daemon started with its
+/// standard streams closed hands those numbers out).
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: duplicates a descriptor we own; the copy is owned by the result.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` was just created and is owned here alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// An executable file `name` in `dir` holding `text`.
     fn script(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
@@ -185,137 +382,121 @@ mod tests {
         path
     }
 
-    /// The last line of a process's stderr.
-    fn last_line(stderr: &[u8]) -> String {
-        String::from_utf8_lossy(stderr)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string()
+    /// Run `launch` to its end: (stdout, stderr, status).
+    fn output(launch: &Launch) -> (String, String, ExitStatus) {
+        let mut p = launch.spawn().unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = p.wait().unwrap();
+        (out, err, status)
     }
 
     #[test]
-    fn the_helper_is_built_and_runs_here() {
-        // A fresh machine has a C compiler (the bundled SQLite needs one),
-        // so the fast path must be the one in use, not the fallback.
-        assert!(!HELPER.is_empty(), "build.rs did not build opsd-exec");
-        assert!(helper().is_some(), "opsd-exec does not run here");
-    }
-
-    #[test]
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
-    fn the_helper_is_the_build_without_a_c_library() {
-        // A static glibc build is hundreds of KiB and spends its start in
-        // the C library's set-up; the build without one is a few KiB.
-        assert!(
-            HELPER.len() < 64 * 1024,
-            "opsd-exec is {} bytes: build.rs fell back to the C library build",
-            HELPER.len()
-        );
-    }
-
-    #[test]
-    fn the_helpers_error_numbers_are_said_in_words() {
-        assert_eq!(describe_errno("errno 2"), "No such file or directory");
-        assert_eq!(
-            describe_errno("cannot arm the death signal: errno 1"),
-            "cannot arm the death signal: Operation not permitted"
-        );
-        assert_eq!(
-            describe_errno("the daemon exited while starting the program"),
-            "the daemon exited while starting the program"
-        );
-    }
-
-    #[test]
-    fn the_helper_runs_the_program_in_its_place_with_its_name() {
-        let child = spawn(
+    fn the_program_runs_with_its_name_group_streams_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Launch::new(
             Path::new("/bin/sh"),
             &[
                 "my-name".into(),
                 "-c".into(),
-                "echo $$; tr '\\0' ' ' < /proc/$$/cmdline".into(),
+                "echo $$ $(cut -d' ' -f5 /proc/$$/stat) $PWD \"$SET\" \"${GONE-unset}\"; \
+                 tr '\\0' ' ' < /proc/$$/cmdline; echo; echo oops >&2; \
+                 read x; echo \"stdin:$x.\"; \
+                 grep -E '^(SigBlk|SigIgn)' /proc/$$/status; exit 3"
+                    .into(),
             ],
-            |c| {
-                c.stdout(Stdio::piped());
-            },
         )
         .unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        assert_eq!(
-            lines.next(),
-            Some(pid.to_string().as_str()),
-            "same pid: {text}"
-        );
-        assert!(
-            lines.next().unwrap_or("").starts_with("my-name -c "),
-            "{text}"
-        );
-        assert!(out.status.success());
+        l.cwd(dir.path()).unwrap();
+        l.env("SET", "a b").env("GONE", "x").env_remove("GONE");
+        let mut p = l.spawn().unwrap();
+        let pid = p.id();
+        let mut out = String::new();
+        p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = p.wait().unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(p.wait().unwrap().code(), Some(3), "a second wait");
+        let mut lines = out.lines();
+        let first: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(first[0], pid.to_string(), "{out}");
+        assert_eq!(first[1], pid.to_string(), "its own process group: {out}");
+        assert_eq!(Path::new(first[2]).canonicalize().unwrap(), real, "{out}");
+        assert_eq!(&first[3..], ["a", "b", "unset"], "{out}");
+        assert!(lines.next().unwrap().starts_with("my-name -c "), "{out}");
+        assert_eq!(lines.next(), Some("stdin:."), "stdin is /dev/null: {out}");
+        // Nothing blocked; SIGPIPE (which this test process ignores) not
+        // ignored by the program.
+        assert_eq!(lines.next(), Some("SigBlk:\t0000000000000000"), "{out}");
+        let ign =
+            u64::from_str_radix(lines.next().unwrap().trim_start_matches("SigIgn:\t"), 16).unwrap();
+        assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+        assert_eq!(err, "oops\n");
     }
 
     #[test]
-    fn a_program_that_cannot_be_executed_is_reported_as_not_started() {
+    fn failures_before_the_exec_come_back_as_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let script = script(&dir, "s", "#!/no/such/interpreter\n");
-        let out = spawn(&script, &["s".into()], |c| {
-            c.stderr(Stdio::piped());
-        })
-        .and_then(|c| c.wait_with_output());
-        if helper().is_some() {
-            let out = out.unwrap();
-            let why = start_failure(&out.status, || last_line(&out.stderr));
-            assert_eq!(
-                why.as_deref(),
-                Some("No such file or directory"),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        } else {
-            assert!(out.is_err());
-        }
-        // A program that exits 127 by itself is not a start failure, even
-        // when its last line looks like the helper's (the tag differs).
-        let out = spawn(
-            Path::new("/bin/sh"),
-            &[
-                "sh".into(),
-                "-c".into(),
-                "echo 'opsd-exec: x' >&2; exit 127".into(),
-            ],
-            |c| {
-                c.stderr(Stdio::piped());
-            },
-        )
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
-        assert_eq!(out.status.code(), Some(127));
-        assert_eq!(start_failure(&out.status, || last_line(&out.stderr)), None);
+        let missing = Launch::new(Path::new("/no/such/program"), &["x".into()])
+            .unwrap()
+            .spawn()
+            .err()
+            .expect("a missing program");
+        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT), "{missing}");
+        let bad_interpreter = script(&dir, "s", "#!/no/such/interpreter\n");
+        let e = Launch::new(&bad_interpreter, &["s".into()])
+            .unwrap()
+            .spawn()
+            .err()
+            .expect("a missing interpreter");
+        assert!(
+            e.to_string().starts_with("No such file or directory"),
+            "{e}"
+        );
+        let mut l = Launch::new(Path::new("/bin/true"), &["true".into()]).unwrap();
+        l.cwd(&dir.path().join("gone")).unwrap();
+        let e = l.spawn().err().expect("a missing directory");
+        assert!(
+            e.to_string()
+                .starts_with("cannot enter the working directory"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("gone"), "{e}");
+        let e = Launch::new(Path::new("/bin/true"), &["a\0b".into()])
+            .err()
+            .expect("a NUL byte");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
     fn a_script_without_an_interpreter_line_runs_with_sh() {
-        // As execvp does (and the fork path did): the kernel refuses the
-        // file (ENOEXEC), so it is run by /bin/sh.
+        // As execvp does: the kernel refuses the file (ENOEXEC), so it is
+        // run by /bin/sh.
         let dir = tempfile::tempdir().unwrap();
         let script = script(&dir, "plain", "echo \"ran with $# args: $1\"\n");
-        let out = spawn(&script, &["plain".into(), "one".into()], |c| {
-            c.stdout(Stdio::piped());
+        let (out, _, status) =
+            output(&Launch::new(&script, &["plain".into(), "one".into()]).unwrap());
+        assert!(status.success());
+        assert_eq!(out, "ran with 1 args: one\n");
+    }
+
+    #[test]
+    fn the_program_dies_with_the_thread_that_started_it() {
+        // PR_SET_PDEATHSIG follows the spawning thread; in the daemon that
+        // is a worker, which lives as long as the daemon.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let l = Launch::new(Path::new("/bin/sleep"), &["sleep".into(), "30".into()]).unwrap();
+            let p = l.spawn().unwrap();
+            tx.send(p).ok();
         })
-        .unwrap()
-        .wait_with_output()
+        .join()
         .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "ran with 1 args: one\n"
-        );
+        let mut p = rx.recv().unwrap();
+        let status = p.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
 }
