@@ -88,7 +88,7 @@ impl Launch {
             })
             .collect::<io::Result<_>>()?;
         let sh = c"/bin/sh";
-        let mut argv = pointers(&self.argv);
+        let argv = pointers(&self.argv);
         // sh PROGRAM ARGS...: the program's path in place of its name.
         let mut sh_argv = vec![sh.as_ptr(), self.program.as_ptr()];
         sh_argv.extend(self.argv.iter().skip(1).map(|a| a.as_ptr()));
@@ -100,7 +100,7 @@ impl Launch {
         let (err_r, err_w) = pipe()?;
         let mut plan = Plan {
             path: self.program.as_ptr(),
-            argv: argv.as_mut_ptr(),
+            argv: argv.as_ptr(),
             sh: sh.as_ptr(),
             sh_argv: sh_argv.as_ptr(),
             envp: envp.as_ptr(),
@@ -208,7 +208,7 @@ impl Step {
 #[repr(C)]
 struct Plan {
     path: *const libc::c_char,
-    argv: *mut *const libc::c_char,
+    argv: *const *const libc::c_char,
     sh: *const libc::c_char,
     sh_argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
