@@ -203,6 +203,59 @@ fn quick_subcommands_keep_help_errors_and_leading_options() {
 /// `opsd-full` beside it (`cli::light`). A lone copy of `opsd` must still
 /// run the quick ones (so they really run in the light binary), say what
 /// is missing for the others, and both binaries must give the same help.
+/// Whether an ELF executable names a dynamic loader (a `PT_INTERP`
+/// program header): what a statically linked program lacks.
+fn has_interpreter(exe: &std::path::Path) -> bool {
+    let elf = std::fs::read(exe).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF", "{}", exe.display());
+    assert_eq!(elf[4], 2, "a 64-bit ELF: {}", exe.display());
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3
+    })
+}
+
+#[test]
+fn the_light_binary_is_static_and_the_daemon_is_not() {
+    // The daemon looks up users, groups and host names, which a static
+    // glibc does by loading shared NSS modules: it must stay dynamic.
+    let full = bin().with_file_name("opsd-full");
+    assert!(
+        has_interpreter(&full),
+        "{} is linked statically",
+        full.display()
+    );
+    if option_env!("OPSD_LIGHT_STATIC").is_none() {
+        eprintln!(
+            "note: no static C library here (libc6-dev's libc.a); opsd is linked dynamically"
+        );
+        assert!(has_interpreter(&bin()));
+        return;
+    }
+    assert!(
+        !has_interpreter(&bin()),
+        "{} needs a dynamic loader",
+        bin().display()
+    );
+    // It runs with nothing from the environment, a copy in a folder of
+    // its own included, and speaks to the daemon.
+    let d = Daemon::start();
+    let lone_dir = tempfile::tempdir().unwrap();
+    let lone = lone_dir.path().join("opsd");
+    std::fs::copy(bin(), &lone).unwrap();
+    let o = std::process::Command::new(&lone)
+        .args(["submit", "dummy", "-p", "steps=1", "--json", "--socket"])
+        .arg(&d.socket)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"operation_id\""), "{}", stdout(&o));
+}
+
 #[test]
 fn the_light_binary_runs_quick_commands_alone_and_hands_over_the_rest() {
     use std::os::unix::process::CommandExt;
