@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub(crate) mod channel;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -24,13 +24,13 @@ mod shutdown;
 mod spare_dirs;
 mod worker;
 
+use crate::channel::Sender;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status};
 use crate::store::records::{ClaimedOperation, NewOperation};
 use crate::store::Store;
-use crossbeam_channel::Sender;
 use live::Live;
 use running::{RunningOp, StopRequest};
 use serde_json::Value;
@@ -96,7 +96,7 @@ impl Runtime {
     /// Recover from the last run, then start the scheduler, flusher and
     /// workers.
     pub fn start(store: Store, config: Arc<Config>) -> Result<Arc<Runtime>> {
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let (wake_tx, wake_rx) = crate::channel::bounded(1);
         let nudge = wake_tx.clone();
         let (job_tx, job_rx) = handoff::handoff();
         let gpu_pool = gpus::GpuPool::new(

@@ -17,12 +17,12 @@ use super::handoff::Handoff;
 use super::live::Live;
 use super::running::StopRequest;
 use super::{Assignment, Stopping};
+use crate::channel::{Receiver, Sender};
 use crate::config::Config;
 use crate::error::Result;
 use crate::model::OperationType;
 use crate::store::records::{ClaimPlan, ClaimedOperation};
 use crate::store::Store;
-use crossbeam_channel::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

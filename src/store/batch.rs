@@ -24,9 +24,9 @@
 //! [`Engine::deferred_flush`]), answers go through [`crate::store::durable`],
 //! which flushes first, while this thread runs the next batch.
 
+use crate::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::{DbErrorKind, Error, Result};
 use crate::store::durable::{self, Deliver, Item, Stage};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -184,7 +184,7 @@ impl<E: Engine> Writer<E> {
     /// Start the writer thread on `engine`. Callers wait up to
     /// `caller_wait` for a database locked by another program.
     pub(crate) fn start(mut engine: E, caller_wait: Duration) -> Result<Writer<E>> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crate::channel::unbounded();
         let degraded = Arc::new(Mutex::new(None));
         let d = degraded.clone();
         let stage = match engine.deferred_flush() {

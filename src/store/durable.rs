@@ -21,8 +21,8 @@
 //! callers waiting on it hear an error, and the daemon stops (aborts), to
 //! start again from what the disk really holds, as after a crash.
 
+use crate::channel::{Receiver, Sender};
 use crate::error::Error;
-use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -151,7 +151,7 @@ pub(crate) struct Stage<J: ?Sized + Deliver + 'static> {
 impl<J: ?Sized + Deliver + 'static> Stage<J> {
     /// Start the stage's thread with the backend's `flush`.
     pub(crate) fn start(flush: Flush, on_failure: OnFailure) -> std::io::Result<Stage<J>> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crate::channel::unbounded();
         let watermark = Arc::new(Watermark::default());
         let w = watermark.clone();
         let thread = std::thread::Builder::new()
