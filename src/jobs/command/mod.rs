@@ -24,6 +24,7 @@ mod output;
 pub mod params;
 pub mod procs;
 pub mod progress;
+mod pump;
 pub mod spawn;
 
 use super::{Job, JobContext, JobOutcome};
@@ -215,23 +216,13 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
 
     let stderr_tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let copiers = match output::spawn_copier(
+    output::spawn_copier(
         child.stdout.take(),
         child.stderr.take(),
         log.clone(),
         stderr_tail.clone(),
         done_tx,
-    ) {
-        Ok(()) => 1,
-        Err(e) => {
-            // The pipes were dropped with the thread that could not start:
-            // the program sees EPIPE on output rather than a full pipe.
-            note(format!(
-                "cannot start the output copier ({e}); output is lost"
-            ));
-            0
-        }
-    };
+    );
     let sampler = if ctx.gpus().is_empty() {
         None
     } else {
@@ -335,12 +326,9 @@ fn run(ctx: &mut JobContext, p: &CommandParams) -> JobOutcome {
     // The copiers end when every writer of the pipes is gone; a process
     // that left the group may hold them open, so do not wait for ever.
     let until = Instant::now() + Duration::from_secs(5);
-    for _ in 0..copiers {
-        if done_rx.recv_deadline(until).is_err() {
-            tracing::warn!(operation = %id, "a process outside the program's group still holds its output open");
-            ctx.checkpoint_dir_may_be_in_use();
-            break;
-        }
+    if done_rx.recv_deadline(until).is_err() {
+        tracing::warn!(operation = %id, "a process outside the program's group still holds its output open");
+        ctx.checkpoint_dir_may_be_in_use();
     }
     while ingest(ctx, &mut tail, &mut state, true) {}
     drop(sampler);

@@ -3,8 +3,8 @@
 //! bytes remembered for the error message. The file is created at the
 //! first output (see [`LogFile`]).
 //!
-//! One reader thread per job drains both pipes (`poll`), with a fixed
-//! buffer, so the daemon's memory stays flat however much the program
+//! The daemon's output pump (`pump.rs`) drains every job's pipes, with a
+//! fixed buffer, so the daemon's memory stays flat however much the program
 //! prints; a program is never blocked on a full pipe, even when the log
 //! cannot be written, and never waits on the job's supervision loop (which
 //! may itself wait on a database write).
@@ -178,7 +178,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
+    pub(super) fn push(&mut self, data: &[u8]) {
         let data = &data[data.len().saturating_sub(STDERR_TAIL_BYTES)..];
         let over = (self.bytes.len() + data.len()).saturating_sub(STDERR_TAIL_BYTES);
         self.bytes.drain(..over);
@@ -194,100 +194,29 @@ impl Tail {
     }
 }
 
-/// One of the program's output pipes, while it is open.
-struct Stream {
-    pipe: Box<dyn ReadFd>,
-    /// stderr: also remembered in the tail.
-    is_stderr: bool,
-}
-
 /// A readable pipe with a descriptor to poll.
-trait ReadFd: Read + AsRawFd + Send {}
+pub(super) trait ReadFd: Read + AsRawFd + Send {}
 impl<T: Read + AsRawFd + Send> ReadFd for T {}
 
 /// Copy `stdout` and `stderr` into the log (and stderr into `tail` too)
-/// until both reach EOF, on one thread named `opsd-cmd-output`; `done`
-/// gets a message when it ends. One thread per job rather than one per
-/// stream: a short job's cost is largely the threads it starts.
+/// until both reach EOF; `done` gets one message then. The copying is
+/// done by the daemon's one output pump (`pump.rs`), not a thread per
+/// job: a short job's cost is largely the threads it starts.
 pub fn spawn_copier(
     stdout: Option<impl Read + AsRawFd + Send + 'static>,
     stderr: Option<impl Read + AsRawFd + Send + 'static>,
     log: Arc<Mutex<LogFile>>,
     tail: Arc<Mutex<Tail>>,
     done: crossbeam_channel::Sender<()>,
-) -> std::io::Result<()> {
-    let mut streams: Vec<Stream> = Vec::new();
+) {
+    let mut streams: Vec<(Box<dyn ReadFd>, bool)> = Vec::new();
     if let Some(out) = stdout {
-        streams.push(Stream {
-            pipe: Box::new(out),
-            is_stderr: false,
-        });
+        streams.push((Box::new(out), false));
     }
     if let Some(err) = stderr {
-        streams.push(Stream {
-            pipe: Box::new(err),
-            is_stderr: true,
-        });
+        streams.push((Box::new(err), true));
     }
-    std::thread::Builder::new()
-        .name("opsd-cmd-output".to_string())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            copy_until_eof(streams, &log, &tail);
-            let _ = done.send(());
-        })
-        .map(|_| ())
-}
-
-/// The copier's loop: wait until a pipe has data (or is closed), read it
-/// once, and drop each pipe at its EOF or read error.
-fn copy_until_eof(mut streams: Vec<Stream>, log: &Mutex<LogFile>, tail: &Mutex<Tail>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while !streams.is_empty() {
-        let mut fds: Vec<libc::pollfd> = streams
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.pipe.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            // EINTR, or ENOMEM (transient): try again; the pipes stay open,
-            // so nothing is lost.
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            continue;
-        }
-        let mut closed = Vec::new();
-        for (i, fd) in fds.iter().enumerate() {
-            if fd.revents == 0 {
-                continue;
-            }
-            let s = &mut streams[i];
-            match s.pipe.read(&mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) => {
-                    if let Ok(mut l) = log.lock() {
-                        l.write(&buf[..n]);
-                    }
-                    if s.is_stderr {
-                        if let Ok(mut t) = tail.lock() {
-                            t.push(&buf[..n]);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            streams.remove(i);
-        }
-    }
+    super::pump::add(streams, log, tail, done);
 }
 
 #[cfg(test)]
@@ -387,8 +316,7 @@ mod tests {
             log.clone(),
             tail.clone(),
             tx,
-        )
-        .unwrap();
+        );
         let ended = rx.recv_timeout(std::time::Duration::from_secs(20));
         if ended.is_err() {
             let _ = child.kill();

@@ -4,9 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Keys `command` accepts.
 const KNOWN: [&str; 4] = ["argv", "cwd", "env", "grace_seconds"];
@@ -151,6 +153,10 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
         Some(v) => v.into(),
         None => std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
     };
+    let key = (prog.to_owned(), path_var.clone(), base.clone());
+    if let Some(found) = recently_found(&key) {
+        return Ok(found);
+    }
     for dir in std::env::split_paths(&path_var) {
         // An empty PATH entry means the working directory.
         let dir = if dir.as_os_str().is_empty() {
@@ -160,6 +166,7 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
         };
         let candidate = dir.join(prog);
         if candidate.is_file() && executable(&candidate) {
+            remember(key, &candidate);
             return Ok(candidate);
         }
     }
@@ -167,6 +174,48 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
         "argv[0] {prog:?} was not found on PATH ({}); give its full path",
         path_var.to_string_lossy()
     ))
+}
+
+/// A PATH search's key: the program's name, the PATH searched and the
+/// directory relative entries are taken from.
+type SearchKey = (String, OsString, PathBuf);
+
+/// How long a PATH search's answer is reused. A command job's program
+/// is searched for at submit and again when it starts, along every
+/// directory of PATH (18 `statx` calls per job with a 9-entry PATH, in
+/// the daemon's profile of `true` jobs: BENCHMARKS.md §22). Reused for a
+/// second, a hit costs one `statx` and one `access` on the file found
+/// (so a program removed meanwhile is searched for again); a program
+/// newly installed earlier on PATH is picked up within the second, as
+/// a shell's command hash would not.
+const FOUND_FOR: Duration = Duration::from_secs(1);
+
+/// At most this many answers are kept (then the table starts afresh).
+const FOUND_MAX: usize = 256;
+
+static FOUND: Mutex<Option<HashMap<SearchKey, (PathBuf, Instant)>>> = Mutex::new(None);
+
+/// The program a search for `key` found less than [`FOUND_FOR`] ago, if it
+/// is still an executable file.
+fn recently_found(key: &SearchKey) -> Option<PathBuf> {
+    let path = {
+        let found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+        let (path, at) = found.as_ref()?.get(key)?;
+        if at.elapsed() >= FOUND_FOR {
+            return None;
+        }
+        path.clone()
+    };
+    (path.is_file() && executable(&path)).then_some(path)
+}
+
+fn remember(key: SearchKey, path: &Path) {
+    let mut found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    let table = found.get_or_insert_with(HashMap::new);
+    if table.len() >= FOUND_MAX {
+        table.clear();
+    }
+    table.insert(key, (path.to_path_buf(), Instant::now()));
 }
 
 fn executable(path: &Path) -> bool {
@@ -203,6 +252,34 @@ mod tests {
         assert!(err(json!({ "argv": ["true"], "env": { "A": 1 } })).contains("env.A"));
         assert!(err(json!({ "argv": ["true"], "grace_seconds": -1 })).contains("grace_seconds"));
         assert!(err(json!({ "argv": ["true"], "gpu": 1 })).contains("`gpu`"));
+    }
+
+    #[test]
+    fn a_path_search_is_reused_only_while_its_program_is_still_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (first, second) = (d.path().join("a"), d.path().join("b"));
+        for dir in [&first, &second] {
+            std::fs::create_dir(dir).unwrap();
+            let prog = dir.join("opsd-test-prog");
+            std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}", first.display(), second.display());
+        let p = validate(&json!({ "argv": ["opsd-test-prog"], "env": { "PATH": path } })).unwrap();
+        assert_eq!(resolve_program(&p).unwrap(), first.join("opsd-test-prog"));
+        // Gone from the first directory: the remembered answer is not
+        // used, the search finds the second.
+        std::fs::remove_file(first.join("opsd-test-prog")).unwrap();
+        assert_eq!(resolve_program(&p).unwrap(), second.join("opsd-test-prog"));
+        // No longer executable anywhere: an error, not a stale answer.
+        std::fs::set_permissions(
+            second.join("opsd-test-prog"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = resolve_program(&p).unwrap_err();
+        assert!(e.contains("was not found on PATH"), "{e}");
     }
 
     #[test]
