@@ -17,6 +17,7 @@ pub mod gpus;
 mod handoff;
 mod hooks;
 mod host;
+mod janitor;
 pub mod live;
 pub mod running;
 mod scheduler;
@@ -90,6 +91,9 @@ pub struct Runtime {
     host_loop: (Arc<AtomicBool>, Mutex<Option<JoinHandle<()>>>),
     /// Empty checkpoint directories of finished runs, handed to new ones.
     spare_dirs: spare_dirs::SpareDirs,
+    /// Tidies finished runs' checkpoint directories off the thread that
+    /// answers commits.
+    janitor: janitor::Janitor,
 }
 
 impl Runtime {
@@ -124,6 +128,7 @@ impl Runtime {
                 &config.paths().checkpoints_root(),
                 &config.host_name(),
             ),
+            janitor: janitor::Janitor::start(),
         });
         rt.recover()?;
         let mut threads = Vec::new();
@@ -209,11 +214,16 @@ impl Runtime {
     /// A directory the run left empty is kept for a later run instead
     /// ([`spare_dirs`]) when `reusable` (no process of the run may still
     /// write into it): no inode is freed only to be made again.
-    pub(crate) fn remove_checkpoint_dir(&self, id: &OperationId, reusable: bool) {
-        let paths = self.config.paths();
-        if !(reusable && self.spare_dirs.take_back(&paths.checkpoints(id))) {
-            paths.remove_checkpoints(id);
-        }
+    /// Runs on the janitor thread ([`janitor`]), not the caller's.
+    pub(crate) fn remove_checkpoint_dir(self: &Arc<Self>, id: &OperationId, reusable: bool) {
+        let rt = self.clone();
+        let id = id.clone();
+        self.janitor.run(move || {
+            let paths = rt.config.paths();
+            if !(reusable && rt.spare_dirs.take_back(&paths.checkpoints(&id))) {
+                paths.remove_checkpoints(&id);
+            }
+        });
     }
 
     /// The live state of a running operation.

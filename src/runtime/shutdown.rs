@@ -67,5 +67,7 @@ impl Runtime {
         }
         self.stop_host_loop();
         self.store.close();
+        // Every end is answered now: tidy what those answers queued.
+        self.janitor.finish();
     }
 }
