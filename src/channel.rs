@@ -111,6 +111,24 @@ impl<T> Sender<T> {
         self.push(value, self.0.capacity)
     }
 
+    /// Queue every value of `values` at once: a receiver that takes one
+    /// finds the others already queued behind it (the writer puts them in
+    /// the same batch). Given back when the receiver is gone.
+    pub fn send_all(&self, values: Vec<T>) -> Result<(), SendError<Vec<T>>> {
+        let mut s = self.0.lock();
+        if s.receiver_gone {
+            return Err(SendError::Disconnected(values));
+        }
+        s.queue.extend(values);
+        let wake = s.waiting;
+        s.waiting = false;
+        drop(s);
+        if wake {
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+
     fn push(&self, value: T, limit: usize) -> Result<(), SendError<T>> {
         let mut s = self.0.lock();
         if s.receiver_gone {
@@ -276,6 +294,19 @@ mod tests {
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![1, 2]);
         drop(tx);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[test]
+    fn values_sent_together_are_queued_together() {
+        let (tx, rx) = unbounded();
+        let t = std::thread::spawn(move || {
+            let first = rx.recv().unwrap();
+            let rest: Vec<u32> = rx.try_iter().collect();
+            (first, rest)
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        tx.send_all(vec![1, 2, 3]).unwrap();
+        assert_eq!(t.join().unwrap(), (1, vec![2, 3]));
     }
 
     #[test]

@@ -120,13 +120,11 @@ impl Service {
         self.ensure_accepting()?;
         let s = self
             .rt
-            .store
             .submit(vec![op])
             .done()
             .await?
             .pop()
             .ok_or_else(|| Error::Internal("a submit returned no operation".into()))?;
-        self.rt.wake();
         Ok(s.into())
     }
 
@@ -145,8 +143,7 @@ impl Service {
             })
             .await?;
         self.ensure_accepting()?;
-        let out = self.rt.store.submit(rows).done().await?;
-        self.rt.wake();
+        let out = self.rt.submit(rows).done().await?;
         Ok(SubmittedBatch {
             operations: out.into_iter().map(Submitted::from).collect(),
         })

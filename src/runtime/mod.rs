@@ -30,8 +30,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status};
-use crate::store::records::{ClaimedOperation, NewOperation};
+use crate::store::records::{ClaimedOperation, NewOperation, Submitted};
 use crate::store::Store;
+use crate::store::Ticket;
 use live::Live;
 use running::{RunningOp, StopRequest};
 use serde_json::Value;
@@ -81,6 +82,10 @@ pub struct Runtime {
     /// The scheduler thread, joined first by the shutdown drain so no claim
     /// lands after it has looked at what is running.
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    /// The claim rounds, for submits to carry one ([`Runtime::submit`]);
+    /// let go of by the shutdown drain once the scheduler has ended, so
+    /// the workers' hand-off closes when the last round has landed.
+    claims: Mutex<Option<Arc<scheduler::Claims>>>,
     /// When the runtime started, for `health`.
     pub started_at: Instant,
     /// What start-up recovery did, for `health`.
@@ -120,6 +125,7 @@ impl Runtime {
             changes: (Mutex::new(0), Condvar::new()),
             threads: Mutex::new(Vec::new()),
             scheduler: Mutex::new(None),
+            claims: Mutex::new(None),
             started_at: Instant::now(),
             recovery: Mutex::new(Value::Null),
             started_at_text: crate::ids::now(),
@@ -136,13 +142,20 @@ impl Runtime {
             let w = worker::Worker::new(rt.clone(), job_rx.clone());
             threads.push(spawn(&format!("opsd-worker-{i}"), move || w.run())?);
         }
-        let s = scheduler::Scheduler {
-            store: store.clone(),
-            live: live.clone(),
-            config: config.clone(),
-            wake: wake_rx,
+        let claims = scheduler::Claims::new(
+            store.clone(),
+            live.clone(),
+            config.clone(),
+            job_tx,
             nudge,
-            jobs: job_tx,
+            stopping.clone(),
+        );
+        if let Ok(mut c) = rt.claims.lock() {
+            *c = Some(claims.clone());
+        }
+        let s = scheduler::Scheduler {
+            claims,
+            wake: wake_rx,
             stopping: stopping.clone(),
         };
         let scheduler = spawn("opsd-scheduler", move || s.run())?;
@@ -268,6 +281,28 @@ impl Runtime {
         let (m, cv) = &self.changes;
         if let Ok(g) = m.lock() {
             let _ = cv.wait_timeout(g, timeout);
+        }
+    }
+
+    /// Queue the insert of validated operations (one transaction) and
+    /// start them as soon as they may: a claim round is queued right
+    /// behind the insert when there is room ([`scheduler::Claims::carry`]),
+    /// so it usually commits, and is flushed, in the same batch, and the
+    /// operations start without a scheduler round and a commit of their
+    /// own; otherwise the scheduler is nudged (its round, too, lands
+    /// behind the insert in the writer's queue). Which operations a round
+    /// claims is decided by the store's claim exactly as for the
+    /// scheduler's rounds (priorities, queues, holds, dependencies, GPUs).
+    /// The caller waits on the returned ticket for the insert's answer.
+    pub fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>> {
+        let claims = self.claims.lock().ok().and_then(|c| c.clone());
+        match claims.and_then(|c| c.carry()) {
+            Some((plan, done)) => self.store.submit_then_claim(ops, plan, done),
+            None => {
+                let ticket = self.store.submit(ops);
+                self.wake();
+                ticket
+            }
         }
     }
 

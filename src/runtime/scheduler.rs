@@ -12,6 +12,10 @@
 //! answer is registered, so rounds never claim the same room twice. An
 //! answer is registered and handed to the workers where it lands (the
 //! writer's side), not back on this thread.
+//!
+//! A submit may plan the next round itself ([`Claims::carry`]) and queue
+//! it with its insert, so both commit together; the scheduler is then
+//! not woken for it.
 
 use super::handoff::Handoff;
 use super::live::Live;
@@ -35,20 +39,74 @@ const AFTER_FAILURE: Duration = Duration::from_millis(200);
 /// At shutdown, how long to wait for the answers of rounds in flight.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
-/// The scheduler: what it claims from, what it registers in, whom it
-/// hands work to.
+/// The scheduler: the rounds it plans and lands, and its nudges.
 pub(super) struct Scheduler {
-    pub(super) store: Store,
-    pub(super) live: Arc<Live>,
-    pub(super) config: Arc<Config>,
+    pub(super) claims: Arc<Claims>,
     /// Nudges: new work, a freed slot, a round answered.
     pub(super) wake: Receiver<()>,
-    /// The sending side of `wake`, for the rounds' answers.
-    pub(super) nudge: Sender<()>,
-    /// To the workers. Dropped when the scheduler ends (and no round is in
-    /// flight), which lets the workers end once they are idle.
-    pub(super) jobs: Handoff<Assignment>,
     pub(super) stopping: Stopping,
+}
+
+/// Claim rounds: planned by the scheduler thread, or carried by a submit
+/// ([`Claims::carry`]); landed where their answer arrives. Shared by the
+/// scheduler and the runtime (for submits) until the shutdown drain lets
+/// go of it; once the last holder and every round in flight are gone,
+/// the workers' hand-off closes and idle workers end.
+pub(super) struct Claims {
+    land: Arc<Landing>,
+    room: Room,
+}
+
+impl Claims {
+    /// The rounds' shared state; `jobs` goes to the workers, `nudge`
+    /// wakes the scheduler.
+    pub(super) fn new(
+        store: Store,
+        live: Arc<Live>,
+        config: Arc<Config>,
+        jobs: Handoff<Assignment>,
+        nudge: Sender<()>,
+        stopping: Stopping,
+    ) -> Arc<Claims> {
+        let land = Arc::new(Landing {
+            rounds: Mutex::new(Rounds {
+                dirty: true,
+                ..Rounds::default()
+            }),
+            store,
+            live: live.clone(),
+            jobs,
+            nudge,
+            stopping,
+        });
+        Arc::new(Claims {
+            land,
+            room: Room { live, config },
+        })
+    }
+
+    /// A round for a submit to queue right behind its insert, so that the
+    /// round usually commits (and is flushed) with the insert and a new
+    /// operation with a free slot starts without a commit of its own:
+    /// the same round the scheduler would plan next, holding its room
+    /// the same way, and landed the same way. `None` when the scheduler
+    /// must decide (no free room, the most rounds in flight, a pause
+    /// after a failed round, or the daemon stopping): the caller nudges it
+    /// instead. Checked under the rounds' lock, so a round carried while
+    /// the daemon stops is one the scheduler's exit waits for.
+    pub(super) fn carry(&self) -> Option<(ClaimPlan, crate::store::ClaimDone)> {
+        let mut r = lock(&self.land.rounds);
+        if self.land.stopping.is_set()
+            || r.paused_until.is_some_and(|t| Instant::now() < t)
+            || r.in_flight.len() >= MAX_IN_FLIGHT
+        {
+            return None;
+        }
+        let (n, plan) = self.room.next_round(&mut r)?;
+        drop(r);
+        let l = self.land.clone();
+        Some((plan, Box::new(move |got| l.land(n, got))))
+    }
 }
 
 /// What a round in flight asked for, held until its answer is registered.
@@ -89,26 +147,12 @@ impl Scheduler {
     /// Claim rounds until the daemon stops taking work.
     pub(super) fn run(self) {
         let Scheduler {
-            store,
-            live,
-            config,
+            claims,
             wake,
-            nudge,
-            jobs,
             stopping,
         } = self;
-        let room = Room { live, config };
-        let land = Arc::new(Landing {
-            rounds: Mutex::new(Rounds {
-                dirty: true,
-                ..Rounds::default()
-            }),
-            store: store.clone(),
-            live: room.live.clone(),
-            jobs,
-            nudge,
-            stopping: stopping.clone(),
-        });
+        let (land, room) = (&claims.land, &claims.room);
+        let store = land.store.clone();
         while !stopping.is_set() {
             let paused_until = {
                 let mut r = lock(&land.rounds);

@@ -18,6 +18,10 @@ impl Runtime {
         if let Some(s) = self.scheduler.lock().ok().and_then(|mut s| s.take()) {
             let _ = s.join();
         }
+        // No submit carries a round any more (they refuse once stopping),
+        // and every round in flight has landed: let go of the rounds, so
+        // the workers' hand-off closes with their last holder.
+        self.claims.lock().ok().and_then(|mut c| c.take());
         let asked = self.live.stop_all(StopRequest::Shutdown);
         if asked > 0 {
             tracing::info!(

@@ -244,6 +244,14 @@ impl<E: Engine> Writer<E> {
         let _ = self.tx.send(Message::Task(job));
     }
 
+    /// Queue requests together: the writer takes them into the same
+    /// batch (unless it is full), so they commit, and are flushed, as one.
+    pub(crate) fn send_together(&self, jobs: Vec<Box<E::Job>>) {
+        let _ = self
+            .tx
+            .send_all(jobs.into_iter().map(Message::Task).collect());
+    }
+
     /// Commit what is queued, then stop the thread.
     pub(crate) fn shutdown(&self) {
         let _ = self.tx.send(Message::Shutdown);

@@ -105,6 +105,20 @@ pub trait Backend: Send + Sync {
     /// used returns the first operation); a child of a parent that is
     /// finished or being cancelled is refused.
     fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>>;
+    /// [`Backend::submit`], with a claim round queued right behind it so
+    /// that, where the backend batches its writes, both commit together:
+    /// a submitted operation with a free slot then starts without a commit
+    /// of its own. The claim is the same as [`Backend::claim_then`]'s.
+    fn submit_then_claim(
+        &self,
+        ops: Vec<NewOperation>,
+        plan: ClaimPlan,
+        done: ClaimDone,
+    ) -> Ticket<Vec<Submitted>> {
+        let ticket = self.submit(ops);
+        self.claim_then(plan, done);
+        ticket
+    }
     /// Cancel `root` and its active descendants in one transaction.
     fn cancel_tree(
         &self,

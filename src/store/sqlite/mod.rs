@@ -209,6 +209,21 @@ impl Backend for SqliteStore {
         self.writer.ticket(self.caller(), w).wait()
     }
 
+    fn submit_then_claim(
+        &self,
+        ops: Vec<NewOperation>,
+        plan: ClaimPlan,
+        done: ClaimDone,
+    ) -> Ticket<Vec<Submitted>> {
+        // As `submit` and `claim_then`, queued as one message so that the
+        // writer takes both into one batch.
+        self.writer.ticket_then(
+            (self.caller(), writes::submit::Submit::new(ops)),
+            (Policy::caller(Duration::ZERO), writes::claim::Claim(plan)),
+            done,
+        )
+    }
+
     fn claim_then(&self, plan: ClaimPlan, done: ClaimDone) {
         // A claim that cannot be committed is not retried by the writer:
         // the next round claims afresh.

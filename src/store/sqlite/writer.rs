@@ -284,6 +284,32 @@ impl Writer {
         }));
     }
 
+    /// Queue a write for a caller's ticket and, right behind it in the
+    /// same batch, a second write answered to `then` (both with their own
+    /// policy and savepoint rules, as if queued one after the other).
+    pub(crate) fn ticket_then<A: Write, B: Write>(
+        &self,
+        first: (Policy, A),
+        second: (Policy, B),
+        then: impl FnOnce(Result<B::Out>) + Send + 'static,
+    ) -> Ticket<A::Out> {
+        let (reply, ticket) = Ticket::new();
+        let a: Box<dyn Queued> = Box::new(Request {
+            write: first.1,
+            deliver: move |r| reply.send(r),
+            policy: first.0,
+            result: None,
+        });
+        let b: Box<dyn Queued> = Box::new(Request {
+            write: second.1,
+            deliver: then,
+            policy: second.0,
+            result: None,
+        });
+        self.send_together(vec![a, b]);
+        ticket
+    }
+
     /// Queue a write and get a ticket for its commit: the queue is FIFO, so
     /// what is queued first is applied first.
     pub(crate) fn ticket<W: Write>(&self, policy: Policy, write: W) -> Ticket<W::Out> {
