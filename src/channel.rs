@@ -1,6 +1,6 @@
 //! A channel whose receiver goes to sleep as soon as it finds nothing,
 //! for the daemon's own threads (the writer's queue, the flush stage's
-//! queue, the scheduler's nudges).
+//! queue, the scheduler's nudges, the janitor's queue).
 //!
 //! Why not crossbeam's: its `recv` on an empty channel spins and then
 //! calls `sched_yield` several times before it parks. On a busy 2-core
@@ -223,7 +223,9 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Every value queued now, without waiting.
+    /// Every value queued now, without waiting: a snapshot (values sent
+    /// while the caller iterates wait for the next call, where
+    /// crossbeam's iterator would pick them up).
     pub fn try_iter(&self) -> std::collections::vec_deque::IntoIter<T> {
         std::mem::take(&mut self.0.lock().queue).into_iter()
     }

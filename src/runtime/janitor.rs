@@ -12,7 +12,10 @@
 //! Nothing depends on when a directory is tidied: a finished operation
 //! never runs again under its id, and a run that finds no spare directory
 //! makes one. At shutdown the queue is drained ([`Janitor::finish`]); a
-//! task given after that runs where it is given.
+//! task given after that runs where it is given. A daemon that dies
+//! instead (killed, or aborting after a failed flush) leaves the
+//! directories still queued on disk, as it would have left those whose
+//! commit it had not answered yet.
 
 use crate::channel::{Receiver, Sender};
 use std::sync::Mutex;

@@ -289,8 +289,10 @@ impl Runtime {
     /// behind the insert when there is room ([`scheduler::Claims::carry`]),
     /// so it usually commits, and is flushed, in the same batch, and the
     /// operations start without a scheduler round and a commit of their
-    /// own; otherwise the scheduler is nudged (its round, too, lands
-    /// behind the insert in the writer's queue). Which operations a round
+    /// own; otherwise the scheduler is nudged: its next round, when it
+    /// has room, lands behind the insert in the writer's queue (with no
+    /// room, or all of it held by rounds in flight, the operation waits
+    /// for a freed slot's round or the scheduler's idle round, as before). Which operations a round
     /// claims is decided by the store's claim exactly as for the
     /// scheduler's rounds (priorities, queues, holds, dependencies, GPUs).
     /// The caller waits on the returned ticket for the insert's answer.

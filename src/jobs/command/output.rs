@@ -5,9 +5,10 @@
 //!
 //! The daemon's output pump (`pump.rs`) drains every job's pipes, with a
 //! fixed buffer, so the daemon's memory stays flat however much the program
-//! prints; a program is never blocked on a full pipe, even when the log
-//! cannot be written, and never waits on the job's supervision loop (which
-//! may itself wait on a database write).
+//! prints; a program is never blocked on a full pipe when the log cannot
+//! be written (a failed write is dropped; one that hangs holds up the
+//! pump, see `pump.rs`), and never waits on the job's supervision loop
+//! (which may itself wait on a database write).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

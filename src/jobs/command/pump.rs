@@ -6,10 +6,14 @@
 //! one of the dearer things a short job did (`clone3`, its stack mapped
 //! and unmapped, two more context switches), about 5 % of a `true` job's
 //! daemon CPU (BENCHMARKS.md §22), and most programs print little. The
-//! pump keeps the promises of the per-job copier (`output.rs`): each pipe
-//! is read as soon as it has data, with one fixed buffer, so a program
-//! never blocks on a full pipe and the daemon's memory stays flat; it
-//! never waits on a job's supervision loop or the database. A job's
+//! pump keeps the per-job copier's promises (`output.rs`): each pipe is
+//! read as soon as it has data, with one fixed buffer, so the daemon's
+//! memory stays flat, and it never waits on a job's supervision loop or
+//! the database. One difference: the log writes are the pump's own, so a
+//! log write that hangs (the state directory's disk stalling, which
+//! stalls the database on the same disk too) holds up every job's output
+//! and programs that fill their 64 KiB pipe wait, where a thread per job
+//! held up only that job. A job's
 //! `done` gets its message once both of its pipes reached EOF and
 //! everything read is in the log.
 //!
@@ -21,7 +25,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// What a job's pipes share: where their bytes go, and whom to tell when
 /// both are closed.
@@ -46,17 +50,21 @@ struct Pump {
     next_token: AtomicU64,
 }
 
-/// The pump, started by the first job that needs it; `None` when it could
-/// not be started (each job then copies on a thread of its own).
+/// The pump, started by the first job that needs it; `None` when it
+/// cannot be started now (that job copies on threads of its own, and the
+/// next job tries again: a failure such as `EAGAIN` may pass).
 fn pump() -> Option<&'static Pump> {
-    static PUMP: OnceLock<Option<&'static Pump>> = OnceLock::new();
-    *PUMP.get_or_init(|| match start() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!("cannot start the output pump ({e}); each command job copies its output on a thread of its own");
-            None
+    static PUMP: Mutex<Option<&'static Pump>> = Mutex::new(None);
+    let mut p = lock(&PUMP);
+    if p.is_none() {
+        match start() {
+            Ok(started) => *p = Some(started),
+            Err(e) => tracing::warn!(
+                "cannot start the output pump ({e}); this command job copies its output on threads of its own"
+            ),
         }
-    })
+    }
+    *p
 }
 
 fn start() -> std::io::Result<&'static Pump> {
@@ -67,15 +75,23 @@ fn start() -> std::io::Result<&'static Pump> {
     }
     // SAFETY: `fd` is a new descriptor nothing else owns.
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-    let pump: &'static Pump = Box::leak(Box::new(Pump {
+    let pump = Box::new(Pump {
         epoll,
         streams: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(1),
-    }));
+    });
+    // Leaked only once its thread runs: it lives as long as the daemon.
+    let (tx, rx) = std::sync::mpsc::channel::<&'static Pump>();
     std::thread::Builder::new()
         .name("opsd-cmd-output".into())
         .stack_size(256 * 1024)
-        .spawn(move || pump.run())?;
+        .spawn(move || {
+            if let Ok(pump) = rx.recv() {
+                pump.run()
+            }
+        })?;
+    let pump: &'static Pump = Box::leak(pump);
+    let _ = tx.send(pump);
     Ok(pump)
 }
 
@@ -124,9 +140,17 @@ fn copy_on_own_thread(stream: Arc<Stream>) {
             while s.copy_once(&mut buf) {}
             s.job.close_one();
         });
-    if started.is_err() {
+    if let Err(e) = started {
         // The pipe is dropped with `stream`: the program sees EPIPE rather
-        // than a full pipe, and the job does not wait for it.
+        // than a full pipe, and the job does not wait for it. Said in the
+        // job's log, so its missing output is explained.
+        let which = if stream.is_stderr { "stderr" } else { "stdout" };
+        tracing::warn!(
+            "cannot start a thread to copy a command's {which} ({e}); that output is lost"
+        );
+        lock(&stream.job.log).write(&super::output::notice(&format!(
+            "cannot start a thread to copy the program's {which} ({e}); that output is lost"
+        )));
         stream.job.close_one();
     }
 }
