@@ -39,6 +39,16 @@ impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Release the lock and wake the receiver if it is waiting (no futex
+    /// call while it is busy).
+    fn wake_if_waiting(&self, mut s: MutexGuard<'_, State<T>>) {
+        let wake = std::mem::take(&mut s.waiting);
+        drop(s);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
 }
 
 /// The sending side; clone it for more senders.
@@ -120,12 +130,7 @@ impl<T> Sender<T> {
             return Err(SendError::Disconnected(values));
         }
         s.queue.extend(values);
-        let wake = s.waiting;
-        s.waiting = false;
-        drop(s);
-        if wake {
-            self.0.ready.notify_one();
-        }
+        self.0.wake_if_waiting(s);
         Ok(())
     }
 
@@ -138,12 +143,7 @@ impl<T> Sender<T> {
             return Err(SendError::Full(value));
         }
         s.queue.push_back(value);
-        let wake = s.waiting;
-        s.waiting = false;
-        drop(s);
-        if wake {
-            self.0.ready.notify_one();
-        }
+        self.0.wake_if_waiting(s);
         Ok(())
     }
 }
@@ -159,10 +159,8 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.senders -= 1;
-        let wake = s.senders == 0 && s.waiting;
-        drop(s);
-        if wake {
-            self.0.ready.notify_one();
+        if s.senders == 0 {
+            self.0.wake_if_waiting(s);
         }
     }
 }

@@ -12,47 +12,40 @@ pause before each (an idle daemon); medians and p90 in microseconds.
 `submit` starts a `true` job (so back to back it waits behind the previous
 job's claim and end); `held` submits one held (one commit, no run).
 """
-import socket
+import os
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../clients/python"))
+from opsd_client import Client  # noqa: E402  (the project's own client)
+
 REQUESTS = {
-    "health": b'{"cmd":"health"}\n',
-    "submit": b'{"cmd":"submit","type":"command","params":{"argv":["true"]}}\n',
-    "held": b'{"cmd":"submit","type":"command","hold":true,"params":{"argv":["true"]}}\n',
-    "show": b'{"cmd":"get","id":"last"}\n',
+    "health": ("health", {}),
+    "submit": ("submit", {"type": "command", "params": {"argv": ["true"]}}),
+    "held": ("submit", {"type": "command", "hold": True, "params": {"argv": ["true"]}}),
+    "show": ("get", {"id": "last"}),
 }
 
 
-def round_trip(path, request):
-    s = socket.socket(socket.AF_UNIX)
+def round_trip(client, cmd, fields):
+    """One request on a connection of its own (as `Client.request` does),
+    timed from connect to the answer; an error answer stops the run."""
     t0 = time.perf_counter()
-    s.connect(path)
-    s.sendall(request)
-    answer = b""
-    while not answer.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
-    took = time.perf_counter() - t0
-    s.close()
-    if b'"ok":true' not in answer:
-        sys.exit(f"the daemon refused {request!r}: {answer[:200]!r}")
-    return took
+    client.request(cmd, **fields)
+    return time.perf_counter() - t0
 
 
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: latency.py SOCKET")
-    path = sys.argv[1]
+    client = Client(socket=sys.argv[1])
     for pause in (0.0, 0.002):
-        for name, request in REQUESTS.items():
+        for name, (cmd, fields) in REQUESTS.items():
             times = []
             for _ in range(300):
                 if pause:
                     time.sleep(pause)
-                times.append(round_trip(path, request))
+                times.append(round_trip(client, cmd, fields))
             times.sort()
             print(
                 f"pause {pause * 1000:.0f} ms  {name:7s} median {times[150] * 1e6:6.0f} us"

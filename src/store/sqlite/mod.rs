@@ -156,6 +156,12 @@ impl SqliteStore {
     }
 }
 
+/// A claim round as the writer runs it. A claim that cannot be committed
+/// is not retried by the writer: the next round claims afresh.
+fn claim_write(plan: ClaimPlan) -> (Policy, writes::claim::Claim) {
+    (Policy::caller(Duration::ZERO), writes::claim::Claim(plan))
+}
+
 impl Backend for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()
@@ -219,19 +225,14 @@ impl Backend for SqliteStore {
         // writer takes both into one batch.
         self.writer.ticket_then(
             (self.caller(), writes::submit::Submit::new(ops)),
-            (Policy::caller(Duration::ZERO), writes::claim::Claim(plan)),
+            claim_write(plan),
             done,
         )
     }
 
     fn claim_then(&self, plan: ClaimPlan, done: ClaimDone) {
-        // A claim that cannot be committed is not retried by the writer:
-        // the next round claims afresh.
-        self.writer.submit(
-            Policy::caller(Duration::ZERO),
-            writes::claim::Claim(plan),
-            done,
-        );
+        let (policy, claim) = claim_write(plan);
+        self.writer.submit(policy, claim, done);
     }
 
     fn release(&self, id: &OperationId) -> Ticket<()> {

@@ -265,6 +265,20 @@ impl Engine for SqliteEngine {
     }
 }
 
+/// A write and whom to answer, as the writer queues it.
+fn request<W: Write>(
+    policy: Policy,
+    write: W,
+    deliver: impl FnOnce(Result<W::Out>) + Send + 'static,
+) -> Box<dyn Queued> {
+    Box::new(Request {
+        write,
+        deliver,
+        policy,
+        result: None,
+    })
+}
+
 impl Writer {
     /// Queue a write; `deliver` receives its result once it is committed
     /// (or the error that stopped it). Runs `deliver` on the thread that
@@ -276,12 +290,7 @@ impl Writer {
         write: W,
         deliver: impl FnOnce(Result<W::Out>) + Send + 'static,
     ) {
-        self.send(Box::new(Request {
-            write,
-            deliver,
-            policy,
-            result: None,
-        }));
+        self.send(request(policy, write, deliver));
     }
 
     /// Queue a write for a caller's ticket and, right behind it in the
@@ -294,19 +303,10 @@ impl Writer {
         then: impl FnOnce(Result<B::Out>) + Send + 'static,
     ) -> Ticket<A::Out> {
         let (reply, ticket) = Ticket::new();
-        let a: Box<dyn Queued> = Box::new(Request {
-            write: first.1,
-            deliver: move |r| reply.send(r),
-            policy: first.0,
-            result: None,
-        });
-        let b: Box<dyn Queued> = Box::new(Request {
-            write: second.1,
-            deliver: then,
-            policy: second.0,
-            result: None,
-        });
-        self.send_together(vec![a, b]);
+        self.send_together(vec![
+            request(first.0, first.1, move |r| reply.send(r)),
+            request(second.0, second.1, then),
+        ]);
         ticket
     }
 
