@@ -9,7 +9,7 @@
 //! arguments, pid and environment (systemd's `opsd serve` stays the
 //! service's main process).
 
-use super::{commands, fast};
+use super::{by_hand, commands, fast};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ pub const FULL: &str = "opsd-full";
 /// else in `opsd-full`.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(cli) = fast::parse(args.clone()) {
+    if let Some(cli) = by_hand::parse(&args).or_else(|| fast::parse(args.clone())) {
         super::init_client_logging();
         if let Ok(code) = commands::run_light(cli.command, &cli.client) {
             return code;

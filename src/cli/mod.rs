@@ -3,6 +3,7 @@
 //! (before or after the subcommand);
 //! machine output goes to stdout, messages for people to stderr.
 
+mod by_hand;
 mod commands;
 mod demo;
 mod everyday;
