@@ -308,6 +308,18 @@ impl Runtime {
         }
     }
 
+    /// Claim for the room a run just left (its final row queued): a round
+    /// planned as the scheduler would ([`scheduler::Claims::carry`]) and
+    /// queued behind that row, so it usually commits with it and no
+    /// scheduler round is needed; else the scheduler is nudged.
+    pub(super) fn claim_or_wake(&self) {
+        let claims = self.claims.lock().ok().and_then(|c| c.clone());
+        match claims.and_then(|c| c.carry()) {
+            Some((plan, done)) => self.store.claim_then(plan, done),
+            None => self.wake(),
+        }
+    }
+
     /// Insert a validated operation and wake the scheduler. With an
     /// idempotency key already used, returns the first operation.
     pub fn insert(&self, op: NewOperation) -> Result<(OperationId, Status, bool)> {

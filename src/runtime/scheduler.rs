@@ -14,8 +14,8 @@
 //! writer's side), not back on this thread.
 //!
 //! A submit may plan the next round itself ([`Claims::carry`]) and queue
-//! it with its insert, so both commit together; the scheduler is then
-//! not woken for it.
+//! it with its insert, so both commit together; so may a finishing run,
+//! right behind its final row. The scheduler is then not woken for it.
 
 use super::handoff::Handoff;
 use super::live::Live;
@@ -78,6 +78,10 @@ impl Claims {
             jobs,
             nudge,
             stopping,
+            room: Room {
+                live: live.clone(),
+                config: config.clone(),
+            },
         });
         Arc::new(Claims {
             land,
@@ -85,7 +89,8 @@ impl Claims {
         })
     }
 
-    /// A round for a submit to queue right behind its insert, so that the
+    /// A round for a submit to queue right behind its insert (or a
+    /// finishing run behind its final row), so that the
     /// round usually commits (and is flushed) with the insert and a new
     /// operation with a free slot starts without a commit of its own:
     /// the same round the scheduler would plan next, holding its room
@@ -141,6 +146,9 @@ struct Landing {
     nudge: Sender<()>,
     /// Set at shutdown: what lands then is asked to stop at once.
     stopping: Stopping,
+    /// Where free room is counted: a wanted round is only worth a nudge
+    /// when there is some.
+    room: Room,
 }
 
 impl Scheduler {
@@ -198,6 +206,16 @@ struct Room {
 }
 
 impl Room {
+    /// Whether a round planned now would have any room: a free slot (of
+    /// some type) not held by the rounds in flight.
+    fn any_free(&self, r: &Rounds) -> bool {
+        let (free, per_type) = self
+            .live
+            .free_slots(self.config.workers, |k| self.config.limit(k));
+        let held: usize = r.in_flight.iter().map(|h| h.total).sum();
+        free > held && !per_type.is_empty()
+    }
+
     /// The next round for the free slots (and GPUs) not held by rounds in
     /// flight, held in `r`; `None` when there is no room.
     fn next_round(&self, r: &mut Rounds) -> Option<(u64, ClaimPlan)> {
@@ -290,11 +308,16 @@ impl Landing {
             let mut r = lock(&self.rounds);
             r.in_flight.retain(|h| h.round != round);
             r.dirty |= more;
-            r.dirty
+            r.dirty && self.room.any_free(&r)
         };
         // Only when a round is wanted (this one filled up, or a nudge came
-        // while the most rounds were in flight): an answer that nudged
-        // every time would start an empty round after every empty round.
+        // while the most rounds were in flight) and there is room for it:
+        // an answer that nudged every time would start an empty round
+        // after every empty round. With no room the round stays wanted
+        // (`dirty`), and whatever frees room nudges or carries one: a
+        // finishing run ([`Claims::carry`] from the worker, else a nudge),
+        // freed GPUs, a released hold, a queue's new limit (and, at worst,
+        // the scheduler's idle round).
         if wanted {
             let _ = self.nudge.try_send(());
         }

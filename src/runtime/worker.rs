@@ -66,11 +66,14 @@ fn run_one(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>) {
 
 /// After the final row is committed: free the GPUs and the slot, wake
 /// whoever waits. Runs on the writer's side (after the commit's flush),
-/// so it stays cheap.
+/// so it stays cheap. The slot was already claimable while the run
+/// finished (`record`), so only freed GPUs are new room for the scheduler.
 fn release(rt: &Runtime, id: &crate::ids::OperationId, running: &RunningOp) {
     rt.live.release(id, running);
     rt.notify_change();
-    rt.wake();
+    if !running.gpus.is_empty() {
+        rt.wake();
+    }
 }
 
 /// On a second or later start, load the checkpoint, drop metric points
@@ -207,9 +210,9 @@ fn record(rt: &Arc<Runtime>, op: ClaimedOperation, running: Arc<RunningOp>, outc
         super::hooks::on_finish(&rt2, id);
     });
     rt.live.finish(&rt.store, &running, end, after);
-    // Its slot can be claimed for now: the claim lands behind the final
-    // row in the writer's queue, usually in the same commit.
-    rt.wake();
+    // Its slot can be claimed for now: the round is queued behind the
+    // final row in the writer's queue, usually in the same commit.
+    rt.claim_or_wake();
 }
 
 /// Exponential backoff with jitter: base · 2^(attempt-1) · [0.5, 1.5).

@@ -15,6 +15,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The least room a read of a request is given (the line buffer grows
+/// by at least this much when it is full).
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Which slot a connection holds.
 #[derive(Debug, Clone, Copy)]
 pub enum Tier {
@@ -101,12 +105,15 @@ impl Responder {
         if self.gone {
             return false;
         }
-        let mut chunk = vec![0u8; 64 * 1024];
+        // Read straight into the line buffer's spare room: no buffer of
+        // its own to allocate and zero for every read.
+        self.inbuf.reserve(READ_CHUNK);
         let (key, evicted) = slot.pool.idle();
+        let (rd, inbuf) = (&mut self.rd, &mut self.inbuf);
         let read = async {
             match idle {
-                Some(d) => tokio::time::timeout(d, self.rd.read(&mut chunk)).await.ok(),
-                None => Some(self.rd.read(&mut chunk).await),
+                Some(d) => tokio::time::timeout(d, rd.read_buf(inbuf)).await.ok(),
+                None => Some(rd.read_buf(inbuf).await),
             }
         };
         let r = tokio::select! {
@@ -124,10 +131,7 @@ impl Responder {
         };
         match r {
             Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.inbuf.extend_from_slice(&chunk[..n]);
-                true
-            }
+            Ok(_) => true,
         }
     }
 }
