@@ -8,6 +8,10 @@
 # busy CPU per job (all processes: CLI, daemon, the jobs, xargs), which
 # is steadier than the rate on a shared machine, and the part of it the
 # opsd daemon spent itself (its own threads, not the jobs it reaped).
+# A third column runs `floor.c` beside this script (built with gcc): the
+# least a queue that keeps every acknowledged submit, start and end on
+# disk must do (one thread, a journal, one fdatasync per loop round), to
+# tell what durability itself costs on this machine from what opsd adds.
 #
 #   cargo build --release && benches/peers/cli.sh [N] [P,P,...] [PAIRS]
 #   benches/peers/cli.sh 200 1,4,16 3
@@ -30,6 +34,10 @@ if command -v pueue >/dev/null 2>&1 && command -v pueued >/dev/null 2>&1; then
   pueued -c "$work/pueue/pueue.yml" >/dev/null 2>&1 &
   PUEUE=(pueue -c "$work/pueue/pueue.yml")
   for _ in $(seq 100); do "${PUEUE[@]}" status >/dev/null 2>&1 && break; sleep 0.05; done
+fi
+FLOOR=""
+if gcc -O2 -static "$here/floor.c" -o "$work/floor" 2>/dev/null || gcc -O2 "$here/floor.c" -o "$work/floor" 2>/dev/null; then
+  FLOOR="$work/floor"
 fi
 trap '[ ${#PUEUE[@]} -gt 0 ] && "${PUEUE[@]}" shutdown >/dev/null 2>&1; kill $(jobs -p) 2>/dev/null || true; tsp -K >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
@@ -69,6 +77,19 @@ tsp_run() { # $1 = parallelism
   rate "$N" "$t0" "$t1" "$b0" "$b1"
 }
 
+floor_run() { # $1 = parallelism
+  [ -n "$FLOOR" ] || { echo "-"; return; }
+  local d="$work/floor.$RANDOM"; mkdir -p "$d"
+  "$FLOOR" serve "$d/journal" "$d/s.sock" "$1" & local pid=$!
+  while ! "$FLOOR" active "$d/s.sock" >/dev/null 2>&1; do sleep 0.01; done
+  local t0 b0; t0=$(now); b0=$(busy)
+  seq "$N" | xargs -P "$1" -I{} "$FLOOR" submit "$d/s.sock" true >/dev/null
+  while [ "$("$FLOOR" active "$d/s.sock")" != "0" ]; do sleep 0.01; done
+  local t1 b1; t1=$(now); b1=$(busy)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rate "$N" "$t0" "$t1" "$b0" "$b1" | cut -d' ' -f1
+}
+
 pueue_run() { # $1 = parallelism
   [ ${#PUEUE[@]} -gt 0 ] || { echo "-"; return; }
   "${PUEUE[@]}" parallel "$1" >/dev/null 2>&1 || { echo "-"; return; }
@@ -82,19 +103,22 @@ pueue_run() { # $1 = parallelism
 
 median() { tr " " "\n" | { grep -v "^-$" || true; } | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
 
-echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | pueue jobs/s | opsd / tsp | CPU ms/job opsd / tsp (medians) | of which the opsd daemon |"
-echo "|---:|---|---|---|---:|---|---:|"
+echo "| parallel | opsd jobs/s (runs) | tsp jobs/s (runs) | durable floor jobs/s | pueue jobs/s | opsd / tsp | floor / tsp | CPU ms/job opsd / tsp (medians) | of which the opsd daemon |"
+echo "|---:|---|---|---|---|---:|---:|---|---:|"
 IFS=, read -ra plist <<< "$PARS"
 for p in "${plist[@]}"; do
-  o=(); t=(); q=(); oc=(); tc=(); od=()
+  o=(); t=(); f=(); q=(); oc=(); tc=(); od=()
   for _ in $(seq "$PAIRS"); do
     read -r r c dc <<< "$(opsd_run "$p")"; o+=("$r"); oc+=("$c"); od+=("$dc")
     read -r r c <<< "$(tsp_run "$p")"; t+=("$r"); tc+=("$c")
+    f+=("$(floor_run "$p")")
     q+=("$(pueue_run "$p")")
-    echo "  P=$p: opsd ${o[-1]}/s (${oc[-1]} ms CPU/job, daemon ${od[-1]}), tsp ${t[-1]}/s (${tc[-1]} ms), pueue ${q[-1]}" >&2
+    echo "  P=$p: opsd ${o[-1]}/s (${oc[-1]} ms CPU/job, daemon ${od[-1]}), tsp ${t[-1]}/s (${tc[-1]} ms), floor ${f[-1]}/s, pueue ${q[-1]}" >&2
   done
   om=$(echo "${o[*]}" | median); tm=$(echo "${t[*]}" | median); qm=$(echo "${q[*]}" | median)
+  fm=$(echo "${f[*]}" | median)
+  fratio=$( [ "$fm" = "-" ] && echo "-" || python3 -c "print(f'{$fm/$tm:.2f}×')")
   ocm=$(echo "${oc[*]}" | median); tcm=$(echo "${tc[*]}" | median); odm=$(echo "${od[*]}" | median)
   ratio=$(python3 -c "print(f'{$om/$tm:.2f}')")
-  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $qm | **${ratio}×** | $ocm / $tcm | $odm |"
+  echo "| $p | $om (${o[*]}) | $tm (${t[*]}) | $fm (${f[*]}) | $qm | **${ratio}×** | $fratio | $ocm / $tcm | $odm |"
 done
