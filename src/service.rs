@@ -6,7 +6,7 @@ use crate::aggregate::{self, ChildProgress};
 use crate::error::{Error, Result};
 use crate::ids::{self, OperationId};
 use crate::jobs::job_for;
-use crate::model::Status;
+use crate::model::{OperationType, Status};
 use crate::protocol::{
     Cancelled, CheckpointList, Cleaned, Deleted, Health, Listed, MetricsPage, OperationView,
     QueueChanged, QueueList, Released, Rerun, Resumed, Submit, Submitted, SubmittedBatch,
@@ -31,6 +31,37 @@ impl Service {
         let metadata = job_for(kind)
             .validate(&s.params)
             .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))?;
+        self.prepare_checked(s, kind, metadata)
+    }
+
+    /// [`Service::prepare`] without touching the file system or the
+    /// store, when the submit allows it: no ids to resolve (parent,
+    /// dependencies) and parameters its job type checks from memory
+    /// ([`crate::jobs::Job::validate_without_io`]). So the common submit
+    /// is checked on the async thread that read it, without a hop to the
+    /// blocking pool and back (about 0.1-0.2 ms of its answer on an idle
+    /// 2-core VM: BENCHMARKS.md §23). `None`: use `prepare` off the async
+    /// threads.
+    pub fn prepare_without_io(&self, s: &Submit) -> Option<Result<NewOperation>> {
+        if s.parent.is_some() || !s.after.is_empty() || !s.after_any.is_empty() {
+            return None;
+        }
+        let kind = s.kind().ok()?;
+        let metadata = job_for(kind).validate_without_io(&s.params)?;
+        Some(
+            metadata
+                .map_err(|e| Error::BadRequest(format!("{kind}: {e}")))
+                .and_then(|m| self.prepare_checked(s, kind, m)),
+        )
+    }
+
+    /// The rest of `prepare`, once the job type has checked the parameters.
+    fn prepare_checked(
+        &self,
+        s: &Submit,
+        kind: OperationType,
+        metadata: Value,
+    ) -> Result<NewOperation> {
         if s.gpus < 0 {
             return Err(Error::BadRequest("gpus must be >= 0".into()));
         }
@@ -114,9 +145,13 @@ impl Service {
 
     /// `submit`.
     pub async fn submit(&self, s: Submit) -> Result<Submitted> {
-        let op = self
-            .blocking(move |svc| svc.resolve_submit(s).and_then(|s| svc.prepare(&s)))
-            .await?;
+        let op = match self.prepare_without_io(&s) {
+            Some(op) => op?,
+            None => {
+                self.blocking(move |svc| svc.resolve_submit(s).and_then(|s| svc.prepare(&s)))
+                    .await?
+            }
+        };
         self.ensure_accepting()?;
         let s = self
             .rt

@@ -31,6 +31,11 @@ pub trait Job: Send + Sync {
     /// Check and complete the submitted parameters (defaults filled in).
     /// The error names the offending key.
     fn validate(&self, params: &Value) -> Result<Value, String>;
+    /// [`Job::validate`] when it can be done without touching the file
+    /// system (so on an async thread); `None` when it cannot.
+    fn validate_without_io(&self, _params: &Value) -> Option<Result<Value, String>> {
+        None
+    }
     /// Do the work. Report through `ctx`; return when done or asked to stop.
     fn run(&self, ctx: &mut JobContext) -> JobOutcome;
 }

@@ -58,8 +58,11 @@ pub struct CommandJob;
 
 impl Job for CommandJob {
     fn validate(&self, p: &Value) -> Result<Value, String> {
-        let p = params::validate(p)?;
-        serde_json::to_value(&p).map_err(|e| format!("cannot encode parameters: {e}"))
+        encode(&params::validate(p)?)
+    }
+
+    fn validate_without_io(&self, p: &Value) -> Option<Result<Value, String>> {
+        Some(params::validate_without_io(p)?.and_then(|p| encode(&p)))
     }
 
     fn run(&self, ctx: &mut JobContext) -> JobOutcome {
@@ -69,6 +72,11 @@ impl Job for CommandJob {
         };
         run(ctx, &p)
     }
+}
+
+/// Checked parameters as the operation's stored JSON.
+fn encode(p: &CommandParams) -> Result<Value, String> {
+    serde_json::to_value(p).map_err(|e| format!("cannot encode parameters: {e}"))
 }
 
 /// What a resumed attempt continues from.

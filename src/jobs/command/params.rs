@@ -38,6 +38,36 @@ fn default_grace() -> f64 {
 
 /// Check submitted parameters; the error names the offending key.
 pub fn validate(params: &Value) -> Result<CommandParams, String> {
+    let p = parse(params)?;
+    resolve_program(&p)?;
+    Ok(p)
+}
+
+/// [`validate`] without touching the file system, when it can be done:
+/// the parameters name no `cwd` (a directory to check) and `argv[0]` is
+/// a bare name whose PATH search found its program less than
+/// [`FOUND_FOR`] ago. Such a hit is trusted without the `statx` and
+/// `access` [`resolve_program`] makes, so a submit can be checked on the
+/// daemon's async threads, which must never wait on a disk or a hung
+/// network mount. A program removed within that second is then found
+/// missing when the job starts (its start resolves the program again),
+/// not at submit. `None`: validate on a thread that may block.
+pub fn validate_without_io(params: &Value) -> Option<Result<CommandParams, String>> {
+    if params.get("cwd").is_some_and(|c| !c.is_null()) {
+        return None;
+    }
+    let p = match parse(params) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let key = search_key(&p)?;
+    found_within(&key)?;
+    Some(Ok(p))
+}
+
+/// The parameters' shape and values, checked; `cwd`, when given, must be
+/// a directory (the only file-system access here).
+fn parse(params: &Value) -> Result<CommandParams, String> {
     let empty = Map::new();
     let obj = match params {
         Value::Null => &empty,
@@ -116,14 +146,38 @@ pub fn validate(params: &Value) -> Result<CommandParams, String> {
             }
         },
     };
-    let p = CommandParams {
+    Ok(CommandParams {
         argv: args,
         cwd,
         env,
         grace_seconds,
-    };
-    resolve_program(&p)?;
-    Ok(p)
+    })
+}
+
+/// The PATH search `argv[0]` needs, when it is a bare name: its key.
+fn search_key(p: &CommandParams) -> Option<SearchKey> {
+    let prog = p.argv.first().map(String::as_str).unwrap_or_default();
+    if prog.is_empty() || prog.contains('/') {
+        return None;
+    }
+    Some((prog.to_owned(), path_var(p), base_dir(p)))
+}
+
+/// The PATH the program is searched on: the job's `env.PATH` when set,
+/// as the child will see it, else the daemon's.
+fn path_var(p: &CommandParams) -> OsString {
+    match p.env.get("PATH") {
+        Some(v) => v.into(),
+        None => std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    }
+}
+
+/// The directory relative paths are taken from.
+fn base_dir(p: &CommandParams) -> PathBuf {
+    match &p.cwd {
+        Some(c) => PathBuf::from(c),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    }
 }
 
 /// The executable `argv[0]` names: a path (relative to `cwd`) when it holds
@@ -134,10 +188,7 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
     if prog.is_empty() {
         return Err("argv[0] must not be empty: it names the program to run".into());
     }
-    let base = match &p.cwd {
-        Some(c) => PathBuf::from(c),
-        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-    };
+    let base = base_dir(p);
     if prog.contains('/') {
         let path = base.join(prog);
         return match std::fs::metadata(&path) {
@@ -149,10 +200,7 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
             Ok(_) => Ok(path),
         };
     }
-    let path_var: OsString = match p.env.get("PATH") {
-        Some(v) => v.into(),
-        None => std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-    };
+    let path_var = path_var(p);
     let key = (prog.to_owned(), path_var.clone(), base.clone());
     if let Some(found) = recently_found(&key) {
         return Ok(found);
@@ -198,15 +246,15 @@ static FOUND: Mutex<Option<HashMap<SearchKey, (PathBuf, Instant)>>> = Mutex::new
 /// The program a search for `key` found less than [`FOUND_FOR`] ago, if it
 /// is still an executable file.
 fn recently_found(key: &SearchKey) -> Option<PathBuf> {
-    let path = {
-        let found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
-        let (path, at) = found.as_ref()?.get(key)?;
-        if at.elapsed() >= FOUND_FOR {
-            return None;
-        }
-        path.clone()
-    };
+    let path = found_within(key)?;
     (path.is_file() && executable(&path)).then_some(path)
+}
+
+/// What a search for `key` found less than [`FOUND_FOR`] ago, unchecked.
+fn found_within(key: &SearchKey) -> Option<PathBuf> {
+    let found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    let (path, at) = found.as_ref()?.get(key)?;
+    (at.elapsed() < FOUND_FOR).then(|| path.clone())
 }
 
 fn remember(key: SearchKey, path: &Path) {
@@ -294,5 +342,36 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let p = validate(&json!({ "argv": ["./run.sh"], "cwd": cwd })).unwrap();
         assert_eq!(resolve_program(&p).unwrap(), d.path().join("./run.sh"));
+    }
+
+    #[test]
+    fn without_io_only_a_recent_search_of_a_bare_name_is_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("opsd-test-quick");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = d.path().display().to_string();
+        let params = json!({ "argv": ["opsd-test-quick", "x"], "env": { "PATH": path } });
+        // Never searched for: it must be checked where blocking is allowed.
+        assert!(validate_without_io(&params).is_none());
+        let checked = validate(&params).unwrap();
+        // Found just now: the same parameters, with no file-system access.
+        let quick = validate_without_io(&params)
+            .expect("a recent search")
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&quick).unwrap(),
+            serde_json::to_value(&checked).unwrap()
+        );
+        // A shape error is the same error either way.
+        let bad = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": 1 } });
+        assert_eq!(validate_without_io(&bad).unwrap().unwrap_err(), err(bad));
+        // A directory to check, or a program named by path: not here.
+        let cwd = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": path }, "cwd": "/" });
+        assert!(validate_without_io(&cwd).is_none());
+        let by_path = json!({ "argv": [prog.display().to_string()] });
+        validate(&by_path).unwrap();
+        assert!(validate_without_io(&by_path).is_none());
     }
 }
