@@ -43,7 +43,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
     };
     let mut a = SubmitArgs {
         kind: kind.to_string(),
-        submit: empty_submit(),
+        submit: crate::protocol::Submit::new(String::new(), serde_json::Value::Null),
         params: Vec::new(),
         params_json: None,
         watch: false,
@@ -100,27 +100,6 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
 /// A value clap reads as this same string: not empty, not an option.
 fn plain(word: &str) -> Option<&str> {
     (!word.is_empty() && !word.starts_with('-')).then_some(word)
-}
-
-/// A submit with clap's defaults, before the options are applied.
-fn empty_submit() -> crate::protocol::Submit {
-    crate::protocol::Submit {
-        kind: String::new(),
-        params: serde_json::Value::Null,
-        parent: None,
-        priority: 0,
-        gpus: 0,
-        key: None,
-        max_attempts: None,
-        run_after: None,
-        phase: None,
-        fail_parent: false,
-        label: None,
-        queue: None,
-        hold: false,
-        after: Vec::new(),
-        after_any: Vec::new(),
-    }
 }
 
 #[cfg(test)]

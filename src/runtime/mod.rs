@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
 use crate::model::{OperationType, Status};
-use crate::store::records::{ClaimedOperation, NewOperation, Submitted};
+use crate::store::records::{ClaimPlan, ClaimedOperation, NewOperation, Submitted};
 use crate::store::Store;
 use crate::store::Ticket;
 use live::Live;
@@ -297,8 +297,7 @@ impl Runtime {
     /// scheduler's rounds (priorities, queues, holds, dependencies, GPUs).
     /// The caller waits on the returned ticket for the insert's answer.
     pub fn submit(&self, ops: Vec<NewOperation>) -> Ticket<Vec<Submitted>> {
-        let claims = self.claims.lock().ok().and_then(|c| c.clone());
-        match claims.and_then(|c| c.carry()) {
+        match self.carry() {
             Some((plan, done)) => self.store.submit_then_claim(ops, plan, done),
             None => {
                 let ticket = self.store.submit(ops);
@@ -313,11 +312,17 @@ impl Runtime {
     /// queued behind that row, so it usually commits with it and no
     /// scheduler round is needed; else the scheduler is nudged.
     pub(super) fn claim_or_wake(&self) {
-        let claims = self.claims.lock().ok().and_then(|c| c.clone());
-        match claims.and_then(|c| c.carry()) {
+        match self.carry() {
             Some((plan, done)) => self.store.claim_then(plan, done),
             None => self.wake(),
         }
+    }
+
+    /// A claim round to queue with a write ([`scheduler::Claims::carry`]);
+    /// `None` once the shutdown drain has let go of the rounds.
+    fn carry(&self) -> Option<(ClaimPlan, crate::store::ClaimDone)> {
+        let claims = self.claims.lock().ok().and_then(|c| c.clone());
+        claims.and_then(|c| c.carry())
     }
 
     /// Insert a validated operation and wake the scheduler. With an

@@ -54,7 +54,6 @@ pub(super) struct Scheduler {
 /// the workers' hand-off closes and idle workers end.
 pub(super) struct Claims {
     land: Arc<Landing>,
-    room: Room,
 }
 
 impl Claims {
@@ -78,15 +77,9 @@ impl Claims {
             jobs,
             nudge,
             stopping,
-            room: Room {
-                live: live.clone(),
-                config: config.clone(),
-            },
-        });
-        Arc::new(Claims {
-            land,
             room: Room { live, config },
-        })
+        });
+        Arc::new(Claims { land })
     }
 
     /// A round for a submit to queue right behind its insert (or a
@@ -107,7 +100,7 @@ impl Claims {
         {
             return None;
         }
-        let (n, plan) = self.room.next_round(&mut r)?;
+        let (n, plan) = self.land.room.next_round(&mut r)?;
         drop(r);
         let l = self.land.clone();
         Some((plan, Box::new(move |got| l.land(n, got))))
@@ -146,8 +139,8 @@ struct Landing {
     nudge: Sender<()>,
     /// Set at shutdown: what lands then is asked to stop at once.
     stopping: Stopping,
-    /// Where free room is counted: a wanted round is only worth a nudge
-    /// when there is some.
+    /// Where free room is counted, for the rounds planned here and by
+    /// carriers; a wanted round is only worth a nudge when there is some.
     room: Room,
 }
 
@@ -159,7 +152,7 @@ impl Scheduler {
             wake,
             stopping,
         } = self;
-        let (land, room) = (&claims.land, &claims.room);
+        let (land, room) = (&claims.land, &claims.land.room);
         let store = land.store.clone();
         while !stopping.is_set() {
             let paused_until = {
@@ -206,19 +199,14 @@ struct Room {
 }
 
 impl Room {
-    /// Whether a round planned now would have any room: a free slot (of
-    /// some type) not held by the rounds in flight.
+    /// Whether a round planned now would have any room.
     fn any_free(&self, r: &Rounds) -> bool {
-        let (free, per_type) = self
-            .live
-            .free_slots(self.config.workers, |k| self.config.limit(k));
-        let held: usize = r.in_flight.iter().map(|h| h.total).sum();
-        free > held && !per_type.is_empty()
+        self.unheld(r).is_some()
     }
 
-    /// The next round for the free slots (and GPUs) not held by rounds in
-    /// flight, held in `r`; `None` when there is no room.
-    fn next_round(&self, r: &mut Rounds) -> Option<(u64, ClaimPlan)> {
+    /// The free slots not held by rounds in flight: in all, and per type
+    /// (types with none left out); `None` when there are none.
+    fn unheld(&self, r: &Rounds) -> Option<(usize, Vec<(OperationType, usize)>)> {
         let (free, per_type) = self
             .live
             .free_slots(self.config.workers, |k| self.config.limit(k));
@@ -236,9 +224,13 @@ impl Room {
             .map(|(k, n)| (k, n.saturating_sub(held(k))))
             .filter(|(_, n)| *n > 0)
             .collect();
-        if total == 0 || per_type.is_empty() {
-            return None;
-        }
+        (total > 0 && !per_type.is_empty()).then_some((total, per_type))
+    }
+
+    /// The next round for the free slots (and GPUs) not held by rounds in
+    /// flight, held in `r`; `None` when there is no room.
+    fn next_round(&self, r: &mut Rounds) -> Option<(u64, ClaimPlan)> {
+        let (total, per_type) = self.unheld(r)?;
         // GPUs are handed out when a round's answer is registered: while
         // one that may take some is in flight, the others take none.
         let gpus = if r.in_flight.iter().any(|h| h.gpus > 0) {
