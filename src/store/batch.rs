@@ -22,7 +22,8 @@
 //! how a batch is run ([`Engine::try_commit`]), in their wording, and in
 //! whether a commit is durable when it returns: when it is not (SQLite,
 //! [`Engine::deferred_flush`]), answers go through [`crate::store::durable`],
-//! which flushes first, while this thread runs the next batch.
+//! which flushes first; this thread begins its next batch when that flush
+//! is done (or after [`GATHER_WAIT`]), with everything queued meanwhile.
 
 use crate::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::error::{DbErrorKind, Error, Result};
@@ -33,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// Most requests in one transaction; bounds latency under a flood.
 const MAX_BATCH: usize = 4096;
+/// Longest the writer waits for a running flush before its next batch
+/// (a disk that stalls longer gets the batches pipelined behind it).
+const GATHER_WAIT: Duration = Duration::from_millis(5);
 /// First wait before a failed batch is tried again; doubles up to
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -292,6 +296,9 @@ impl<E: Engine> Thread<E> {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
+            if let Some(stage) = &self.stage {
+                stage.watermark().wait_no_flush(GATHER_WAIT);
+            }
             let mut batch = std::mem::take(&mut self.retry);
             match first {
                 Some(Message::Task(t)) => batch.push(t),

@@ -4,9 +4,13 @@
 //!
 //! Why: with `synchronous=FULL` the writer thread waits in `fsync` at
 //! every commit and runs nothing meanwhile. Here the writer commits and
-//! moves on to the next batch at once, while this thread flushes the file
-//! (one flush covers every commit made since the last) and then answers,
-//! in commit order. What a caller is told is exactly as durable as before:
+//! hands the batch over, while this thread flushes the file (one flush
+//! covers every commit made since the last) and then answers, in commit
+//! order. The writer begins its next batch once the running flush is done
+//! ([`Watermark::wait_no_flush`], bounded), so that batch holds every
+//! request that came in meanwhile: under load, one commit and one flush
+//! serve them all instead of a commit per request and a flush per round
+//! (BENCHMARKS.md §24). What a caller is told is exactly as durable as before:
 //! no answer (a submit's id, a claim that starts a job, a cancel) leaves
 //! before the flush that covers its commit has returned (SPEC §5,
 //! "`synchronous=FULL` or an equivalent durable commit"). Readers could see
@@ -37,6 +41,8 @@ use std::time::Duration;
 pub(crate) struct Watermark {
     begun: AtomicU64,
     flushed: AtomicU64,
+    /// A flush is running (the writer waits for it before its next batch).
+    flushing: std::sync::atomic::AtomicBool,
     /// Held while `flushed` advances, so a waiting reader cannot miss it.
     lock: Mutex<()>,
     advanced: Condvar,
@@ -72,6 +78,36 @@ impl Watermark {
                 .wait_timeout(guard, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    /// Wait, up to `most`, until no flush is running: a batch begun after
+    /// it gathers every request that came during it, so one commit and one
+    /// flush serve them all, as in a single-threaded queue's loop.
+    pub(crate) fn wait_no_flush(&self, most: Duration) {
+        if !self.flushing.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut guard = lock(&self.lock);
+        let deadline = std::time::Instant::now() + most;
+        while self.flushing.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            guard = self
+                .advanced
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn set_flushing(&self, on: bool) {
+        let _guard = lock(&self.lock);
+        self.flushing.store(on, Ordering::SeqCst);
+        if !on {
+            self.advanced.notify_all();
         }
     }
 
@@ -213,7 +249,10 @@ fn run<J: ?Sized + Deliver>(
         let mut items = vec![first];
         items.extend(rx.try_iter());
         let failed = if items.iter().any(|i| matches!(i, Item::Committed(..))) {
-            flush().err()
+            watermark.set_flushing(true);
+            let r = flush().err();
+            watermark.set_flushing(false);
+            r
         } else {
             None
         };
@@ -397,5 +436,55 @@ mod tests {
         stage.push(Item::Answered(Vec::new(), m));
         w.wait_durable();
         stage.finish();
+    }
+
+    #[test]
+    fn the_writer_can_wait_out_a_running_flush_but_never_longer_than_its_bound() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stage, release, flushes) = gated_stage();
+        let w = stage.watermark().clone();
+        // No flush running: no wait.
+        let t = std::time::Instant::now();
+        w.wait_no_flush(Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        let flushing = |w: &Watermark| {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while !w.flushing.load(Ordering::SeqCst) {
+                assert!(std::time::Instant::now() < until, "the flush never started");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        stage.push(Item::Committed(vec![probe("a", &log)], w.begin()));
+        flushing(&w);
+        let waiter = w.clone();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            waiter.wait_no_flush(Duration::from_secs(5));
+            done_tx.send(std::time::Instant::now()).unwrap();
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the writer went on while the flush ran"
+        );
+        let released = std::time::Instant::now();
+        release.send(()).unwrap();
+        let done = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the wait ends with the flush");
+        assert!(done >= released);
+        // A flush that hangs holds the writer up for the bound only.
+        stage.push(Item::Committed(vec![probe("b", &log)], w.begin()));
+        flushing(&w);
+        let t = std::time::Instant::now();
+        w.wait_no_flush(Duration::from_millis(50));
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        release.send(()).unwrap();
+        stage.finish();
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+        assert_eq!(log.lock().unwrap().len(), 2);
     }
 }
