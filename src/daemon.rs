@@ -49,8 +49,14 @@ impl Daemon {
         let store: Store = crate::store::open_configured(&config)?;
         let socket = config.socket_path();
         let config = Arc::new(config);
+        // One async thread: the handlers only parse, check from memory and
+        // hand over (SQLite reads, slow checks and waits go to the blocking
+        // pool, writes to the writer), so a second thread added nothing but
+        // the runtime waking it for every answer that came back from the
+        // writer: 2.5-3 more context switches and futex calls per job, and
+        // 10-20 % of the rate at one CLI call at a time (BENCHMARKS.md §24).
         let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("opsd-io")
             .enable_all()
             .build()
