@@ -157,6 +157,9 @@ fn lock_database(db: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File
 pub fn serve(config: Config) -> Result<()> {
     let signals_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     count_signals(signals_seen.clone())?;
+    // Every handler of the daemon's is in place: a job's start resets
+    // just those from now on instead of asking about all 64 signals.
+    crate::jobs::command::spawn::signals_settled();
     let daemon = Daemon::start(config)?;
     notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_interval();

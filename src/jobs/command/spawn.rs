@@ -95,7 +95,7 @@ impl Launch {
         sh_argv.push(std::ptr::null());
         let envp = pointers(&env);
 
-        let stdin = above_stdio(File::open("/dev/null")?.into())?;
+        let stdin = dev_null()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let mut plan = Plan {
@@ -111,7 +111,7 @@ impl Launch {
             errno: 0,
         };
         let pid = clone_vfork(&mut plan)?;
-        drop((stdin, out_w, err_w));
+        drop((out_w, err_w));
         // The child has exec'd or exited: what it wrote is there to read.
         let (failed, errno) =
             // SAFETY: `plan` lives on; the volatile reads see the child's writes.
@@ -226,11 +226,83 @@ const CHILD_STACK: usize = 64 * 1024;
 /// handler of the daemon's may run in it before it has reset them), and
 /// return once it has exec'd or exited.
 fn clone_vfork(plan: &mut Plan) -> io::Result<libc::pid_t> {
-    // 16-byte aligned, as the ABI wants the stack pointer.
-    let mut stack = vec![0u128; CHILD_STACK / 16];
-    // SAFETY: one past the end of `stack`, which outlives the child's use
-    // of it (the parent thread is suspended until the child's exec or exit).
-    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+    CHILD_STACKS.with(|cell| {
+        let mut stack = cell.borrow_mut();
+        // 16-byte aligned, as the ABI wants the stack pointer.
+        if stack.is_empty() {
+            *stack = vec![0u128; CHILD_STACK / 16];
+        }
+        // SAFETY: one past the end of `stack`, which this thread keeps and
+        // does not touch until the child has exec'd or exited (the thread
+        // is suspended until then).
+        let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+        clone_onto(top, plan)
+    })
+}
+
+thread_local! {
+    /// The stack a thread's children run on between clone and exec, kept
+    /// for the thread's next start instead of allocated and zeroed (64 KiB)
+    /// for every job. One per thread: a thread starts one child at a time.
+    static CHILD_STACKS: std::cell::RefCell<Vec<u128>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `/dev/null`, opened once for every program's stdin (above 0-2, and
+/// close-on-exec: the child's `dup2` makes its own stdin from it).
+fn dev_null() -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if DEV_NULL.get().is_none() {
+        let fd = above_stdio(File::open("/dev/null")?.into())?;
+        // Two threads may race here; the loser's descriptor is closed.
+        let _ = DEV_NULL.set(fd);
+    }
+    use std::os::fd::AsFd;
+    Ok(DEV_NULL.get().expect("set above").as_fd())
+}
+
+/// The signals the daemon has a handler for or ignores, as a bit mask
+/// (bit `n - 1` for signal `n`), once [`signals_settled`] has recorded
+/// them; 0 until then.
+static RESET_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Whether [`RESET_SIGNALS`] is known.
+static SIGNALS_SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Record which signals a child must set back to their defaults, so that
+/// each start resets those (a few) instead of asking about all 64. Call
+/// once the process has installed every signal handler it will have (the
+/// daemon, after its own); until then, and in any process that never
+/// calls it, every start asks about every signal. A handler installed
+/// after this call would not be reset in a child, which could then run it
+/// between its start and its exec: install none.
+pub fn signals_settled() {
+    let mut mask = 0u64;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a query only; `old` is plain data it fills.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if must_reset(sig, &old) {
+            mask |= 1 << (sig - 1);
+        }
+    }
+    RESET_SIGNALS.store(mask, std::sync::atomic::Ordering::SeqCst);
+    SIGNALS_SETTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether a child must set `sig`, whose disposition is `old`, back to
+/// its default: a handler is the daemon's code; SIGPIPE, which Rust
+/// programs ignore, too; other ignored signals stay so.
+fn must_reset(sig: libc::c_int, old: &libc::sigaction) -> bool {
+    let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+    handled || (sig == libc::SIGPIPE && old.sa_sigaction != libc::SIG_DFL)
+}
+
+/// Clone the child onto the stack ending at `top`.
+fn clone_onto(top: *mut libc::c_void, plan: &mut Plan) -> io::Result<libc::pid_t> {
     // SAFETY: sigset_t is plain data; the calls only fill and apply sets.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -252,7 +324,6 @@ fn clone_vfork(plan: &mut Plan) -> io::Result<libc::pid_t> {
         }
         pid
     };
-    drop(stack);
     Ok(pid)
 }
 
@@ -264,20 +335,24 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // every call below is a plain system call wrapper.
     unsafe {
         let plan = &mut *(arg as *mut Plan);
-        // Handlers are the daemon's code: back to the defaults. SIGPIPE,
-        // which Rust programs ignore, too; other ignored signals stay so.
+        // Handlers are the daemon's code: back to the defaults (see
+        // `must_reset`), from the recorded list once the daemon's handlers
+        // are settled, else by asking about each signal.
+        let settled = SIGNALS_SETTLED.load(std::sync::atomic::Ordering::SeqCst);
+        let mask = RESET_SIGNALS.load(std::sync::atomic::Ordering::SeqCst);
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                continue;
-            }
-            let handled = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
-            if handled || (sig == libc::SIGPIPE && old.sa_sigaction != libc::SIG_DFL) {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
+            let reset = if settled {
+                mask & (1 << (sig - 1)) != 0
+            } else {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && must_reset(sig, &old)
+            };
+            if reset {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
@@ -435,6 +510,37 @@ mod tests {
             u64::from_str_radix(lines.next().unwrap().trim_start_matches("SigIgn:\t"), 16).unwrap();
         assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
         assert_eq!(err, "oops\n");
+    }
+
+    #[test]
+    fn settled_signals_list_the_handled_and_sigpipe_and_programs_still_start_clean() {
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(libc::SIGUSR2, caught).unwrap();
+        signals_settled();
+        let mask = RESET_SIGNALS.load(std::sync::atomic::Ordering::SeqCst);
+        let bit = |sig: libc::c_int| mask & (1 << (sig - 1)) != 0;
+        assert!(bit(libc::SIGUSR2), "a handler is reset: {mask:x}");
+        assert!(bit(libc::SIGPIPE), "the ignored SIGPIPE is reset: {mask:x}");
+        assert!(!bit(libc::SIGKILL) && !bit(libc::SIGSTOP));
+        let mut p = Launch::new(
+            Path::new("/bin/sh"),
+            &[
+                "sh".into(),
+                "-c".into(),
+                "grep -E '^(SigBlk|SigIgn)' /proc/$$/status".into(),
+            ],
+        )
+        .unwrap()
+        .spawn()
+        .unwrap();
+        let mut out = String::new();
+        p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(p.wait().unwrap().success());
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("SigBlk:\t0000000000000000"), "{out}");
+        let ign =
+            u64::from_str_radix(lines.next().unwrap().trim_start_matches("SigIgn:\t"), 16).unwrap();
+        assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
     }
 
     #[test]
