@@ -110,6 +110,8 @@ impl Launch {
             failed: Step::None,
             errno: 0,
         };
+        #[cfg(debug_assertions)]
+        check_signals_still_settled();
         let pid = clone_vfork(&mut plan)?;
         drop((out_w, err_w));
         // The child has exec'd or exited: what it wrote is there to read.
@@ -275,6 +277,12 @@ static SIGNALS_SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// after this call would not be reset in a child, which could then run it
 /// between its start and its exec: install none.
 pub fn signals_settled() {
+    RESET_SIGNALS.store(signals_to_reset(), std::sync::atomic::Ordering::SeqCst);
+    SIGNALS_SETTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The signals that must be reset now (the mask [`signals_settled`] records).
+fn signals_to_reset() -> u64 {
     let mut mask = 0u64;
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -289,8 +297,24 @@ pub fn signals_settled() {
             mask |= 1 << (sig - 1);
         }
     }
-    RESET_SIGNALS.store(mask, std::sync::atomic::Ordering::SeqCst);
-    SIGNALS_SETTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    mask
+}
+
+/// Debug builds (the test suites, which run `opsd serve` itself) check at
+/// every start that no handler came after [`signals_settled`].
+#[cfg(debug_assertions)]
+fn check_signals_still_settled() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if SIGNALS_SETTLED.load(SeqCst) {
+        let now = signals_to_reset();
+        let recorded = RESET_SIGNALS.load(SeqCst);
+        assert!(
+            now & !recorded == 0,
+            "a signal handler was installed after signals_settled (signals {:#x} are not \
+             reset in children): install it before, or call signals_settled again",
+            now & !recorded
+        );
+    }
 }
 
 /// Whether a child must set `sig`, whose disposition is `old`, back to
