@@ -403,7 +403,12 @@ async fn operation_body(app: &App, id: &OperationId, op: &Value) -> String {
                 .unwrap_or_default()
         })
         .unwrap_or_default();
-    let log = log_tail(&app.svc, id, 8192);
+    // A file read: off the async thread, as every handler's I/O.
+    let (svc, log_id) = (app.svc.clone(), id.clone());
+    let log = tokio::task::spawn_blocking(move || log_tail(&svc, &log_id, 8192))
+        .await
+        .ok()
+        .flatten();
     pages::operation_main(op, &children, &metrics, log.as_deref(), &app.token)
 }
 

@@ -136,7 +136,7 @@ impl Responder {
     }
 }
 
-fn allowed(stream: &UnixStream, access: Access) -> bool {
+async fn allowed(stream: &UnixStream, access: Access) -> bool {
     let Ok(cred) = stream.peer_cred() else {
         return false;
     };
@@ -146,8 +146,14 @@ fn allowed(stream: &UnixStream, access: Access) -> bool {
     if access.gid.is_none() {
         return false;
     }
-    let groups = limits::peer_groups(cred.pid(), cred.uid(), cred.gid());
-    limits::admits(access, cred.uid(), cred.gid(), &groups)
+    // The group database may be a network service (LDAP, sssd): asked
+    // off the async thread, which serves every other connection.
+    let (pid, uid, gid) = (cred.pid(), cred.uid(), cred.gid());
+    tokio::task::spawn_blocking(move || {
+        limits::admits(access, uid, gid, &limits::peer_groups(pid, uid, gid))
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Serve one connection until the client closes it or stays idle longer
@@ -159,7 +165,7 @@ pub async fn handle(
     mut slot: Slot,
     idle: Option<Duration>,
 ) {
-    let permitted = allowed(&stream, access);
+    let permitted = allowed(&stream, access).await;
     let (rd, wr) = stream.into_split();
     let mut out = Responder {
         out: BufWriter::new(wr),

@@ -228,17 +228,30 @@ async fn logs(
         }
         Ok(_) => {}
     }
-    let mut offset = match std::fs::metadata(&path) {
-        Ok(m) => m.len().saturating_sub(tail),
-        Err(_) => 0,
+    // The log's reads run off the async thread (the daemon has one), as
+    // every handler's file and database work does.
+    let start = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || match std::fs::metadata(&path) {
+            Ok(m) => m.len().saturating_sub(tail),
+            Err(_) => 0,
+        })
+        .await
+        .unwrap_or(0)
     };
+    let mut offset = start;
     loop {
         let over = svc
             .get_async(id)
             .await
             .map(|o| !o.status.is_active())
             .unwrap_or(true);
-        let (text, next) = read_from(&path, offset);
+        let (text, next) = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || read_from(&path, offset))
+                .await
+                .unwrap_or((String::new(), offset))
+        };
         offset = next;
         if (!text.is_empty() || !follow)
             && !out
