@@ -227,6 +227,18 @@ fn ok_response<T: serde::Serialize>(body: T) -> Value {
     serde_json::to_value(Reply::ok(body)).unwrap_or_default()
 }
 
+/// [`reply`] for an answer of `items` rows or points: from 1,000 on it is
+/// serialized on the blocking pool (100,000 points are about 10 MB), so
+/// the daemon's one async thread keeps answering everyone else meanwhile.
+async fn reply_large<T: serde::Serialize + Send + 'static>(r: Result<T>, items: usize) -> Response {
+    if items < 1000 {
+        return reply(r);
+    }
+    tokio::task::spawn_blocking(move || reply(r))
+        .await
+        .unwrap_or_else(|e| reply::<Value>(Err(Error::Internal(format!("answering failed: {e}")))))
+}
+
 /// A JSON answer shaped like the socket's: `ok` plus fields, or `ok:
 /// false` with `error.code` and an HTTP status to match.
 fn reply<T: serde::Serialize>(r: Result<T>) -> Response {
@@ -284,7 +296,11 @@ fn list_filter(query: &[(String, String)]) -> Result<ListFilter> {
 
 async fn api_list(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
     match list_filter(&q) {
-        Ok(f) => reply(app.svc.list_async(f).await),
+        Ok(f) => {
+            let r = app.svc.list_async(f).await;
+            let n = r.as_ref().map_or(0, |l| l.operations.len());
+            reply_large(r, n).await
+        }
         Err(e) => reply::<Value>(Err(e)),
     }
 }
@@ -300,11 +316,12 @@ async fn api_get(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Respon
 }
 
 async fn api_children(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
-    reply(
-        app.svc
-            .children_async(&OperationId::from(id.as_str()))
-            .await,
-    )
+    let r = app
+        .svc
+        .children_async(&OperationId::from(id.as_str()))
+        .await;
+    let n = r.as_ref().map_or(0, |l| l.operations.len());
+    reply_large(r, n).await
 }
 
 async fn api_metrics(
@@ -324,11 +341,12 @@ async fn api_metrics(
         (Ok(c), Ok(l)) => (c, l),
         (Err(e), _) | (_, Err(e)) => return reply::<Value>(Err(e)),
     };
-    reply(
-        app.svc
-            .metrics_async(&OperationId::from(id.as_str()), cursor, limit)
-            .await,
-    )
+    let r = app
+        .svc
+        .metrics_async(&OperationId::from(id.as_str()), cursor, limit)
+        .await;
+    let n = r.as_ref().map_or(0, |p| p.metrics.len());
+    reply_large(r, n).await
 }
 
 async fn index(State(app): State<App>) -> Response {
@@ -385,31 +403,30 @@ async fn live_operation(State(app): State<App>, UrlPath(id): UrlPath<String>) ->
 }
 
 /// The changing part of `/op/ID`: children, metrics and log read now.
+/// Turning up to 100,000 points into SVG and reading the log run on the
+/// blocking pool: the daemon has one async thread, and a page polled
+/// every second must not hold up a cancel behind its drawing.
 async fn operation_body(app: &App, id: &OperationId, op: &Value) -> String {
-    let children = app
-        .svc
-        .children_async(id)
-        .await
-        .map(|v| serde_json::to_value(&v).unwrap_or_default()["operations"].clone())
-        .unwrap_or(Value::Null);
-    let metrics = app
-        .svc
-        .metrics_async(id, 0, 100_000)
-        .await
-        .map(|v| {
-            serde_json::to_value(&v).unwrap_or_default()["metrics"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
-    // A file read: off the async thread, as every handler's I/O.
-    let (svc, log_id) = (app.svc.clone(), id.clone());
-    let log = tokio::task::spawn_blocking(move || log_tail(&svc, &log_id, 8192))
-        .await
-        .ok()
-        .flatten();
-    pages::operation_main(op, &children, &metrics, log.as_deref(), &app.token)
+    let children = app.svc.children_async(id).await;
+    let metrics = app.svc.metrics_async(id, 0, 100_000).await;
+    let (svc, id, op, token) = (app.svc.clone(), id.clone(), op.clone(), app.token.clone());
+    tokio::task::spawn_blocking(move || {
+        let children = children
+            .map(|v| serde_json::to_value(&v).unwrap_or_default()["operations"].clone())
+            .unwrap_or(Value::Null);
+        let metrics = metrics
+            .map(|v| {
+                serde_json::to_value(&v).unwrap_or_default()["metrics"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let log = log_tail(&svc, &id, 8192);
+        pages::operation_main(&op, &children, &metrics, log.as_deref(), &token)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 async fn operation_page(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {

@@ -6,7 +6,7 @@ use super::connection::Responder;
 use crate::error::Error;
 use crate::ids::OperationId;
 use crate::protocol::{
-    error_response, Got, LogChunk, MetricsPage, OperationView, Reply, Request, Resolved,
+    error_response, Got, Listed, LogChunk, MetricsPage, OperationView, Reply, Request, Resolved,
     StreamEvent, WatchUpdate,
 };
 use crate::service::Service;
@@ -32,6 +32,29 @@ fn reply<T: Serialize>(r: Result<T, Error>) -> String {
         Ok(v) => ok(v),
         Err(e) => err(&e),
     }
+}
+
+/// Rows or points from which an answer is turned into JSON on the
+/// blocking pool instead of here.
+const LARGE_ANSWER: usize = 1000;
+
+/// [`reply`] for an answer of `items` rows or points, which may run to
+/// megabytes (100,000 points are about 10 MB): a large one is serialized
+/// on the blocking pool, since the daemon has one async thread and every
+/// other client's request (a cancel) would wait behind it.
+async fn reply_large<T: Serialize + Send + 'static>(r: Result<T, Error>, items: usize) -> String {
+    if items < LARGE_ANSWER {
+        return reply(r);
+    }
+    tokio::task::spawn_blocking(move || reply(r))
+        .await
+        .unwrap_or_else(|e| err(&Error::Internal(format!("answering failed: {e}"))))
+}
+
+/// [`reply_large`] for a list of operations.
+async fn reply_listed(r: Result<Listed, Error>) -> String {
+    let n = r.as_ref().map_or(0, |l| l.operations.len());
+    reply_large(r, n).await
 }
 
 /// Replace every id in a request by the operation it means (SPEC §12:
@@ -69,8 +92,8 @@ pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> b
         Request::Submit(s) => reply(svc.submit(s).await),
         Request::SubmitBatch { operations } => reply(svc.submit_batch(operations).await),
         Request::Get { id } => reply(svc.get_async(&id).await.map(|operation| Got { operation })),
-        Request::List(filter) => reply(svc.list_async(filter).await),
-        Request::Children { id } => reply(svc.children_async(&id).await),
+        Request::List(filter) => reply_listed(svc.list_async(filter).await).await,
+        Request::Children { id } => reply_listed(svc.children_async(&id).await).await,
         Request::Cancel {
             id,
             reason,
@@ -92,7 +115,9 @@ pub async fn dispatch(mut req: Request, svc: &Service, out: &mut Responder) -> b
             if follow {
                 return follow_metrics(svc, &id, cursor, limit, out).await;
             }
-            reply(svc.metrics_async(&id, cursor, limit).await)
+            let page = svc.metrics_async(&id, cursor, limit).await;
+            let n = page.as_ref().map_or(0, |p| p.metrics.len());
+            reply_large(page, n).await
         }
         Request::Watch { id, interval_ms } => {
             let every = Duration::from_millis(interval_ms.unwrap_or(200).clamp(10, 10_000));
@@ -185,7 +210,7 @@ async fn follow_metrics(
             Ok(page) => {
                 let n = page.metrics.len();
                 cursor = page.cursor;
-                if n > 0 && !out.send(&ok(page)).await {
+                if n > 0 && !out.send(&reply_large(Ok::<_, Error>(page), n).await).await {
                     return false;
                 }
                 if n as i64 >= limit {
