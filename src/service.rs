@@ -24,6 +24,10 @@ pub struct Service {
     pub rt: Arc<Runtime>,
 }
 
+/// Rows or points from which an answer is serialized on the blocking
+/// pool ([`Service::serialize_answer`]).
+const LARGE_ANSWER: usize = 1000;
+
 impl Service {
     /// Check a submit and turn it into a row to insert.
     pub fn prepare(&self, s: &Submit) -> Result<NewOperation> {
@@ -192,6 +196,22 @@ impl Service {
                 "the daemon is shutting down; submit again after it restarts".into(),
             ))
         }
+    }
+
+    /// Serialize an answer of `items` rows or points with `serialize`:
+    /// here when it is small, else on tokio's blocking pool, since an
+    /// answer of megabytes (100,000 points are about 10 MB) made on the
+    /// daemon's one async thread holds every other client up meanwhile.
+    pub async fn serialize_answer<R: Send + 'static>(
+        items: usize,
+        serialize: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R> {
+        if items < LARGE_ANSWER {
+            return Ok(serialize());
+        }
+        tokio::task::spawn_blocking(serialize)
+            .await
+            .map_err(|e| Error::Internal(format!("answering failed: {e}")))
     }
 
     /// Run `f` on tokio's blocking pool: no request handler blocks an async

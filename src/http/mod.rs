@@ -227,16 +227,12 @@ fn ok_response<T: serde::Serialize>(body: T) -> Value {
     serde_json::to_value(Reply::ok(body)).unwrap_or_default()
 }
 
-/// [`reply`] for an answer of `items` rows or points: from 1,000 on it is
-/// serialized on the blocking pool (100,000 points are about 10 MB), so
-/// the daemon's one async thread keeps answering everyone else meanwhile.
+/// [`reply`] for an answer of `items` rows or points
+/// ([`Service::serialize_answer`]: a large one off the async thread).
 async fn reply_large<T: serde::Serialize + Send + 'static>(r: Result<T>, items: usize) -> Response {
-    if items < 1000 {
-        return reply(r);
-    }
-    tokio::task::spawn_blocking(move || reply(r))
+    Service::serialize_answer(items, move || reply(r))
         .await
-        .unwrap_or_else(|e| reply::<Value>(Err(Error::Internal(format!("answering failed: {e}")))))
+        .unwrap_or_else(|e| reply::<Value>(Err(e)))
 }
 
 /// A JSON answer shaped like the socket's: `ok` plus fields, or `ok:

@@ -86,16 +86,19 @@ impl Janitor {
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn run(rx: Receiver<Task>) {
-    while let Ok(task) = rx.recv() {
-        let mut task = Some(task);
-        while let Some(t) = task.take() {
-            // A task that panics must not stop the ones after it.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(t)).is_err() {
-                tracing::error!("tidying a finished run's directory panicked; going on");
-            }
-            task = rx.try_recv().ok();
+    while let Ok(first) = rx.recv() {
+        do_task(first);
+        while let Ok(task) = rx.try_recv() {
+            do_task(task);
         }
         std::thread::sleep(PAUSE);
+    }
+}
+
+/// Run one task; one that panics must not stop the ones after it.
+fn do_task(task: Task) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(task)).is_err() {
+        tracing::error!("tidying a finished run's directory panicked; going on");
     }
 }
 

@@ -34,21 +34,12 @@ fn reply<T: Serialize>(r: Result<T, Error>) -> String {
     }
 }
 
-/// Rows or points from which an answer is turned into JSON on the
-/// blocking pool instead of here.
-const LARGE_ANSWER: usize = 1000;
-
-/// [`reply`] for an answer of `items` rows or points, which may run to
-/// megabytes (100,000 points are about 10 MB): a large one is serialized
-/// on the blocking pool, since the daemon has one async thread and every
-/// other client's request (a cancel) would wait behind it.
+/// [`reply`] for an answer of `items` rows or points
+/// ([`Service::serialize_answer`]: a large one off the async thread).
 async fn reply_large<T: Serialize + Send + 'static>(r: Result<T, Error>, items: usize) -> String {
-    if items < LARGE_ANSWER {
-        return reply(r);
-    }
-    tokio::task::spawn_blocking(move || reply(r))
+    Service::serialize_answer(items, move || reply(r))
         .await
-        .unwrap_or_else(|e| err(&Error::Internal(format!("answering failed: {e}"))))
+        .unwrap_or_else(|e| err(&e))
 }
 
 /// [`reply_large`] for a list of operations.

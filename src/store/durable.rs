@@ -61,23 +61,9 @@ impl Watermark {
     /// Wait until every commit begun so far is flushed (or failed).
     pub(crate) fn wait_durable(&self) {
         let target = self.begun.load(Ordering::SeqCst);
-        // Nearly every read when the writer is idle: no lock.
-        if self.flushed.load(Ordering::SeqCst) >= target {
-            return;
-        }
-        let mut guard = lock(&self.lock);
-        let deadline = std::time::Instant::now() + READ_WAIT;
-        while self.flushed.load(Ordering::SeqCst) < target {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                tracing::warn!("a read waited {READ_WAIT:?} for the disk; answering anyway");
-                return;
-            }
-            guard = self
-                .advanced
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let unflushed = || self.flushed.load(Ordering::SeqCst) < target;
+        if !self.wait_while(unflushed, READ_WAIT) {
+            tracing::warn!("a read waited {READ_WAIT:?} for the disk; answering anyway");
         }
     }
 
@@ -85,15 +71,23 @@ impl Watermark {
     /// it gathers every request that came during it, so one commit and one
     /// flush serve them all, as in a single-threaded queue's loop.
     pub(crate) fn wait_no_flush(&self, most: Duration) {
-        if !self.flushing.load(Ordering::SeqCst) {
-            return;
+        self.wait_while(|| self.flushing.load(Ordering::SeqCst), most);
+    }
+
+    /// Wait while `blocked` holds, at most `most`; false when it still held
+    /// then. No lock when it does not hold to begin with (nearly every call
+    /// when the writer is idle). `blocked` must read state that changes
+    /// only under `lock`, followed by a notify of `advanced`.
+    fn wait_while(&self, blocked: impl Fn() -> bool, most: Duration) -> bool {
+        if !blocked() {
+            return true;
         }
         let mut guard = lock(&self.lock);
         let deadline = std::time::Instant::now() + most;
-        while self.flushing.load(Ordering::SeqCst) {
+        while blocked() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
             guard = self
                 .advanced
@@ -101,6 +95,7 @@ impl Watermark {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        true
     }
 
     fn set_flushing(&self, on: bool) {

@@ -281,7 +281,8 @@ pub fn signals_settled() {
     SIGNALS_SETTLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// The signals that must be reset now (the mask [`signals_settled`] records).
+/// The signals that must be reset now (the mask [`signals_settled`]
+/// records): system calls only, so the child may call it too.
 fn signals_to_reset() -> u64 {
     let mut mask = 0u64;
     for sig in 1..=64 {
@@ -361,22 +362,17 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let plan = &mut *(arg as *mut Plan);
         // Handlers are the daemon's code: back to the defaults (see
         // `must_reset`), from the recorded list once the daemon's handlers
-        // are settled, else by asking about each signal.
-        let settled = SIGNALS_SETTLED.load(std::sync::atomic::Ordering::SeqCst);
-        let mask = RESET_SIGNALS.load(std::sync::atomic::Ordering::SeqCst);
+        // are settled, else by asking about each signal (system calls
+        // only, nothing allocated).
+        let mask = if SIGNALS_SETTLED.load(std::sync::atomic::Ordering::SeqCst) {
+            RESET_SIGNALS.load(std::sync::atomic::Ordering::SeqCst)
+        } else {
+            signals_to_reset()
+        };
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         for sig in 1..=64 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let reset = if settled {
-                mask & (1 << (sig - 1)) != 0
-            } else {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && must_reset(sig, &old)
-            };
-            if reset {
+            if mask & (1 << (sig - 1)) != 0 {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
