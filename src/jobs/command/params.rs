@@ -38,25 +38,26 @@ fn default_grace() -> f64 {
 
 /// Check submitted parameters; the error names the offending key.
 pub fn validate(params: &Value) -> Result<CommandParams, String> {
-    let p = parse(params)?;
+    let p = parse(params, &|dir| Some(is_dir_remembered(dir)))
+        .expect("the file-system check always answers")?;
     resolve_program(&p)?;
     Ok(p)
 }
 
 /// [`validate`] without touching the file system, when it can be done:
-/// the parameters name no `cwd` (a directory to check) and `argv[0]` is
-/// a bare name whose PATH search found its program less than
-/// [`FOUND_FOR`] ago. Such a hit is trusted without the `statx` and
-/// `access` [`resolve_program`] makes, so a submit can be checked on the
-/// daemon's async threads, which must never wait on a disk or a hung
-/// network mount. A program removed within that second is then found
-/// missing when the job starts (its start resolves the program again),
-/// not at submit. `None`: validate on a thread that may block.
+/// the `cwd`, if any, was found to be a directory less than [`FOUND_FOR`]
+/// ago, and `argv[0]` is a bare name whose PATH search found its program
+/// less than [`FOUND_FOR`] ago. Such hits are trusted without the `statx`
+/// and `access` calls [`validate`] makes, so a submit can be checked on
+/// the daemon's async threads, which must never wait on a disk or a hung
+/// network mount. (`opsd submit` always sends the caller's directory as
+/// `cwd`, so without the directory's hit every CLI submit went through
+/// the blocking pool: BENCHMARKS.md §25.) A program or directory removed
+/// within that second is then found missing when the job starts (its
+/// start resolves the program again and enters the directory), not at
+/// submit. `None`: validate on a thread that may block.
 pub fn validate_without_io(params: &Value) -> Option<Result<CommandParams, String>> {
-    if params.get("cwd").is_some_and(|c| !c.is_null()) {
-        return None;
-    }
-    let p = match parse(params) {
+    let p = match parse(params, &|dir| dir_checked_within(dir).then_some(true))? {
         Ok(p) => p,
         Err(e) => return Some(Err(e)),
     };
@@ -65,15 +66,35 @@ pub fn validate_without_io(params: &Value) -> Option<Result<CommandParams, Strin
     Some(Ok(p))
 }
 
+/// Whether a directory exists: `Some(answer)`, or `None` when it cannot
+/// be told without touching the file system.
+type DirCheck<'a> = &'a dyn Fn(&Path) -> Option<bool>;
+
 /// The parameters' shape and values, checked; `cwd`, when given, must be
-/// a directory (the only file-system access here).
-fn parse(params: &Value) -> Result<CommandParams, String> {
+/// a directory (asked of `is_dir`, the only file-system access here).
+/// `None` when `is_dir` cannot tell. Errors are looked for in the same
+/// order whatever `is_dir` is, so both ways report the same first error.
+fn parse(params: &Value, is_dir: DirCheck) -> Option<Result<CommandParams, String>> {
     let empty = Map::new();
     let obj = match params {
         Value::Null => &empty,
         Value::Object(m) => m,
-        _ => return Err("parameters must be a JSON object".into()),
+        _ => return Some(Err("parameters must be a JSON object".into())),
     };
+    let (argv, cwd) = match program_and_cwd(obj) {
+        Ok(found) => found,
+        Err(e) => return Some(Err(e)),
+    };
+    if let Some(dir) = &cwd {
+        if !is_dir(Path::new(dir))? {
+            return Some(Err(format!("cwd {dir:?} is not a directory")));
+        }
+    }
+    Some(the_rest(obj, argv, cwd))
+}
+
+/// The keys, `argv` and the shape of `cwd` (absolute), checked.
+fn program_and_cwd(obj: &Map<String, Value>) -> Result<(Vec<String>, Option<String>), String> {
     if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(format!(
             "unknown parameter `{k}`; known: {}",
@@ -109,13 +130,19 @@ fn parse(params: &Value) -> Result<CommandParams, String> {
             if !p.is_absolute() {
                 return Err(format!("cwd must be an absolute path (got {s:?})"));
             }
-            if !p.is_dir() {
-                return Err(format!("cwd {s:?} is not a directory"));
-            }
             Some(s.clone())
         }
         Some(v) => return Err(format!("cwd must be a string (got {v})")),
     };
+    Ok((args, cwd))
+}
+
+/// `env` and `grace_seconds`, checked, after `argv` and `cwd`.
+fn the_rest(
+    obj: &Map<String, Value>,
+    argv: Vec<String>,
+    cwd: Option<String>,
+) -> Result<CommandParams, String> {
     let mut env = BTreeMap::new();
     match obj.get("env") {
         None | Some(Value::Null) => {}
@@ -147,7 +174,7 @@ fn parse(params: &Value) -> Result<CommandParams, String> {
         },
     };
     Ok(CommandParams {
-        argv: args,
+        argv,
         cwd,
         env,
         grace_seconds,
@@ -241,7 +268,36 @@ const FOUND_FOR: Duration = Duration::from_secs(1);
 /// At most this many answers are kept (then the table starts afresh).
 const FOUND_MAX: usize = 256;
 
-static FOUND: Mutex<Option<HashMap<SearchKey, (PathBuf, Instant)>>> = Mutex::new(None);
+/// Answers of file-system checks, each reused for [`FOUND_FOR`].
+struct Recent<K, V>(Mutex<Option<HashMap<K, (V, Instant)>>>);
+
+impl<K: std::hash::Hash + Eq, V: Clone> Recent<K, V> {
+    const fn new() -> Self {
+        Recent(Mutex::new(None))
+    }
+
+    /// The answer for `key` if it is less than [`FOUND_FOR`] old.
+    fn within(&self, key: &K) -> Option<V> {
+        let table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (value, at) = table.as_ref()?.get(key)?;
+        (at.elapsed() < FOUND_FOR).then(|| value.clone())
+    }
+
+    fn remember(&self, key: K, value: V) {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let table = table.get_or_insert_with(HashMap::new);
+        if table.len() >= FOUND_MAX {
+            table.clear();
+        }
+        table.insert(key, (value, Instant::now()));
+    }
+}
+
+/// What PATH searches found.
+static FOUND: Recent<SearchKey, PathBuf> = Recent::new();
+
+/// Working directories found to be directories.
+static DIRS: Recent<PathBuf, ()> = Recent::new();
 
 /// The program a search for `key` found less than [`FOUND_FOR`] ago, if it
 /// is still an executable file.
@@ -252,18 +308,26 @@ fn recently_found(key: &SearchKey) -> Option<PathBuf> {
 
 /// What a search for `key` found less than [`FOUND_FOR`] ago, unchecked.
 fn found_within(key: &SearchKey) -> Option<PathBuf> {
-    let found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
-    let (path, at) = found.as_ref()?.get(key)?;
-    (at.elapsed() < FOUND_FOR).then(|| path.clone())
+    FOUND.within(key)
 }
 
 fn remember(key: SearchKey, path: &Path) {
-    let mut found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
-    let table = found.get_or_insert_with(HashMap::new);
-    if table.len() >= FOUND_MAX {
-        table.clear();
+    FOUND.remember(key, path.to_path_buf());
+}
+
+/// Whether `dir` is a directory, asking the file system (and
+/// remembering a yes).
+fn is_dir_remembered(dir: &Path) -> bool {
+    let yes = dir.is_dir();
+    if yes {
+        DIRS.remember(dir.to_path_buf(), ());
     }
-    table.insert(key, (path.to_path_buf(), Instant::now()));
+    yes
+}
+
+/// Whether `dir` was found to be a directory less than [`FOUND_FOR`] ago.
+fn dir_checked_within(dir: &Path) -> bool {
+    DIRS.within(&dir.to_path_buf()).is_some()
 }
 
 fn executable(path: &Path) -> bool {
@@ -345,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn without_io_only_a_recent_search_of_a_bare_name_is_trusted() {
+    fn without_io_only_recent_checks_of_the_directory_and_the_program_are_trusted() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let prog = d.path().join("opsd-test-quick");
@@ -367,9 +431,22 @@ mod tests {
         // A shape error is the same error either way.
         let bad = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": 1 } });
         assert_eq!(validate_without_io(&bad).unwrap().unwrap_err(), err(bad));
-        // A directory to check, or a program named by path: not here.
-        let cwd = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": path }, "cwd": "/" });
-        assert!(validate_without_io(&cwd).is_none());
+        // A directory to check: only once it was found to be one just
+        // now (`opsd submit` always sends the caller's), and never a
+        // directory that is not there.
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().to_str().unwrap().to_string();
+        let in_dir = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": path }, "cwd": cwd });
+        assert!(validate_without_io(&in_dir).is_none());
+        validate(&in_dir).unwrap();
+        let quick = validate_without_io(&in_dir)
+            .expect("a directory checked just now")
+            .unwrap();
+        assert_eq!(quick.cwd.as_deref(), Some(cwd.as_str()));
+        let gone = json!({ "argv": ["opsd-test-quick"], "env": { "PATH": path }, "cwd": "/no/such/opsd-dir" });
+        assert!(err(gone.clone()).contains("is not a directory"));
+        assert!(validate_without_io(&gone).is_none());
+        // A program named by path: not here.
         let by_path = json!({ "argv": [prog.display().to_string()] });
         validate(&by_path).unwrap();
         assert!(validate_without_io(&by_path).is_none());
