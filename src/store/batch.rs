@@ -144,6 +144,10 @@ pub(crate) trait Engine: Send + 'static {
     const LEFT_AT_SHUTDOWN: &'static str;
     /// Last words before the thread ends (SQLite folds its WAL back).
     fn at_exit(&mut self) {}
+    /// Upkeep between batches, right after a commit was handed over (its
+    /// callers are not kept waiting for it): SQLite copies what its
+    /// checkpointer could not.
+    fn after_commit(&mut self) {}
     /// `Some(flush)` when [`Engine::try_commit`] returns before the commit
     /// is on disk: `flush` makes every commit so far durable, and callers
     /// are answered only after it (on a thread of its own, so the next
@@ -376,6 +380,7 @@ impl<E: Engine> Thread<E> {
                 } else {
                     Item::Unchanged(batch, number)
                 });
+                self.engine.after_commit();
             }
             Err(f) => {
                 self.note_degraded(&f);
