@@ -31,7 +31,33 @@ pub struct Launch {
     program: CString,
     argv: Vec<CString>,
     cwd: Option<CString>,
-    env: BTreeMap<OsString, OsString>,
+    /// Its changes to the daemon's environment: a variable set to a
+    /// value, or taken out (`None`).
+    env: BTreeMap<OsString, Option<OsString>>,
+}
+
+/// The daemon's environment, `(name, "NAME=value")`, sorted by name and
+/// read once: every job's starts from it. Copying it out of `std::env`
+/// and formatting it for `execve` for each job was about 170 allocations
+/// per job (BENCHMARKS.md §25); the daemon never changes its own
+/// environment once it runs.
+fn daemon_env() -> &'static [(OsString, CString)] {
+    static ENV: std::sync::OnceLock<Vec<(OsString, CString)>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut all: Vec<(OsString, CString)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.clone(), name_value(&k, &v).ok()?)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    })
+}
+
+/// `NAME=value` as `execve` takes it.
+fn name_value(name: &OsStr, value: &OsStr) -> io::Result<CString> {
+    let mut kv = name.as_bytes().to_vec();
+    kv.push(b'=');
+    kv.extend_from_slice(value.as_bytes());
+    c_string(OsStr::from_bytes(&kv))
 }
 
 impl Launch {
@@ -44,7 +70,7 @@ impl Launch {
                 .map(|a| c_string(OsStr::new(a)))
                 .collect::<io::Result<_>>()?,
             cwd: None,
-            env: std::env::vars_os().collect(),
+            env: BTreeMap::new(),
         })
     }
 
@@ -57,19 +83,25 @@ impl Launch {
     /// Set `key` in its environment.
     pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Launch {
         self.env
-            .insert(key.as_ref().to_owned(), value.as_ref().to_owned());
+            .insert(key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
         self
     }
 
     /// Take `key` out of its environment.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Launch {
-        self.env.remove(key.as_ref());
+        self.env.insert(key.as_ref().to_owned(), None);
         self
     }
 
     /// Whether its environment has `key`.
     pub fn has_env(&self, key: impl AsRef<OsStr>) -> bool {
-        self.env.contains_key(key.as_ref())
+        let key = key.as_ref();
+        match self.env.get(key) {
+            Some(change) => change.is_some(),
+            None => daemon_env()
+                .binary_search_by(|(k, _)| k.as_os_str().cmp(key))
+                .is_ok(),
+        }
     }
 
     /// Start it, stdin from /dev/null and stdout and stderr into pipes,
@@ -77,23 +109,24 @@ impl Launch {
     /// kernel will not execute for want of a `#!` line (ENOEXEC) is run by
     /// /bin/sh, as execvp and the shell do.
     pub fn spawn(&self) -> io::Result<Program> {
-        let env: Vec<CString> = self
+        let own: Vec<CString> = self
             .env
             .iter()
-            .map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                c_string(OsStr::from_bytes(&kv))
-            })
+            .filter_map(|(k, v)| Some(name_value(k, v.as_ref()?)))
             .collect::<io::Result<_>>()?;
+        let mut envp: Vec<*const libc::c_char> = daemon_env()
+            .iter()
+            .filter(|(k, _)| !self.env.contains_key(k))
+            .map(|(_, kv)| kv.as_ptr())
+            .chain(own.iter().map(|kv| kv.as_ptr()))
+            .collect();
+        envp.push(std::ptr::null());
         let sh = c"/bin/sh";
         let argv = pointers(&self.argv);
         // sh PROGRAM ARGS...: the program's path in place of its name.
         let mut sh_argv = vec![sh.as_ptr(), self.program.as_ptr()];
         sh_argv.extend(self.argv.iter().skip(1).map(|a| a.as_ptr()));
         sh_argv.push(std::ptr::null());
-        let envp = pointers(&env);
 
         let stdin = dev_null()?;
         let (out_r, out_w) = pipe()?;
@@ -485,6 +518,38 @@ mod tests {
         p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         let status = p.wait().unwrap();
         (out, err, status)
+    }
+
+    #[test]
+    fn the_daemons_environment_is_passed_on_with_the_jobs_changes() {
+        // A variable of this process that no shell sets by itself.
+        const VAR: &str = "CARGO_MANIFEST_DIR";
+        let seen = |change: &dyn Fn(&mut Launch)| {
+            let script = format!("echo \"${{{VAR}-unset}}\"");
+            let mut l =
+                Launch::new(Path::new("/bin/sh"), &["sh".into(), "-c".into(), script]).unwrap();
+            change(&mut l);
+            let has = l.has_env(VAR);
+            let mut p = l.spawn().unwrap();
+            let mut out = String::new();
+            p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            assert!(p.wait().unwrap().success());
+            (out.trim_end().to_string(), has)
+        };
+        let daemons = std::env::var(VAR).expect("cargo test sets it");
+        assert_eq!(seen(&|_| {}), (daemons, true));
+        assert_eq!(
+            seen(&|l| {
+                l.env(VAR, "/opsd-test");
+            }),
+            ("/opsd-test".to_string(), true)
+        );
+        assert_eq!(
+            seen(&|l| {
+                l.env(VAR, "/opsd-test").env_remove(VAR);
+            }),
+            ("unset".to_string(), false)
+        );
     }
 
     #[test]
