@@ -14,12 +14,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 OPSD=${3:-$here/../../target/release/opsd}
 [ -x "$OPSD" ] || { echo "build opsd first: cargo build --release" >&2; exit 1; }
 command -v perf >/dev/null 2>&1 || { echo "perf is needed (Debian: linux-perf)" >&2; exit 1; }
-st=$(mktemp -d "${TMPDIR:-/tmp}/opsd-per-job.XXXXXX")
-printf 'workers = 64\n[concurrency]\ncommand = %s\n' "$P" > "$st/cfg.toml"
-"$OPSD" serve --state-dir "$st" --socket "$st/s.sock" --config "$st/cfg.toml" 2>/dev/null &
-daemon=$!
-trap 'kill $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true; rm -rf "$st"' EXIT
-while ! "$OPSD" health --socket "$st/s.sock" >/dev/null 2>&1; do sleep 0.05; done
+. "$here/daemon.sh" per-job
 events=syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64,syscalls:sys_enter_futex,syscalls:sys_enter_fcntl,context-switches,task-clock
 perf stat -e "$events" -p "$daemon" -o "$st/perf.txt" &
 counter=$!

@@ -17,12 +17,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 OPSD=${3:-$here/../../target/release/opsd}
 MODE=${4:-cpu}
 [ -x "$OPSD" ] || { echo "build opsd first: cargo build --release" >&2; exit 1; }
-st=$(mktemp -d "${TMPDIR:-/tmp}/opsd-threads.XXXXXX")
-printf 'workers = 64\n[concurrency]\ncommand = %s\n' "$P" > "$st/cfg.toml"
-"$OPSD" serve --state-dir "$st" --socket "$st/s.sock" --config "$st/cfg.toml" 2>/dev/null &
-daemon=$!
-trap 'kill $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true; rm -rf "$st"' EXIT
-while ! "$OPSD" health --socket "$st/s.sock" >/dev/null 2>&1; do sleep 0.05; done
+. "$here/daemon.sh" threads
 # "tid:name value" per live thread: run time in ns, or voluntary switches.
 snap() {
   for t in /proc/"$daemon"/task/*; do
