@@ -14,7 +14,7 @@ pub mod svg;
 
 use crate::error::{Error, Result};
 use crate::ids::OperationId;
-use crate::protocol::{error_response, Reply};
+use crate::protocol::{error_response, Listed, Reply};
 use crate::service::Service;
 use crate::store::records::ListFilter;
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -235,6 +235,12 @@ async fn reply_large<T: serde::Serialize + Send + 'static>(r: Result<T>, items: 
         .unwrap_or_else(|e| reply::<Value>(Err(e)))
 }
 
+/// [`reply_large`] for a list of operations.
+async fn reply_listed(r: Result<Listed>) -> Response {
+    let n = r.as_ref().map_or(0, |l| l.operations.len());
+    reply_large(r, n).await
+}
+
 /// A JSON answer shaped like the socket's: `ok` plus fields, or `ok:
 /// false` with `error.code` and an HTTP status to match.
 fn reply<T: serde::Serialize>(r: Result<T>) -> Response {
@@ -292,11 +298,7 @@ fn list_filter(query: &[(String, String)]) -> Result<ListFilter> {
 
 async fn api_list(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
     match list_filter(&q) {
-        Ok(f) => {
-            let r = app.svc.list_async(f).await;
-            let n = r.as_ref().map_or(0, |l| l.operations.len());
-            reply_large(r, n).await
-        }
+        Ok(f) => reply_listed(app.svc.list_async(f).await).await,
         Err(e) => reply::<Value>(Err(e)),
     }
 }
@@ -312,12 +314,12 @@ async fn api_get(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Respon
 }
 
 async fn api_children(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
-    let r = app
-        .svc
-        .children_async(&OperationId::from(id.as_str()))
-        .await;
-    let n = r.as_ref().map_or(0, |l| l.operations.len());
-    reply_large(r, n).await
+    reply_listed(
+        app.svc
+            .children_async(&OperationId::from(id.as_str()))
+            .await,
+    )
+    .await
 }
 
 async fn api_metrics(

@@ -246,7 +246,7 @@ async fn logs(
     }
     // The log's reads run off the async thread (the daemon has one), as
     // every handler's file and database work does.
-    let start = {
+    let mut offset = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || match std::fs::metadata(&path) {
             Ok(m) => m.len().saturating_sub(tail),
@@ -255,7 +255,6 @@ async fn logs(
         .await
         .unwrap_or(0)
     };
-    let mut offset = start;
     loop {
         let over = svc
             .get_async(id)

@@ -27,7 +27,7 @@
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub(crate) struct Watermark {
     begun: AtomicU64,
     flushed: AtomicU64,
     /// A flush is running (the writer waits for it before its next batch).
-    flushing: std::sync::atomic::AtomicBool,
+    flushing: AtomicBool,
     /// Held while `flushed` advances, so a waiting reader cannot miss it.
     lock: Mutex<()>,
     advanced: Condvar,

@@ -62,7 +62,7 @@ pub fn validate_without_io(params: &Value) -> Option<Result<CommandParams, Strin
         Err(e) => return Some(Err(e)),
     };
     let key = search_key(&p)?;
-    found_within(&key)?;
+    FOUND.within(&key)?;
     Some(Ok(p))
 }
 
@@ -241,7 +241,7 @@ pub fn resolve_program(p: &CommandParams) -> Result<PathBuf, String> {
         };
         let candidate = dir.join(prog);
         if candidate.is_file() && executable(&candidate) {
-            remember(key, &candidate);
+            FOUND.remember(key, candidate.clone());
             return Ok(candidate);
         }
     }
@@ -277,7 +277,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> Recent<K, V> {
     }
 
     /// The answer for `key` if it is less than [`FOUND_FOR`] old.
-    fn within(&self, key: &K) -> Option<V> {
+    fn within<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (value, at) = table.as_ref()?.get(key)?;
         (at.elapsed() < FOUND_FOR).then(|| value.clone())
@@ -302,17 +306,8 @@ static DIRS: Recent<PathBuf, ()> = Recent::new();
 /// The program a search for `key` found less than [`FOUND_FOR`] ago, if it
 /// is still an executable file.
 fn recently_found(key: &SearchKey) -> Option<PathBuf> {
-    let path = found_within(key)?;
+    let path = FOUND.within(key)?;
     (path.is_file() && executable(&path)).then_some(path)
-}
-
-/// What a search for `key` found less than [`FOUND_FOR`] ago, unchecked.
-fn found_within(key: &SearchKey) -> Option<PathBuf> {
-    FOUND.within(key)
-}
-
-fn remember(key: SearchKey, path: &Path) {
-    FOUND.remember(key, path.to_path_buf());
 }
 
 /// Whether `dir` is a directory, asking the file system (and
@@ -327,7 +322,7 @@ fn is_dir_remembered(dir: &Path) -> bool {
 
 /// Whether `dir` was found to be a directory less than [`FOUND_FOR`] ago.
 fn dir_checked_within(dir: &Path) -> bool {
-    DIRS.within(&dir.to_path_buf()).is_some()
+    DIRS.within(dir).is_some()
 }
 
 fn executable(path: &Path) -> bool {

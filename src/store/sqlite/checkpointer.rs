@@ -40,8 +40,9 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Start checkpointing `path` (the writer has turned its automatic
-    /// checkpoint off), raising `catch_up` after a pass that found frames. Without a connection of its own it does nothing: the
-    /// writer's shutdown still folds the WAL back.
+    /// checkpoint off), raising `catch_up` after a pass that found frames.
+    /// Without a connection of its own it does nothing: the writer's
+    /// shutdown still folds the WAL back.
     pub(super) fn start(path: &Path, catch_up: CatchUp) -> Checkpointer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
